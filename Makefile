@@ -1,0 +1,35 @@
+# Two commands for a fresh clone:
+#   make demo   set up a virtual environment and run the CPU demo (configs/demo.yaml)
+#   make test   set up the same environment and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CONFIG ?= configs/demo.yaml
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	@# Install torch first, only when missing: an unpinned torch can pull a multi-GB CUDA build.
+	@if ! $(PY) -c "import torch" 2>/dev/null; then \
+		$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch; fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/babyllama run $(CONFIG)
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench: setup
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs

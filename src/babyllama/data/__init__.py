@@ -1,0 +1,1 @@
+"""Stage 1: corpora → cleaned text → BPE tokenizer → token files."""

@@ -1,0 +1,1 @@
+"""Stage 3: ensemble distillation (loss, live teachers, teacher-logit cache)."""

@@ -1,0 +1,1 @@
+"""Stage 4: BLiMP-style minimal pairs, dev perplexity, (Super)GLUE / MSGS fine-tuning."""

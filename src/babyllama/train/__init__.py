@@ -1,0 +1,1 @@
+"""Stage 2: models and the one training loop shared by pretraining and distillation."""

@@ -1,0 +1,86 @@
+"""Shared fixtures: a tiny generated English-like corpus and a tiny experiment config.
+
+Everything is seeded and small so the whole suite runs in a few minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from babyllama.config import Config
+
+SUBJECTS = ["the cat", "the dog", "a child", "the teacher", "my mother", "the birds", "we", "they", "she", "he"]
+VERBS = ["sees", "likes", "finds", "wants", "helps", "follows", "hears", "calls"]
+OBJECTS = ["the ball", "a red apple", "the little house", "her friend", "the garden", "a song", "the old man"]
+ENDINGS = [".", ".", ".", "!", "?"]
+
+
+def make_sentences(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        s = f"{rng.choice(SUBJECTS)} {rng.choice(VERBS)} {rng.choice(OBJECTS)}"
+        if rng.random() < 0.3:
+            s += f" and {rng.choice(VERBS)} {rng.choice(OBJECTS)}"
+        lines.append(s[0].upper() + s[1:] + rng.choice(ENDINGS))
+    return lines
+
+
+def write_text_corpus(folder: Path, n_lines: int = 600, n_files: int = 2, seed: int = 0) -> Path:
+    """A plain folder of .txt files, one sentence per line."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = make_sentences(n_lines, seed)
+    per = len(lines) // n_files
+    for i in range(n_files):
+        (folder / f"part{i}.txt").write_text("\n".join(lines[i * per : (i + 1) * per]) + "\n", encoding="utf-8")
+    return folder
+
+
+def tiny_config_dict(out_dir: Path, corpus: Path) -> dict:
+    small = {"lr": 3e-3, "batch_size": 4, "epochs": 1, "max_steps": 6, "warmup_steps": 1, "eval_windows": 8,
+             "log_every": 1}
+    return {
+        "out_dir": str(out_dir),
+        "seed": 7,
+        "data": {"corpus": str(corpus), "format": "text", "dev": "split", "dev_fraction": 0.1, "seq_len": 16},
+        "tokenizer": {"vocab_size": 300, "min_frequency": 2},
+        "teachers": [
+            {"name": "t-llama", "arch": "llama", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+             "intermediate_size": 64, "max_position_embeddings": 32, "train": dict(small)},
+            {"name": "t-gpt2", "arch": "gpt2", "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+             "max_position_embeddings": 32, "train": dict(small)},
+        ],
+        "student": {"name": "student", "arch": "llama", "hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                    "intermediate_size": 32, "max_position_embeddings": 32, "train": dict(small)},
+        "distill": {"alpha": 0.5, "temperature": 2.0, "cache": {"enabled": False, "top_k": 8}},
+        "logging": {"progress": False},
+    }
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)
+    random.seed(0)
+
+
+@pytest.fixture
+def text_corpus(tmp_path: Path) -> Path:
+    return write_text_corpus(tmp_path / "corpus")
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, text_corpus: Path) -> Config:
+    return Config.model_validate(tiny_config_dict(tmp_path / "run", text_corpus))
+
+
+@pytest.fixture
+def prepared_cfg(tiny_cfg: Config) -> Config:
+    """The tiny config with its data stage already run."""
+    from babyllama.data.prepare import prepare
+
+    prepare(tiny_cfg)
+    return tiny_cfg

@@ -1,0 +1,235 @@
+"""`babyllama run`: the whole paper as a graph of stages that resume and skip by fingerprint.
+
+Stages, in order: ``prepare`` → ``teacher:<name>`` (each teacher) → ``distill`` → ``control`` →
+``evaluate`` → ``report``. Each stage's fingerprint hashes the config it depends on and the
+fingerprints of the stages it reads from; ``<out_dir>/run_state.json`` records, per stage, the
+fingerprint it ran with, whether it finished, and how long it took. A finished stage whose fingerprint
+is unchanged is skipped; an unfinished one with the same fingerprint resumes (the training loop keeps
+its own resumable checkpoints); a changed fingerprint discards the stage's outputs and redoes it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from babyllama.config import Config
+from babyllama.errors import UserError
+from babyllama.io import atomic_write_json, read_json, stable_hash
+from babyllama.train import distributed
+
+STATE_FILE = "run_state.json"
+
+
+@dataclass
+class Stage:
+    name: str
+    run: Callable[[], None]
+    fingerprint: str
+    outputs: list[Path] = field(default_factory=list)
+    deps: list[str] = field(default_factory=list)  # stages whose outputs this one reads
+    main_only: bool = False  # evaluation and reporting run on rank 0 only
+    always: bool = False  # cheap stages that are redone every time (the report)
+    reuse_outputs: bool = False  # outputs carry their own fingerprints: keep them when the stage is redone
+
+
+def _model_fp(cfg: Config, name: str) -> dict[str, Any]:
+    return cfg.model(name).model_dump(mode="json", exclude={"name"})
+
+
+def plan(cfg: Config) -> list[Stage]:
+    """The ordered stages of this config, each with its fingerprint and outputs."""
+    from babyllama.data.prepare import prepare
+    from babyllama.distill.run import distill
+    from babyllama.train.pretrain import train_model
+
+    if cfg.student is None:
+        raise UserError("run: the config has no `student` section; the run needs a student to distil into")
+    if not cfg.teachers:
+        raise UserError("run: the config has no `teachers`; distillation needs at least one teacher")
+
+    data_fp = stable_hash({"data": cfg.data.model_dump(mode="json"), "tok": cfg.tokenizer.model_dump(mode="json"),
+                           "seed": cfg.seed})
+    stages = [Stage("prepare", lambda: prepare(cfg), data_fp, [cfg.data_dir], main_only=True)]
+
+    teacher_fps = []
+    for t in cfg.teachers:
+        fp = stable_hash({"data": data_fp, "model": _model_fp(cfg, t.name), "seed": cfg.seed})
+        teacher_fps.append(fp)
+        stages.append(Stage(f"teacher:{t.name}", lambda n=t.name: train_model(cfg, n), fp,
+                            [cfg.model_dir(t.name), cfg.checkpoint_dir(t.name)], deps=["prepare"]))
+
+    distill_fp = stable_hash({"data": data_fp, "teachers": teacher_fps, "student": _model_fp(cfg, cfg.student.name),
+                              "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.seed})
+    teacher_stages = [f"teacher:{t.name}" for t in cfg.teachers]
+    stages.append(Stage("distill", lambda: distill(cfg), distill_fp,
+                        [cfg.model_dir(cfg.student.name), cfg.checkpoint_dir(cfg.student.name), cfg.out / "cache"],
+                        deps=["prepare", *teacher_stages]))
+    model_fps = {**dict(zip([t.name for t in cfg.teachers], teacher_fps, strict=True)), cfg.student.name: distill_fp}
+    if cfg.control:
+        control_fp = stable_hash({"data": data_fp, "model": _model_fp(cfg, cfg.control_name), "seed": cfg.seed})
+        stages.append(Stage("control", lambda: train_model(cfg, cfg.control_name), control_fp,
+                            [cfg.model_dir(cfg.control_name), cfg.checkpoint_dir(cfg.control_name)], deps=["prepare"]))
+        model_fps[cfg.control_name] = control_fp
+
+    eval_fp = stable_hash({"models": model_fps, "eval": cfg.eval.model_dump(mode="json")})
+    trained = [*teacher_stages, "distill", *(["control"] if cfg.control else [])]
+    stages.append(Stage("evaluate", lambda: evaluate_all(cfg, model_fps), eval_fp, [cfg.out / "eval"],
+                        deps=trained, main_only=True, reuse_outputs=True))
+    stages.append(Stage("report", lambda: _report(cfg), eval_fp, [], deps=["evaluate"], main_only=True, always=True))
+    return stages
+
+
+def _dependents(stages: list[Stage], roots: set[str]) -> set[str]:
+    """The given stages and every stage that reads, directly or not, from one of them."""
+    out = set(roots)
+    for s in stages:  # stages are in dependency order, so one pass suffices
+        if any(d in out for d in s.deps):
+            out.add(s.name)
+    return out
+
+
+def _expand_force(stages: list[Stage], force: list[str]) -> set[str]:
+    """Stages to redo: each forced stage ('teachers' = all of them) and every stage that depends on it."""
+    names = [s.name for s in stages]
+    roots: set[str] = set()
+    for f in force:
+        hits = [n for n in names if n == f or n == f"teacher:{f}" or (f == "teachers" and n.startswith("teacher:"))]
+        if not hits:
+            valid = ", ".join(["teachers", *[n.removeprefix("teacher:") for n in names]])
+            raise UserError(f"--force {f!r}: no such stage (stages: {valid})")
+        roots.update(hits)
+    return _dependents(stages, roots)
+
+
+def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; print times per stage and the final table."""
+    stages = plan(cfg)
+    redo = _expand_force(stages, force or [])
+    state_path = cfg.out / STATE_FILE
+    main = distributed.is_main_process()
+    timings: dict[str, float] = {}
+
+    for stage in stages:
+        state = _read_state(state_path)
+        rec = state.get(stage.name, {})
+        done = rec.get("done") and rec.get("fingerprint") == stage.fingerprint and all(
+            p.exists() for p in stage.outputs if not stage.reuse_outputs)
+        if done and stage.name not in redo and not stage.always:
+            if main:
+                print(f"[run] {stage.name}: up to date, skipped ({rec.get('seconds', 0):.1f}s when it ran)", flush=True)
+            timings[stage.name] = 0.0
+            continue
+        stale = rec.get("fingerprint") not in (None, stage.fingerprint) or stage.name in redo
+        if main:
+            if stale and (stage.name in redo or not stage.reuse_outputs):
+                for p in stage.outputs:
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+            state[stage.name] = {"fingerprint": stage.fingerprint, "done": False,
+                                 "seconds": rec.get("seconds", 0.0) if not stale else 0.0}
+            _write_state(state_path, state)
+            verb = "redoing" if stale and rec else ("resuming" if rec and not rec.get("done") else "running")
+            print(f"[run] {stage.name}: {verb}", flush=True)
+        distributed.barrier()
+        start = time.perf_counter()
+        if not stage.main_only or main:
+            stage.run()
+        distributed.barrier()
+        seconds = time.perf_counter() - start
+        timings[stage.name] = seconds
+        redo.discard(stage.name)
+        if main:
+            state = _read_state(state_path)
+            prev = state.get(stage.name, {}).get("seconds", 0.0)
+            state[stage.name] = {"fingerprint": stage.fingerprint, "done": True, "seconds": prev + seconds}
+            _write_state(state_path, state)
+            print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
+
+    if main:
+        from babyllama.report import comparison_table, summarize
+
+        summary = summarize(cfg.out)
+        print()
+        print(comparison_table(summary))
+        print()
+        print("Time per stage (this invocation):")
+        for name, seconds in timings.items():
+            print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
+        print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
+        return summary
+    return {}
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        state = read_json(path)
+    except ValueError:
+        raise UserError(f"{path}: corrupted run state; delete it to start the run over") from None
+    return state if isinstance(state, dict) else {}
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    atomic_write_json(path, state)
+
+
+# -- evaluation of every model -------------------------------------------------------------------------
+
+
+def evaluate_all(cfg: Config, model_fps: dict[str, str]) -> None:
+    """Dev perplexity, BLiMP, supplement and fine-tuning for every model; results under <out_dir>/eval/.
+
+    Each result file stores the fingerprint it was computed for, so an interrupted evaluation resumes
+    with the next missing result rather than starting over.
+    """
+    from babyllama.evaluate.blimp import evaluate_blimp
+    from babyllama.evaluate.finetune import finetune_task
+    from babyllama.evaluate.perplexity import evaluate_perplexity
+
+    ev = cfg.eval
+    protocol = {"prefix": ev.prefix, "leading_space": ev.leading_space, "reduction": ev.reduction,
+                "ties_correct": ev.ties_correct, "batch_size": ev.batch_size}
+    for name, model_fp in model_fps.items():
+        model_dir = cfg.model_dir(name)
+        out = cfg.out / "eval" / name
+        jobs: list[tuple[str, dict[str, Any], Callable[[], dict[str, Any]]]] = []
+        if ev.perplexity:
+            jobs.append(("perplexity.json", {"seq_len": cfg.data.seq_len},
+                         lambda d=model_dir: evaluate_perplexity(d, cfg.data_dir, seq_len=cfg.data.seq_len)))
+        for key, data in (("blimp", ev.blimp), ("supplement", ev.supplement)):
+            if data:
+                jobs.append((f"{key}.json", {"data": str(Path(data).expanduser()), **protocol},
+                             lambda d=model_dir, p=data: evaluate_blimp(d, str(Path(p).expanduser()), **protocol)))
+        for task in ev.finetune:
+            if not ev.finetune_data:
+                raise UserError("eval.finetune lists tasks but eval.finetune_data is not set")
+            hp = ev.finetune_tasks.get(task, ev.finetune_defaults)
+            jobs.append((f"finetune/{task}.json", {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
+                         lambda d=model_dir, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
+        for filename, settings, job in jobs:
+            path = out / filename
+            fp = stable_hash({"model": model_fp, **settings})
+            if path.exists():
+                try:
+                    if read_json(path).get("_fingerprint") == fp:
+                        continue
+                except ValueError:
+                    pass
+            print(f"[run] evaluate {name}: {filename.removesuffix('.json')}", flush=True)
+            result = job()
+            result["_fingerprint"] = fp
+            atomic_write_json(path, result)
+
+
+def _report(cfg: Config) -> None:
+    from babyllama.report import build_report
+
+    build_report(cfg.out)

@@ -1,0 +1,398 @@
+"""The comparison report: does the distilled student beat its teachers and the control?
+
+Everything is rebuilt from files on disk (the output contract of the other stages), so
+`babyllama report OUT_DIR` works after any run, complete or not:
+
+- ``config.yaml``, ``run_state.json`` (wall time per stage), ``data/manifest.json`` (word ledger)
+- ``models/<name>/model.safetensors`` (parameter count) and ``models/<name>/metrics.jsonl`` (curves)
+- ``eval/<name>/{perplexity,blimp,supplement}.json`` and ``eval/<name>/finetune/<task>.json``
+
+Outputs ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG data URIs) plus the
+PNG files under ``plots/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+import platform
+from pathlib import Path
+from typing import Any
+
+from babyllama.config import Config, load_config
+from babyllama.errors import UserError
+from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+
+# -- gathering -----------------------------------------------------------------------------------------
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    continue  # a line cut by a kill mid-write; the rest of the file is still good
+    return rows
+
+
+def _read_json_or_none(path: Path) -> Any:
+    try:
+        return read_json(path) if path.exists() else None
+    except ValueError:
+        return None
+
+
+def count_parameters(model_dir: Path) -> int | None:
+    """Parameters of a saved model, from the safetensors header alone (no weights are read)."""
+    from safetensors import safe_open
+
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        return None
+    total = 0
+    for f in files:
+        with safe_open(str(f), framework="numpy") as st:
+            for key in st.keys():
+                total += math.prod(st.get_slice(key).get_shape())
+    return total
+
+
+def _roles(cfg: Config) -> dict[str, str]:
+    roles = {t.name: "teacher" for t in cfg.teachers}
+    if cfg.student is not None:
+        roles[cfg.student.name] = "distilled student"
+        if cfg.control:
+            roles[cfg.control_name] = "control (no distillation)"
+    return roles
+
+
+def summarize(out_dir: Path) -> dict[str, Any]:
+    """Collect every figure the report shows into one JSON-able dict."""
+    out_dir = Path(out_dir)
+    if not (out_dir / "config.yaml").exists():
+        raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
+    cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
+    models = []
+    for name, role in _roles(cfg).items():
+        model_dir = cfg.model_dir(name)
+        metrics = _read_jsonl(model_dir / "metrics.jsonl")
+        train_rows = [r for r in metrics if "loss" in r]
+        last = train_rows[-1] if train_rows else {}
+        dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
+        ev = out_dir / "eval" / name
+        ppl = _read_json_or_none(ev / "perplexity.json") or {}
+        blimp = _read_json_or_none(ev / "blimp.json")
+        supp = _read_json_or_none(ev / "supplement.json")
+        finetune = {}
+        for f in sorted((ev / "finetune").glob("*.json")):
+            r = _read_json_or_none(f)
+            if r and r.get("score") is not None:
+                finetune[r.get("task", f.stem)] = {"metric": r.get("metric"), "score": r["score"]}
+        models.append({
+            "name": name,
+            "role": role,
+            "trained": (model_dir / "config.json").exists(),
+            "parameters": count_parameters(model_dir) if model_dir.exists() else None,
+            "tokens_seen": last.get("tokens_seen"),
+            "words_seen": last.get("words_seen"),
+            "steps": last.get("step"),
+            "dev_ce": ppl.get("ce", dev_rows[-1]["dev_loss"] if dev_rows else None),
+            "dev_perplexity": ppl.get("perplexity"),
+            "bits_per_word": ppl.get("bits_per_word"),
+            "blimp": blimp,
+            "supplement": supp,
+            "finetune": finetune,
+            "curves": {
+                "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
+                "dev": [(r.get("tokens_seen"), r["dev_loss"]) for r in dev_rows],
+            },
+        })
+    state = _read_json_or_none(out_dir / "run_state.json") or {}
+    manifest = _read_json_or_none(out_dir / "data" / "manifest.json") or {}
+    return {
+        "out_dir": str(out_dir),
+        "config": cfg.model_dump(mode="json"),
+        "models": models,
+        "verdict": verdict(models),
+        "stages": {k: v.get("seconds") for k, v in state.items() if isinstance(v, dict)},
+        "ledger": manifest.get("ledger"),
+        "environment": environment(),
+    }
+
+
+def environment() -> dict[str, Any]:
+    import importlib.metadata as md
+    import os
+
+    versions = {}
+    for pkg in ("babyllama", "torch", "transformers", "tokenizers", "safetensors", "numpy"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                           "packages": versions}
+    try:
+        import torch
+
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # torch missing or a broken CUDA install must not break the report
+        env["gpus"] = []
+    return env
+
+
+# -- the answer to the paper's question -------------------------------------------------------------
+
+
+def _blimp_macro(result: dict[str, Any] | None) -> float | None:
+    return None if not result else result.get("macro_phenomena")
+
+
+def verdict(models: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences comparing the distilled student with the control and each teacher, signs included."""
+    student = next((m for m in models if m["role"] == "distilled student"), None)
+    if student is None or student["dev_ce"] is None:
+        return ["The distilled student has not been trained and evaluated yet: no comparison possible."]
+    lines = []
+    others = [m for m in models if m is not student and m["dev_ce"] is not None]
+    for other in others:
+        d_ce = student["dev_ce"] - other["dev_ce"]
+        better = "beat" if d_ce < 0 else ("tied with" if d_ce == 0 else "did NOT beat")
+        text = (f"Dev CE: the distilled student {better} the {other['role']} `{other['name']}` "
+                f"({student['dev_ce']:.4f} vs {other['dev_ce']:.4f} nats/token, difference {d_ce:+.4f}; lower is better).")
+        sb, ob = _blimp_macro(student["blimp"]), _blimp_macro(other["blimp"])
+        if sb is not None and ob is not None:
+            d_b = 100 * (sb - ob)
+            word = "higher" if d_b > 0 else ("equal" if d_b == 0 else "LOWER")
+            text += f" BLiMP macro accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
+        lines.append(text)
+    control = next((m for m in others if m["role"].startswith("control")), None)
+    teachers = [m for m in others if m["role"] == "teacher"]
+    if control and teachers:
+        gap = control["dev_ce"] - min(t["dev_ce"] for t in teachers)
+        if gap > 0:
+            lines.append(f"Condition: the best teacher is {gap:.4f} nats/token below the control, so the teachers had "
+                         "something to teach (in the paper the gap was about 0.27).")
+        else:
+            lines.append(f"Condition NOT met: no teacher is better than the control (best teacher {-gap:.4f} nats/token "
+                         "worse). Distillation cannot be expected to help; train the teachers bigger or longer.")
+    return lines
+
+
+# -- tables ----------------------------------------------------------------------------------------------
+
+
+def _fmt(v: Any, kind: str = "") -> str:
+    if v is None:
+        return "–"
+    if kind == "int":
+        return f"{int(v):,}"
+    if kind == "pct":
+        return f"{100 * v:.1f}"
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+    return str(v)
+
+
+def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    tasks = sorted({t for m in summary["models"] for t in m["finetune"]})
+    header = ["model", "role", "params", "tokens seen", "words seen", "dev CE", "dev ppl", "bits/word",
+              "BLiMP %", "supplement %", *tasks]
+    rows = []
+    for m in summary["models"]:
+        rows.append([
+            m["name"], m["role"], _fmt(m["parameters"], "int"), _fmt(m["tokens_seen"], "int"),
+            _fmt(m["words_seen"], "int"), _fmt(m["dev_ce"]), _fmt(m["dev_perplexity"]), _fmt(m["bits_per_word"]),
+            _fmt(_blimp_macro(m["blimp"]), "pct"), _fmt(_blimp_macro(m["supplement"]), "pct"),
+            *[_fmt(m["finetune"].get(t, {}).get("score"), "pct") for t in tasks],
+        ])
+    return header, rows
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def comparison_table(summary: dict[str, Any]) -> str:
+    return _markdown_table(*_table_rows(summary))
+
+
+def _phenomena_table(summary: dict[str, Any], key: str, group: str) -> tuple[list[str], list[list[str]]] | None:
+    results = {m["name"]: m[key] for m in summary["models"] if m[key]}
+    if not results:
+        return None
+    names = sorted({p for r in results.values() for p in r.get(group, {})})
+    header = [group.rstrip("s"), *results]
+    rows = [[p, *[_fmt(r.get(group, {}).get(p, {}).get("accuracy"), "pct") for r in results.values()]] for p in names]
+    return header, rows
+
+
+# -- plots -----------------------------------------------------------------------------------------------
+
+
+def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
+    """PNG plots: loss curves, the student's CE/KD parts, BLiMP per phenomenon. Written atomically."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots: dict[str, Path] = {}
+
+    def save(fig: Any, name: str) -> None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        path = plot_dir / f"{name}.png"
+        atomic_write_bytes(path, buf.getvalue())
+        plots[name] = path
+
+    trained = [m for m in summary["models"] if m["curves"]["train"]]
+    if trained:
+        fig, ax = plt.subplots(figsize=(8, 4.5))
+        for i, m in enumerate(trained):
+            color = f"C{i}"
+            tr = [(t, loss) for t, loss, _, _ in m["curves"]["train"] if t is not None and loss is not None]
+            if tr:
+                ax.plot(*zip(*tr, strict=True), color=color, alpha=0.6, label=f"{m['name']} train loss")
+            dev = [(t, d) for t, d in m["curves"]["dev"] if t is not None]
+            if dev:
+                ax.plot(*zip(*dev, strict=True), color=color, marker="o", linestyle="--", label=f"{m['name']} dev CE")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("nats / token")
+        ax.set_title("Training and dev loss (the student's train loss is its combined distillation loss)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        save(fig, "loss_curves")
+
+    student = next((m for m in summary["models"] if m["role"] == "distilled student"), None)
+    if student and any(ce is not None for _, _, ce, _ in student["curves"]["train"]):
+        fig, ax = plt.subplots(figsize=(8, 4))
+        rows = [(t, ce, kd) for t, _, ce, kd in student["curves"]["train"] if t is not None and ce is not None]
+        ts, ces, kds = zip(*rows, strict=True)
+        ax.plot(ts, ces, label="CE part")
+        if any(k is not None for k in kds):
+            ax.plot(ts, [k if k is not None else float("nan") for k in kds], label="KD part (before weighting)")
+        ax.set_xlabel("tokens seen")
+        ax.set_ylabel("loss")
+        ax.set_title(f"Distillation loss parts of {student['name']}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        save(fig, "distill_parts")
+
+    table = _phenomena_table(summary, "blimp", "phenomena")
+    if table:
+        header, rows = table
+        names = header[1:]
+        fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
+        width = 0.8 / len(names)
+        for j, name in enumerate(names):
+            vals = [float(r[j + 1]) if r[j + 1] != "–" else 0.0 for r in rows]
+            ax.bar([i + j * width for i in range(len(rows))], vals, width=width, label=name)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+        ax.set_xticklabels([r[0] for r in rows], rotation=45, ha="right", fontsize=8)
+        ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+        ax.set_ylabel("accuracy %")
+        ax.set_ylim(0, 100)
+        ax.set_title("BLiMP accuracy per phenomenon")
+        ax.legend(fontsize=7)
+        save(fig, "blimp_phenomena")
+    return plots
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+
+def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(title, kind, payload) blocks shared by the Markdown and HTML writers."""
+    blocks: list[tuple[str, str, Any]] = [
+        ("Does distillation help?", "list", summary["verdict"]),
+        ("Comparison", "table", _table_rows(summary)),
+    ]
+    for key, title in (("blimp", "BLiMP per phenomenon (%)"), ("supplement", "BLiMP supplement (%)")):
+        group = "phenomena" if key == "blimp" else "paradigms"
+        t = _phenomena_table(summary, key, group)
+        if t:
+            blocks.append((title, "table", t))
+    if summary["stages"]:
+        rows = [[k, f"{v:.1f}" if v is not None else "–"] for k, v in summary["stages"].items()]
+        blocks.append(("Wall time per stage (s, all invocations)", "table", (["stage", "seconds"], rows)))
+    ledger = summary.get("ledger")
+    if ledger:
+        rows = [[src, f"{w:,}"] for src, w in (ledger.get("words_by_source") or {}).items()]
+        rows.append(["**total**", f"{ledger.get('total_words', 0):,}"])
+        rows.append(["budget", f"{ledger.get('budget', 0):,}"])
+        blocks.append(("Word-budget ledger (training words)", "table", (["source", "words"], rows)))
+    env = summary["environment"]
+    env_rows = [["python", env["python"]], ["platform", env["platform"]], ["cpu", f"{env['cpu']} ({env['cpu_count']} cores)"],
+                ["gpus", ", ".join(env["gpus"]) or "none"]]
+    env_rows += [[k, v or "–"] for k, v in env["packages"].items()]
+    blocks.append(("Environment", "table", (["what", "value"], env_rows)))
+    return blocks
+
+
+def render_markdown(summary: dict[str, Any], plots: dict[str, Path], out_dir: Path) -> str:
+    import yaml
+
+    parts = [f"# babyllama report — `{summary['out_dir']}`", ""]
+    for title, kind, payload in _sections(summary):
+        parts += [f"## {title}", ""]
+        parts.append("\n".join(f"- {x}" for x in payload) if kind == "list" else _markdown_table(*payload))
+        parts.append("")
+        if title == "Comparison" and plots:
+            parts += [f"![{name}]({p.relative_to(out_dir)})" for name, p in plots.items()] + [""]
+    parts += ["## Resolved config", "", "```yaml", yaml.safe_dump(summary["config"], sort_keys=False).rstrip(), "```", ""]
+    return "\n".join(parts)
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip('*'))}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
+    import yaml
+
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;"
+             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
+             "img{max-width:100%;display:block;margin:1em 0}pre{background:#f7f7f7;padding:1em;overflow:auto}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>babyllama report</title><style>{style}</style>"
+             f"</head><body><h1>babyllama report — {html.escape(summary['out_dir'])}</h1>"]
+    for title, kind, payload in _sections(summary):
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if kind == "list":
+            parts.append("<ul>" + "".join(f"<li>{html.escape(x).replace('`', '')}</li>" for x in payload) + "</ul>")
+        else:
+            parts.append(_html_table(*payload))
+        if title == "Comparison":
+            for name, p in plots.items():
+                data = base64.b64encode(p.read_bytes()).decode()
+                parts.append(f"<img alt='{name}' src='data:image/png;base64,{data}'>")
+    parts.append("<h2>Resolved config</h2><pre>" + html.escape(yaml.safe_dump(summary["config"], sort_keys=False)) + "</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def build_report(out_dir: Path) -> list[Path]:
+    """Rebuild report.md, report.html and plots/ from what is on disk."""
+    out_dir = Path(out_dir)
+    summary = summarize(out_dir)
+    plots = make_plots(summary, out_dir / "plots")
+    md_path, html_path = out_dir / "report.md", out_dir / "report.html"
+    atomic_write_text(md_path, render_markdown(summary, plots, out_dir))
+    atomic_write_text(html_path, render_html(summary, plots))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return [md_path, html_path]

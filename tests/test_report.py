@@ -1,0 +1,72 @@
+"""The report is rebuilt from files on disk and states the comparison with its sign."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from babyllama.cli import main
+from babyllama.config import Config, save_resolved
+from babyllama.report import build_report, summarize
+
+
+def _fake_model(cfg: Config, name: str, n_params: int, dev_ce: float, blimp: float, with_kd: bool = False) -> None:
+    d = cfg.model_dir(name)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    save_file({"w": np.zeros((n_params,), dtype=np.float32)}, str(d / "model.safetensors"))
+    rows = []
+    for step in range(1, 6):
+        row = {"step": step, "loss": 5.0 - step * 0.2, "tokens_seen": step * 64, "words_seen": step * 50}
+        if with_kd:
+            row.update(ce=4.0 - step * 0.1, kd=1.0 / step)
+        rows.append(row)
+    rows.append({"step": 5, "tokens_seen": 320, "dev_loss": dev_ce})
+    (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ev = cfg.out / "eval" / name
+    ev.mkdir(parents=True)
+    (ev / "perplexity.json").write_text(json.dumps({"ce": dev_ce, "perplexity": float(np.exp(dev_ce)), "bits_per_word": 1.0}))
+    (ev / "blimp.json").write_text(json.dumps({
+        "phenomena": {"anaphor_agreement": {"accuracy": blimp, "n": 10, "ties": 0},
+                      "island_effects": {"accuracy": blimp - 0.1, "n": 10, "ties": 1}},
+        "paradigms": {}, "fields": {}, "macro_paradigms": blimp, "macro_phenomena": blimp - 0.05}))
+
+
+def test_report_states_losses_plainly(tiny_cfg: Config) -> None:
+    save_resolved(tiny_cfg)
+    _fake_model(tiny_cfg, "t-llama", 1000, 3.0, 0.70)
+    _fake_model(tiny_cfg, "t-gpt2", 900, 3.1, 0.68)
+    _fake_model(tiny_cfg, "student", 100, 3.3, 0.60, with_kd=True)
+    _fake_model(tiny_cfg, tiny_cfg.control_name, 100, 3.2, 0.65)
+
+    paths = build_report(tiny_cfg.out)
+    md = paths[0].read_text()
+    assert "did NOT beat the control (no distillation) `student-control`" in md
+    assert "difference +0.1000" in md
+    assert "did NOT beat the teacher `t-llama`" in md and "LOWER" in md
+    assert "Condition: the best teacher is 0.2000 nats/token below the control" in md
+    assert "| t-llama | teacher | 1,000 | 320 | 250 | 3.0000 |" in md
+    html = paths[1].read_text()
+    assert html.count("data:image/png;base64,") == 3
+    for name in ("loss_curves", "distill_parts", "blimp_phenomena"):
+        assert (tiny_cfg.out / "plots" / f"{name}.png").stat().st_size > 1000
+
+
+def test_report_when_student_wins_and_condition_unmet(tiny_cfg: Config) -> None:
+    save_resolved(tiny_cfg)
+    _fake_model(tiny_cfg, "t-llama", 1000, 3.5, 0.70)
+    _fake_model(tiny_cfg, "student", 100, 3.2, 0.75, with_kd=True)
+    _fake_model(tiny_cfg, tiny_cfg.control_name, 100, 3.4, 0.65)
+    verdict = summarize(tiny_cfg.out)["verdict"]
+    assert any("student beat the control" in v and "-0.2000" in v for v in verdict)
+    assert any(v.startswith("Condition NOT met") for v in verdict)
+    # a missing teacher is shown as such, not silently dropped from the table
+    assert "t-gpt2" in build_report(tiny_cfg.out)[0].read_text()
+
+
+def test_report_cli_on_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a babyllama out_dir" in capsys.readouterr().err

@@ -11,9 +11,10 @@ CONFIG ?= configs/demo.yaml
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	@# Install torch first, only when missing: an unpinned torch can pull a multi-GB CUDA build.
+	@# Torch first, and only when missing (an existing build, e.g. CUDA, is kept). A local CPU wheel
+	@# (pip's find-links, no network) is preferred; otherwise the latest release from the index.
 	@if ! $(PY) -c "import torch" 2>/dev/null; then \
-		$(PY) -m pip install -q torch==2.13.0 || $(PY) -m pip install -q torch; fi
+		$(PY) -m pip install -q --no-index torch==2.13.0 2>/dev/null || $(PY) -m pip install -q torch; fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

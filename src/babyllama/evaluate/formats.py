@@ -1,0 +1,160 @@
+"""Inputs every evaluator shares: JSON-lines data files and Hugging Face causal-LM folders.
+
+The evaluators accept any Hugging Face causal-LM directory, not only ours, so the checks here turn the
+usual ways that goes wrong (a wrong folder, a masked LM, a malformed line) into one-line `UserError`s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from babyllama.errors import UserError
+
+
+def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of a JSON-lines file, each with its location ("line 7") for error messages.
+
+    A ``.json`` file may also hold one JSON array of objects (``datasets`` writes either form).
+    Blank lines are skipped.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        rows = [(f"item {i + 1}", item) for i, item in enumerate(items)]
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append((f"line {lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+    for loc, row in rows:
+        if not isinstance(row, dict):
+            raise UserError(f"{path}: {loc}: expected a JSON object, got {type(row).__name__}")
+    return rows
+
+
+def text_field(path: Path, loc: str, row: dict[str, Any], key: str) -> str:
+    """``row[key]`` as a string, or a UserError naming the file, line and field."""
+    if key not in row:
+        raise UserError(f"{path}: {loc}: missing field {key!r}")
+    value = row[key]
+    if not isinstance(value, str):
+        raise UserError(f"{path}: {loc}: field {key!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device!r}: CUDA is not available on this machine")
+    return dev
+
+
+def check_causal_lm_dir(model_dir: str | Path) -> Path:
+    """Fail early, with one line, unless ``model_dir`` is a Hugging Face causal-LM folder."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise UserError(f"{path}: model folder not found")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except (ValueError, OSError, KeyError) as e:
+        raise UserError(f"{path}/config.json: cannot be read as a Hugging Face config ({str(e).splitlines()[0]})") from None
+    causal_classes = set()
+    for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
+        causal_classes.update([v] if isinstance(v, str) else v)
+    archs = getattr(config, "architectures", None) or []
+    if archs and not any(a in causal_classes for a in archs):
+        raise UserError(f"{path}: architecture {archs[0]} is not a causal language model (expected e.g. LlamaForCausalLM)")
+    if not archs and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise UserError(f"{path}: model type {config.model_type!r} has no causal language model class")
+    return path
+
+
+def load_tokenizer(model_dir: str | Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError) as e:
+        raise UserError(f"{model_dir}: no usable tokenizer in the model folder ({str(e).splitlines()[0]})") from None
+
+
+def load_causal_lm(model_dir: str | Path, device: torch.device):
+    """Model (fp32, eval mode, on ``device``) and tokenizer of a causal-LM folder.
+
+    Scores are computed in fp32 whatever dtype the checkpoint was saved in, so they do not depend on
+    the machine's half-precision kernels.
+    """
+    from transformers import AutoModelForCausalLM
+
+    path = check_causal_lm_dir(model_dir)
+    tokenizer = load_tokenizer(path)
+    with quiet_transformers():
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{path}: cannot load the causal language model ({str(e).splitlines()[0]})") from None
+    return model.to(device).eval(), tokenizer
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' loading chatter (progress bars, expected-missing-weights notes) for a while."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def max_positions(config: Any) -> int | None:
+    """Longest input the model accepts (GPT-2 calls it n_positions), or None when unbounded."""
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def special_token_id(tokenizer: Any, config: Any, kind: str) -> int | None:
+    """The tokenizer's ``bos``/``eos``/``pad`` id, else the model config's, else None."""
+    tid = getattr(tokenizer, f"{kind}_token_id", None)
+    if tid is None:
+        tid = getattr(config, f"{kind}_token_id", None)
+        if isinstance(tid, list | tuple):
+            tid = tid[0] if tid else None
+    return tid

@@ -1,8 +1,17 @@
-"""torchrun / DDP helpers. Without torchrun every function answers for a single process."""
+"""torchrun / DDP helpers. Without torchrun every function answers for a single process.
+
+Launch several processes with ``torchrun --nproc_per_node N -m babyllama train ...``: NCCL on GPUs
+(one per process, by LOCAL_RANK), gloo on CPU. Each rank takes a disjoint shard of every global batch,
+so the global batch is batch_size x grad_accum x world_size sequences.
+"""
 
 from __future__ import annotations
 
 import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
 
 
 def rank() -> int:
@@ -19,3 +28,53 @@ def local_rank() -> int:
 
 def is_main_process() -> bool:
     return rank() == 0
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def training_device() -> torch.device:
+    """This process's device: its own GPU under torchrun, else cuda:0 when there is one, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", local_rank() % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init(device: torch.device) -> None:
+    """Join the process group (once) when launched by torchrun with more than one process."""
+    if not is_distributed() or dist.is_initialized():
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks, in place (a no-op for one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` for one process)."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

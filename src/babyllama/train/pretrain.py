@@ -1,0 +1,22 @@
+"""`babyllama train --model NAME`: train a teacher, or the control, from scratch with plain CE."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from babyllama.config import Config
+from babyllama.errors import UserError
+from babyllama.train.loop import fit
+from babyllama.train.objective import LMObjective
+
+
+def train_model(cfg: Config, name: str, resume: bool = False) -> Path:
+    """Train model ``name`` ('control' = the student's architecture without distillation); return its folder."""
+    if cfg.student is not None and name == cfg.student.name:
+        raise UserError(
+            f"model {name!r} is the student: train it with `babyllama distill`, or train its architecture alone "
+            f"with --model control ({cfg.control_name})"
+        )
+    model_cfg = cfg.model(name)
+    role = "control" if model_cfg.name == cfg.control_name else "teacher"
+    return fit(cfg, model_cfg, LMObjective(), resume=resume, description=f"{role} {model_cfg.name}")

@@ -53,7 +53,7 @@ def server(tmp_path, monkeypatch):
             hits.append(self.path)
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(www)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield www, f"http://127.0.0.1:{httpd.server_address[1]}", hits
     httpd.shutdown()

@@ -18,6 +18,7 @@ from transformers import (
 )
 
 from babyllama.config import ModelConfig
+from babyllama.errors import UserError
 
 
 def hf_config(model_cfg: ModelConfig, vocab_size: int, special_ids: dict[str, int | None]) -> PretrainedConfig:
@@ -27,7 +28,7 @@ def hf_config(model_cfg: ModelConfig, vocab_size: int, special_ids: dict[str, in
     tied = {} if m.tie_embeddings is None else {"tie_word_embeddings": m.tie_embeddings}
     if m.arch == "gpt2":
         if m.num_kv_heads not in (None, m.num_heads):
-            raise ValueError(f"model {m.name!r}: GPT-2 has no grouped-query attention (num_kv_heads must be null)")
+            raise UserError(f"model {m.name!r}: num_kv_heads is a LLaMA option (GPT-2 has no grouped-query attention); set it to null")
         return GPT2Config(
             vocab_size=vocab_size,
             n_positions=m.max_position_embeddings,

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 from babyllama.config import Config, ModelConfig
+from babyllama.data.tokens import read_manifest
 from babyllama.errors import UserError
 from babyllama.io import atomic_path, atomic_write_json, file_sha256, read_json, stable_hash
 
@@ -78,14 +79,11 @@ def describe_changes(old: dict, new: dict, limit: int = 3) -> str:
 
 
 def data_hash(cfg: Config) -> str:
-    """The prepared data's content hash from <data_dir>/manifest.json."""
-    path = cfg.data_dir / "manifest.json"
-    if not path.exists():
-        raise UserError(f"{path}: no prepared data; run `babyllama prepare` first")
-    try:
-        return str(read_json(path)["data_hash"])
-    except (KeyError, ValueError, TypeError):
-        raise UserError(f"{path}: unreadable or missing 'data_hash'; run `babyllama prepare` again") from None
+    """The prepared data's content hash (tokenizer + token files) from <data_dir>/manifest.json."""
+    manifest = read_manifest(cfg.data_dir)
+    if "data_hash" not in manifest:
+        raise UserError(f"{cfg.data_dir / 'manifest.json'}: no data_hash; run `babyllama prepare` again")
+    return str(manifest["data_hash"])
 
 
 def is_complete(cfg: Config, model_cfg: ModelConfig, fingerprint: dict, *, windows: str | None = None) -> bool:

@@ -32,9 +32,10 @@ from typing import Literal
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 from babyllama.config import Config, ModelConfig
+from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import (
     dev_subset,
     gather_windows,
@@ -43,7 +44,7 @@ from babyllama.data.windows import (
     window_starts,
 )
 from babyllama.errors import UserError
-from babyllama.io import read_json, stable_hash
+from babyllama.io import stable_hash
 from babyllama.models import build_model, count_parameters
 from babyllama.train import checkpoint as ckpt
 from babyllama.train import distributed as dist
@@ -54,13 +55,6 @@ Windows = Literal["random", "fixed"]
 
 
 # -- data ----------------------------------------------------------------------------------------------
-
-
-def load_split(cfg: Config, split: str) -> np.ndarray:
-    """The prepared token stream of one split (a read-only memmap)."""
-    from babyllama.data.tokens import load_tokens
-
-    return load_tokens(cfg.data_dir, split)
 
 
 class WindowStream:
@@ -97,12 +91,10 @@ class WindowStream:
         return starts, ids
 
 
-def words_per_token(cfg: Config) -> float:
-    """Words per token of the train split (from the manifest), to report BabyLM words seen."""
-    manifest = read_json(cfg.data_dir / "manifest.json")
-    train = manifest.get("splits", {}).get("train", manifest.get("train", {}))
-    words, tokens = train.get("words"), train.get("tokens")
-    return float(words) / float(tokens) if words and tokens else float("nan")
+def words_per_token(manifest: dict) -> float:
+    """Words per token of the train split, to report BabyLM words seen."""
+    train = manifest["splits"]["train"]
+    return float(train["words"]) / float(train["tokens"])
 
 
 # -- precision -----------------------------------------------------------------------------------------
@@ -204,10 +196,10 @@ def fit(
     global_batch = bsz * accum * world
 
     # data and run identity
+    manifest = read_manifest(cfg.data_dir)
     data_hash = ckpt.data_hash(cfg)
-    tok_dir = cfg.data_dir / "tokenizer"
-    tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-    train_tokens, dev_tokens = load_split(cfg, "train"), load_split(cfg, "dev")
+    tok_dir = cfg.data_dir / manifest["tokenizer"]
+    train_tokens, dev_tokens = load_tokens(cfg.data_dir, "train"), load_tokens(cfg.data_dir, "dev")
     stream = WindowStream(len(train_tokens), seq_len, cfg.seed, mode)
     if stream.n_windows < global_batch:
         raise UserError(
@@ -221,7 +213,7 @@ def fit(
     dev_indices = dev_subset(num_fixed_windows(len(dev_tokens), seq_len), tcfg.eval_windows, cfg.seed)
     if len(dev_indices) == 0:
         raise UserError(f"{cfg.data_dir}: the dev split is shorter than one window of {seq_len} tokens")
-    wpt = words_per_token(cfg)
+    wpt = words_per_token(manifest)
     components = ckpt.run_components(cfg, model_cfg, objective.fingerprint(), mode)
     config_hash = stable_hash(components)
 
@@ -236,8 +228,7 @@ def fit(
 
     # model, optimiser, schedule
     torch.manual_seed(cfg.seed)
-    special = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
-    model = build_model(model_cfg, len(tokenizer), special).to(device)
+    model = build_model(model_cfg, manifest["vocab_size"], manifest["special_tokens"]).to(device)
     if state is not None:
         ckpt.load_weights(model, last_dir)
     model.train()
@@ -356,7 +347,7 @@ def fit(
                 "grad_norm": float(grad_norm),
                 "tokens_per_s": steps_in_log * global_batch * seq_len / max(elapsed, 1e-9),
                 "tokens_seen": tokens,
-                "words_seen": tokens * wpt if not math.isnan(wpt) else None,
+                "words_seen": tokens * wpt,
                 **dict(zip(extra_sums, values[1:], strict=True)),
             }
             log.log(record)
@@ -395,7 +386,7 @@ def fit(
             "global_batch": global_batch,
             "world_size": world,
             "tokens_seen": tokens_seen,
-            "words_seen": tokens_seen * wpt if not math.isnan(wpt) else None,
+            "words_seen": tokens_seen * wpt,
             "epochs_seen": total_steps * global_batch / stream.n_windows,
             "best_dev_loss": best_info["dev_loss"],
             "best_step": best_info["step"],

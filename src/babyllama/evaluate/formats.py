@@ -107,8 +107,15 @@ def load_tokenizer(model_dir: str | Path):
         raise UserError(f"{model_dir}: no usable tokenizer in the model folder ({str(e).splitlines()[0]})") from None
 
 
-def load_causal_lm(model_dir: str | Path, device: torch.device):
-    """Model (fp32, eval mode, on ``device``) and tokenizer of a causal-LM folder.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def has_tokenizer(model_dir: str | Path) -> bool:
+    return any((Path(model_dir) / f).is_file() for f in TOKENIZER_FILES)
+
+
+def load_causal_lm(model_dir: str | Path, device: torch.device, *, need_tokenizer: bool = True):
+    """Model (fp32, eval mode, on ``device``) and tokenizer (None if absent and not needed) of a causal-LM folder.
 
     Scores are computed in fp32 whatever dtype the checkpoint was saved in, so they do not depend on
     the machine's half-precision kernels.
@@ -116,7 +123,7 @@ def load_causal_lm(model_dir: str | Path, device: torch.device):
     from transformers import AutoModelForCausalLM
 
     path = check_causal_lm_dir(model_dir)
-    tokenizer = load_tokenizer(path)
+    tokenizer = load_tokenizer(path) if need_tokenizer or has_tokenizer(path) else None
     with quiet_transformers():
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -1,0 +1,117 @@
+"""Dev perplexity: the CE definition, bits per word, a config's models, mismatched inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from babyllama.cli import main
+from babyllama.config import Config
+from babyllama.data.tokenizer import BOS_ID, EOS_ID, PAD_ID
+from babyllama.data.tokens import load_tokens, read_manifest
+from babyllama.errors import UserError
+from babyllama.evaluate.perplexity import evaluate_perplexity, format_perplexity_table, perplexity_for_config
+from babyllama.models import build_model
+from fixtures.eval.tiny_models import make_model_dir
+
+
+def save_trained_stand_in(cfg: Config, name: str, seed: int) -> Path:
+    """A randomly initialised model of ``name`` saved where training would put it, with the data's tokenizer."""
+    torch.manual_seed(seed)
+    vocab = read_manifest(cfg.data_dir)["vocab_size"]
+    model = build_model(cfg.model(name), vocab, {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID})
+    folder = cfg.model_dir(name)
+    model.save_pretrained(folder)
+    for f in (cfg.data_dir / "tokenizer").iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def manual_ce(folder: Path, tokens: np.ndarray, seq_len: int) -> float:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    n = len(tokens) // seq_len
+    x = torch.tensor(np.asarray(tokens[: n * seq_len], dtype=np.int64).reshape(n, seq_len))
+    with torch.no_grad():
+        logits = model(x).logits
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1)).item()
+
+
+def test_perplexity_of_a_config(prepared_cfg, capsys):
+    cfg = prepared_cfg
+    folder = save_trained_stand_in(cfg, "t-llama", seed=3)
+    save_trained_stand_in(cfg, "t-gpt2", seed=4)
+    results = perplexity_for_config(cfg, device="cpu")
+    assert set(results) == {"t-llama", "t-gpt2"}
+    assert "skipped: student" in capsys.readouterr().out  # the student and the control are not trained
+
+    r = results["t-llama"]
+    tokens = load_tokens(cfg.data_dir, "dev")
+    dev = read_manifest(cfg.data_dir)["splits"]["dev"]
+    seq = cfg.data.seq_len
+    assert r["windows"] == len(tokens) // seq and r["tokens_scored"] == r["windows"] * (seq - 1)
+    assert r["ce_nats_per_token"] == pytest.approx(manual_ce(folder, tokens, seq), rel=1e-5)
+    assert r["perplexity"] == pytest.approx(math.exp(r["ce_nats_per_token"]))
+    assert r["bits_per_word"] == pytest.approx(r["ce_nats_per_token"] * dev["tokens"] / dev["words"] / math.log(2))
+    assert r["dev_words"] == dev["words"] > 0
+    # A random model knows nothing: its CE is close to log(vocab).
+    assert abs(r["ce_nats_per_token"] - math.log(read_manifest(cfg.data_dir)["vocab_size"])) < 1.0
+
+    capped = evaluate_perplexity(folder, cfg.data_dir, seq_len=seq, device="cpu", max_windows=2, batch_size=1)
+    assert capped["windows"] == 2
+    table = format_perplexity_table(results)
+    assert table.count("\n") == 3 and "| t-gpt2 |" in table
+
+
+def test_perplexity_cli_and_bad_inputs(prepared_cfg, tmp_path, capsys):
+    cfg = prepared_cfg
+    folder = save_trained_stand_in(cfg, "student", seed=5)
+    out = tmp_path / "ppl.json"
+    assert main(["evaluate", "perplexity", "--model", str(folder), "--data-dir", str(cfg.data_dir),
+                 "--seq-len", str(cfg.data.seq_len), "--device", "cpu", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["student"]["seq_len"] == cfg.data.seq_len
+
+    other = make_model_dir(tmp_path / "other", "llama", n_positions=64)  # trained on other text
+    with pytest.raises(UserError, match="tokenizer differs"):
+        evaluate_perplexity(other, cfg.data_dir, seq_len=16, device="cpu")
+    small = tmp_path / "small"
+    LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                 num_attention_heads=1, max_position_embeddings=32)).save_pretrained(small)
+    with pytest.raises(UserError, match="100 token embeddings"):
+        evaluate_perplexity(small, cfg.data_dir, seq_len=16, device="cpu")
+    bare = tmp_path / "bare"  # no tokenizer files: checked by vocabulary size only
+    LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
+                                 num_attention_heads=1, max_position_embeddings=32)).save_pretrained(bare)
+    assert evaluate_perplexity(bare, cfg.data_dir, seq_len=16, device="cpu")["tokenizer_checked"] is False
+    with pytest.raises(UserError, match="exceeds the model's 32 positions"):
+        evaluate_perplexity(folder, cfg.data_dir, seq_len=64, device="cpu")
+    with pytest.raises(UserError, match="not prepared"):
+        evaluate_perplexity(folder, tmp_path, seq_len=16, device="cpu")
+    assert main(["evaluate", "perplexity", "--model", str(tmp_path / "nothing"), "--data-dir",
+                 str(cfg.data_dir)]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_perplexity_refuses_a_different_tokenizer(prepared_cfg, tmp_path):
+    cfg = prepared_cfg
+    folder = save_trained_stand_in(cfg, "student", seed=5)
+    vocab = json.loads((folder / "tokenizer.json").read_text())
+    v = vocab["model"]["vocab"]
+    a, b = list(v)[300 - 2], list(v)[300 - 1]
+    v[a], v[b] = v[b], v[a]  # same size, two ids swapped
+    (folder / "tokenizer.json").write_text(json.dumps(vocab))
+    with pytest.raises(UserError, match="tokenizer differs"):
+        evaluate_perplexity(folder, cfg.data_dir, seq_len=16, device="cpu")
+
+
+def test_no_trained_model(prepared_cfg):
+    with pytest.raises(UserError, match="no trained model"):
+        perplexity_for_config(prepared_cfg, device="cpu")

@@ -187,6 +187,13 @@ def write_summary(model_dir: Path, summary: dict) -> None:
     atomic_write_json(model_dir / SUMMARY_FILE, summary)
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete half-written ``.<name>.*.tmp`` folders that a killed save left behind (never a checkpoint)."""
+    if folder.is_dir():
+        for tmp in folder.glob(".*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 # -- reading -----------------------------------------------------------------------------------------
 
 

@@ -218,6 +218,8 @@ def fit(
     config_hash = stable_hash(components)
 
     ck_dir = cfg.checkpoint_dir(model_cfg.name)
+    if main:
+        ckpt.remove_stale_temporaries(ck_dir)
     last_dir = ckpt.find(ck_dir / "last")
     state = None
     if last_dir is not None:

@@ -178,18 +178,19 @@ class _ChunkedKD(torch.autograd.Function):
         grad = torch.empty_like(student) if need_grad else None
         total = torch.zeros((), dtype=_upcast(student[:0]).dtype, device=student.device)
         agree = torch.zeros((), dtype=torch.float32, device=student.device)
-        for start in range(0, n, chunk_rows):
-            rows = slice(start, min(start + chunk_rows, n))
-            ids, lp = source.chunk(rows)
-            s, w = student[rows], row_weight[rows]
-            d, g = _kd_chunk(s, ids, lp, temperature, divergence, need_grad)
-            total += (d * w).sum()
-            if grad is not None and g is not None:
-                grad[rows] = g.mul_(w.unsqueeze(-1))
-            top = lp[:, : ids.shape[-1]].argmax(-1) if ids is not None else lp.argmax(-1)
-            if ids is not None:
-                top = ids.gather(-1, top.unsqueeze(-1)).squeeze(-1)
-            agree += ((s.argmax(-1) == top) & agree_mask[rows]).sum()
+        with torch.autocast(student.device.type, enabled=False):  # precision is chosen explicitly here
+            for start in range(0, n, chunk_rows):
+                rows = slice(start, min(start + chunk_rows, n))
+                ids, lp = source.chunk(rows)
+                s, w = student[rows], row_weight[rows]
+                d, g = _kd_chunk(s, ids, lp, temperature, divergence, need_grad)
+                total += (d * w).sum()
+                if grad is not None and g is not None:
+                    grad[rows] = g.mul_(w.unsqueeze(-1))
+                top = lp[:, : ids.shape[-1]].argmax(-1) if ids is not None else lp.argmax(-1)
+                if ids is not None:
+                    top = ids.gather(-1, top.unsqueeze(-1)).squeeze(-1)
+                agree += ((s.argmax(-1) == top) & agree_mask[rows]).sum()
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(agree)
         return total, agree

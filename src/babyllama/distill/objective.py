@@ -1,0 +1,96 @@
+"""The distillation objective for the one training loop: CE + KD, teachers live or from the cache.
+
+The loop (babyllama.train.loop.fit) does everything else: data, optimiser, precision, evaluation of the
+student's plain dev CE, checkpoints and resume. Only where the teacher distribution comes from differs:
+
+* live: the frozen teachers run on the micro-batch (no grad, half precision on a GPU);
+* cache: the rows of the fixed windows in the batch are read from the teacher-logit cache (the loop
+  must then run with windows="fixed", so that Batch.window_ids name cached windows).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from babyllama.config import DistillConfig
+from babyllama.distill.cache import TeacherCache
+from babyllama.distill.loss import DenseTeachers, SparseTeachers, TeacherSource, combine
+from babyllama.distill.teachers import TeacherEnsemble, teacher_dtype
+from babyllama.train.objective import Batch, Metric
+
+
+class DistillObjective:
+    """alpha * CE + (1 - alpha) * T^2 * D(ensemble || student) with the options of ``opts``."""
+
+    def __init__(
+        self,
+        opts: DistillConfig,
+        teachers: Sequence[tuple[str, str]],
+        weights: Sequence[float],
+        *,
+        load_teachers: Callable[[torch.device, torch.dtype], TeacherEnsemble] | None = None,
+        cache: TeacherCache | None = None,
+    ) -> None:
+        """``teachers`` is [(name, weights sha256)] in ensemble order; ``weights`` are normalised. Give
+        ``load_teachers(device, dtype)`` for live teachers, or a complete ``cache``."""
+        if (load_teachers is None) == (cache is None):
+            raise ValueError("give exactly one of load_teachers (live teachers) or cache")
+        self.opts = opts
+        self.teachers = list(teachers)
+        self.weights = list(weights)
+        self.cache = cache
+        self._load_teachers = load_teachers
+        self.ensemble: TeacherEnsemble | None = None
+        self.device = torch.device("cpu")
+
+    def setup(self, device: torch.device, dtype: torch.dtype | None) -> None:
+        self.device = device
+        if self._load_teachers is not None and self.ensemble is None:
+            self.ensemble = self._load_teachers(device, teacher_dtype(device, dtype))
+
+    def _source(self, batch: Batch, vocab: int) -> TeacherSource:
+        if self.cache is not None:
+            ids, values, tail = self.cache.rows(batch.window_ids)
+            if ids.shape[1] != batch.input_ids.shape[1]:
+                raise RuntimeError(f"cache rows have {ids.shape[1]} positions, the batch {batch.input_ids.shape[1]}")
+            k = ids.shape[-1]
+            dev = self.device
+            return SparseTeachers.from_top_k(
+                ids.to(dev, non_blocking=True).reshape(-1, k),
+                values.to(dev, non_blocking=True).reshape(-1, k),
+                None if tail is None else tail.to(dev, non_blocking=True).reshape(-1),
+            )
+        assert self.ensemble is not None, "setup() was not called"
+        logits = self.ensemble(batch.input_ids)
+        return DenseTeachers([z.reshape(-1, vocab) for z in logits], self.opts.temperature, self.opts.ensemble,
+                             self.weights)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
+        logits = model(input_ids=batch.input_ids, use_cache=False).logits
+        source = self._source(batch, logits.shape[-1])
+        loss, parts = combine(logits, source, batch.input_ids, alpha=self.opts.alpha,
+                              temperature=self.opts.temperature, divergence=self.opts.divergence,
+                              reduction=self.opts.reduction)
+        return loss, dict(parts)
+
+    def fingerprint(self) -> dict:
+        return distill_fingerprint(self.opts, self.teachers, self.weights,
+                                   None if self.cache is None else self.cache.key)
+
+
+def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]], weights: Sequence[float],
+                        cache_key: str | None) -> dict:
+    """What makes one distillation differ from another: loss options, teacher weights, cache key."""
+    return {
+        "objective": "distill",
+        "alpha": opts.alpha,
+        "temperature": opts.temperature,
+        "ensemble": opts.ensemble,
+        "weights": list(weights),
+        "divergence": opts.divergence,
+        "reduction": opts.reduction,
+        "teachers": [[name, sha] for name, sha in teachers],
+        "cache": {"enabled": cache_key is not None, "top_k": opts.cache.top_k if cache_key else None, "key": cache_key},
+    }

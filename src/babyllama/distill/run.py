@@ -1,0 +1,107 @@
+"""`babyllama distill CONFIG`: train the student from the teachers' ensemble with the one training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from babyllama.config import Config
+from babyllama.data.tokens import load_tokens, read_manifest
+from babyllama.data.windows import num_fixed_windows
+from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, weights_hash
+from babyllama.distill.loss import normalised_weights
+from babyllama.distill.objective import DistillObjective, distill_fingerprint
+from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
+from babyllama.errors import UserError
+from babyllama.train import distributed as dist
+from babyllama.train.loop import fit
+
+
+def _student(cfg: Config):
+    if cfg.student is None:
+        raise UserError("distill: the config has no `student:` section (the model to distil into)")
+    return cfg.student
+
+
+def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_tokens: int) -> CacheSpec:
+    """The cache identity for this config: teachers' weights, data, windows, ensemble, T and k."""
+    opts = cfg.distill
+    return CacheSpec(
+        teachers=tuple((name, sha) for name, sha in teachers),
+        data_hash=str(manifest["data_hash"]),
+        seq_len=cfg.data.seq_len,
+        n_windows=num_fixed_windows(n_tokens, cfg.data.seq_len),
+        vocab_size=int(manifest["vocab_size"]),
+        ensemble=opts.ensemble,
+        weights=tuple(normalised_weights(opts.weights, len(teachers))),
+        temperature=opts.temperature,
+        top_k=opts.cache.top_k,
+    )
+
+
+def _teachers(cfg: Config) -> tuple[dict, list[Path], list[tuple[str, str]]]:
+    _student(cfg)
+    manifest = read_manifest(cfg.data_dir)
+    dirs = teacher_dirs(cfg)
+    check_shared_tokenizer(cfg, manifest, dirs)
+    return manifest, dirs, [(t.name, weights_hash(d)) for t, d in zip(cfg.teachers, dirs, strict=True)]
+
+
+def build_teacher_cache(cfg: Config) -> TeacherCache:
+    """Build (or verify and open) the teacher-logit cache for ``cfg``, whatever distill.cache.enabled says."""
+    manifest, dirs, teachers = _teachers(cfg)
+    tokens = load_tokens(cfg.data_dir, "train")
+    return _ensure(cfg, manifest, dirs, teachers, tokens)
+
+
+def _ensure(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[tuple[str, str]],
+            tokens: np.ndarray) -> TeacherCache:
+    device = dist.training_device()
+    spec = cache_spec(cfg, manifest, teachers, len(tokens))
+
+    def load() -> TeacherEnsemble:
+        return TeacherEnsemble.load(dirs, device, teacher_dtype(device))
+
+    def log(msg: str) -> None:
+        if dist.is_main_process():
+            print(msg, flush=True)
+
+    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device,
+                        batch_size=_student(cfg).train.batch_size, log=log)
+
+
+def distillation_fingerprint(cfg: Config) -> dict:
+    """The objective fingerprint `distill` would train with (for checking whether the student is done);
+    reads only hashes and manifests, never the teachers' weights."""
+    manifest, _, teachers = _teachers(cfg)
+    weights = normalised_weights(cfg.distill.weights, len(teachers))
+    key = None
+    if cfg.distill.cache.enabled:
+        n_tokens = int(manifest["splits"]["train"]["tokens"])
+        key = cache_spec(cfg, manifest, teachers, n_tokens).key()
+    return distill_fingerprint(cfg.distill, teachers, weights, key)
+
+
+def distill(cfg: Config, resume: bool = False) -> Path:
+    """Train cfg.student from the ensemble of cfg.teachers; return its HF folder <out_dir>/models/<student>.
+
+    With distill.cache.enabled the ensemble's top-k is computed once (cached under <out_dir>/cache/)
+    and the student trains on the fixed windows the cache covers; otherwise the teachers run live.
+    """
+    student = _student(cfg)
+    manifest, dirs, teachers = _teachers(cfg)
+    weights = normalised_weights(cfg.distill.weights, len(teachers))
+    names = ", ".join(name for name, _ in teachers)
+    if cfg.distill.cache.enabled:
+        cache = _ensure(cfg, manifest, dirs, teachers, load_tokens(cfg.data_dir, "train"))
+        objective = DistillObjective(cfg.distill, teachers, weights, cache=cache)
+        return fit(cfg, student, objective, resume=resume, windows="fixed",
+                   description=f"student {student.name} distilled from {names} (cache top-{cache.spec.k})")
+
+    def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
+        return TeacherEnsemble.load(dirs, device, dtype)
+
+    objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load)
+    return fit(cfg, student, objective, resume=resume, description=f"student {student.name} distilled from {names}")

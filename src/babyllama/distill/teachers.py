@@ -1,0 +1,87 @@
+"""The frozen teachers: found in <out_dir>/models/<name>/, checked against the shared tokenizer, loaded.
+
+Any number of teachers of either architecture (GPT-2, LLaMA) may form the ensemble; what makes their
+distributions comparable token by token is the one prepared tokenizer, so that is checked first, from
+the saved files alone (no weights are read): same vocabulary size and pad/bos/eos ids as the prepared
+manifest, and the same tokenizer.json when the model folder carries one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from babyllama.config import Config
+from babyllama.errors import UserError
+from babyllama.io import file_sha256
+
+
+def teacher_dirs(cfg: Config) -> list[Path]:
+    """The trained teachers' HF folders, in config order (UserError naming the first one missing)."""
+    if not cfg.teachers:
+        raise UserError("distill: the config has no teachers (add at least one entry under `teachers:`)")
+    dirs = []
+    for t in cfg.teachers:
+        d = cfg.model_dir(t.name)
+        if not (d / "config.json").is_file() or not any(d.glob("*.safetensors")):
+            raise UserError(f"teacher {t.name!r}: no trained model in {d}; train it first with "
+                            f"`babyllama train CONFIG --model {t.name}`")
+        dirs.append(d)
+    return dirs
+
+
+def _tokenizer_identity(vocab_size: int, special: dict) -> str:
+    return f"vocab {vocab_size}, pad/bos/eos {special.get('pad')}/{special.get('bos')}/{special.get('eos')}"
+
+
+def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) -> None:
+    """Every teacher and the student must use the prepared tokenizer; else one UserError naming both."""
+    want_vocab = int(manifest["vocab_size"])
+    want_special = {k: manifest["special_tokens"].get(k) for k in ("pad", "bos", "eos")}
+    expected = _tokenizer_identity(want_vocab, want_special)
+    student = cfg.student.name if cfg.student else "student"
+    prepared_tok = cfg.data_dir / str(manifest.get("tokenizer", "tokenizer")) / "tokenizer.json"
+    for t, d in zip(cfg.teachers, dirs, strict=True):
+        hf = AutoConfig.from_pretrained(str(d))
+        special = {k: getattr(hf, f"{k}_token_id", None) for k in ("pad", "bos", "eos")}
+        got = _tokenizer_identity(int(hf.vocab_size), special)
+        if got != expected:
+            raise UserError(f"teacher {t.name!r} ({d}: {got}) and student {student!r} (prepared data "
+                            f"{cfg.data_dir}: {expected}) do not share a tokenizer; retrain the teacher on this data")
+        saved_tok = d / "tokenizer.json"
+        if saved_tok.is_file() and prepared_tok.is_file() and file_sha256(saved_tok) != file_sha256(prepared_tok):
+            raise UserError(f"teacher {t.name!r} ({saved_tok}) and student {student!r} ({prepared_tok}) do not share "
+                            f"a tokenizer (the tokenizer.json files differ); retrain the teacher on this data")
+
+
+def teacher_dtype(device: torch.device, autocast_dtype: torch.dtype | None = None) -> torch.dtype:
+    """Half precision on a GPU (the training autocast dtype, else bf16 when supported, else fp16); fp32 on CPU."""
+    if device.type != "cuda":
+        return torch.float32
+    if autocast_dtype is not None:
+        return autocast_dtype
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class TeacherEnsemble:
+    """Frozen teachers in eval mode on one device; calling it returns each teacher's logits (no grad)."""
+
+    def __init__(self, models: Sequence[PreTrainedModel]) -> None:
+        self.models = list(models)
+
+    @classmethod
+    def load(cls, dirs: Sequence[Path], device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
+        models = []
+        for d in dirs:
+            m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+            m.requires_grad_(False)
+            models.append(m.eval().to(device))
+        return cls(models)
+
+    @torch.no_grad()
+    def __call__(self, input_ids: Tensor) -> list[Tensor]:
+        return [m(input_ids=input_ids, use_cache=False).logits for m in self.models]

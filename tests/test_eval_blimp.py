@@ -13,7 +13,7 @@ from babyllama.cli import main
 from babyllama.errors import UserError
 from babyllama.evaluate.blimp import encode, evaluate_blimp, format_blimp_table, load_pairs, score_sequences
 from babyllama.evaluate.formats import load_causal_lm
-from fixtures.eval.tiny_models import make_model_dir
+from fixtures.eval.tiny_models import make_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
 

@@ -19,7 +19,7 @@ from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.errors import UserError
 from babyllama.evaluate.perplexity import evaluate_perplexity, format_perplexity_table, perplexity_for_config
 from babyllama.models import build_model
-from fixtures.eval.tiny_models import make_model_dir
+from fixtures.eval.tiny_models import make_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
 def save_trained_stand_in(cfg: Config, name: str, seed: int) -> Path:

@@ -1,0 +1,394 @@
+"""(Super)GLUE and MSGS fine-tuning of a causal LM, reading BabyLM's data files.
+
+Files, looked up in ``data`` and in its sub-folders (e.g. ``glue_filtered/``, ``msgs_filtered/``):
+
+- BabyLM 2023: ``{task}.train.json`` and ``{task}.validation.json`` (JSON lines); MNLI's are
+  ``mnli.validation_matched.json`` / ``mnli.validation_mismatched.json``, or ``mnli.validation.json`` /
+  ``mnli-mm.validation.json``;
+- BabyLM 2024: ``{task}.train.jsonl`` and ``{task}.valid.jsonl`` (``mnli-mm.valid.jsonl``).
+MNLI-mm trains on MNLI's train file. A task whose files are absent is skipped, not an error.
+
+Inputs follow the GLUE field names: cola/sst2 and MSGS ``sentence``; mrpc/rte ``sentence1``/``sentence2``;
+qqp ``question1``/``question2``; mnli ``premise``/``hypothesis``; qnli ``question``/``sentence``; boolq
+``question``/``passage``; multirc "Question: {question} Answer: {answer}" then ``paragraph``; wsc
+'Does "{span2_text}" refer to "{span1_text}" in this passage?' then ``text``. Two segments are joined by
+the model's EOS token (our training separator); the label is ``label``. For MSGS, evaluation keeps the
+rows with ``condition == "test"`` when the file has that field (the 2023 pipeline's filter).
+
+Model: ``AutoModelForSequenceClassification`` from the causal checkpoint with a fresh, seeded linear
+head; it classifies from the last non-pad token (LlamaForSequenceClassification /
+GPT2ForSequenceClassification). Batches are right-padded with the pad id set in the config, so that
+token is the last real one.
+
+Training: AdamW (no weight decay), linear decay to 0 without warmup, gradient clipping at 1.0 (the
+HF Trainer defaults the 2023 pipeline used), seeded shuffling. Every ``eval_every`` steps (and at the
+end) the model is scored on a seeded hold-out of ``holdout_fraction`` of the train file; the best
+checkpoint by the task metric is kept, and training stops after ``patience`` evaluations without
+improvement. The reported score is on the validation file, which is never used for selection. (The
+BabyLM 2023 pipeline selects the checkpoint and reports on the same validation split, which flatters
+its scores; ours are therefore not directly comparable with its tables.)
+
+Metrics (fractions, as the pipeline reports them x100): MCC for CoLA and MSGS, F1 of class 1 for MRPC
+and QQP, accuracy otherwise.
+
+Result: ``{"task", "metric", "score", "n_train", "n_holdout", "n_eval", "best_step", "holdout_score",
+"steps", "stopped_early", "model", "train_file", "eval_file", "hp", "seconds"}``, or
+``{"task", "skipped": reason}``. With ``out`` (a folder) it is written to ``out/result.json`` and the
+validation predictions to ``out/predictions.json``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from babyllama.config import FinetuneConfig
+from babyllama.errors import UserError
+from babyllama.evaluate.formats import (
+    check_causal_lm_dir,
+    load_tokenizer,
+    max_positions,
+    quiet_transformers,
+    read_json_rows,
+    resolve_device,
+    special_token_id,
+    text_field,
+)
+from babyllama.io import atomic_write_json
+
+# -- tasks ---------------------------------------------------------------------------------------------
+
+Inputs = Callable[[Path, str, dict[str, Any]], list[str]]
+
+
+def _fields(*keys: str) -> Inputs:
+    return lambda path, loc, row: [text_field(path, loc, row, k) for k in keys]
+
+
+def _multirc(path: Path, loc: str, row: dict[str, Any]) -> list[str]:
+    q, a, p = (text_field(path, loc, row, k) for k in ("question", "answer", "paragraph"))
+    return [f"Question: {q} Answer: {a}", p]
+
+
+def _wsc(path: Path, loc: str, row: dict[str, Any]) -> list[str]:
+    span1 = text_field(path, loc, row, "span1_text" if "span1_text" in row else "span1")
+    span2 = text_field(path, loc, row, "span2_text" if "span2_text" in row else "span2")
+    return [f'Does "{span2}" refer to "{span1}" in this passage?', text_field(path, loc, row, "text")]
+
+
+@dataclass(frozen=True)
+class Task:
+    metric: str  # "mcc" | "f1" | "accuracy"
+    num_labels: int
+    inputs: Inputs
+    msgs: bool = False
+
+
+GLUE_TASKS: dict[str, Task] = {
+    "cola": Task("mcc", 2, _fields("sentence")),
+    "sst2": Task("accuracy", 2, _fields("sentence")),
+    "mrpc": Task("f1", 2, _fields("sentence1", "sentence2")),
+    "qqp": Task("f1", 2, _fields("question1", "question2")),
+    "mnli": Task("accuracy", 3, _fields("premise", "hypothesis")),
+    "mnli-mm": Task("accuracy", 3, _fields("premise", "hypothesis")),
+    "qnli": Task("accuracy", 2, _fields("question", "sentence")),
+    "rte": Task("accuracy", 2, _fields("sentence1", "sentence2")),
+    "boolq": Task("accuracy", 2, _fields("question", "passage")),
+    "multirc": Task("accuracy", 2, _multirc),
+    "wsc": Task("accuracy", 2, _wsc),
+}
+MSGS_TASKS = [
+    "main_verb_control", "control_raising_control", "syntactic_category_control", "lexical_content_the_control",
+    "relative_position_control", "main_verb_lexical_content_the", "main_verb_relative_token_position",
+    "syntactic_category_lexical_content_the", "syntactic_category_relative_position",
+    "control_raising_lexical_content_the", "control_raising_relative_token_position",
+]
+TASKS: dict[str, Task] = {**GLUE_TASKS, **{t: Task("mcc", 2, _fields("sentence"), msgs=True) for t in MSGS_TASKS}}
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"unknown fine-tuning task {name!r}; known: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
+def _file_names(task: str, split: str) -> list[str]:
+    if split == "train":
+        stems = [f"{task}.train"] + (["mnli.train"] if task == "mnli-mm" else [])
+    elif task == "mnli":
+        stems = ["mnli.validation", "mnli.valid", "mnli.validation_matched", "mnli.valid_matched"]
+    elif task == "mnli-mm":
+        stems = ["mnli-mm.validation", "mnli-mm.valid", "mnli.validation_mismatched", "mnli.valid_mismatched"]
+    else:
+        stems = [f"{task}.validation", f"{task}.valid"]
+    return [stem + ext for stem in stems for ext in (".json", ".jsonl")]
+
+
+def find_task_files(data: str | Path, task: str) -> tuple[Path | None, Path | None]:
+    """The train and validation files of ``task`` under ``data`` (None where absent)."""
+    data = Path(data)
+    if not data.is_dir():
+        raise UserError(f"{data}: fine-tuning data folder not found")
+    folders = [data] + sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def first(names: list[str]) -> Path | None:
+        return next((f / n for n in names for f in folders if (f / n).is_file()), None)
+
+    return first(_file_names(task, "train")), first(_file_names(task, "eval"))
+
+
+@dataclass
+class Examples:
+    texts: list[list[str]]
+    labels: list[int]
+
+
+def _label(path: Path, loc: str, row: dict[str, Any], num_labels: int) -> int:
+    if "label" not in row:
+        raise UserError(f"{path}: {loc}: missing field 'label'")
+    value = row["label"]
+    if isinstance(value, bool):
+        value = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, int) or not 0 <= value < num_labels:
+        raise UserError(f"{path}: {loc}: label {row['label']!r} is not a class id in 0..{num_labels - 1}")
+    return value
+
+
+def read_examples(path: Path, task: str, *, evaluation: bool = False) -> Examples:
+    """Texts and labels of one task file; for MSGS evaluation only the ``condition == "test"`` rows."""
+    spec = get_task(task)
+    rows = read_json_rows(path)
+    if spec.msgs and evaluation and any("condition" in row for _, row in rows):
+        rows = [(loc, row) for loc, row in rows if row.get("condition") == "test"]
+    if not rows:
+        raise UserError(f"{path}: no examples in this file")
+    texts = [spec.inputs(path, loc, row) for loc, row in rows]
+    labels = [_label(path, loc, row, spec.num_labels) for loc, row in rows]
+    return Examples(texts, labels)
+
+
+# -- metrics -------------------------------------------------------------------------------------------
+
+
+def accuracy(labels: list[int], preds: list[int]) -> float:
+    return sum(y == p for y, p in zip(labels, preds, strict=True)) / len(labels)
+
+
+def f1_score(labels: list[int], preds: list[int]) -> float:
+    """F1 of class 1 (0 when there is no true or predicted positive)."""
+    tp = sum(y == 1 and p == 1 for y, p in zip(labels, preds, strict=True))
+    fp = sum(y != 1 and p == 1 for y, p in zip(labels, preds, strict=True))
+    fn = sum(y == 1 and p != 1 for y, p in zip(labels, preds, strict=True))
+    return 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+
+
+def matthews_corrcoef(labels: list[int], preds: list[int]) -> float:
+    """Matthews correlation (multi-class form; 0 when either side is constant)."""
+    k = max(max(labels), max(preds)) + 1
+    cm = np.zeros((k, k), dtype=np.float64)
+    np.add.at(cm, (np.asarray(labels), np.asarray(preds)), 1)
+    t, p, c, s = cm.sum(1), cm.sum(0), np.trace(cm), cm.sum()
+    denom = math.sqrt((s * s - p @ p) * (s * s - t @ t))
+    return float((c * s - t @ p) / denom) if denom else 0.0
+
+
+METRICS: dict[str, Callable[[list[int], list[int]], float]] = {
+    "mcc": matthews_corrcoef, "f1": f1_score, "accuracy": accuracy}
+
+
+# -- model inputs --------------------------------------------------------------------------------------
+
+
+def encode_examples(tokenizer: Any, texts: list[list[str]], sep_id: int | None, max_len: int) -> list[list[int]]:
+    """Token ids per example: segments joined by ``sep_id``, longest segment trimmed first to fit."""
+    n_seg = max(len(t) for t in texts)
+    columns = [[t[i] if i < len(t) else "" for t in texts] for i in range(n_seg)]
+    encoded = [tokenizer(col, add_special_tokens=False)["input_ids"] for col in columns]
+    out = []
+    for j, example in enumerate(texts):
+        segs = [list(encoded[i][j]) for i in range(len(example))]
+        n_sep = len(segs) - 1 if sep_id is not None else 0
+        while sum(map(len, segs)) + n_sep > max_len:
+            longest = max(range(len(segs)), key=lambda i: len(segs[i]))
+            segs[longest].pop()
+        ids = segs[0]
+        for seg in segs[1:]:
+            ids = ids + ([sep_id] if sep_id is not None else []) + seg
+        out.append(ids or [sep_id if sep_id is not None else 0])
+    return out
+
+
+def pad_batch(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and attention mask: each row's last real token stays its last non-pad token."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def classify_logits(model: Any, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
+    ids, mask = pad_batch(seqs, pad_id, next(model.parameters()).device)
+    return model(input_ids=ids, attention_mask=mask).logits
+
+
+@torch.no_grad()
+def predict(model: Any, seqs: list[list[int]], pad_id: int, batch_size: int) -> list[int]:
+    """Predicted class of each sequence (batched by length to waste little on padding)."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    preds = [0] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        logits = classify_logits(model, [seqs[i] for i in idx], pad_id)
+        for i, p in zip(idx, logits.argmax(-1).tolist(), strict=True):
+            preds[i] = p
+    model.train(was_training)
+    return preds
+
+
+def load_classifier(model_dir: Path, num_labels: int, device: torch.device) -> tuple[Any, Any, int, int | None]:
+    """Sequence classifier from a causal checkpoint: (model, tokenizer, pad id, separator id)."""
+    from transformers import AutoModelForSequenceClassification
+
+    check_causal_lm_dir(model_dir)
+    tokenizer = load_tokenizer(model_dir)
+    with quiet_transformers():
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels,
+                                                                       dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise UserError(f"{model_dir}: cannot build a sequence classifier from it ({str(e).splitlines()[0]})") from None
+    sep_id = special_token_id(tokenizer, model.config, "eos")
+    pad_id = special_token_id(tokenizer, model.config, "pad")
+    if pad_id is None:
+        pad_id = sep_id
+    if pad_id is None:
+        raise UserError(f"{model_dir}: the tokenizer defines neither a pad nor an eos token to pad batches with")
+    model.config.pad_token_id = pad_id
+    return model.to(device), tokenizer, pad_id, sep_id
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------------
+
+
+def finetune_task(
+    model_dir: str | Path,
+    data: str | Path,
+    task: str,
+    hp: FinetuneConfig,
+    *,
+    out: str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Fine-tune ``model_dir`` on ``task`` and score it on the validation file (see the module docstring)."""
+    spec = get_task(task)
+    train_file, eval_file = find_task_files(data, task)
+    if train_file is None or eval_file is None:
+        what = "train" if train_file is None else "validation"
+        reason = f"no {what} file for {task} under {data} (looked for {', '.join(_file_names(task, 'train' if train_file is None else 'eval'))})"
+        result: dict[str, Any] = {"task": task, "skipped": reason}
+        print(f"finetune: skipping {task}: {reason}")
+        if out is not None:
+            atomic_write_json(Path(out) / "result.json", result)
+        return result
+    t0 = time.perf_counter()
+    train = read_examples(train_file, task)
+    evaluation = read_examples(eval_file, task, evaluation=True)
+
+    dev = resolve_device(device)
+    torch.manual_seed(hp.seed)  # the new classification head's initialisation
+    model, tokenizer, pad_id, sep_id = load_classifier(Path(model_dir), spec.num_labels, dev)
+    limit = max_positions(model.config)
+    max_len = min(hp.max_seq_length, limit) if limit else hp.max_seq_length
+    train_ids = encode_examples(tokenizer, train.texts, sep_id, max_len)
+    eval_ids = encode_examples(tokenizer, evaluation.texts, sep_id, max_len)
+
+    rng = np.random.default_rng(hp.seed)
+    perm = rng.permutation(len(train_ids))
+    if hp.max_train_examples is not None:
+        perm = perm[: hp.max_train_examples]
+    n_hold = max(1, round(len(perm) * hp.holdout_fraction))
+    if len(perm) - n_hold < 1:
+        raise UserError(f"{train_file}: {len(perm)} training examples are too few to hold out {n_hold} for early stopping")
+    hold, fit_idx = perm[:n_hold], perm[n_hold:]
+    metric = METRICS[spec.metric]
+
+    def holdout_score() -> float:
+        return metric([train.labels[i] for i in hold], predict(model, [train_ids[i] for i in hold], pad_id, hp.batch_size))
+
+    steps_per_epoch = math.ceil(len(fit_idx) / hp.batch_size)
+    total_steps = hp.epochs * steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
+    gen = torch.Generator().manual_seed(hp.seed)
+    best, best_step, best_state, since_best, step = -math.inf, 0, None, 0, 0
+    stopped = False
+    model.train()
+    bar = tqdm(total=total_steps, desc=f"finetune {task}", unit="step", disable=None)
+    for _ in range(hp.epochs):
+        order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]
+        for start in range(0, len(order), hp.batch_size):
+            idx = order[start : start + hp.batch_size]
+            logits = classify_logits(model, [train_ids[i] for i in idx], pad_id)
+            labels = torch.tensor([train.labels[i] for i in idx], device=dev)
+            loss = F.cross_entropy(logits.float(), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            if step % hp.eval_every and step != total_steps:
+                continue
+            score = holdout_score()
+            if score > best:
+                best, best_step, since_best = score, step, 0
+                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            else:
+                since_best += 1
+                if since_best >= hp.patience:
+                    stopped = True
+                    break
+        if stopped:
+            break
+    bar.close()
+    model.load_state_dict(best_state)
+    preds = predict(model, eval_ids, pad_id, hp.batch_size)
+    result = {
+        "task": task,
+        "metric": spec.metric,
+        "score": metric(evaluation.labels, preds),
+        "n_train": int(len(fit_idx)),
+        "n_holdout": int(n_hold),
+        "n_eval": len(eval_ids),
+        "best_step": best_step,
+        "holdout_score": best,
+        "steps": step,
+        "stopped_early": stopped,
+        "model": str(model_dir),
+        "train_file": str(train_file),
+        "eval_file": str(eval_file),
+        "hp": hp.model_dump(mode="json"),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if out is not None:
+        out = Path(out)
+        atomic_write_json(out / "predictions.json", {"labels": evaluation.labels, "predictions": preds})
+        atomic_write_json(out / "result.json", result)
+    return result

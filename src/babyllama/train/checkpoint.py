@@ -16,6 +16,7 @@ plain tensors / lists / numbers, loaded with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -197,13 +198,19 @@ def remove_stale_temporaries(folder: Path) -> None:
 # -- reading -----------------------------------------------------------------------------------------
 
 
-def find(path: Path) -> Path | None:
+def find(path: Path, *, restore: bool = False) -> Path | None:
     """``path`` if it exists, else the previous copy that atomic_path parks as ``.<name>.old`` while it
-    swaps folders (present only if a kill landed between its two renames), else None."""
+    swaps folders (present only if a kill landed between its two renames), else None. With ``restore``
+    the parked copy is renamed back to ``path`` first."""
     if path.is_dir():
         return path
     parked = path.with_name(f".{path.name}.old")
-    return parked if parked.is_dir() else None
+    if not parked.is_dir():
+        return None
+    if restore:
+        os.replace(parked, path)
+        return path
+    return parked
 
 
 def verify(path: Path) -> dict:

@@ -189,6 +189,9 @@ def fit(
     tcfg = model_cfg.train
     mode: Windows = windows or tcfg.windows
     device = dist.training_device()
+    if device.type == "cuda":  # TF32 for whatever matmuls stay in fp32 under autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     initialised_here = dist.is_distributed() and not torch.distributed.is_initialized()
     dist.init(device)
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main_process()
@@ -220,6 +223,9 @@ def fit(
     ck_dir = cfg.checkpoint_dir(model_cfg.name)
     if main:
         ckpt.remove_stale_temporaries(ck_dir)
+        for kind in ("last", "best"):
+            ckpt.find(ck_dir / kind, restore=True)
+    dist.barrier()
     last_dir = ckpt.find(ck_dir / "last")
     state = None
     if last_dir is not None:
@@ -240,6 +246,7 @@ def fit(
     )
     scheduler = get_cosine_schedule_with_warmup(optimizer, tcfg.warmup_steps, total_steps)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    objective.setup(device, dtype)  # before RNG restore: a fresh and a resumed run see the same streams
     start_step, best_loss, best_step, wall = 0, None, None, 0.0
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
@@ -248,8 +255,7 @@ def fit(
             scaler.load_state_dict(state["scaler"])
         start_step, best_loss, best_step = state["step"], state["best_dev_loss"], state["best_step"]
         wall = state["wall_time_s"]
-        ckpt.restore_rng(state["rng"][rank])
-    objective.setup(device, dtype)
+        ckpt.restore_rng(state["rng"][rank])  # last, so nothing above shifts the resumed random streams
 
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
     net: torch.nn.Module = ddp if ddp is not None else model

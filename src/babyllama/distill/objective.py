@@ -31,27 +31,36 @@ class DistillObjective:
         weights: Sequence[float],
         *,
         load_teachers: Callable[[torch.device, torch.dtype], TeacherEnsemble] | None = None,
-        cache: TeacherCache | None = None,
+        open_cache: Callable[[torch.device], TeacherCache] | None = None,
+        cache_key: str | None = None,
     ) -> None:
         """``teachers`` is [(name, weights sha256)] in ensemble order; ``weights`` are normalised. Give
-        ``load_teachers(device, dtype)`` for live teachers, or a complete ``cache``."""
-        if (load_teachers is None) == (cache is None):
-            raise ValueError("give exactly one of load_teachers (live teachers) or cache")
+        ``load_teachers(device, dtype)`` for live teachers, or ``open_cache(device)`` and the cache's key.
+        Both run in setup(), i.e. only once the loop has accepted the run (a refused resume builds nothing)."""
+        if (load_teachers is None) == (open_cache is None) or (open_cache is not None) != (cache_key is not None):
+            raise ValueError("give either load_teachers (live teachers) or open_cache with its cache_key")
         self.opts = opts
         self.teachers = list(teachers)
         self.weights = list(weights)
-        self.cache = cache
+        self.cache_key = cache_key
         self._load_teachers = load_teachers
+        self._open_cache = open_cache
         self.ensemble: TeacherEnsemble | None = None
+        self.cache: TeacherCache | None = None
         self.device = torch.device("cpu")
 
     def setup(self, device: torch.device, dtype: torch.dtype | None) -> None:
         self.device = device
         if self._load_teachers is not None and self.ensemble is None:
             self.ensemble = self._load_teachers(device, teacher_dtype(device, dtype))
+        if self._open_cache is not None and self.cache is None:
+            self.cache = self._open_cache(device)
+            if self.cache.key != self.cache_key:
+                raise RuntimeError(f"opened cache {self.cache.key}, expected {self.cache_key}")
 
     def _source(self, batch: Batch, vocab: int) -> TeacherSource:
-        if self.cache is not None:
+        if self._open_cache is not None:
+            assert self.cache is not None, "setup() was not called"
             ids, values, tail = self.cache.rows(batch.window_ids)
             if ids.shape[1] != batch.input_ids.shape[1]:
                 raise RuntimeError(f"cache rows have {ids.shape[1]} positions, the batch {batch.input_ids.shape[1]}")
@@ -76,8 +85,7 @@ class DistillObjective:
         return loss, dict(parts)
 
     def fingerprint(self) -> dict:
-        return distill_fingerprint(self.opts, self.teachers, self.weights,
-                                   None if self.cache is None else self.cache.key)
+        return distill_fingerprint(self.opts, self.teachers, self.weights, self.cache_key)
 
 
 def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]], weights: Sequence[float],

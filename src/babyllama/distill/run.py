@@ -18,6 +18,9 @@ from babyllama.errors import UserError
 from babyllama.train import distributed as dist
 from babyllama.train.loop import fit
 
+#: Positions per teacher forward pass while building the cache.
+BUILD_TOKENS = 4096
+
 
 def _student(cfg: Config):
     if cfg.student is None:
@@ -53,14 +56,10 @@ def build_teacher_cache(cfg: Config) -> TeacherCache:
     """Build (or verify and open) the teacher-logit cache for ``cfg``, whatever distill.cache.enabled says."""
     manifest, dirs, teachers = _teachers(cfg)
     tokens = load_tokens(cfg.data_dir, "train")
-    return _ensure(cfg, manifest, dirs, teachers, tokens)
+    return _ensure(cfg, cache_spec(cfg, manifest, teachers, len(tokens)), dirs, tokens, dist.training_device())
 
 
-def _ensure(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[tuple[str, str]],
-            tokens: np.ndarray) -> TeacherCache:
-    device = dist.training_device()
-    spec = cache_spec(cfg, manifest, teachers, len(tokens))
-
+def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, device: torch.device) -> TeacherCache:
     def load() -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, teacher_dtype(device))
 
@@ -68,8 +67,9 @@ def _ensure(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[tuple[
         if dist.is_main_process():
             print(msg, flush=True)
 
-    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device,
-                        batch_size=_student(cfg).train.batch_size, log=log)
+    # about 4096 positions per teacher forward: fewer, larger batches than training uses
+    batch = max(_student(cfg).train.batch_size, BUILD_TOKENS // cfg.data.seq_len)
+    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device, batch_size=batch, log=log)
 
 
 def distillation_fingerprint(cfg: Config) -> dict:
@@ -95,10 +95,12 @@ def distill(cfg: Config, resume: bool = False) -> Path:
     weights = normalised_weights(cfg.distill.weights, len(teachers))
     names = ", ".join(name for name, _ in teachers)
     if cfg.distill.cache.enabled:
-        cache = _ensure(cfg, manifest, dirs, teachers, load_tokens(cfg.data_dir, "train"))
-        objective = DistillObjective(cfg.distill, teachers, weights, cache=cache)
+        tokens = load_tokens(cfg.data_dir, "train")
+        spec = cache_spec(cfg, manifest, teachers, len(tokens))
+        objective = DistillObjective(cfg.distill, teachers, weights, cache_key=spec.key(),
+                                     open_cache=lambda device: _ensure(cfg, spec, dirs, tokens, device))
         return fit(cfg, student, objective, resume=resume, windows="fixed",
-                   description=f"student {student.name} distilled from {names} (cache top-{cache.spec.k})")
+                   description=f"student {student.name} distilled from {names} (cache top-{spec.k})")
 
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)

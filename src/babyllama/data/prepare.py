@@ -111,7 +111,9 @@ def prepare(cfg: Config) -> dict:
     if data.max_words is not None:
         cap_words(train, data.max_words)
     _check_nonempty(cfg, corpus, train, dev)
+    timings = {"read_clean": time.perf_counter() - t0}
 
+    t = time.perf_counter()
     progress = cfg.logging.progress
     n_train_lines = sum(len(s.lines) for s in train)
     tok = train_tokenizer(
@@ -126,9 +128,15 @@ def prepare(cfg: Config) -> dict:
     if vocab_size < cfg.tokenizer.vocab_size:
         print(f"prepare: the corpus supports only {vocab_size} of the {cfg.tokenizer.vocab_size} requested tokens")
     dtype = token_dtype(vocab_size)
+    timings["tokenizer"] = time.perf_counter() - t
+    t = time.perf_counter()
     arrays = {split: encode(tok, sources, data.separator, dtype, progress) for split, sources in (("train", train), ("dev", dev))}
+    timings["encode"] = time.perf_counter() - t
+    if inputs_hash(cfg, corpus) != ihash:
+        raise UserError(f"data.corpus {data.corpus!r}: input files changed while preparing; run prepare again")
 
     # Everything is in memory: now replace the outputs, manifest last.
+    t = time.perf_counter()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MANIFEST).unlink(missing_ok=True)
     save_tokenizer(tok, data_dir / TOKENIZER_DIR, _model_max_length(cfg))
@@ -136,11 +144,14 @@ def prepare(cfg: Config) -> dict:
         write_tokens(data_dir / SPLIT_FILES[split], arr)
     tok_hash = tokenizer_hash(data_dir / TOKENIZER_DIR)
     manifest = _manifest(cfg, corpus, train, dev, arrays, vocab_size, dtype, tok_hash, ihash)
+    timings["write"] = time.perf_counter() - t
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
+    manifest["timings"] = {k: round(v, 2) for k, v in timings.items()}
     atomic_write_json(data_dir / MANIFEST, manifest)
     print(format_ledger(manifest))
     print(f"prepare: wrote {data_dir} (train {len(arrays['train']):,} tokens, dev {len(arrays['dev']):,} tokens, "
-          f"vocab {vocab_size}) in {manifest['seconds']:.1f} s")
+          f"vocab {vocab_size}) in {manifest['seconds']:.1f} s ("
+          + ", ".join(f"{k} {v:.1f} s" for k, v in manifest["timings"].items()) + ")")
     return manifest
 
 
@@ -253,14 +264,18 @@ def cap_words(train: list[Source], max_words: int) -> None:
 
 
 def _check_nonempty(cfg: Config, corpus: Corpus, train: list[Source], dev: list[Source]) -> None:
-    if not any(s.words for s in train):
+    if not _has_words(train):
         if cfg.data.max_words is not None and any(src.path.stat().st_size for src in corpus.train):
             raise UserError(f"data.max_words {cfg.data.max_words} keeps no line of the corpus (the first line is longer)")
         raise UserError(f"data.corpus {cfg.data.corpus!r}: empty corpus (no words after cleaning)")
-    if not any(s.words for s in dev):
+    if not _has_words(dev):
         if corpus.dev:
             raise UserError(f"data.dev: {corpus.dev_origin}: the dev files hold no words after cleaning")
         raise UserError(f"data.corpus {cfg.data.corpus!r}: too small to hold out a dev split (needs at least 2 lines)")
+
+
+def _has_words(sources: list[Source]) -> bool:
+    return any(line.strip() for s in sources for line in s.lines)
 
 
 def _training_text(train: list[Source], separator: str):
@@ -306,10 +321,11 @@ def _manifest(cfg, corpus, train, dev, arrays, vocab_size, dtype, tok_hash, ihas
                           "replaced_bytes": s.replaced}
     splits = {}
     for split, group in (("train", train), ("dev", dev)):
+        rows = [sources[s.key] for s in group]
         splits[split] = {"file": SPLIT_FILES[split], "tokens": int(len(arrays[split])),
-                         "words": sum(s.words for s in group), "characters": sum(s.characters for s in group),
-                         "lines": sum(len(s.lines) for s in group)}
-    words = {s.name: s.words for s in train}
+                         "words": sum(r["words"] for r in rows), "characters": sum(r["characters"] for r in rows),
+                         "lines": sum(r["lines"] for r in rows)}
+    words = {s.name: sources[s.key]["words"] for s in train}
     total = sum(words.values())
     digests = {split: hashlib.sha256(memoryview(np.ascontiguousarray(a))).hexdigest() for split, a in arrays.items()}
     return {

@@ -175,12 +175,8 @@ def score_sequences(
         if width < 2:  # nothing is predicted in any of these
             scores.update({k: 0.0 for k in keys})
             continue
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        ids, mask = ids.to(device), mask.to(device)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
         positions = torch.arange(width, device=device).expand(len(rows), width)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)

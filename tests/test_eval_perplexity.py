@@ -70,6 +70,12 @@ def test_perplexity_of_a_config(prepared_cfg, capsys):
     table = format_perplexity_table(results)
     assert table.count("\n") == 3 and "| t-gpt2 |" in table
 
+    yaml_path = cfg.out / "experiment.yaml"  # `babyllama evaluate perplexity CONFIG`
+    yaml_path.write_text(cfg.to_yaml())
+    assert main(["evaluate", "perplexity", str(yaml_path), "--device", "cpu", "--out", str(cfg.out / "ppl.json")]) == 0
+    saved = json.loads((cfg.out / "ppl.json").read_text())
+    assert saved["t-llama"]["ce_nats_per_token"] == pytest.approx(r["ce_nats_per_token"], rel=1e-6)
+
 
 def test_perplexity_cli_and_bad_inputs(prepared_cfg, tmp_path, capsys):
     cfg = prepared_cfg

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from babyllama.config import Config
 from babyllama.data.tokens import load_tokens, read_manifest
-from babyllama.data.windows import dev_subset, num_fixed_windows
+from babyllama.data.windows import dev_subset, gather_windows, num_fixed_windows, window_starts
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import load_causal_lm, max_positions, resolve_device
 
@@ -43,6 +45,24 @@ def _check_tokenizer(model_dir: Path, tokenizer: Any, data_dir: Path) -> None:
                         "perplexity on these tokens would be meaningless")
 
 
+@torch.no_grad()
+def mean_window_ce(model: Any, tokens: np.ndarray, indices: np.ndarray, seq_len: int, batch_size: int) -> float:
+    """Mean next-token CE (nats) over the windows ``indices``, in this process alone.
+
+    The training loop's dev loss computes the same number but shards it over DDP ranks; evaluation
+    runs on one process (rank 0 under torchrun), so it must not wait for the others.
+    """
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for i in range(0, len(indices), batch_size):
+        x = torch.from_numpy(gather_windows(tokens, window_starts(indices[i : i + batch_size], seq_len), seq_len))
+        x = x.to(device)
+        logits = model(input_ids=x).logits[:, :-1].float()
+        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
+        count += x.shape[0] * (seq_len - 1)
+    return total / count
+
+
 def evaluate_perplexity(
     model_dir: str | Path,
     data_dir: str | Path,
@@ -53,8 +73,6 @@ def evaluate_perplexity(
     max_windows: int | None = None,
 ) -> dict[str, Any]:
     """Dev CE / perplexity / bits per word of one causal LM (see the module docstring)."""
-    from babyllama.train.loop import dev_loss
-
     data_dir = Path(data_dir)
     if seq_len < 2:
         raise UserError(f"seq_len must be at least 2 (one token predicted from another), got {seq_len}")
@@ -74,7 +92,7 @@ def evaluate_perplexity(
                         f"the data's vocabulary {manifest['vocab_size']}")
     if tokenizer is not None:  # a bare model folder cannot be checked beyond its vocabulary size
         _check_tokenizer(Path(model_dir), tokenizer, data_dir)
-    ce = dev_loss(model, tokens, indices, seq_len, batch_size, next(model.parameters()).device, None)
+    ce = mean_window_ce(model, tokens, indices, seq_len, batch_size)
     dev = manifest["splits"]["dev"]
     tokens_per_word = dev["tokens"] / dev["words"] if dev.get("words") else float("nan")
     return {

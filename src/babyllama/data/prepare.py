@@ -29,6 +29,7 @@ the tokenizer and token files are replaced atomically, and the new manifest is w
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -289,24 +290,28 @@ def _training_text(train: list[Source], separator: str):
 def encode(tok, sources: list[Source], separator: str, dtype: np.dtype, progress: bool) -> np.ndarray:
     """One split's token stream; also records each source's token count."""
     parts: list[np.ndarray] = []
+    bar = tqdm(total=sum(len(s.lines) for s in sources), desc=f"encode {sources[0].split}", unit="line",
+               disable=not progress)
     if separator == "none":
-        texts = ["".join(line + "\n" for line in s.lines) for s in sources]
-        for src, enc in zip(sources, tok.encode_batch_fast(texts), strict=True):
-            src.tokens = len(enc.ids)
-            parts.append(np.asarray(enc.ids, dtype=dtype))
+        # whole files are the units; a few at a time keeps every core busy and the bar moving
+        for group in batched(sources, os.cpu_count() or 1):
+            texts = ["".join(line + "\n" for line in s.lines) for s in group]
+            for src, enc in zip(group, tok.encode_batch_fast(texts), strict=True):
+                ids = enc.ids
+                src.tokens = len(ids)
+                parts.append(np.asarray(ids, dtype=dtype))
+                bar.update(len(src.lines))
     else:
-        bar = tqdm(total=sum(len(s.lines) for s in sources), desc=f"encode {sources[0].split}", unit="line",
-                   disable=not progress)
         for src in sources:
             src.tokens = 0
             for batch in batched(src.lines, _BATCH):
-                encs = tok.encode_batch_fast(batch)
-                count = sum(len(e.ids) for e in encs) + len(encs)
-                ids = chain.from_iterable(chain(e.ids, (EOS_ID,)) for e in encs)
+                docs = [e.ids for e in tok.encode_batch_fast(batch)]  # each .ids access builds a new list
+                count = sum(map(len, docs)) + len(docs)
+                ids = chain.from_iterable(chain(d, (EOS_ID,)) for d in docs)
                 parts.append(np.fromiter(ids, dtype=dtype, count=count))
                 src.tokens += count
                 bar.update(len(batch))
-        bar.close()
+    bar.close()
     return np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
 
@@ -364,7 +369,7 @@ def format_ledger(manifest: dict) -> str:
         rows.append((key, f"{s['words']:,}", f"{s['characters']:,}", f"{s['tokens']:,}", f"{s['replaced_bytes']:,}",
                      s["cleaner"]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+    lines = ["  ".join(c.ljust(w) if i in (0, 5) else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip()
              for r in rows]
     led = manifest["ledger"]
     verdict = "within" if led["within_budget"] else "OVER"

@@ -28,7 +28,7 @@ def _fake_model(cfg: Config, name: str, n_params: int, dev_ce: float, blimp: flo
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     ev = cfg.out / "eval" / name
     ev.mkdir(parents=True)
-    (ev / "perplexity.json").write_text(json.dumps({"ce": dev_ce, "perplexity": float(np.exp(dev_ce)), "bits_per_word": 1.0}))
+    (ev / "perplexity.json").write_text(json.dumps({"ce_nats_per_token": dev_ce, "perplexity": float(np.exp(dev_ce)), "bits_per_word": 1.0}))
     (ev / "blimp.json").write_text(json.dumps({
         "phenomena": {"anaphor_agreement": {"accuracy": blimp, "n": 10, "ties": 0},
                       "island_effects": {"accuracy": blimp - 0.1, "n": 10, "ties": 1}},

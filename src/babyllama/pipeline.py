@@ -67,7 +67,7 @@ def plan(cfg: Config) -> list[Stage]:
                               "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.seed})
     teacher_stages = [f"teacher:{t.name}" for t in cfg.teachers]
     stages.append(Stage("distill", lambda: distill(cfg), distill_fp,
-                        [cfg.model_dir(cfg.student.name), cfg.checkpoint_dir(cfg.student.name), cfg.out / "cache"],
+                        [cfg.model_dir(cfg.student.name), cfg.checkpoint_dir(cfg.student.name)],
                         deps=["prepare", *teacher_stages]))
     model_fps = {**dict(zip([t.name for t in cfg.teachers], teacher_fps, strict=True)), cfg.student.name: distill_fp}
     if cfg.control:
@@ -93,8 +93,8 @@ def _dependents(stages: list[Stage], roots: set[str]) -> set[str]:
     return out
 
 
-def _expand_force(stages: list[Stage], force: list[str]) -> set[str]:
-    """Stages to redo: each forced stage ('teachers' = all of them) and every stage that depends on it."""
+def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[str]]:
+    """(forced stages, stages to redo): each forced stage ('teachers' = all of them) and its dependents."""
     names = [s.name for s in stages]
     roots: set[str] = set()
     for f in force:
@@ -103,13 +103,14 @@ def _expand_force(stages: list[Stage], force: list[str]) -> set[str]:
             valid = ", ".join(["teachers", *[n.removeprefix("teacher:") for n in names]])
             raise UserError(f"--force {f!r}: no such stage (stages: {valid})")
         roots.update(hits)
-    return _dependents(stages, roots)
+    return roots, _dependents(stages, roots)
 
 
 def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
     """Run every stage that is not already done; print times per stage and the final table."""
     stages = plan(cfg)
-    redo = _expand_force(stages, force or [])
+    forced, redo = _expand_force(stages, force or [])
+    distributed.init(distributed.training_device())  # under torchrun: join the group before any barrier
     state_path = cfg.out / STATE_FILE
     main = distributed.is_main_process()
     timings: dict[str, float] = {}
@@ -126,7 +127,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
             continue
         stale = rec.get("fingerprint") not in (None, stage.fingerprint) or stage.name in redo
         if main:
-            if stale and (stage.name in redo or not stage.reuse_outputs):
+            if stale and (stage.name in forced or not stage.reuse_outputs):
                 for p in stage.outputs:
                     if p.is_dir():
                         shutil.rmtree(p)
@@ -214,9 +215,11 @@ def evaluate_all(cfg: Config, model_fps: dict[str, str]) -> None:
             hp = ev.finetune_tasks.get(task, ev.finetune_defaults)
             jobs.append((f"finetune/{task}.json", {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
                          lambda d=model_dir, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
+        weights = model_dir / "model.safetensors"
+        stamp = [weights.stat().st_size, weights.stat().st_mtime_ns] if weights.exists() else None
         for filename, settings, job in jobs:
             path = out / filename
-            fp = stable_hash({"model": model_fp, **settings})
+            fp = stable_hash({"model": model_fp, "weights": stamp, **settings})
             if path.exists():
                 try:
                     if read_json(path).get("_fingerprint") == fp:

@@ -102,7 +102,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "tokens_seen": last.get("tokens_seen"),
             "words_seen": last.get("words_seen"),
             "steps": last.get("step"),
-            "dev_ce": ppl.get("ce", dev_rows[-1]["dev_loss"] if dev_rows else None),
+            "dev_ce": ppl.get("ce_nats_per_token", dev_rows[-1]["dev_loss"] if dev_rows else None),
             "dev_perplexity": ppl.get("perplexity"),
             "bits_per_word": ppl.get("bits_per_word"),
             "blimp": blimp,

@@ -1,0 +1,98 @@
+"""`babyllama run`: the whole chain in miniature, skipping, forcing, and resuming after a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from babyllama.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+def _write_config(tmp_path: Path, tiny_cfg, **changes) -> Path:
+    tree = tiny_cfg.model_dump(mode="json")
+    tree["distill"]["cache"]["enabled"] = True
+    tree["eval"]["blimp"] = str(FIXTURES / "blimp_original")
+    for key, value in changes.items():
+        node = tree
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _stamps(out: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in sorted((out / "models").glob("*/model.safetensors"))}
+
+
+def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg)
+    out = Path(tiny_cfg.out_dir)
+    assert main(["run", str(cfg_path)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("t-llama", "t-gpt2", "student", "student-control"):
+        assert (out / "models" / name / "model.safetensors").exists()
+        assert json.loads((out / "eval" / name / "perplexity.json").read_text())["ce_nats_per_token"] > 0
+        assert 0 <= json.loads((out / "eval" / name / "blimp.json").read_text())["macro_phenomena"] <= 1
+    report = (out / "report.md").read_text()
+    assert "## Does distillation help?" in report and "| student | distilled student |" in report
+    assert "data:image/png;base64," in (out / "report.html").read_text()
+    assert "Time per stage" in printed and str(out / "report.html") in printed
+
+    before = _stamps(out)
+    assert main(["run", str(cfg_path)]) == 0
+    again = capsys.readouterr().out
+    for stage in ("prepare", "teacher:t-llama", "teacher:t-gpt2", "distill", "control", "evaluate"):
+        assert f"[run] {stage}: up to date, skipped" in again
+    assert _stamps(out) == before
+
+    # A changed student setting redoes the student and the control, never the teachers.
+    assert main(["run", str(cfg_path), "--set", "student.train.lr=0.001"]) == 0
+    changed = capsys.readouterr().out
+    assert "[run] teacher:t-llama: up to date, skipped" in changed
+    assert "[run] distill: redoing" in changed and "[run] control: redoing" in changed
+    after = _stamps(out)
+    assert after["t-llama"] == before["t-llama"] and after["student"] != before["student"]
+
+
+def test_killed_run_resumes_without_redoing_finished_stages(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg)
+    out = Path(tiny_cfg.out_dir)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "babyllama", "run", str(cfg_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # kill as soon as the distillation stage starts: both teachers are finished
+        if line.startswith("[run] distill:"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    teachers = _stamps(out)
+    assert set(teachers) >= {"t-llama", "t-gpt2"}
+
+    assert main(["run", str(cfg_path)]) == 0
+    resumed = capsys.readouterr().out
+    assert "[run] teacher:t-llama: up to date, skipped" in resumed
+    assert "[run] teacher:t-gpt2: up to date, skipped" in resumed
+    assert "[run] distill: resuming" in resumed
+    stamps = _stamps(out)
+    assert stamps["t-llama"] == teachers["t-llama"] and "student-control" in stamps
+    assert (out / "report.md").exists()
+
+
+def test_force_names_a_stage(tiny_cfg, tmp_path: Path, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg)
+    assert main(["run", str(cfg_path), "--force", "nonsense"]) == 2
+    err = capsys.readouterr().err
+    assert "--force 'nonsense': no such stage" in err and "t-gpt2" in err

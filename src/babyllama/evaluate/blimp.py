@@ -168,7 +168,7 @@ def score_sequences(
     order = sorted(inputs, key=lambda k: len(inputs[k]), reverse=True)
     scores: dict[tuple[int, ...], float] = {}
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="scoring", unit="batch", disable=not progress):
+    for start in tqdm(batches, desc="scoring", unit="batch", disable=None if progress else True):
         keys = order[start : start + batch_size]
         rows = [inputs[k] for k in keys]
         width = max(len(r) for r in rows)

@@ -299,8 +299,9 @@ def finetune_task(
     spec = get_task(task)
     train_file, eval_file = find_task_files(data, task)
     if train_file is None or eval_file is None:
-        what = "train" if train_file is None else "validation"
-        reason = f"no {what} file for {task} under {data} (looked for {', '.join(_file_names(task, 'train' if train_file is None else 'eval'))})"
+        split = "train" if train_file is None else "eval"
+        looked = ", ".join(_file_names(task, split))
+        reason = f"no {'train' if split == 'train' else 'validation'} file for {task} under {data} (looked for {looked})"
         result: dict[str, Any] = {"task": task, "skipped": reason}
         print(f"finetune: skipping {task}: {reason}")
         if out is not None:

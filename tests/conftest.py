@@ -61,6 +61,10 @@ def tiny_config_dict(out_dir: Path, corpus: Path) -> dict:
     }
 
 
+# Tiny models spend their time in per-op overhead, where extra threads only add contention.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)

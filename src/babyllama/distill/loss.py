@@ -12,11 +12,12 @@ Conventions (the reference code's, see docs/babyllama-reference.md section 7):
   ``KLDivLoss(reduction="batchmean")`` on (B, L, V): D summed over all B*L positions (the last one too,
   which CE never uses) and divided by B, so the KD term is about seq_len times heavier.
 
-The KD term is one autograd Function that walks the flattened positions in chunks. Each chunk forms the
-ensemble, the student's tempered log-softmax, the divergence and its gradient with respect to the
-student logits in closed form, using fused primitives (log_softmax, kl_div with log_target,
-logsumexp). Only that gradient, one tensor shaped like the student logits, is kept for backward, so
-no (B, L, V) intermediates pile up in the autograd graph and no full-size ensemble copy is made.
+The whole loss is one autograd Function that walks the flattened positions in chunks. Each chunk
+forms the ensemble, the student's log-softmax at 1 and at T, CE, the divergence and the gradient of
+both terms with respect to the student logits in closed form, using fused primitives (log_softmax,
+logsumexp, kl_div with log_target). Only that gradient, one tensor shaped like the student logits, is
+kept for backward: no (B, L, V) intermediates pile up in the autograd graph and no full-size ensemble
+or teacher copy is made (at most one chunk of each).
 
 The same Function serves the teacher-logit cache, whose teacher is a distribution over "buckets":
 the k cached token ids plus one tail bucket holding the remaining mass (see cache.py). For a bucket
@@ -138,67 +139,99 @@ def _divergence(lp: Tensor, lq: Tensor, divergence: str) -> tuple[Tensor, Tensor
     raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
 
 
-def _kd_chunk(
-    s: Tensor, ids: Tensor | None, lp: Tensor, temperature: float, divergence: str, need_grad: bool
-) -> tuple[Tensor, Tensor | None]:
-    """Divergence per row and its gradient w.r.t. the raw student logits ``s`` (n, V) of one chunk."""
-    lq_full = F.log_softmax(_upcast(s) / temperature, dim=-1)
-    if ids is None:
-        d, g = _divergence(lp, lq_full, divergence)
-        if not need_grad:
-            return d, None
-        q = lq_full.exp_()
-        return d, q.mul_(-g.sum(-1, keepdim=True)).add_(g).div_(temperature)
-    k = ids.shape[-1]
-    lq = lq_full.gather(-1, ids)
-    has_tail = lp.shape[-1] == k + 1
-    if has_tail:
-        rest = lq_full.scatter(-1, ids, -math.inf)  # student log-probs outside the top-k
-        lq_tail = rest.logsumexp(-1, keepdim=True)
-        lq = torch.cat([lq, lq_tail], -1)
-    d, g = _divergence(lp, lq, divergence)
-    if not need_grad:
-        return d, None
-    grad = lq_full.exp_().mul_(-g.sum(-1, keepdim=True))
-    if has_tail:  # tail tokens share G_tail in proportion to their student probability
-        grad.add_(rest.sub_(lq_tail).exp_().mul_(g[:, k:]))
-        g = g[:, :k]
-    grad.scatter_add_(-1, ids, g)
-    return d, grad.div_(temperature)
+#: Floor of the student's tail mass in the cached (top-k + tail) divergence; below it (never seen in
+#: practice) the tail term would overflow.
+TINY_TAIL = 1e-30
 
 
-class _ChunkedKD(torch.autograd.Function):
-    """sum_rows weight_row * D_row, with the gradient computed in the forward pass, chunk by chunk."""
+def _chunk(s: Tensor, y: Tensor, ids: Tensor | None, lp: Tensor, *, temperature: float, divergence: str,
+           a: Tensor | None, c: Tensor | None, out: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+    """One chunk of rows: per-row CE, per-row divergence D and the ensemble's top-1 token.
+
+    With ``out``, also writes the gradient ``a * dCE/ds + c * T * dD/ds`` there, where ``a`` (n, 1) and
+    ``c`` (n, 1) are the per-row scales of CE and of D / T. Each line below is one pass over (n, V)
+    (at most two full-size temporaries besides ``out``); the bucket algebra of the cache is on (n, k).
+    """
+    lq1 = F.log_softmax(s, dim=-1)
+    ce = -lq1.gather(-1, y).squeeze(-1)
+    lq = lq1 if temperature == 1 else F.log_softmax(s * (1.0 / temperature), dim=-1)
+    if ids is None:  # full vocabulary
+        if divergence == "forward_kl":
+            p = lp.exp()
+            d = torch.linalg.vecdot(p, lp - lq)
+            if out is not None:
+                torch.mul(lq.exp().sub_(p), c, out=out)  # (q - p) / T, scaled
+        else:
+            d, g = _divergence(lp, lq, divergence)
+            if out is not None:
+                torch.mul(lq.exp().mul_(-g.sum(-1, keepdim=True)).add_(g), c, out=out)
+        top = lp.argmax(-1)
+    else:  # cached top-k ids + tail bucket
+        k = ids.shape[-1]
+        lq_top = lq.gather(-1, ids)
+        has_tail = lp.shape[-1] == k + 1
+        if has_tail:
+            q = lq.exp().scatter_(-1, ids, 0.0)  # student probabilities of the tail tokens only
+            q_tail = q.sum(-1, keepdim=True).clamp_(min=TINY_TAIL)
+            d, g = _divergence(lp, torch.cat([lq_top, q_tail.log()], -1), divergence)
+        else:
+            d, g = _divergence(lp, lq_top, divergence)
+        if out is not None:
+            g_sum = g.sum(-1, keepdim=True)
+            if has_tail:  # tail token j: G_tail * q_j / q_tail - q_j * sum(G)
+                torch.mul(q, (g[:, k:] / q_tail - g_sum) * c, out=out)
+                g = g[:, :k]
+            else:
+                out.zero_()
+            out.scatter_(-1, ids, (g - lq_top.exp() * g_sum) * c)  # cached token j: G_j - q_j * sum(G)
+        top = ids.gather(-1, lp[:, :k].argmax(-1, keepdim=True)).squeeze(-1)
+    if out is not None and a is not None:  # d CE / ds = softmax(s) - onehot(label)
+        out.addcmul_(lq1.exp_(), a).scatter_add_(-1, y, -a)
+    return ce, d, top
+
+
+class _ChunkedLoss(torch.autograd.Function):
+    """alpha * CE + (1 - alpha) * T^2 * sum_rows w_row * D_row, with its gradient computed in the
+    forward pass, chunk by chunk; only that gradient is saved for backward.
+
+    Outputs (loss, ce, kd, agree): only ``loss`` is differentiable; ce and kd are its two terms
+    (reduced, kd scaled by T^2) and agree counts top-1 matches on predicted rows.
+    """
 
     @staticmethod
-    def forward(ctx, student: Tensor, row_weight: Tensor, agree_mask: Tensor, source: TeacherSource,
-                temperature: float, divergence: str, chunk_rows: int) -> tuple[Tensor, Tensor]:
+    def forward(ctx, student: Tensor, targets: Tensor, ce_weight: Tensor, kd_weight: Tensor, source: TeacherSource,
+                alpha: float, temperature: float, divergence: str, chunk_rows: int):
         n = student.shape[0]
-        need_grad = ctx.needs_input_grad[0]
-        grad = torch.empty_like(student) if need_grad else None
-        total = torch.zeros((), dtype=_upcast(student[:0]).dtype, device=student.device)
+        grad = torch.empty(student.shape, dtype=_upcast(student[:0]).dtype, device=student.device) \
+            if ctx.needs_input_grad[0] else None
+        dtype = _upcast(student[:0]).dtype
+        ce = torch.zeros((), dtype=dtype, device=student.device)
+        kd = torch.zeros((), dtype=dtype, device=student.device)
         agree = torch.zeros((), dtype=torch.float32, device=student.device)
+        t2 = temperature**2
         with torch.autocast(student.device.type, enabled=False):  # precision is chosen explicitly here
             for start in range(0, n, chunk_rows):
                 rows = slice(start, min(start + chunk_rows, n))
+                s, y, w_ce, w_kd = _upcast(student[rows]), targets[rows], ce_weight[rows], kd_weight[rows]
                 ids, lp = source.chunk(rows)
-                s, w = student[rows], row_weight[rows]
-                d, g = _kd_chunk(s, ids, lp, temperature, divergence, need_grad)
-                total += (d * w).sum()
-                if grad is not None and g is not None:
-                    grad[rows] = g.mul_(w.unsqueeze(-1))
-                top = lp[:, : ids.shape[-1]].argmax(-1) if ids is not None else lp.argmax(-1)
-                if ids is not None:
-                    top = ids.gather(-1, top.unsqueeze(-1)).squeeze(-1)
-                agree += ((s.argmax(-1) == top) & agree_mask[rows]).sum()
+                a = (alpha * w_ce).unsqueeze(-1) if grad is not None and alpha > 0 else None
+                c = ((1 - alpha) * t2 / temperature * w_kd).unsqueeze(-1) if grad is not None else None
+                ce_rows, d, top = _chunk(s, y.clamp(min=0).unsqueeze(-1), ids, lp, temperature=temperature,
+                                         divergence=divergence, a=a, c=c,
+                                         out=None if grad is None else grad[rows])
+                ce += (ce_rows * w_ce).sum()
+                kd += (d * w_kd).sum()
+                agree += ((s.argmax(-1) == top) & (y >= 0)).sum()
+        kd = kd * t2
+        loss = alpha * ce + (1 - alpha) * kd
         ctx.save_for_backward(grad)
-        ctx.mark_non_differentiable(agree)
-        return total, agree
+        ctx.mark_non_differentiable(ce, kd, agree)
+        return loss, ce, kd, agree
 
     @staticmethod
-    def backward(ctx, grad_total: Tensor, _grad_agree: Tensor):
+    def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_total.to(grad.dtype), None, None, None, None, None, None
+        return grad * grad_loss.to(grad.dtype), None, None, None, None, None, None, None, None
 
 
 def predicted_mask(labels: Tensor) -> Tensor:
@@ -208,64 +241,40 @@ def predicted_mask(labels: Tensor) -> Tensor:
     return mask
 
 
-def kd_term(
+def combine(
     student_logits: Tensor,
     source: TeacherSource,
     labels: Tensor,
     *,
+    alpha: float,
     temperature: float,
     divergence: str = "forward_kl",
     reduction: str = "token_mean",
     chunk_elements: int = CHUNK_ELEMENTS,
-) -> tuple[Tensor, Tensor]:
-    """T^2 * D reduced as asked, and the top-1 agreement rate on predicted positions (detached)."""
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """alpha * CE + (1 - alpha) * T^2 * D for any teacher source; returns (loss, {"ce", "kd", "agree"}).
+
+    CE is the causal-LM cross-entropy (logits at t predict labels[t + 1], mean over non-ignored labels);
+    ``kd`` is the reduced, T^2-scaled divergence; ``agree`` the top-1 agreement rate of student and
+    ensemble on predicted positions. The parts are detached.
+    """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     b, length, v = student_logits.shape
     mask = predicted_mask(labels)
-    n_pred = mask.sum()
+    n_pred = mask.sum().clamp(min=1)
     dtype = _upcast(student_logits[:0, :0]).dtype
-    if reduction == "token_mean":
-        row_weight = mask.to(dtype) / n_pred.clamp(min=1)
-    else:
-        row_weight = torch.full((b, length), 1.0 / b, dtype=dtype, device=student_logits.device)
-    chunk_rows = max(1, chunk_elements // v)
-    total, agree = _ChunkedKD.apply(
-        student_logits.reshape(b * length, v), row_weight.reshape(-1), mask.reshape(-1), source,
-        temperature, divergence, chunk_rows,
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    ce_weight = mask.to(dtype) / n_pred
+    kd_weight = ce_weight if reduction == "token_mean" else torch.full_like(ce_weight, 1.0 / b)
+    loss, ce, kd, agree = _ChunkedLoss.apply(
+        student_logits.reshape(b * length, v), targets.reshape(-1), ce_weight.reshape(-1), kd_weight.reshape(-1),
+        source, alpha, temperature, divergence, max(1, chunk_elements // v),
     )
-    return total * temperature**2, agree / n_pred.clamp(min=1)
-
-
-def cross_entropy(student_logits: Tensor, labels: Tensor) -> Tensor:
-    """Causal-LM cross-entropy: logits at t predict labels[t + 1], mean over non-ignored labels."""
-    v = student_logits.shape[-1]
-    targets = labels[:, 1:].reshape(-1)
-    total = F.cross_entropy(_upcast(student_logits[:, :-1].reshape(-1, v)), targets, ignore_index=IGNORE_INDEX,
-                            reduction="sum")
-    return total / (targets != IGNORE_INDEX).sum().clamp(min=1)
-
-
-def combine(student_logits: Tensor, source: TeacherSource, labels: Tensor, *, alpha: float, temperature: float,
-            divergence: str = "forward_kl", reduction: str = "token_mean") -> tuple[Tensor, dict[str, Tensor]]:
-    """alpha * CE + (1 - alpha) * T^2 * D for any teacher source; parts are detached."""
-    ce = cross_entropy(student_logits, labels) if alpha > 0 else None
-    kd, agree = kd_term(student_logits, source, labels, temperature=temperature, divergence=divergence,
-                        reduction=reduction) if alpha < 1 else (None, None)
-    if ce is None:
-        with torch.no_grad():
-            ce = cross_entropy(student_logits, labels)
-        loss = kd
-    elif kd is None:
-        with torch.no_grad():
-            kd, agree = kd_term(student_logits.detach(), source, labels, temperature=temperature,
-                                divergence=divergence, reduction=reduction)
-        loss = ce
-    else:
-        loss = alpha * ce + (1 - alpha) * kd
-    return loss, {"ce": ce.detach(), "kd": kd.detach(), "agree": agree}
+    return loss, {"ce": ce, "kd": kd, "agree": agree / n_pred}
 
 
 def distillation_loss(

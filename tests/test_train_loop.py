@@ -185,3 +185,12 @@ def test_missing_tracker_is_a_user_error(prepared_cfg):
     else:
         train_model(cfg, "t-llama")
         assert list((cfg.checkpoint_dir("t-llama") / "tensorboard").glob("events.*"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs_on_cpu(prepared_cfg, tmp_path, precision):
+    cfg = variant(prepared_cfg, tmp_path / precision, precision=precision, max_steps=3)
+    lines = read_metrics(train_model(cfg, "t-llama"))
+    assert lines[0]["precision"] == f"torch.{'bfloat16' if precision == 'bf16' else 'float16'}"
+    assert all(np.isfinite(r["loss"]) for r in lines if "loss" in r)
+    assert np.isfinite(lines[-1]["dev_loss"])

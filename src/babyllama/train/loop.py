@@ -23,6 +23,7 @@ distillation). What it does, in order:
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import time
 from collections.abc import Callable
@@ -44,7 +45,7 @@ from babyllama.data.windows import (
     window_starts,
 )
 from babyllama.errors import UserError
-from babyllama.io import stable_hash
+from babyllama.io import read_json, stable_hash
 from babyllama.models import build_model, count_parameters
 from babyllama.train import checkpoint as ckpt
 from babyllama.train import distributed as dist
@@ -289,7 +290,8 @@ def fit(
     def save(step: int, dev: float | None, improved: bool) -> None:
         rng_states = dist.all_gather_objects(ckpt.capture_rng())
         if main:
-            info = {"step": step, "dev_loss": dev, "config_hash": config_hash, "data_hash": data_hash}
+            elapsed = wall + (time.perf_counter() - t_start)
+            info = {"step": step, "dev_loss": dev, "config_hash": config_hash, "data_hash": data_hash, "wall_time_s": elapsed}
             if improved:  # best first: a kill between the two saves then only repeats work on resume
                 ckpt.save_checkpoint(ck_dir / "best", model, tok_dir, None, info)
             training_state = {
@@ -300,7 +302,7 @@ def fit(
                 "rng": rng_states,
                 "best_dev_loss": best_loss,
                 "best_step": best_step,
-                "wall_time_s": wall + (time.perf_counter() - t_start),
+                "wall_time_s": elapsed,
                 "config_hash": config_hash,
                 "components": components,
                 "data_hash": data_hash,
@@ -376,15 +378,7 @@ def fit(
             save(done, None, False)
     log.close()
 
-    out = cfg.model_dir(model_cfg.name)
     if main:
-        best_dir = ckpt.find(ck_dir / "best")
-        if best_dir is None:
-            raise UserError(f"model {model_cfg.name!r}: no best checkpoint in {ck_dir}; delete {ck_dir} and train again")
-        best_info = ckpt.verify(best_dir)
-        final_dir = ckpt.find(ck_dir / "last")
-        final_info, final_state = ckpt.verify(final_dir), ckpt.load_state(final_dir)
-        tokens_seen = total_steps * global_batch * seq_len
         summary = {
             "name": model_cfg.name,
             "description": description,
@@ -395,25 +389,27 @@ def fit(
             "steps": total_steps,
             "global_batch": global_batch,
             "world_size": world,
-            "tokens_seen": tokens_seen,
-            "words_seen": tokens_seen * wpt,
+            "tokens_seen": total_steps * global_batch * seq_len,
+            "words_seen": total_steps * global_batch * seq_len * wpt,
             "epochs_seen": total_steps * global_batch / stream.n_windows,
-            "best_dev_loss": best_info["dev_loss"],
-            "best_step": best_info["step"],
-            "final_dev_loss": final_info["dev_loss"],
-            "selected": "best",
             "params": count_parameters(model),
-            "wall_time_s": final_state["wall_time_s"],
         }
-        metrics = (ck_dir / ckpt.METRICS_FILE).read_bytes()
-        ckpt.copy_checkpoint(best_dir, out, extra={ckpt.METRICS_FILE: metrics, ckpt.SUMMARY_FILE: _json_bytes(summary)})
+        _publish(ck_dir, cfg.model_dir(model_cfg.name), summary)
     dist.barrier()
     if initialised_here:
         torch.distributed.destroy_process_group()
-    return out
+    return cfg.model_dir(model_cfg.name)
 
 
-def _json_bytes(obj: dict) -> bytes:
-    import json
-
-    return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
+def _publish(ck_dir: Path, out: Path, summary: dict) -> None:
+    """Copy the best checkpoint to models/<name>/ with metrics.jsonl and training_summary.json, atomically."""
+    best_dir = ckpt.find(ck_dir / "best")
+    if best_dir is None:
+        raise UserError(f"no best checkpoint in {ck_dir}; delete {ck_dir} and train again")
+    best = ckpt.verify(best_dir)
+    last = read_json(ck_dir / "last" / ckpt.MANIFEST_FILE)
+    summary = {**summary, "best_dev_loss": best["dev_loss"], "best_step": best["step"], "final_dev_loss": last["dev_loss"],
+               "selected": "best", "wall_time_s": last["wall_time_s"]}
+    extra = {ckpt.METRICS_FILE: (ck_dir / ckpt.METRICS_FILE).read_bytes(),
+             ckpt.SUMMARY_FILE: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()}
+    ckpt.copy_checkpoint(best_dir, out, extra=extra)

@@ -38,7 +38,8 @@ class Objective(Protocol):
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         """Scalar loss to backpropagate (mean over the micro-batch) and extra metrics, e.g.
-        {"ce": ..., "kd": ..., "agree": ...}. ``model`` may be wrapped (DDP, torch.compile): call it,
+        {"ce": ..., "kd": ..., "agree": ...}, with the same keys on every call (they are averaged over
+        micro-steps and ranks between log lines). ``model`` may be wrapped (DDP, torch.compile): call it,
         don't reach into it; pass ``use_cache=False`` (no KV cache is needed while training)."""
         ...
 

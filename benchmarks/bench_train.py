@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated model names to run (default: all)")
     ap.add_argument("--compile", action="store_true", help="also time our loop with train.compile=true (compiles first)")
     args = ap.parse_args()
-    budget = 3e11 if args.quick else 1e12  # model FLOPs timed per measurement: more steps for small models
+    budget = 2e11 if args.quick else 5e11  # model FLOPs timed per measurement: more steps for small models
 
     paper = load_config(ROOT / "configs" / "babylm-2023-strict-small.yaml")
     demo = load_config(ROOT / "configs" / "demo.yaml")
@@ -137,7 +137,7 @@ def main() -> None:
             with torch.device("meta"):
                 shape = build_model(m, vocab, SPECIAL)
             fpt = flops_per_token(shape, m, seq_len)
-            steps = int(min(max(budget / (fpt * batch * seq_len), 2), 20))
+            steps = int(min(max(budget / (fpt * batch * seq_len), 2), 12))
             rates = [plain_hf(m, vocab, batch, seq_len, steps, 1, m.train.lr),
                      ours(m, vocab, batch, seq_len, steps, 1, m.train.lr, work / str(i))]
             if args.compile:

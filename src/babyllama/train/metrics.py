@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,12 @@ from babyllama.errors import UserError
 
 
 def truncate_after(path: Path, step: int) -> None:
-    """Keep only the lines with step <= ``step`` (everything after a resumed checkpoint is redone)."""
+    """Keep only the lines with step <= ``step`` (everything after a resumed checkpoint is redone);
+    a fresh run (step 0) starts an empty file."""
     if not path.exists():
+        return
+    if step == 0:
+        path.unlink()
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -59,7 +64,10 @@ class MetricsLogger:
         truncate_after(path, start_step)
         self._file = open(path, "a", encoding="utf-8")
         if logging.progress:
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=description or run_name, dynamic_ncols=True)
+            # On a terminal a live bar; in a log file at most one update a minute.
+            interval = 0.1 if sys.stderr.isatty() else 60.0
+            self._bar = tqdm(total=total_steps, initial=start_step, desc=description or run_name, unit="step",
+                             dynamic_ncols=True, mininterval=interval, maxinterval=max(interval, 10.0))
         if logging.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

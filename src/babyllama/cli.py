@@ -78,7 +78,11 @@ def cmd_eval_blimp(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
-    from babyllama.evaluate.perplexity import evaluate_perplexity, format_perplexity_table, perplexity_for_config
+    from babyllama.evaluate.perplexity import (
+        evaluate_perplexity,
+        format_perplexity_table,
+        perplexity_for_config,
+    )
 
     if args.model:
         if not args.config and not args.data_dir:

@@ -13,6 +13,7 @@ from babyllama.config import Config
 from babyllama.distill.objective import DistillObjective
 from babyllama.distill.run import distill, distillation_fingerprint
 from babyllama.errors import UserError
+from babyllama.io import file_sha256
 from babyllama.train.pretrain import train_model
 
 
@@ -43,12 +44,16 @@ def test_distill_live_then_from_the_cache(prepared_cfg: Config):
     assert any("dev_loss" in r for r in rows)
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["windows"] == "random"
-    assert [name for name, _ in summary["objective"]["teachers"]] == ["t-llama", "t-gpt2"]
+    assert summary["objective"]["teachers"] == [
+        [t, file_sha256(cfg.model_dir(t) / "model.safetensors")] for t in ("t-llama", "t-gpt2")
+    ]
+    assert summary["objective"]["temperature"] == 2.0 and summary["objective"]["divergence"] == "forward_kl"
     assert summary["objective"]["cache"]["key"] is None
     assert summary["objective"] == distillation_fingerprint(cfg)
 
     _forget_student(cfg)
     cfg.distill.cache.enabled = True
+    cfg.student.train.precision = "bf16"  # the autocast path a GPU takes (bf16 student logits)
     out = distill(cfg)
     summary = json.loads((out / "training_summary.json").read_text())
     key = summary["objective"]["cache"]["key"]

@@ -15,9 +15,9 @@ Conventions (the reference code's, see docs/babyllama-reference.md section 7):
 The whole loss is one autograd Function that walks the flattened positions in chunks. Each chunk
 forms the ensemble, the student's log-softmax at 1 and at T, CE, the divergence and the gradient of
 both terms with respect to the student logits in closed form, using fused primitives (log_softmax,
-logsumexp, kl_div with log_target). Only that gradient, one tensor shaped like the student logits, is
-kept for backward: no (B, L, V) intermediates pile up in the autograd graph and no full-size ensemble
-or teacher copy is made (at most one chunk of each).
+kl_div with log_target, logaddexp, vecdot) and in-place updates. Only that gradient, one tensor shaped
+like the student logits, is kept for backward: no (B, L, V) intermediates pile up in the autograd
+graph and no full-size ensemble or teacher copy is made (at most one chunk of each).
 
 The same Function serves the teacher-logit cache, whose teacher is a distribution over "buckets":
 the k cached token ids plus one tail bucket holding the remaining mass (see cache.py). For a bucket
@@ -73,14 +73,13 @@ def ensemble_log_probs(
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
     acc: Tensor | None = None
     for z, w in zip(teacher_logits, weights, strict=True):
-        if ensemble == "logit_mean":
-            term = _upcast(z) * w
-            acc = term if acc is None else acc.add_(term)
+        if ensemble == "logit_mean":  # sum_k w_k z_k / T, accumulated in place
+            acc = torch.mul(_upcast(z), w / temperature) if acc is None else acc.add_(z, alpha=w / temperature)
         else:
             term = F.log_softmax(_upcast(z) / temperature, dim=-1).add_(math.log(w) if w > 0 else -math.inf)
             acc = term if acc is None else torch.logaddexp(acc, term, out=acc)
     assert acc is not None, "no teachers"
-    return F.log_softmax(acc / temperature, dim=-1) if ensemble == "logit_mean" else acc
+    return F.log_softmax(acc, dim=-1) if ensemble == "logit_mean" else acc
 
 
 class TeacherSource(Protocol):

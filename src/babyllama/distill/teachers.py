@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from babyllama.config import Config
 from babyllama.errors import UserError
@@ -76,10 +77,16 @@ class TeacherEnsemble:
     @classmethod
     def load(cls, dirs: Sequence[Path], device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         models = []
-        for d in dirs:
-            m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
-            m.requires_grad_(False)
-            models.append(m.eval().to(device))
+        bars = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # one "Loading weights" bar per teacher is noise here
+        try:
+            for d in dirs:
+                m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+                m.requires_grad_(False)
+                models.append(m.eval().to(device))
+        finally:
+            if bars:
+                hf_logging.enable_progress_bar()
         return cls(models)
 
     @torch.no_grad()

@@ -113,7 +113,7 @@ def test_interrupted_build_resumes_and_matches_a_clean_build(tmp_path):
     logs: list[str] = []
     resumed, teachers = _build(tmp_path / "a", spec, logs=logs)
     assert teachers.windows == N_WINDOWS - 14  # only the 4 missing shards were scored
-    assert any("2 of 6 shards already built" in m for m in logs)
+    assert any("scoring 26 of 40 windows" in m and "2 of 6 shards already built" in m for m in logs)
     clean, _ = _build(tmp_path / "b", spec)
     for part in spec.parts():
         for i in range(spec.n_shards):
@@ -169,3 +169,42 @@ def test_rows_need_fixed_window_ids(tmp_path):
         cache.rows(torch.tensor([0, -1]))
     with pytest.raises(ValueError, match="fixed windows"):
         cache.rows([N_WINDOWS])
+
+
+WORKER = """
+import json, sys
+import torch
+sys.path.insert(0, {tests!r})
+from test_distill_cache import FakeTeachers, _spec, _tokens
+from babyllama.distill.cache import ensure_cache
+teachers = FakeTeachers()
+cache = ensure_cache({root!r}, _spec(top_k=4), _tokens(), lambda: teachers, device=torch.device("cpu"),
+                     batch_size=3, log=lambda _m: None)
+print(json.dumps({{"windows": teachers.windows, "key": cache.key}}))
+"""
+
+
+def test_two_ranks_split_the_build(tmp_path):
+    """Under torchrun every rank scores its own shards, then all open the same complete cache."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER.format(tests=str(Path(__file__).parent), root=str(tmp_path / "cache")))
+    procs = [subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "LOCAL_RANK": str(r)})
+             for r in range(2)]
+    outs = [json.loads(p.communicate(timeout=120)[0].strip().splitlines()[-1]) for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert [o["windows"] for o in outs] == [7 + 7 + 7, 7 + 7 + 5]  # shards 0, 2, 4 and 1, 3, 5
+    spec = _spec(top_k=4)
+    assert outs[0]["key"] == outs[1]["key"] == spec.key()
+    assert (tmp_path / "cache" / spec.key() / "manifest.json").is_file()
+    single, _ = _build(tmp_path / "single", spec)
+    distributed, teachers = _build(tmp_path, spec)
+    assert teachers.windows == 0  # complete and intact: nothing to redo
+    for a, b in zip(single.rows(np.arange(N_WINDOWS)), distributed.rows(np.arange(N_WINDOWS)), strict=True):
+        assert torch.equal(a, b)

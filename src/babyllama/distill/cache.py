@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from babyllama.data.windows import gather_windows, window_starts
 from babyllama.distill.loss import CHUNK_ELEMENTS, DenseTeachers
@@ -170,7 +171,7 @@ def _save_npy(path: Path, array: np.ndarray) -> dict:
 
 @torch.no_grad()
 def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teacher_fn: TeacherFn,
-                 device: torch.device, batch_size: int) -> None:
+                 device: torch.device, batch_size: int, bar: tqdm) -> None:
     first, last = spec.shard_range(i)
     n, length, k = last - first, spec.seq_len, spec.k
     ids = np.empty((n * length, k), dtype=spec.ids_dtype)
@@ -187,6 +188,7 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
         src = DenseTeachers([z.reshape(-1, spec.vocab_size) for z in logits], spec.temperature, spec.ensemble,
                             spec.weights)
         offset = (start - first) * length
+        bar.update(stop - start)
         for r in range(0, (stop - start) * length, chunk_rows):
             rows = slice(r, min(r + chunk_rows, (stop - start) * length))
             _, lp = src.chunk(rows)
@@ -246,6 +248,7 @@ def ensure_cache(
     device: torch.device,
     batch_size: int = 32,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> TeacherCache:
     """Open the cache for ``spec`` under ``cache_root/<key>/``, building or repairing what is missing.
 
@@ -284,11 +287,14 @@ def ensure_cache(
         if rank() == 0:
             manifest_path.unlink(missing_ok=True)
         done = spec.n_shards - len(todo) if world_size() == 1 else None
-        resumed = f" (resuming: {done} of {spec.n_shards} shards already built)" if done else ""
-        log(f"teacher cache {root.name}: building {len(todo)} shard(s) of {spec.shard_windows} windows{resumed}")
+        resumed = f"; resuming: {done} of {spec.n_shards} shards already built" if done else ""
+        n_todo = sum(spec.shard_range(i)[1] - spec.shard_range(i)[0] for i in todo)
+        log(f"teacher cache {root.name}: scoring {n_todo} of {spec.n_windows} windows with the teachers "
+            f"(top-{spec.k} of vocab {spec.vocab_size}, {len(todo)} shard(s){resumed})")
         teacher_fn = teacher_fn_factory()
-        for i in todo:
-            _build_shard(root, spec, i, tokens, teacher_fn, device, batch_size)
+        with tqdm(total=n_todo, desc="teacher cache", unit="window", disable=None if progress else True) as bar:
+            for i in todo:
+                _build_shard(root, spec, i, tokens, teacher_fn, device, batch_size, bar)
     if world_size() > 1:
         _wait_for(lambda: all(_check_shard(root, spec, i, verify_hash=False) is None for i in range(spec.n_shards)),
                   "cache shards")

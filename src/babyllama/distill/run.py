@@ -69,7 +69,8 @@ def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, 
 
     # about 4096 positions per teacher forward: fewer, larger batches than training uses
     batch = max(_student(cfg).train.batch_size, BUILD_TOKENS // cfg.data.seq_len)
-    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device, batch_size=batch, log=log)
+    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device, batch_size=batch, log=log,
+                        progress=cfg.logging.progress and dist.is_main_process())
 
 
 def distillation_fingerprint(cfg: Config) -> dict:

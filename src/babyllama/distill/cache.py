@@ -202,7 +202,23 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
     if tail is not None:
         arrays["tail"] = tail.reshape(n, length)
     files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
-    atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files})
+    # How much of the tempered ensemble the top-k holds: the rest is taught only as one tail bucket.
+    topk_mass = 1.0 if tail is None else float(1.0 - np.exp(tail.astype(np.float64)).mean())
+    atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, "topk_mass": topk_mass})
+
+
+def _report_coverage(name: str, spec: CacheSpec, shards: list[dict], log: Callable[[str], None]) -> None:
+    """Say how faithful the cache is: the mean share of the tempered ensemble's mass in the top-k."""
+    sizes = [s["windows"][1] - s["windows"][0] for s in shards]
+    masses = [s.get("topk_mass") for s in shards]
+    if not sizes or any(m is None for m in masses):
+        return
+    mass = sum(m * n for m, n in zip(masses, sizes, strict=True)) / sum(sizes)
+    msg = f"teacher cache {name}: the top-{spec.k} hold {100 * mass:.1f}% of the tempered ensemble's probability mass"
+    if mass < 0.5:
+        msg += (" — most of the KD signal is the single tail bucket; raise distill.cache.top_k or lower "
+                "distill.temperature, or distil from live teachers")
+    log(msg)
 
 
 class TeacherCache:
@@ -303,6 +319,7 @@ def ensure_cache(
         manifest = {"key": spec.key(), "spec": spec.as_dict(), "shards": shards}
         if not manifest_path.is_file() or read_json(manifest_path) != manifest:
             atomic_write_json(manifest_path, manifest)
+        _report_coverage(root.name, spec, shards, log)
     if world_size() > 1:
         _wait_for(manifest_path.is_file, "cache manifest")
     return TeacherCache(root, spec)

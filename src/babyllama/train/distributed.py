@@ -8,6 +8,7 @@ so the global batch is batch_size x grad_accum x world_size sequences.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -47,7 +48,9 @@ def init(device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    # `babyllama run` keeps the other ranks waiting at a barrier while rank 0 prepares data or evaluates
+    # (BLiMP, fine-tuning): allow hours, not the default minutes, before a collective times out.
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=12))
 
 
 def barrier() -> None:

@@ -319,7 +319,8 @@ def ensure_cache(
         manifest = {"key": spec.key(), "spec": spec.as_dict(), "shards": shards}
         if not manifest_path.is_file() or read_json(manifest_path) != manifest:
             atomic_write_json(manifest_path, manifest)
-        _report_coverage(root.name, spec, shards, log)
+        if todo:
+            _report_coverage(root.name, spec, shards, log)
     if world_size() > 1:
         _wait_for(manifest_path.is_file, "cache manifest")
     return TeacherCache(root, spec)

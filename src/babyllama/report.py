@@ -85,6 +85,8 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         train_rows = [r for r in metrics if "loss" in r]
         last = train_rows[-1] if train_rows else {}
         dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
+        # Dev lines carry the step only; every optimizer step sees the same number of tokens.
+        per_step = last["tokens_seen"] / last["step"] if last.get("tokens_seen") and last.get("step") else None
         ev = out_dir / "eval" / name
         ppl = _read_json_or_none(ev / "perplexity.json") or {}
         blimp = _read_json_or_none(ev / "blimp.json")
@@ -110,7 +112,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "finetune": finetune,
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
-                "dev": [(r.get("tokens_seen"), r["dev_loss"]) for r in dev_rows],
+                "dev": [(r.get("tokens_seen") or (per_step and r["step"] * per_step), r["dev_loss"]) for r in dev_rows],
             },
         })
     state = _read_json_or_none(out_dir / "run_state.json") or {}
@@ -120,10 +122,17 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"),
         "models": models,
         "verdict": verdict(models),
-        "stages": {k: v.get("seconds") for k, v in state.items() if isinstance(v, dict)},
+        "stages": {k: v.get("seconds") for k, v in sorted(state.items(), key=_stage_order) if isinstance(v, dict)},
         "ledger": manifest.get("ledger"),
         "environment": environment(),
     }
+
+
+def _stage_order(item: tuple[str, Any]) -> tuple[int, str]:
+    """Pipeline order: prepare, teachers, distill, control, evaluate, report."""
+    name = item[0]
+    rank = {"prepare": 0, "distill": 2, "control": 3, "evaluate": 4, "report": 5}.get(name, 1)
+    return rank, name
 
 
 def environment() -> dict[str, Any]:
@@ -283,7 +292,7 @@ def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
         ts, ces, kds = zip(*rows, strict=True)
         ax.plot(ts, ces, label="CE part")
         if any(k is not None for k in kds):
-            ax.plot(ts, [k if k is not None else float("nan") for k in kds], label="KD part (before weighting)")
+            ax.plot(ts, [k if k is not None else float("nan") for k in kds], label="KD part (T² · divergence)")
         ax.set_xlabel("tokens seen")
         ax.set_ylabel("loss")
         ax.set_title(f"Distillation loss parts of {student['name']}")

@@ -3,7 +3,7 @@
 Model: the demo student (configs/demo.yaml) if it has been trained (``runs/demo/models/baby-llama-demo``),
 else a randomly initialised LLaMA of the same size with a BPE tokenizer of the demo's vocabulary size,
 trained here in seconds on the BLiMP sentences themselves (scores are meaningless then; speed and
-agreement are what we measure). Data: the real BLiMP (/work/shared/data/blimp or --data), the first
+agreement are what we measure). Data: the real BLiMP (../shared/data/blimp beside the repository, or --data), the first
 ``--pairs`` pairs spread evenly over the 67 paradigms for the batched run, and the first ``--single-pairs``
 of those for the one-at-a-time run. Both runs score the common pairs, and we report how closely they agree.
 
@@ -61,7 +61,7 @@ def spread(pairs: list, n: int) -> list:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/data/blimp")
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "blimp"))
     ap.add_argument("--pairs", type=int, default=6700, help="pairs for the batched run")
     ap.add_argument("--single-pairs", type=int, default=335, help="pairs for the one-at-a-time run")
     ap.add_argument("--batch-size", type=int, default=64)

@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from babyllama.config import Config
 from babyllama.train.pretrain import train_model
-
-
-def variant(cfg: Config, out_dir: Path, **train) -> Config:
-    d = cfg.model_dump(mode="json")
-    d["out_dir"] = str(out_dir)
-    for m in [*d["teachers"], d["student"]]:
-        m["train"].update(train)
-    new = Config.model_validate(d)
-    if not new.data_dir.exists():
-        shutil.copytree(cfg.data_dir, new.data_dir)
-    return new
-
-
-def metrics(model_dir: Path) -> list[dict]:
-    return [json.loads(x) for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
+from helpers import read_metrics, variant
 
 
 def test_two_processes_match_one(prepared_cfg, tmp_path):
@@ -43,7 +26,7 @@ def test_two_processes_match_one(prepared_cfg, tmp_path):
     assert child.returncode == 0, child.stderr[-3000:]
     ref = train_model(one, "t-gpt2")
 
-    got, want = metrics(two.model_dir("t-gpt2")), metrics(ref)
+    got, want = read_metrics(two.model_dir("t-gpt2")), read_metrics(ref)
     assert got[0]["world_size"] == 2 and got[0]["global_batch"] == want[0]["global_batch"] == 8
     for key in ("loss", "dev_loss"):
         a, b = [r[key] for r in got if key in r], [r[key] for r in want if key in r]

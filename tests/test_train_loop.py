@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from babyllama.cli import main as cli_main
-from babyllama.config import Config
 from babyllama.data.tokens import load_tokens
 from babyllama.data.windows import dev_subset, gather_windows, num_fixed_windows, window_starts
 from babyllama.errors import UserError
@@ -21,22 +18,7 @@ from babyllama.train.checkpoint import is_complete
 from babyllama.train.loop import WindowStream, fit
 from babyllama.train.objective import Batch, LMObjective
 from babyllama.train.pretrain import train_model
-
-
-def variant(cfg: Config, out_dir: Path, **train) -> Config:
-    """The same experiment and prepared data under another out_dir, with train keys changed for every model."""
-    d = cfg.model_dump(mode="json")
-    d["out_dir"] = str(out_dir)
-    for m in [*d["teachers"], d["student"]]:
-        m["train"].update(train)
-    new = Config.model_validate(d)
-    if not new.data_dir.exists():
-        shutil.copytree(cfg.data_dir, new.data_dir)
-    return new
-
-
-def read_metrics(model_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+from helpers import read_metrics, variant
 
 
 def test_train_model_writes_a_plain_hf_model(prepared_cfg):

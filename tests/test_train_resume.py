@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.train.pretrain import train_model
+from helpers import variant
 
 # Runs in a child process: train t-llama and SIGKILL itself in the middle of writing the step-KILL_STEP
 # checkpoint (its files written, no manifest, no rename yet). The previous checkpoint must survive intact.
@@ -43,17 +44,6 @@ KILLER = textwrap.dedent(
     fit(cfg, cfg.model("t-llama"), LMObjective())
     """
 )
-
-
-def variant(cfg: Config, out_dir: Path, **train) -> Config:
-    d = cfg.model_dump(mode="json")
-    d["out_dir"] = str(out_dir)
-    for m in [*d["teachers"], d["student"]]:
-        m["train"].update(train)
-    new = Config.model_validate(d)
-    if not new.data_dir.exists():
-        shutil.copytree(cfg.data_dir, new.data_dir)
-    return new
 
 
 def resumable(cfg: Config, out_dir: Path) -> Config:

@@ -96,3 +96,8 @@ def test_docs_cover_every_key() -> None:
 def test_docs_file_is_current() -> None:
     """docs/config.md is generated from the schema; regenerate with `babyllama config --docs > docs/config.md`."""
     assert (ROOT / "docs/config.md").read_text() == config_docs()
+
+
+def test_finetune_flags_are_validated_like_config_keys(capsys) -> None:
+    assert main(["finetune", "--model", "m", "--data", "d", "--task", "cola", "--lr", "-1"]) == 2
+    assert "--lr: Input should be greater than 0" in capsys.readouterr().err

@@ -104,6 +104,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
     from babyllama.config import FinetuneConfig
     from babyllama.evaluate.finetune import finetune_task
 
@@ -112,8 +114,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                                    "max_train_examples": args.max_train_examples}.items() if v is not None}
     try:
         hp = FinetuneConfig(**overrides)
-    except Exception as e:  # pydantic validation of command-line values
-        raise UserError(f"finetune: invalid hyperparameter: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"finetune: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     result = finetune_task(args.model, args.data, args.task, hp, out=args.out, device=args.device)
     print(json.dumps(result, indent=2))
 
@@ -202,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for the fine-tuned model and results")
     for flag, typ in [("--lr", float), ("--batch-size", int), ("--epochs", int), ("--seed", int), ("--patience", int),
                       ("--eval-every", int), ("--max-train-examples", int)]:
-        p.add_argument(flag, type=typ, default=None)
+        p.add_argument(flag, type=typ, default=None,
+                       help="override the BabyLM pipeline default (docs/config.md, eval.finetune_defaults)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_finetune)
 

@@ -96,3 +96,17 @@ def test_force_names_a_stage(tiny_cfg, tmp_path: Path, capsys) -> None:
     assert main(["run", str(cfg_path), "--force", "nonsense"]) == 2
     err = capsys.readouterr().err
     assert "--force 'nonsense': no such stage" in err and "t-gpt2" in err
+
+
+def test_run_under_torchrun_trains_every_model_data_parallel(tmp_path: Path, tiny_cfg) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg)
+    out = Path(tiny_cfg.out_dir)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "babyllama", "run", str(cfg_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    for name in ("t-llama", "t-gpt2", "student", "student-control"):
+        start = json.loads((out / "models" / name / "metrics.jsonl").read_text().splitlines()[0])
+        assert start["world_size"] == 2 and start["global_batch"] == 2 * tiny_cfg.model(name).train.batch_size
+    assert (out / "report.html").exists() and done.stdout.count("Time per stage") == 1  # rank 0 only

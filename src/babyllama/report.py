@@ -48,7 +48,7 @@ def _read_json_or_none(path: Path) -> Any:
         return None
 
 
-def count_parameters(model_dir: Path) -> int | None:
+def saved_parameter_count(model_dir: Path) -> int | None:
     """Parameters of a saved model, from the safetensors header alone (no weights are read)."""
     from safetensors import safe_open
 
@@ -100,7 +100,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "name": name,
             "role": role,
             "trained": (model_dir / "config.json").exists(),
-            "parameters": count_parameters(model_dir) if model_dir.exists() else None,
+            "parameters": saved_parameter_count(model_dir) if model_dir.exists() else None,
             "tokens_seen": last.get("tokens_seen"),
             "words_seen": last.get("words_seen"),
             "steps": last.get("step"),

@@ -52,7 +52,8 @@ def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_c
     before = _stamps(out)
     assert main(["run", str(cfg_path)]) == 0
     again = capsys.readouterr().out
-    for stage in ("prepare", "teacher:t-llama", "teacher:t-gpt2", "distill", "control", "evaluate"):
+    assert "is up to date" in again  # prepare runs every time and skips its own work
+    for stage in ("teacher:t-llama", "teacher:t-gpt2", "distill", "control", "evaluate"):
         assert f"[run] {stage}: up to date, skipped" in again
     assert _stamps(out) == before
 
@@ -63,6 +64,17 @@ def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_c
     assert "[run] distill: redoing" in changed and "[run] control: redoing" in changed
     after = _stamps(out)
     assert after["t-llama"] == before["t-llama"] and after["student"] != before["student"]
+
+    # Logging cadence does not change the weights: nothing is retrained for it.
+    assert main(["run", str(cfg_path), "--set", "student.train.lr=0.001", "--set", "teachers.0.train.log_every=3"]) == 0
+    assert "[run] teacher:t-llama: up to date, skipped" in capsys.readouterr().out
+
+    # An edited corpus changes the prepared data, so every model is trained again.
+    corpus = Path(tiny_cfg.data.corpus) / "part0.txt"
+    corpus.write_text(corpus.read_text() + "A new line about the cat.\n")
+    assert main(["run", str(cfg_path), "--set", "student.train.lr=0.001"]) == 0
+    edited = capsys.readouterr().out
+    assert "[run] teacher:t-llama: redoing" in edited and "[run] control: redoing" in edited
 
 
 def test_killed_run_resumes_without_redoing_finished_stages(tmp_path: Path, tiny_cfg, capsys) -> None:

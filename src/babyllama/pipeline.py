@@ -14,6 +14,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -29,22 +30,27 @@ STATE_FILE = "run_state.json"
 class Stage:
     name: str
     run: Callable[[], None]
-    fingerprint: str
+    fingerprint: Callable[[], str]  # computed when the stage is reached: it may read earlier stages' outputs
     outputs: list[Path] = field(default_factory=list)
     deps: list[str] = field(default_factory=list)  # stages whose outputs this one reads
-    main_only: bool = False  # evaluation and reporting run on rank 0 only
-    always: bool = False  # cheap stages that are redone every time (the report)
+    main_only: bool = False  # data preparation, evaluation and reporting run on rank 0 only
+    always: bool = False  # stages that run every time (prepare skips itself when its inputs are unchanged)
     reuse_outputs: bool = False  # outputs carry their own fingerprints: keep them when the stage is redone
 
 
-def _model_fp(cfg: Config, name: str) -> dict[str, Any]:
-    return cfg.model(name).model_dump(mode="json", exclude={"name"})
-
-
 def plan(cfg: Config) -> list[Stage]:
-    """The ordered stages of this config, each with its fingerprint and outputs."""
+    """The ordered stages of this config, each with its fingerprint and outputs.
+
+    Training fingerprints are the training loop's own resume identity (checkpoint.run_components: every
+    setting that changes the weights, not logging cadence) plus the prepared data's hash, so an edited
+    corpus or a re-run `prepare` redoes the models, and a changed log interval does not.
+    """
     from babyllama.data.prepare import prepare
-    from babyllama.distill.run import distill
+    from babyllama.data.tokens import read_manifest
+    from babyllama.distill.run import distill as distill_student
+    from babyllama.distill.run import distillation_fingerprint
+    from babyllama.train.checkpoint import run_components
+    from babyllama.train.objective import LMObjective
     from babyllama.train.pretrain import train_model
 
     if cfg.student is None:
@@ -52,34 +58,45 @@ def plan(cfg: Config) -> list[Stage]:
     if not cfg.teachers:
         raise UserError("run: the config has no `teachers`; distillation needs at least one teacher")
 
-    data_fp = stable_hash({"data": cfg.data.model_dump(mode="json"), "tok": cfg.tokenizer.model_dump(mode="json"),
-                           "seed": cfg.seed})
-    stages = [Stage("prepare", lambda: prepare(cfg), data_fp, [cfg.data_dir], main_only=True)]
+    def data_hash() -> str:
+        return str(read_manifest(cfg.data_dir)["data_hash"])
 
-    teacher_fps = []
+    # Each fingerprint is computed once, when its stage is reached (after the stages it reads from).
+    def lm_fp(name: str) -> Callable[[], str]:
+        return cache(lambda: stable_hash({"data": data_hash(),
+                                          "run": run_components(cfg, cfg.model(name), LMObjective().fingerprint())}))
+
+    @cache
+    def distill_fp() -> str:
+        # Includes the teachers' weight hashes, so a retrained teacher redoes the student.
+        windows = "fixed" if cfg.distill.cache.enabled else None
+        return stable_hash({"data": data_hash(),
+                            "run": run_components(cfg, cfg.student, distillation_fingerprint(cfg), windows)})
+
+    stages = [Stage("prepare", lambda: prepare(cfg), data_hash, [cfg.data_dir], main_only=True, always=True)]
+    teacher_stages = []
     for t in cfg.teachers:
-        fp = stable_hash({"data": data_fp, "model": _model_fp(cfg, t.name), "seed": cfg.seed})
-        teacher_fps.append(fp)
-        stages.append(Stage(f"teacher:{t.name}", lambda n=t.name: train_model(cfg, n), fp,
+        teacher_stages.append(f"teacher:{t.name}")
+        stages.append(Stage(f"teacher:{t.name}", lambda n=t.name: train_model(cfg, n), lm_fp(t.name),
                             [cfg.model_dir(t.name), cfg.checkpoint_dir(t.name)], deps=["prepare"]))
-
-    distill_fp = stable_hash({"data": data_fp, "teachers": teacher_fps, "student": _model_fp(cfg, cfg.student.name),
-                              "distill": cfg.distill.model_dump(mode="json"), "seed": cfg.seed})
-    teacher_stages = [f"teacher:{t.name}" for t in cfg.teachers]
-    stages.append(Stage("distill", lambda: distill(cfg), distill_fp,
+    stages.append(Stage("distill", lambda: distill_student(cfg), distill_fp,
                         [cfg.model_dir(cfg.student.name), cfg.checkpoint_dir(cfg.student.name)],
                         deps=["prepare", *teacher_stages]))
-    model_fps = {**dict(zip([t.name for t in cfg.teachers], teacher_fps, strict=True)), cfg.student.name: distill_fp}
     if cfg.control:
-        control_fp = stable_hash({"data": data_fp, "model": _model_fp(cfg, cfg.control_name), "seed": cfg.seed})
-        stages.append(Stage("control", lambda: train_model(cfg, cfg.control_name), control_fp,
+        stages.append(Stage("control", lambda: train_model(cfg, cfg.control_name), lm_fp(cfg.control_name),
                             [cfg.model_dir(cfg.control_name), cfg.checkpoint_dir(cfg.control_name)], deps=["prepare"]))
-        model_fps[cfg.control_name] = control_fp
+    trained = [s for s in stages if s.name != "prepare"]
 
-    eval_fp = stable_hash({"models": model_fps, "eval": cfg.eval.model_dump(mode="json")})
-    trained = [*teacher_stages, "distill", *(["control"] if cfg.control else [])]
-    stages.append(Stage("evaluate", lambda: evaluate_all(cfg, model_fps), eval_fp, [cfg.out / "eval"],
-                        deps=trained, main_only=True, reuse_outputs=True))
+    def model_fps() -> dict[str, str]:
+        names = [*(t.name for t in cfg.teachers), cfg.student.name, *([cfg.control_name] if cfg.control else [])]
+        return dict(zip(names, (s.fingerprint() for s in trained), strict=True))
+
+    @cache
+    def eval_fp() -> str:
+        return stable_hash({"models": model_fps(), "eval": cfg.eval.model_dump(mode="json")})
+
+    stages.append(Stage("evaluate", lambda: evaluate_all(cfg, model_fps()), eval_fp, [cfg.out / "eval"],
+                        deps=[s.name for s in trained], main_only=True, reuse_outputs=True))
     stages.append(Stage("report", lambda: _report(cfg), eval_fp, [], deps=["evaluate"], main_only=True, always=True))
     return stages
 
@@ -116,40 +133,46 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
     timings: dict[str, float] = {}
 
     for stage in stages:
-        state = _read_state(state_path)
-        rec = state.get(stage.name, {})
-        done = rec.get("done") and rec.get("fingerprint") == stage.fingerprint and all(
-            p.exists() for p in stage.outputs if not stage.reuse_outputs)
-        if done and stage.name not in redo and not stage.always:
-            if main:
+        skip = False
+        if main:
+            state = _read_state(state_path)
+            rec = state.get(stage.name, {})
+            fingerprint = None if stage.always else stage.fingerprint()
+            done = rec.get("done") and rec.get("fingerprint") == fingerprint and all(
+                p.exists() for p in stage.outputs if not stage.reuse_outputs)
+            skip = bool(done) and stage.name not in redo and not stage.always
+            if skip:
                 print(f"[run] {stage.name}: up to date, skipped ({rec.get('seconds', 0):.1f}s when it ran)", flush=True)
+            else:
+                stale = stage.name in redo or (not stage.always and rec.get("fingerprint") not in (None, fingerprint))
+                if stale and (stage.name in forced or not stage.reuse_outputs):
+                    for p in stage.outputs:
+                        if p.is_dir():
+                            shutil.rmtree(p)
+                        elif p.exists():
+                            p.unlink()
+                state[stage.name] = {"fingerprint": fingerprint, "done": False,
+                                     "seconds": 0.0 if stale else rec.get("seconds", 0.0)}
+                _write_state(state_path, state)
+                verb = "redoing" if stale and rec else ("resuming" if rec and not rec.get("done") else "running")
+                if stage.always:
+                    verb = "running (it skips its own work when its inputs are unchanged)" if stage.name == "prepare" else "running"
+                print(f"[run] {stage.name}: {verb}", flush=True)
+        # Rank 0 decides, so every rank takes the same branch (a training stage is a collective).
+        if distributed.broadcast_object(skip):
             timings[stage.name] = 0.0
             continue
-        stale = rec.get("fingerprint") not in (None, stage.fingerprint) or stage.name in redo
-        if main:
-            if stale and (stage.name in forced or not stage.reuse_outputs):
-                for p in stage.outputs:
-                    if p.is_dir():
-                        shutil.rmtree(p)
-                    elif p.exists():
-                        p.unlink()
-            state[stage.name] = {"fingerprint": stage.fingerprint, "done": False,
-                                 "seconds": rec.get("seconds", 0.0) if not stale else 0.0}
-            _write_state(state_path, state)
-            verb = "redoing" if stale and rec else ("resuming" if rec and not rec.get("done") else "running")
-            print(f"[run] {stage.name}: {verb}", flush=True)
-        distributed.barrier()
         start = time.perf_counter()
         if not stage.main_only or main:
             stage.run()
         distributed.barrier()
         seconds = time.perf_counter() - start
         timings[stage.name] = seconds
-        redo.discard(stage.name)
         if main:
             state = _read_state(state_path)
             prev = state.get(stage.name, {}).get("seconds", 0.0)
-            state[stage.name] = {"fingerprint": stage.fingerprint, "done": True, "seconds": prev + seconds}
+            fingerprint = stage.fingerprint()  # after the run: a stage that makes its inputs (prepare) is now hashable
+            state[stage.name] = {"fingerprint": fingerprint, "done": True, "seconds": prev + seconds}
             _write_state(state_path, state)
             print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
 

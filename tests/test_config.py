@@ -101,3 +101,14 @@ def test_docs_file_is_current() -> None:
 def test_finetune_flags_are_validated_like_config_keys(capsys) -> None:
     assert main(["finetune", "--model", "m", "--data", "d", "--task", "cola", "--lr", "-1"]) == 2
     assert "--lr: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_finetune_tasks_checked_up_front_and_per_task_keys_merge() -> None:
+    with pytest.raises(UserError, match="unknown fine-tuning task 'colaa'"):
+        load_config(ROOT / "configs/demo.yaml", ["eval.finetune=[colaa]", "eval.finetune_data=/x"])
+    with pytest.raises(UserError, match="finetune_data"):
+        load_config(ROOT / "configs/demo.yaml", ["eval.finetune=[cola]"])
+    cfg = load_config(ROOT / "configs/demo.yaml", ["eval.finetune=[cola, rte]", "eval.finetune_data=/x",
+                                                   "eval.finetune_defaults.epochs=3", "eval.finetune_tasks.cola.lr=4e-5"])
+    assert cfg.eval.finetune_hparams("cola").lr == 4e-5 and cfg.eval.finetune_hparams("cola").epochs == 3
+    assert cfg.eval.finetune_hparams("rte").lr == 5e-5

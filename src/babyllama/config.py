@@ -188,6 +188,27 @@ class EvalConfig(Section):
     finetune_tasks: dict[str, FinetuneConfig] = Field(default_factory=dict, description="Per-task hyperparameter overrides.")
 
 
+    @model_validator(mode="after")
+    def _finetune_tasks_known(self) -> EvalConfig:
+        names = [*self.finetune, *self.finetune_tasks]
+        if names:
+            from babyllama.evaluate.finetune import TASKS  # here, not at import: evaluate imports this module
+
+            for name in names:
+                if name not in TASKS:
+                    raise ValueError(f"unknown fine-tuning task {name!r} (known: {', '.join(TASKS)})")
+        if self.finetune and not self.finetune_data:
+            raise ValueError("eval.finetune lists tasks but eval.finetune_data (their folder) is not set")
+        return self
+
+    def finetune_hparams(self, task: str) -> FinetuneConfig:
+        """The defaults, updated with the keys a task's own entry sets."""
+        own = self.finetune_tasks.get(task)
+        if own is None:
+            return self.finetune_defaults
+        return self.finetune_defaults.model_copy(update=own.model_dump(exclude_unset=True))
+
+
 class LoggingConfig(Section):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs the tensorboard package).")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs wandb; offline unless configured).")

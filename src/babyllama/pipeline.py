@@ -233,9 +233,7 @@ def evaluate_all(cfg: Config, model_fps: dict[str, str]) -> None:
                 jobs.append((f"{key}.json", {"data": str(Path(data).expanduser()), **protocol},
                              lambda d=model_dir, p=data: evaluate_blimp(d, str(Path(p).expanduser()), **protocol)))
         for task in ev.finetune:
-            if not ev.finetune_data:
-                raise UserError("eval.finetune lists tasks but eval.finetune_data is not set")
-            hp = ev.finetune_tasks.get(task, ev.finetune_defaults)
+            hp = ev.finetune_hparams(task)
             jobs.append((f"finetune/{task}.json", {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
                          lambda d=model_dir, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
         weights = model_dir / "model.safetensors"

@@ -178,7 +178,7 @@ def score_sequences(
         ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
         positions = torch.arange(width, device=device).expand(len(rows), width)
-        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
         scored = mask[:, 1:].to(token_logp.dtype)

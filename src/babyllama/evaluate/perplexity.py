@@ -57,7 +57,7 @@ def mean_window_ce(model: Any, tokens: np.ndarray, indices: np.ndarray, seq_len:
     for i in range(0, len(indices), batch_size):
         x = torch.from_numpy(gather_windows(tokens, window_starts(indices[i : i + batch_size], seq_len), seq_len))
         x = x.to(device)
-        logits = model(input_ids=x).logits[:, :-1].float()
+        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
         total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
         count += x.shape[0] * (seq_len - 1)
     return total / count

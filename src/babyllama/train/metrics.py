@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from babyllama.config import LoggingConfig
 from babyllama.errors import UserError
+from babyllama.io import atomic_write_text
 
 
 def truncate_after(path: Path, step: int) -> None:
@@ -35,7 +36,7 @@ def truncate_after(path: Path, step: int) -> None:
                 kept.append(line)
         except ValueError:
             continue  # a line torn by a kill
-    path.write_text("".join(k + "\n" for k in kept), encoding="utf-8")
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
 class MetricsLogger:

@@ -54,7 +54,7 @@ from babyllama.data.windows import gather_windows, window_starts
 from babyllama.distill.loss import CHUNK_ELEMENTS, DenseTeachers
 from babyllama.errors import UserError
 from babyllama.io import atomic_path, atomic_write_json, file_sha256, read_json, stable_hash
-from babyllama.train.distributed import rank, world_size
+from babyllama.train.distributed import barrier, rank, world_size
 
 CACHE_VERSION = 1
 SPEC_FILE = "spec.json"
@@ -249,9 +249,12 @@ class TeacherCache:
         return ids, values, tail
 
 
-def _wait_for(predicate: Callable[[], bool], what: str, poll_s: float = 2.0) -> None:
+def _wait_for(predicate: Callable[[], bool], what: str, poll_s: float = 2.0, timeout_s: float = 12 * 3600) -> None:
     """Other ranks build the other shards (torchrun stops every rank if one of them fails)."""
+    deadline = time.monotonic() + timeout_s
     while not predicate():
+        if time.monotonic() > deadline:
+            raise UserError(f"teacher cache: gave up waiting for the other ranks' {what} after {timeout_s:.0f}s")
         time.sleep(poll_s)
 
 
@@ -323,4 +326,5 @@ def ensure_cache(
             _report_coverage(root.name, spec, shards, log)
     if world_size() > 1:
         _wait_for(manifest_path.is_file, "cache manifest")
+    barrier()  # under torchrun, no rank reads the cache before rank 0 has finished writing its manifest
     return TeacherCache(root, spec)

@@ -184,10 +184,6 @@ def copy_checkpoint(src: Path, dest: Path, *, drop: tuple[str, ...] = (STATE_FIL
         _write_manifest(tmp, info)
 
 
-def write_summary(model_dir: Path, summary: dict) -> None:
-    atomic_write_json(model_dir / SUMMARY_FILE, summary)
-
-
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete half-written ``.<name>.*.tmp`` folders that a killed save left behind (never a checkpoint)."""
     if folder.is_dir():

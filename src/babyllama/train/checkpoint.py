@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import read_manifest
 from babyllama.errors import UserError
-from babyllama.io import atomic_path, atomic_write_json, file_sha256, read_json, stable_hash
+from babyllama.io import atomic_path, file_sha256, read_json, stable_hash
 
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "checkpoint.json"

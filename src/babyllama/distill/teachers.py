@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from torch import Tensor
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
-from transformers.utils import logging as hf_logging
 
 from babyllama.config import Config
 from babyllama.errors import UserError
+from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
 
 
@@ -77,16 +77,11 @@ class TeacherEnsemble:
     @classmethod
     def load(cls, dirs: Sequence[Path], device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         models = []
-        bars = hf_logging.is_progress_bar_enabled()
-        hf_logging.disable_progress_bar()  # one "Loading weights" bar per teacher is noise here
-        try:
+        with quiet_transformers():  # one "Loading weights" bar per teacher is noise here
             for d in dirs:
                 m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
                 m.requires_grad_(False)
                 models.append(m.eval().to(device))
-        finally:
-            if bars:
-                hf_logging.enable_progress_bar()
         return cls(models)
 
     @torch.no_grad()

@@ -7,14 +7,13 @@ usual ways that goes wrong (a wrong folder, a masked LM, a malformed line) into 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from babyllama.errors import UserError
+from babyllama.hf_logging import quiet_transformers
 
 
 def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -130,22 +129,6 @@ def load_causal_lm(model_dir: str | Path, device: torch.device, *, need_tokenize
         except (OSError, ValueError) as e:
             raise UserError(f"{path}: cannot load the causal language model ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), tokenizer
-
-
-@contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' loading chatter (progress bars, expected-missing-weights notes) for a while."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
 
 
 def max_positions(config: Any) -> int | None:

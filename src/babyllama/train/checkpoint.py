@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_model
 from transformers import PreTrainedModel
-from transformers.utils import logging as hf_logging
 
 from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import read_manifest
 from babyllama.errors import UserError
+from babyllama.hf_logging import quiet_transformers
 from babyllama.io import atomic_path, file_sha256, read_json, stable_hash
 
 STATE_FILE = "training_state.pt"
@@ -145,19 +145,13 @@ def save_checkpoint(
     path: Path, model: PreTrainedModel, tokenizer_dir: Path, state: dict | None = None, info: dict | None = None
 ) -> None:
     """Write an HF model folder (+ tokenizer, + training state) at ``path`` atomically, with checksums."""
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every save
-    try:
-        with atomic_path(path) as tmp:
-            tmp.mkdir()
-            model.save_pretrained(tmp)
-            copy_tokenizer(tokenizer_dir, tmp)
-            if state is not None:
-                torch.save(state, tmp / STATE_FILE)
-            _write_manifest(tmp, info or {})
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
+    with quiet_transformers(), atomic_path(path) as tmp:  # no "Writing model shards" bar at every save
+        tmp.mkdir()
+        model.save_pretrained(tmp)
+        copy_tokenizer(tokenizer_dir, tmp)
+        if state is not None:
+            torch.save(state, tmp / STATE_FILE)
+        _write_manifest(tmp, info or {})
 
 
 def copy_tokenizer(tokenizer_dir: Path, dest: Path) -> None:

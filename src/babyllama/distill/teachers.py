@@ -19,6 +19,7 @@ from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
+from babyllama.train.loop import resolve_precision
 
 
 def teacher_dirs(cfg: Config) -> list[Path]:
@@ -63,9 +64,7 @@ def teacher_dtype(device: torch.device, autocast_dtype: torch.dtype | None = Non
     """Half precision on a GPU (the training autocast dtype, else bf16 when supported, else fp16); fp32 on CPU."""
     if device.type != "cuda":
         return torch.float32
-    if autocast_dtype is not None:
-        return autocast_dtype
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return autocast_dtype or resolve_precision("auto", device)[0]
 
 
 class TeacherEnsemble:

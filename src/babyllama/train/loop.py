@@ -271,7 +271,7 @@ def fit(
     def micro_batch(step: int, micro: int) -> Batch:
         starts, ids = stream.take(step * global_batch + (micro * world + rank) * bsz, bsz)
         x = torch.from_numpy(gather_windows(train_tokens, starts, seq_len))
-        return Batch(input_ids=x.to(device, non_blocking=True), window_ids=torch.from_numpy(ids).to(device))
+        return Batch(input_ids=x.to(device, non_blocking=True), window_ids=torch.from_numpy(ids))
 
     log = MetricsLogger(
         ck_dir / ckpt.METRICS_FILE,

@@ -19,10 +19,12 @@ Metric = float | torch.Tensor
 
 @dataclass
 class Batch:
-    """One micro-batch of training windows, already on the training device."""
+    """One micro-batch of training windows: input ids on the training device, window ids on the CPU."""
 
     input_ids: torch.Tensor  # (B, L) int64
-    window_ids: torch.Tensor  # (B,) int64: fixed-layout window index (start // seq_len); -1 for random-offset windows
+    # (B,) int64 on the CPU (only used to look cached rows up, so no device round trip per step):
+    # fixed-layout window index (start // seq_len); -1 for random-offset windows
+    window_ids: torch.Tensor
 
 
 @runtime_checkable

@@ -1,8 +1,8 @@
 """Dev cross-entropy, perplexity and bits per word of causal LMs on the prepared dev split.
 
 The dev token stream (``<out_dir>/data/dev.bin``) is cut into fixed, non-overlapping windows of
-``seq_len`` tokens (babyllama.data.windows), the same windows training reports its dev loss on; inside
-each window every token but the first is predicted from the ones before it. The CE is the mean over all
+``seq_len`` tokens (babyllama.data.windows) — all of them, where training reports its dev loss on a seeded
+subset of the same windows (``train.eval_windows``); inside each window every token but the first is predicted from the ones before it. The CE is the mean over all
 predicted tokens, in nats; perplexity is exp(CE). Bits per word rescales the per-token CE by the dev
 split's tokens per word (both counts from the manifest), so models with different tokenizers could be
 compared; here they share one, so it mostly makes the figure readable.

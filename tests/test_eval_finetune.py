@@ -120,6 +120,10 @@ def test_finetune_end_to_end_is_seeded_and_writes_results(llama_dir, tmp_path):
     assert saved == r
     preds = json.loads((tmp_path / "cola" / "predictions.json").read_text())
     assert matthews_corrcoef(preds["labels"], preds["predictions"]) == pytest.approx(r["score"])
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    saved_model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "cola" / "model")
+    assert saved_model.config.num_labels == 2 and AutoTokenizer.from_pretrained(tmp_path / "cola" / "model")
     again = finetune_task(llama_dir, FIX / "glue_2023", "cola", QUICK, device="cpu")
     drop = ("seconds",)
     assert {k: v for k, v in again.items() if k not in drop} == {k: v for k, v in r.items() if k not in drop}

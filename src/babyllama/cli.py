@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
     p.add_argument("--data", required=True, help="folder with {task}.train.json(l) and validation files")
     p.add_argument("--task", required=True, help="cola, sst2, mrpc, qqp, mnli, mnli-mm, qnli, rte, boolq, multirc, wsc, or an MSGS task")
-    p.add_argument("--out", help="folder for the results (result.json, predictions.json)")
+    p.add_argument("--out", help="folder for the results (result.json, predictions.json) and the selected model (model/)")
     for flag, typ in [("--lr", float), ("--batch-size", int), ("--epochs", int), ("--seed", int), ("--patience", int),
                       ("--eval-every", int), ("--max-train-examples", int)]:
         p.add_argument(flag, type=typ, default=None,

@@ -57,13 +57,13 @@ from babyllama.evaluate.formats import (
     check_causal_lm_dir,
     load_tokenizer,
     max_positions,
-    quiet_transformers,
     read_json_rows,
     resolve_device,
     special_token_id,
     text_field,
 )
-from babyllama.io import atomic_write_json
+from babyllama.hf_logging import quiet_transformers
+from babyllama.io import atomic_path, atomic_write_json
 
 # -- tasks ---------------------------------------------------------------------------------------------
 
@@ -390,6 +390,9 @@ def finetune_task(
     }
     if out is not None:
         out = Path(out)
+        with quiet_transformers(), atomic_path(out / "model") as tmp:  # the selected classifier, HF format
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
         atomic_write_json(out / "predictions.json", {"labels": evaluation.labels, "predictions": preds})
         atomic_write_json(out / "result.json", result)
     return result

@@ -14,7 +14,8 @@ $(VENV)/.installed: pyproject.toml
 	@# Torch first, and only when missing (an existing build, e.g. CUDA, is kept). A local CPU wheel
 	@# (pip's find-links, no network) is preferred; otherwise the latest release from the index.
 	@if ! $(PY) -c "import torch" 2>/dev/null; then \
-		$(PY) -m pip install -q --no-index torch==2.13.0 2>/dev/null || $(PY) -m pip install -q torch; fi
+		if $(PY) -m pip install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then \
+			$(PY) -m pip install -q torch==2.13.0; else $(PY) -m pip install -q torch; fi; fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 

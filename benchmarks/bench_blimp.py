@@ -22,7 +22,8 @@ import torch
 
 from babyllama.config import load_config
 from babyllama.evaluate.blimp import encode, load_pairs, score_sequences
-from babyllama.evaluate.formats import load_causal_lm, resolve_device
+from babyllama.evaluate.formats import load_causal_lm
+from babyllama.runtime import resolve_device
 
 TARGET_SPEEDUP = 10.0
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,7 +36,14 @@ class TrainConfig(Section):
     max_steps: int | None = Field(
         None, ge=1, description="Optional cap on optimizer steps; training stops at whichever of epochs/max_steps comes first."
     )
-    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps before the cosine decay to 0.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps from 0 to the peak learning rate.")
+    schedule: Literal["cosine", "linear", "wsd"] = Field(
+        "cosine",
+        description="Learning-rate shape after warmup: 'cosine' or 'linear' decay to min_lr_ratio x lr at the last step; "
+        "'wsd' (warmup-stable-decay): constant, then a linear decay over the last decay_fraction of the steps.",
+    )
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
+    decay_fraction: float = Field(0.2, ge=0, le=1, description="'wsd' only: share of the post-warmup steps spent decaying.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW decoupled weight decay.")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping threshold.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW (beta1, beta2).")
@@ -160,7 +167,10 @@ class DistillConfig(Section):
 class FinetuneConfig(Section):
     """Hyperparameters of one (Super)GLUE / MSGS fine-tuning run (defaults: BabyLM 2023 pipeline)."""
 
-    lr: float = Field(5e-5, gt=0, description="Learning rate (AdamW, linear decay, no warmup).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
+    schedule: Literal["cosine", "linear", "wsd"] = Field("linear", description="Learning-rate shape, as train.schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warmup steps from 0 to the peak learning rate.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="Final learning rate as a fraction of the peak.")
     batch_size: int = Field(64, ge=1, description="Examples per step.")
     epochs: int = Field(10, ge=1, description="Maximum epochs.")
     patience: int = Field(10, ge=1, description="Evaluations without improvement before early stopping.")
@@ -169,6 +179,17 @@ class FinetuneConfig(Section):
     max_seq_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
     holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out for early stopping.")
     max_train_examples: int | None = Field(None, ge=1, description="Cap on training examples (for quick runs).")
+
+
+#: Fine-tuning task names (babyllama.evaluate.finetune defines how each is read and scored).
+GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "mnli", "mnli-mm", "qnli", "rte", "boolq", "multirc", "wsc")
+MSGS_TASKS = (
+    "main_verb_control", "control_raising_control", "syntactic_category_control", "lexical_content_the_control",
+    "relative_position_control", "main_verb_lexical_content_the", "main_verb_relative_token_position",
+    "syntactic_category_lexical_content_the", "syntactic_category_relative_position",
+    "control_raising_lexical_content_the", "control_raising_relative_token_position",
+)
+FINETUNE_TASKS = GLUE_TASKS + MSGS_TASKS
 
 
 class EvalConfig(Section):
@@ -191,12 +212,9 @@ class EvalConfig(Section):
     @model_validator(mode="after")
     def _finetune_tasks_known(self) -> EvalConfig:
         names = [*self.finetune, *self.finetune_tasks]
-        if names:
-            from babyllama.evaluate.finetune import TASKS  # here, not at import: evaluate imports this module
-
-            for name in names:
-                if name not in TASKS:
-                    raise ValueError(f"unknown fine-tuning task {name!r} (known: {', '.join(TASKS)})")
+        for name in names:
+            if name not in FINETUNE_TASKS:
+                raise ValueError(f"unknown fine-tuning task {name!r} (known: {', '.join(FINETUNE_TASKS)})")
         if self.finetune and not self.finetune_data:
             raise ValueError("eval.finetune lists tasks but eval.finetune_data (their folder) is not set")
         return self

@@ -21,6 +21,7 @@ from typing import Any
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json, stable_hash
+from babyllama.runtime import training_device
 from babyllama.train import distributed
 
 STATE_FILE = "run_state.json"
@@ -127,7 +128,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
     """Run every stage that is not already done; print times per stage and the final table."""
     stages = plan(cfg)
     forced, redo = _expand_force(stages, force or [])
-    distributed.init(distributed.training_device())  # under torchrun: join the group before any barrier
+    distributed.init(training_device())  # under torchrun: join the group before any barrier
     state_path = cfg.out / STATE_FILE
     main = distributed.is_main_process()
     timings: dict[str, float] = {}

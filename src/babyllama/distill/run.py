@@ -15,6 +15,7 @@ from babyllama.distill.loss import normalised_weights
 from babyllama.distill.objective import DistillObjective, distill_fingerprint
 from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
 from babyllama.errors import UserError
+from babyllama.runtime import training_device
 from babyllama.train import distributed as dist
 from babyllama.train.loop import fit
 
@@ -56,7 +57,7 @@ def build_teacher_cache(cfg: Config) -> TeacherCache:
     """Build (or verify and open) the teacher-logit cache for ``cfg``, whatever distill.cache.enabled says."""
     manifest, dirs, teachers = _teachers(cfg)
     tokens = load_tokens(cfg.data_dir, "train")
-    return _ensure(cfg, cache_spec(cfg, manifest, teachers, len(tokens)), dirs, tokens, dist.training_device())
+    return _ensure(cfg, cache_spec(cfg, manifest, teachers, len(tokens)), dirs, tokens, training_device())
 
 
 def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, device: torch.device) -> TeacherCache:

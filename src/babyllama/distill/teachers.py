@@ -19,7 +19,7 @@ from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
-from babyllama.train.loop import resolve_precision
+from babyllama.runtime import resolve_precision
 
 
 def teacher_dirs(cfg: Config) -> list[Path]:

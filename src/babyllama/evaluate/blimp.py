@@ -58,10 +58,10 @@ from babyllama.evaluate.formats import (
     load_causal_lm,
     max_positions,
     read_json_rows,
-    resolve_device,
     special_token_id,
     text_field,
 )
+from babyllama.runtime import resolve_device
 
 
 @dataclass(frozen=True)

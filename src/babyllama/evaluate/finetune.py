@@ -20,8 +20,9 @@ head; it classifies from the last non-pad token (LlamaForSequenceClassification 
 GPT2ForSequenceClassification). Batches are right-padded with the pad id set in the config, so that
 token is the last real one.
 
-Training: AdamW (no weight decay), linear decay to 0 without warmup, gradient clipping at 1.0 (the
-HF Trainer defaults the 2023 pipeline used), seeded shuffling. Every ``eval_every`` steps (and at the
+Training: AdamW (no weight decay), by default a linear decay to 0 without warmup (babyllama.train.schedule;
+``schedule``, ``warmup_steps`` and ``min_lr_ratio`` change it), gradient clipping at 1.0 (the HF Trainer
+defaults the 2023 pipeline used), seeded shuffling. Every ``eval_every`` steps (and at the
 end) the model is scored on a seeded hold-out of ``holdout_fraction`` of the train file; the best
 checkpoint by the task metric is kept, and training stops after ``patience`` evaluations without
 improvement. The reported score is on the validation file, which is never used for selection. (The
@@ -51,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from babyllama import config
 from babyllama.config import FinetuneConfig
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import (
@@ -58,12 +60,13 @@ from babyllama.evaluate.formats import (
     load_tokenizer,
     max_positions,
     read_json_rows,
-    resolve_device,
     special_token_id,
     text_field,
 )
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import atomic_path, atomic_write_json
+from babyllama.runtime import resolve_device
+from babyllama.train import schedule
 
 # -- tasks ---------------------------------------------------------------------------------------------
 
@@ -106,13 +109,10 @@ GLUE_TASKS: dict[str, Task] = {
     "multirc": Task("accuracy", 2, _multirc),
     "wsc": Task("accuracy", 2, _wsc),
 }
-MSGS_TASKS = [
-    "main_verb_control", "control_raising_control", "syntactic_category_control", "lexical_content_the_control",
-    "relative_position_control", "main_verb_lexical_content_the", "main_verb_relative_token_position",
-    "syntactic_category_lexical_content_the", "syntactic_category_relative_position",
-    "control_raising_lexical_content_the", "control_raising_relative_token_position",
-]
-TASKS: dict[str, Task] = {**GLUE_TASKS, **{t: Task("mcc", 2, _fields("sentence"), msgs=True) for t in MSGS_TASKS}}
+MSGS_TASKS = list(config.MSGS_TASKS)
+#: Every task, in the config's order (the config names them; this module says how to read and score them).
+TASKS: dict[str, Task] = {**{t: GLUE_TASKS[t] for t in config.GLUE_TASKS},
+                          **{t: Task("mcc", 2, _fields("sentence"), msgs=True) for t in MSGS_TASKS}}
 
 
 def get_task(name: str) -> Task:
@@ -335,7 +335,8 @@ def finetune_task(
     steps_per_epoch = math.ceil(len(fit_idx) / hp.batch_size)
     total_steps = hp.epochs * steps_per_epoch
     opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
+    sched = schedule.scheduler(opt, kind=hp.schedule, total=total_steps, warmup=hp.warmup_steps,
+                               min_lr_ratio=hp.min_lr_ratio)
     gen = torch.Generator().manual_seed(hp.seed)
     best, best_step, best_state, since_best, step = -math.inf, 0, None, 0, 0
     stopped = False

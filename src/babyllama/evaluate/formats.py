@@ -60,18 +60,6 @@ def text_field(path: Path, loc: str, row: dict[str, Any], key: str) -> str:
     return value
 
 
-def resolve_device(device: str | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"--device {device!r}: expected cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device!r}: CUDA is not available on this machine")
-    return dev
-
-
 def check_causal_lm_dir(model_dir: str | Path) -> Path:
     """Fail early, with one line, unless ``model_dir`` is a Hugging Face causal-LM folder."""
     from transformers import AutoConfig

@@ -2,8 +2,9 @@
 
 The dev token stream (``<out_dir>/data/dev.bin``) is cut into fixed, non-overlapping windows of
 ``seq_len`` tokens (babyllama.data.windows) — all of them, where training reports its dev loss on a seeded
-subset of the same windows (``train.eval_windows``); inside each window every token but the first is predicted from the ones before it. The CE is the mean over all
-predicted tokens, in nats; perplexity is exp(CE). Bits per word rescales the per-token CE by the dev
+subset of the same windows (``train.eval_windows``) with the same function (babyllama.train.window_ce);
+inside each window every token but the first is predicted from the ones before it. The CE is the mean
+over all predicted tokens, in nats; perplexity is exp(CE). Bits per word rescales the per-token CE by the dev
 split's tokens per word (both counts from the manifest), so models with different tokenizers could be
 compared; here they share one, so it mostly makes the figure readable.
 
@@ -22,14 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from babyllama.config import Config
 from babyllama.data.tokens import load_tokens, read_manifest
-from babyllama.data.windows import dev_subset, gather_windows, num_fixed_windows, window_starts
+from babyllama.data.windows import dev_subset, num_fixed_windows
 from babyllama.errors import UserError
-from babyllama.evaluate.formats import load_causal_lm, max_positions, resolve_device
+from babyllama.evaluate.formats import load_causal_lm, max_positions
+from babyllama.runtime import resolve_device
+from babyllama.train.window_ce import window_ce
 
 #: Seed of the dev-window subset when ``max_windows`` caps it (the same subset for every model).
 SUBSET_SEED = 0
@@ -43,24 +44,6 @@ def _check_tokenizer(model_dir: Path, tokenizer: Any, data_dir: Path) -> None:
     if tokenizer.get_vocab() != data_vocab:
         raise UserError(f"{model_dir}: its tokenizer differs from {data_dir}/tokenizer, which encoded dev.bin; "
                         "perplexity on these tokens would be meaningless")
-
-
-@torch.no_grad()
-def mean_window_ce(model: Any, tokens: np.ndarray, indices: np.ndarray, seq_len: int, batch_size: int) -> float:
-    """Mean next-token CE (nats) over the windows ``indices``, in this process alone.
-
-    The training loop's dev loss computes the same number but shards it over DDP ranks; evaluation
-    runs on one process (rank 0 under torchrun), so it must not wait for the others.
-    """
-    device = next(model.parameters()).device
-    total, count = 0.0, 0
-    for i in range(0, len(indices), batch_size):
-        x = torch.from_numpy(gather_windows(tokens, window_starts(indices[i : i + batch_size], seq_len), seq_len))
-        x = x.to(device)
-        logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum").item()
-        count += x.shape[0] * (seq_len - 1)
-    return total / count
 
 
 def evaluate_perplexity(
@@ -92,7 +75,7 @@ def evaluate_perplexity(
                         f"the data's vocabulary {manifest['vocab_size']}")
     if tokenizer is not None:  # a bare model folder cannot be checked beyond its vocabulary size
         _check_tokenizer(Path(model_dir), tokenizer, data_dir)
-    ce = mean_window_ce(model, tokens, indices, seq_len, batch_size)
+    ce = window_ce(model, tokens, indices, seq_len, batch_size)
     dev = manifest["splits"]["dev"]
     tokens_per_word = dev["tokens"] / dev["words"] if dev.get("words") else float("nan")
     return {

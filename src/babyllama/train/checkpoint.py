@@ -41,6 +41,9 @@ WEIGHTS_FILE = "model.safetensors"
 
 #: Train keys that only change how often we log or save, not the weights: editable on resume.
 _NON_OPTIMISING_KEYS = {"log_every", "save_every"}
+#: Train keys added after runs were made, with the value that reproduces those runs: left out of the
+#: identity at that value, so a model trained before the key existed is still complete and resumable.
+_ADDED_KEYS = {"schedule": "cosine", "min_lr_ratio": 0.0, "decay_fraction": 0.2}
 
 
 # -- what a run is: the resume hash -----------------------------------------------------------------
@@ -56,6 +59,9 @@ def run_components(cfg: Config, model_cfg: ModelConfig, fingerprint: dict, windo
     arch = model_cfg.model_dump(mode="json", exclude={"name", "train"})
     train = model_cfg.train.model_dump(mode="json", exclude=_NON_OPTIMISING_KEYS)
     train["windows"] = windows or model_cfg.train.windows
+    for key, before in _ADDED_KEYS.items():
+        if train.get(key) == before:
+            del train[key]
     tree = {"model": arch, "train": train, "seed": cfg.seed, "data.seq_len": cfg.data.seq_len, "objective": fingerprint}
     return _flatten(tree)
 

@@ -35,13 +35,6 @@ def is_distributed() -> bool:
     return world_size() > 1
 
 
-def training_device() -> torch.device:
-    """This process's device: its own GPU under torchrun, else cuda:0 when there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank() % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
 def init(device: torch.device) -> None:
     """Join the process group (once) when launched by torchrun with more than one process."""
     if not is_distributed() or dist.is_initialized():

@@ -10,10 +10,10 @@ distillation). What it does, in order:
   just the step count and resume needs no sampler state. Rank ``r`` takes the r-th block of
   ``batch_size`` samples of every micro-step, a disjoint shard of the global batch.
 * optimisation: fused AdamW (weight decay on >= 2-D weights only: matrices and embeddings, not biases or norm
-  gains), linear warmup then cosine decay to 0, gradient clipping, gradient accumulation, budget
+  gains), linear warmup then the configured decay (babyllama.train.schedule; cosine to 0 by default), gradient clipping, gradient accumulation, budget
   ``epochs`` or ``max_steps``, whichever ends first (a trailing partial global batch is dropped).
-* precision: bf16 autocast on GPUs that support it, else fp16 with a GradScaler; fp32 on CPU.
-* evaluation: plain CE of the model on a fixed, seeded subset of non-overlapping dev windows, every
+* precision: bf16 autocast on GPUs that support it, else fp16 with a GradScaler; fp32 on CPU (babyllama.runtime).
+* evaluation: plain CE of the model (babyllama.train.window_ce) on a fixed, seeded subset of non-overlapping dev windows, every
   ``eval_every`` steps, at each epoch end and at the end, whatever the objective (so a distilled
   student's dev loss compares with its teachers' and the control's).
 * checkpoints: see babyllama.train.checkpoint. The final model is the best one by dev loss (as the
@@ -33,7 +33,6 @@ from typing import Literal
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from transformers import get_cosine_schedule_with_warmup
 
 from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import load_tokens, read_manifest
@@ -47,10 +46,13 @@ from babyllama.data.windows import (
 from babyllama.errors import UserError
 from babyllama.io import read_json, stable_hash
 from babyllama.models import build_model, count_parameters
+from babyllama.runtime import allow_tf32, autocast, resolve_precision, training_device
 from babyllama.train import checkpoint as ckpt
 from babyllama.train import distributed as dist
 from babyllama.train.metrics import MetricsLogger
 from babyllama.train.objective import Batch, Objective
+from babyllama.train.schedule import scheduler as lr_scheduler
+from babyllama.train.window_ce import window_ce
 
 Windows = Literal["random", "fixed"]
 
@@ -98,52 +100,6 @@ def words_per_token(manifest: dict) -> float:
     return float(train["words"]) / float(train["tokens"])
 
 
-# -- precision -----------------------------------------------------------------------------------------
-
-
-def resolve_precision(precision: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None for fp32, whether a GradScaler is needed)."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None, False
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if precision == "fp32":
-        return None, False
-    if precision == "bf16":
-        return torch.bfloat16, False
-    return torch.float16, True
-
-
-# -- evaluation ----------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def dev_loss(
-    model: torch.nn.Module,
-    tokens: np.ndarray,
-    indices: np.ndarray,
-    seq_len: int,
-    batch_size: int,
-    device: torch.device,
-    dtype: torch.dtype | None,
-) -> float:
-    """Mean next-token CE over the fixed dev windows ``indices`` (sharded over ranks, summed back)."""
-    was_training = model.training
-    model.eval()
-    shard = indices[dist.rank() :: dist.world_size()]
-    total = torch.zeros(2, dtype=torch.float64, device=device)
-    for i in range(0, len(shard), batch_size):
-        x = torch.from_numpy(gather_windows(tokens, window_starts(shard[i : i + batch_size], seq_len), seq_len)).to(device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            out = model(input_ids=x, labels=x, use_cache=False)
-        n = x.shape[0] * (x.shape[1] - 1)
-        total[0] += out.loss.double() * n
-        total[1] += n
-    dist.all_reduce_sum(total)
-    model.train(was_training)
-    return (total[0] / total[1]).item()
-
-
 # -- the loop ------------------------------------------------------------------------------------------
 
 
@@ -189,10 +145,8 @@ def fit(
     """
     tcfg = model_cfg.train
     mode: Windows = windows or tcfg.windows
-    device = dist.training_device()
-    if device.type == "cuda":  # TF32 for whatever matmuls stay in fp32 under autocast
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = training_device()
+    allow_tf32(device)
     initialised_here = dist.is_distributed() and not torch.distributed.is_initialized()
     dist.init(device)
     world, rank, main = dist.world_size(), dist.rank(), dist.is_main_process()
@@ -247,7 +201,8 @@ def fit(
         _decay_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.adam_betas, eps=tcfg.adam_eps,
         fused=device.type in ("cpu", "cuda"),
     )
-    scheduler = get_cosine_schedule_with_warmup(optimizer, tcfg.warmup_steps, total_steps)
+    scheduler = lr_scheduler(optimizer, kind=tcfg.schedule, total=total_steps, warmup=tcfg.warmup_steps,
+                             min_lr_ratio=tcfg.min_lr_ratio, decay_fraction=tcfg.decay_fraction)
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     objective.setup(device, dtype)  # before RNG restore: a fresh and a resumed run see the same streams
     start_step, best_loss, best_step, wall = 0, None, None, 0.0
@@ -264,9 +219,6 @@ def fit(
     net: torch.nn.Module = ddp if ddp is not None else model
     if tcfg.compile:
         net = torch.compile(net)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
     def micro_batch(step: int, micro: int) -> Batch:
         starts, ids = stream.take(step * global_batch + (micro * world + rank) * bsz, bsz)
@@ -323,7 +275,7 @@ def fit(
             batch = micro_batch(step, micro)
             sync = ddp is None or micro == accum - 1
             with contextlib.nullcontext() if sync else ddp.no_sync():
-                with autocast():
+                with autocast(device, dtype):
                     loss, extras = objective.loss(net, batch)
                 scaled = loss / accum
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
@@ -368,7 +320,7 @@ def fit(
             t_log, steps_in_log = time.perf_counter(), 0
         evaluate = (tcfg.eval_every and done % tcfg.eval_every == 0) or epoch_end or done == total_steps
         if evaluate:
-            last_dev = dev_loss(model, dev_tokens, dev_indices, seq_len, bsz, device, dtype)
+            last_dev = window_ce(model, dev_tokens, dev_indices, seq_len, bsz, dtype=dtype, sharded=True)
             improved = best_loss is None or last_dev < best_loss
             if improved:
                 best_loss, best_step = last_dev, done

@@ -1,0 +1,53 @@
+"""Mean next-token cross-entropy over fixed windows: the one definition of "dev CE".
+
+The training loop reports it on a seeded subset of the dev windows (sharded over DDP ranks) and the
+perplexity evaluation on all of them (in one process), so a model's dev loss during training and its
+evaluated dev CE are the same number computed the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from babyllama.data.windows import gather_windows, window_starts
+from babyllama.runtime import autocast
+from babyllama.train import distributed as dist
+
+
+@torch.no_grad()
+def window_ce(
+    model: Any,
+    tokens: np.ndarray,
+    indices: np.ndarray,
+    seq_len: int,
+    batch_size: int,
+    *,
+    dtype: torch.dtype | None = None,
+    sharded: bool = False,
+) -> float:
+    """Mean next-token CE (nats) over the fixed windows ``indices`` of ``tokens``.
+
+    Every token of a window but the first is predicted from the ones before it. ``dtype`` is the
+    autocast dtype (None: fp32). ``sharded``: each DDP rank scores its share and the sums are added
+    over ranks (a collective: every rank must call it); otherwise this process scores them all, so
+    evaluation on rank 0 never waits for the others. The model's train/eval mode is restored.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    mine = indices[dist.rank() :: dist.world_size()] if sharded else indices
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    for i in range(0, len(mine), batch_size):
+        x = torch.from_numpy(gather_windows(tokens, window_starts(mine[i : i + batch_size], seq_len), seq_len)).to(device)
+        with autocast(device, dtype):
+            out = model(input_ids=x, labels=x, use_cache=False)
+        n = x.shape[0] * (x.shape[1] - 1)
+        total[0] += out.loss.double() * n
+        total[1] += n
+    if sharded:
+        dist.all_reduce_sum(total)
+    model.train(was_training)
+    return (total[0] / total[1]).item()

@@ -14,7 +14,7 @@ from babyllama.cli import main as cli_main
 from babyllama.data.tokens import load_tokens
 from babyllama.data.windows import dev_subset, gather_windows, num_fixed_windows, window_starts
 from babyllama.errors import UserError
-from babyllama.train.checkpoint import is_complete
+from babyllama.identity import is_trained as is_complete
 from babyllama.train.loop import WindowStream, fit
 from babyllama.train.objective import Batch, LMObjective
 from babyllama.train.pretrain import train_model

@@ -1,11 +1,13 @@
-"""`babyllama run`: the whole paper as a graph of stages that resume and skip by fingerprint.
+"""`babyllama run`: the whole paper as a graph of stages that resume and skip by identity.
 
 Stages, in order: ``prepare`` → ``teacher:<name>`` (each teacher) → ``distill`` → ``control`` →
-``evaluate`` → ``report``. Each stage's fingerprint hashes the config it depends on and the
-fingerprints of the stages it reads from; ``<out_dir>/run_state.json`` records, per stage, the
-fingerprint it ran with, whether it finished, and how long it took. A finished stage whose fingerprint
-is unchanged is skipped; an unfinished one with the same fingerprint resumes (the training loop keeps
-its own resumable checkpoints); a changed fingerprint discards the stage's outputs and redoes it.
+``evaluate`` → ``report``. Each stage's fingerprint is its identity (babyllama.identity: the config it
+depends on and the data or models it reads from); ``<out_dir>/run_state.json`` records, per stage, the
+fingerprint it ran with, whether it finished, and how long it took. How a stage is skipped is its
+``Skip``: a finished training stage whose fingerprint is unchanged is skipped; an unfinished one with
+the same fingerprint resumes (the training loop keeps its own resumable checkpoints); a changed
+fingerprint discards the stage's outputs and redoes it. Evaluation keeps its outputs (each result
+carries its own identity); preparation and the report run every time.
 """
 
 from __future__ import annotations
@@ -14,43 +16,61 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from functools import cache
 from pathlib import Path
 from typing import Any
 
+from babyllama import identity
 from babyllama.config import Config
 from babyllama.errors import UserError
-from babyllama.io import atomic_write_json, read_json, stable_hash
+from babyllama.io import atomic_write_json, read_json
 from babyllama.runtime import training_device
 from babyllama.train import distributed
 
 STATE_FILE = "run_state.json"
 
 
+class Skip(Enum):
+    """How a stage is skipped: the one thing `run_pipeline` asks a stage before running it."""
+
+    #: Skipped when it finished with the same identity and its outputs exist; otherwise its outputs are
+    #: discarded and it runs again (a training stage resumes from its own checkpoints when unfinished).
+    UNCHANGED = "unchanged"
+    #: Skipped when it finished with the same identity; otherwise it runs again over its kept outputs,
+    #: each of which carries its own identity (evaluation: only missing or stale results are redone).
+    UNCHANGED_KEEP_OUTPUTS = "unchanged, outputs kept"
+    #: Runs every time and skips its own work when its inputs are unchanged (data preparation).
+    BY_ITSELF = "by itself"
+    #: Runs every time (the report: cheap, and it reads whatever is on disk).
+    NEVER = "never"
+
+
 @dataclass
 class Stage:
     name: str
     run: Callable[[], None]
-    fingerprint: Callable[[], str]  # computed when the stage is reached: it may read earlier stages' outputs
+    fingerprint: Callable[[], str]  # its identity, computed when the stage is reached (it may read earlier outputs)
     outputs: list[Path] = field(default_factory=list)
     deps: list[str] = field(default_factory=list)  # stages whose outputs this one reads
     main_only: bool = False  # data preparation, evaluation and reporting run on rank 0 only
-    always: bool = False  # stages that run every time (prepare skips itself when its inputs are unchanged)
-    reuse_outputs: bool = False  # outputs carry their own fingerprints: keep them when the stage is redone
+    skip: Skip = Skip.UNCHANGED
+
+    @property
+    def always_runs(self) -> bool:
+        return self.skip in (Skip.BY_ITSELF, Skip.NEVER)
 
 
 def plan(cfg: Config) -> list[Stage]:
-    """The ordered stages of this config, each with its fingerprint and outputs.
+    """The ordered stages of this config, each with its identity and outputs.
 
-    Training fingerprints are the training loop's own resume identity (checkpoint.run_components: every
-    setting that changes the weights, not logging cadence) plus the prepared data's hash, so an edited
-    corpus or a re-run `prepare` redoes the models, and a changed log interval does not.
+    Training identities are the training loop's own resume identity (babyllama.identity: every setting
+    that changes the weights, not logging cadence) plus the prepared data's hash, so an edited corpus or
+    a re-run `prepare` redoes the models, and a changed log interval does not.
     """
     from babyllama.data.prepare import prepare
-    from babyllama.data.tokens import read_manifest
     from babyllama.distill.run import distill as distill_student
     from babyllama.distill.run import distillation_fingerprint
-    from babyllama.train.checkpoint import run_components
     from babyllama.train.objective import LMObjective
     from babyllama.train.pretrain import train_model
 
@@ -59,46 +79,42 @@ def plan(cfg: Config) -> list[Stage]:
     if not cfg.teachers:
         raise UserError("run: the config has no `teachers`; distillation needs at least one teacher")
 
-    def data_hash() -> str:
-        return str(read_manifest(cfg.data_dir)["data_hash"])
-
-    # Each fingerprint is computed once, when its stage is reached (after the stages it reads from).
-    def lm_fp(name: str) -> Callable[[], str]:
-        return cache(lambda: stable_hash({"data": data_hash(),
-                                          "run": run_components(cfg, cfg.model(name), LMObjective().fingerprint())}))
+    # Each identity is computed once, when its stage is reached (after the stages it reads from).
+    def lm_id(name: str) -> Callable[[], str]:
+        return cache(lambda: identity.training_identity(cfg, cfg.model(name), LMObjective().fingerprint()))
 
     @cache
-    def distill_fp() -> str:
+    def distill_id() -> str:
         # Includes the teachers' weight hashes, so a retrained teacher redoes the student.
         windows = "fixed" if cfg.distill.cache.enabled else None
-        return stable_hash({"data": data_hash(),
-                            "run": run_components(cfg, cfg.student, distillation_fingerprint(cfg), windows)})
+        return identity.training_identity(cfg, cfg.student, distillation_fingerprint(cfg), windows)
 
-    stages = [Stage("prepare", lambda: prepare(cfg), data_hash, [cfg.data_dir], main_only=True, always=True)]
+    stages = [Stage("prepare", lambda: prepare(cfg), lambda: identity.data_identity(cfg.data_dir), [cfg.data_dir],
+                    main_only=True, skip=Skip.BY_ITSELF)]
     teacher_stages = []
     for t in cfg.teachers:
         teacher_stages.append(f"teacher:{t.name}")
-        stages.append(Stage(f"teacher:{t.name}", lambda n=t.name: train_model(cfg, n), lm_fp(t.name),
+        stages.append(Stage(f"teacher:{t.name}", lambda n=t.name: train_model(cfg, n), lm_id(t.name),
                             [cfg.model_dir(t.name), cfg.checkpoint_dir(t.name)], deps=["prepare"]))
-    stages.append(Stage("distill", lambda: distill_student(cfg), distill_fp,
+    stages.append(Stage("distill", lambda: distill_student(cfg), distill_id,
                         [cfg.model_dir(cfg.student.name), cfg.checkpoint_dir(cfg.student.name)],
                         deps=["prepare", *teacher_stages]))
     if cfg.control:
-        stages.append(Stage("control", lambda: train_model(cfg, cfg.control_name), lm_fp(cfg.control_name),
+        stages.append(Stage("control", lambda: train_model(cfg, cfg.control_name), lm_id(cfg.control_name),
                             [cfg.model_dir(cfg.control_name), cfg.checkpoint_dir(cfg.control_name)], deps=["prepare"]))
     trained = [s for s in stages if s.name != "prepare"]
 
-    def model_fps() -> dict[str, str]:
+    def model_ids() -> dict[str, str]:
         names = [*(t.name for t in cfg.teachers), cfg.student.name, *([cfg.control_name] if cfg.control else [])]
-        return dict(zip(names, (s.fingerprint() for s in trained), strict=True))
+        return dict(zip(names, (s.identity() for s in trained), strict=True))
 
     @cache
-    def eval_fp() -> str:
-        return stable_hash({"models": model_fps(), "eval": cfg.eval.model_dump(mode="json")})
+    def eval_id() -> str:
+        return identity.evaluation_identity(model_ids(), cfg.eval)
 
-    stages.append(Stage("evaluate", lambda: evaluate_all(cfg, model_fps()), eval_fp, [cfg.out / "eval"],
-                        deps=[s.name for s in trained], main_only=True, reuse_outputs=True))
-    stages.append(Stage("report", lambda: _report(cfg), eval_fp, [], deps=["evaluate"], main_only=True, always=True))
+    stages.append(Stage("evaluate", lambda: evaluate_all(cfg, model_ids()), eval_id, [cfg.out / "eval"],
+                        deps=[s.name for s in trained], main_only=True, skip=Skip.UNCHANGED_KEEP_OUTPUTS))
+    stages.append(Stage("report", lambda: _report(cfg), eval_id, [], deps=["evaluate"], main_only=True, skip=Skip.NEVER))
     return stages
 
 
@@ -132,64 +148,74 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
     state_path = cfg.out / STATE_FILE
     main = distributed.is_main_process()
     timings: dict[str, float] = {}
-
     for stage in stages:
-        skip = False
-        if main:
-            state = _read_state(state_path)
-            rec = state.get(stage.name, {})
-            fingerprint = None if stage.always else stage.fingerprint()
-            done = rec.get("done") and rec.get("fingerprint") == fingerprint and all(
-                p.exists() for p in stage.outputs if not stage.reuse_outputs)
-            skip = bool(done) and stage.name not in redo and not stage.always
-            if skip:
-                print(f"[run] {stage.name}: up to date, skipped ({rec.get('seconds', 0):.1f}s when it ran)", flush=True)
-            else:
-                stale = stage.name in redo or (not stage.always and rec.get("fingerprint") not in (None, fingerprint))
-                if stale and (stage.name in forced or not stage.reuse_outputs):
-                    for p in stage.outputs:
-                        if p.is_dir():
-                            shutil.rmtree(p)
-                        elif p.exists():
-                            p.unlink()
-                state[stage.name] = {"fingerprint": fingerprint, "done": False,
-                                     "seconds": 0.0 if stale else rec.get("seconds", 0.0)}
-                _write_state(state_path, state)
-                verb = "redoing" if stale and rec else ("resuming" if rec and not rec.get("done") else "running")
-                if stage.always:
-                    verb = "running (it skips its own work when its inputs are unchanged)" if stage.name == "prepare" else "running"
-                print(f"[run] {stage.name}: {verb}", flush=True)
+        skip = main and _skip_or_start(stage, state_path, stage.name in forced, stage.name in redo)
         # Rank 0 decides, so every rank takes the same branch (a training stage is a collective).
         if distributed.broadcast_object(skip):
             timings[stage.name] = 0.0
             continue
-        start = time.perf_counter()
-        if not stage.main_only or main:
-            stage.run()
-        distributed.barrier()
-        seconds = time.perf_counter() - start
-        timings[stage.name] = seconds
-        if main:
-            state = _read_state(state_path)
-            prev = state.get(stage.name, {}).get("seconds", 0.0)
-            fingerprint = stage.fingerprint()  # after the run: a stage that makes its inputs (prepare) is now hashable
-            state[stage.name] = {"fingerprint": fingerprint, "done": True, "seconds": prev + seconds}
-            _write_state(state_path, state)
-            print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
+        timings[stage.name] = _run_stage(stage, state_path, main)
+    return _print_summary(cfg, timings) if main else {}
 
+
+def _skip_or_start(stage: Stage, state_path: Path, forced: bool, redo: bool) -> bool:
+    """Rank 0: True when ``stage`` is up to date; else record it as started (discarding outputs that
+    are stale, as its Skip says) and say why it runs."""
+    state = _read_state(state_path)
+    rec = state.get(stage.name, {})
+    fingerprint = None if stage.always_runs else stage.fingerprint()
+    keep_outputs = stage.skip is Skip.UNCHANGED_KEEP_OUTPUTS
+    done = rec.get("done") and rec.get("fingerprint") == fingerprint and (keep_outputs or all(p.exists() for p in stage.outputs))
+    if done and not redo and not stage.always_runs:
+        print(f"[run] {stage.name}: up to date, skipped ({rec.get('seconds', 0):.1f}s when it ran)", flush=True)
+        return True
+    stale = redo or (not stage.always_runs and rec.get("fingerprint") not in (None, fingerprint))
+    if stale and (forced or not keep_outputs):
+        for p in stage.outputs:
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+    state[stage.name] = {"fingerprint": fingerprint, "done": False, "seconds": 0.0 if stale else rec.get("seconds", 0.0)}
+    _write_state(state_path, state)
+    verb = "redoing" if stale and rec else ("resuming" if rec and not rec.get("done") else "running")
+    if stage.skip is Skip.BY_ITSELF:
+        verb = "running (it skips its own work when its inputs are unchanged)"
+    elif stage.skip is Skip.NEVER:
+        verb = "running"
+    print(f"[run] {stage.name}: {verb}", flush=True)
+    return False
+
+
+def _run_stage(stage: Stage, state_path: Path, main: bool) -> float:
+    """Run ``stage`` (on rank 0 alone when it is main_only), record it as done; its seconds."""
+    start = time.perf_counter()
+    if not stage.main_only or main:
+        stage.run()
+    distributed.barrier()
+    seconds = time.perf_counter() - start
     if main:
-        from babyllama.report import comparison_table, summarize
+        state = _read_state(state_path)
+        prev = state.get(stage.name, {}).get("seconds", 0.0)
+        fingerprint = stage.fingerprint()  # after the run: a stage that makes its inputs (prepare) is now hashable
+        state[stage.name] = {"fingerprint": fingerprint, "done": True, "seconds": prev + seconds}
+        _write_state(state_path, state)
+        print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
+    return seconds
 
-        summary = summarize(cfg.out)
-        print()
-        print(comparison_table(summary))
-        print()
-        print("Time per stage (this invocation):")
-        for name, seconds in timings.items():
-            print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
-        print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
-        return summary
-    return {}
+
+def _print_summary(cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
+    from babyllama.report import comparison_table, summarize
+
+    summary = summarize(cfg.out)
+    print()
+    print(comparison_table(summary))
+    print()
+    print("Time per stage (this invocation):")
+    for name, seconds in timings.items():
+        print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
+    print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
+    return summary
 
 
 def _read_state(path: Path) -> dict[str, Any]:
@@ -237,11 +263,9 @@ def evaluate_all(cfg: Config, model_fps: dict[str, str]) -> None:
             hp = ev.finetune_hparams(task)
             jobs.append((f"finetune/{task}.json", {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
                          lambda d=model_dir, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
-        weights = model_dir / "model.safetensors"
-        stamp = [weights.stat().st_size, weights.stat().st_mtime_ns] if weights.exists() else None
         for filename, settings, job in jobs:
             path = out / filename
-            fp = stable_hash({"model": model_fp, "weights": stamp, **settings})
+            fp = identity.result_identity(model_fp, model_dir, settings)
             if path.exists():
                 try:
                     if read_json(path).get("_fingerprint") == fp:

@@ -19,92 +19,22 @@ import json
 import os
 import random
 import shutil
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_model
 from transformers import PreTrainedModel
 
-from babyllama.config import Config, ModelConfig
-from babyllama.data.tokens import read_manifest
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
-from babyllama.io import atomic_path, file_sha256, read_json, stable_hash
+from babyllama.identity import WEIGHTS_FILE, describe_changes
+from babyllama.io import atomic_path, file_sha256, read_json
 
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "checkpoint.json"
-SUMMARY_FILE = "training_summary.json"
 METRICS_FILE = "metrics.jsonl"
-WEIGHTS_FILE = "model.safetensors"
-
-#: Train keys that only change how often we log or save, not the weights: editable on resume.
-_NON_OPTIMISING_KEYS = {"log_every", "save_every"}
-#: Train keys added after runs were made, with the value that reproduces those runs: left out of the
-#: identity at that value, so a model trained before the key existed is still complete and resumable.
-_ADDED_KEYS = {"schedule": "cosine", "min_lr_ratio": 0.0, "decay_fraction": 0.2}
-
-
-# -- what a run is: the resume hash -----------------------------------------------------------------
-
-
-def run_components(cfg: Config, model_cfg: ModelConfig, fingerprint: dict, windows: str | None = None) -> dict:
-    """Everything that determines the trained weights, as a flat {dotted key: value} dict.
-
-    Hashing it gives the config hash; comparing it key by key names what changed. The data itself
-    is covered separately by the manifest's data_hash. The world size is checked separately too, so a
-    model trained under torchrun is still 'complete' for a single-process pipeline.
-    """
-    arch = model_cfg.model_dump(mode="json", exclude={"name", "train"})
-    train = model_cfg.train.model_dump(mode="json", exclude=_NON_OPTIMISING_KEYS)
-    train["windows"] = windows or model_cfg.train.windows
-    for key, before in _ADDED_KEYS.items():
-        if train.get(key) == before:
-            del train[key]
-    tree = {"model": arch, "train": train, "seed": cfg.seed, "data.seq_len": cfg.data.seq_len, "objective": fingerprint}
-    return _flatten(tree)
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def describe_changes(old: dict, new: dict, limit: int = 3) -> str:
-    """'train.lr: 0.001 -> 0.002, ...' for the keys that differ (at most ``limit`` shown)."""
-    keys = sorted(set(old) | set(new), key=str)
-    diffs = [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys if old.get(k) != new.get(k)]
-    more = f" (+{len(diffs) - limit} more)" if len(diffs) > limit else ""
-    return ", ".join(diffs[:limit]) + more
-
-
-def data_hash(cfg: Config) -> str:
-    """The prepared data's content hash (tokenizer + token files) from <data_dir>/manifest.json."""
-    manifest = read_manifest(cfg.data_dir)
-    if "data_hash" not in manifest:
-        raise UserError(f"{cfg.data_dir / 'manifest.json'}: no data_hash; run `babyllama prepare` again")
-    return str(manifest["data_hash"])
-
-
-def is_complete(cfg: Config, model_cfg: ModelConfig, fingerprint: dict, *, windows: str | None = None) -> bool:
-    """True when models/<name>/ holds a finished model trained with exactly this config and data."""
-    summary_path = cfg.model_dir(model_cfg.name) / SUMMARY_FILE
-    if not summary_path.exists() or not (summary_path.parent / WEIGHTS_FILE).exists():
-        return False
-    try:
-        summary = read_json(summary_path)
-        current = data_hash(cfg)
-    except (UserError, ValueError, OSError):
-        return False
-    config_hash = stable_hash(run_components(cfg, model_cfg, fingerprint, windows))
-    return summary.get("config_hash") == config_hash and summary.get("data_hash") == current
 
 
 # -- RNG state as weights_only-loadable values ---------------------------------------------------------
@@ -148,7 +78,7 @@ def restore_rng(state: dict) -> None:
 
 
 def save_checkpoint(
-    path: Path, model: PreTrainedModel, tokenizer_dir: Path, state: dict | None = None, info: dict | None = None
+    path: Path, model: PreTrainedModel, tokenizer_dir: Path, state: TrainingState | None = None, info: dict | None = None
 ) -> None:
     """Write an HF model folder (+ tokenizer, + training state) at ``path`` atomically, with checksums."""
     with quiet_transformers(), atomic_path(path) as tmp:  # no "Writing model shards" bar at every save
@@ -156,7 +86,7 @@ def save_checkpoint(
         model.save_pretrained(tmp)
         copy_tokenizer(tokenizer_dir, tmp)
         if state is not None:
-            torch.save(state, tmp / STATE_FILE)
+            torch.save(state.as_dict(), tmp / STATE_FILE)
         _write_manifest(tmp, info or {})
 
 
@@ -228,11 +158,61 @@ def verify(path: Path) -> dict:
 
 
 def load_state(path: Path) -> dict:
-    """The verified training state of a checkpoint folder."""
+    """The verified training state of a checkpoint folder, as saved (see TrainingState)."""
     manifest = verify(path)
     if STATE_FILE not in manifest["files"]:
         raise UserError(f"checkpoint {path} holds no training state ({STATE_FILE}); delete it to start over")
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class TrainingState:
+    """Everything a resumed run needs besides the weights: where it is, the optimiser, schedule and
+    scaler states, every rank's RNG states, the best dev loss so far, and the identity it was trained
+    under (checked before resuming). Saved as plain values in training_state.pt (:meth:`as_dict`),
+    read back with :meth:`read`."""
+
+    step: int = 0
+    optimizer: dict = field(default_factory=dict)
+    scheduler: dict = field(default_factory=dict)
+    scaler: dict = field(default_factory=dict)
+    rng: list = field(default_factory=list)  # one capture_rng() per rank, in rank order
+    best_dev_loss: float | None = None
+    best_step: int | None = None
+    wall_time_s: float = 0.0
+    config_hash: str = ""
+    components: dict = field(default_factory=dict)
+    data_hash: str = ""
+    world_size: int = 1
+
+    def as_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def read(cls, path: Path) -> TrainingState:
+        """The verified state of checkpoint folder ``path``; keys it does not know are refused."""
+        saved = load_state(path)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(saved) - known)
+        if unknown:
+            raise UserError(f"checkpoint {path}: unknown training state keys {unknown}; delete it to start over")
+        return cls(**saved)
+
+    def check_resumable(self, components: dict, config_hash: str, data_hash: str, world_size: int, where: Path) -> None:
+        """UserError naming what changed when this state cannot continue under the current run."""
+        if self.data_hash != data_hash:
+            raise UserError(
+                f"cannot resume {where}: the prepared data changed (data_hash {str(self.data_hash)[:12]} -> "
+                f"{data_hash[:12]}); delete {where.parent} to start over"
+            )
+        if self.config_hash != config_hash:
+            changes = describe_changes(self.components, components)
+            raise UserError(f"cannot resume {where}: the config changed ({changes}); revert it or delete {where.parent} to start over")
+        if self.world_size != world_size:
+            raise UserError(
+                f"cannot resume {where}: it was trained with {self.world_size} processes, now {world_size} "
+                f"(the global batch would change); use the same torchrun --nproc_per_node or delete {where.parent}"
+            )
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

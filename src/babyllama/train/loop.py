@@ -27,6 +27,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +35,8 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from babyllama.config import Config, ModelConfig
+from babyllama import identity
+from babyllama.config import Config, ModelConfig, TrainConfig
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import (
     dev_subset,
@@ -44,7 +46,7 @@ from babyllama.data.windows import (
     window_starts,
 )
 from babyllama.errors import UserError
-from babyllama.io import read_json, stable_hash
+from babyllama.io import read_json
 from babyllama.models import build_model, count_parameters
 from babyllama.runtime import allow_tf32, autocast, resolve_precision, training_device
 from babyllama.train import checkpoint as ckpt
@@ -100,7 +102,124 @@ def words_per_token(manifest: dict) -> float:
     return float(train["words"]) / float(train["tokens"])
 
 
-# -- the loop ------------------------------------------------------------------------------------------
+# -- plan the run ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunPlan:
+    """What one `fit` call will do, decided before any weight exists: data, budget, identity, where."""
+
+    cfg: Config
+    model_cfg: ModelConfig
+    mode: Windows
+    device: torch.device
+    world: int
+    rank: int
+    main: bool
+    global_batch: int
+    total_steps: int
+    stream: WindowStream
+    train_tokens: np.ndarray
+    dev_tokens: np.ndarray
+    dev_indices: np.ndarray
+    manifest: dict
+    words_per_token: float
+    components: dict  # the training identity (babyllama.identity), hashed into config_hash
+    config_hash: str
+    data_hash: str
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.model_cfg.train
+
+    @property
+    def seq_len(self) -> int:
+        return self.cfg.data.seq_len
+
+    @property
+    def ck_dir(self) -> Path:
+        return self.cfg.checkpoint_dir(self.model_cfg.name)
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.cfg.data_dir / self.manifest["tokenizer"]
+
+    def micro_batch(self, step: int, micro: int) -> Batch:
+        """This rank's share of micro-step ``micro`` of optimizer step ``step`` (see the module docstring)."""
+        bsz = self.train.batch_size
+        starts, ids = self.stream.take(step * self.global_batch + (micro * self.world + self.rank) * bsz, bsz)
+        x = torch.from_numpy(gather_windows(self.train_tokens, starts, self.seq_len))
+        return Batch(input_ids=x.to(self.device, non_blocking=True), window_ids=torch.from_numpy(ids))
+
+    def is_epoch_end(self, done: int) -> bool:
+        n = self.stream.n_windows
+        return done * self.global_batch // n > (done - 1) * self.global_batch // n
+
+
+def plan_run(cfg: Config, model_cfg: ModelConfig, objective: Objective, mode: Windows, device: torch.device) -> RunPlan:
+    """Read the prepared data and work out the budget and the run's identity (UserError if impossible)."""
+    tcfg = model_cfg.train
+    world, seq_len = dist.world_size(), cfg.data.seq_len
+    global_batch = tcfg.batch_size * tcfg.grad_accum * world
+    manifest = read_manifest(cfg.data_dir)
+    data_hash = identity.data_identity(cfg.data_dir)
+    train_tokens, dev_tokens = load_tokens(cfg.data_dir, "train"), load_tokens(cfg.data_dir, "dev")
+    stream = WindowStream(len(train_tokens), seq_len, cfg.seed, mode)
+    if stream.n_windows < global_batch:
+        raise UserError(
+            f"model {model_cfg.name!r}: the train split has {stream.n_windows} windows of {seq_len} tokens, fewer than one "
+            f"global batch ({tcfg.batch_size} x grad_accum {tcfg.grad_accum} x {world} processes); "
+            "lower train.batch_size or use more data"
+        )
+    total_steps = math.floor(tcfg.epochs * stream.n_windows / global_batch)
+    if tcfg.max_steps is not None:
+        total_steps = min(total_steps, tcfg.max_steps)
+    dev_indices = dev_subset(num_fixed_windows(len(dev_tokens), seq_len), tcfg.eval_windows, cfg.seed)
+    if len(dev_indices) == 0:
+        raise UserError(f"{cfg.data_dir}: the dev split is shorter than one window of {seq_len} tokens")
+    components = identity.training_components(cfg, model_cfg, objective.fingerprint(), mode)
+    return RunPlan(cfg=cfg, model_cfg=model_cfg, mode=mode, device=device, world=world, rank=dist.rank(),
+                   main=dist.is_main_process(), global_batch=global_batch, total_steps=max(total_steps, 1),
+                   stream=stream, train_tokens=train_tokens, dev_tokens=dev_tokens, dev_indices=dev_indices,
+                   manifest=manifest, words_per_token=words_per_token(manifest), components=components,
+                   config_hash=identity.config_hash(components), data_hash=data_hash)
+
+
+# -- restore or start ------------------------------------------------------------------------------------
+
+
+def restore_or_start(run: RunPlan, resume: bool) -> tuple[ckpt.TrainingState | None, Path | None]:
+    """The state to resume from checkpoints/<name>/last (checked against this run), or (None, None)."""
+    ck_dir = run.ck_dir
+    if run.main:
+        ckpt.remove_stale_temporaries(ck_dir)
+        for kind in ("last", "best"):
+            ckpt.find(ck_dir / kind, restore=True)
+    dist.barrier()
+    last_dir = ckpt.find(ck_dir / "last")
+    if last_dir is None:
+        if resume:
+            raise UserError(f"nothing to resume for model {run.model_cfg.name!r}: no checkpoint in {ck_dir / 'last'}")
+        return None, None
+    state = ckpt.TrainingState.read(last_dir)
+    state.check_resumable(run.components, run.config_hash, run.data_hash, run.world, last_dir)
+    return state, last_dir
+
+
+# -- build optimisation ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Optimisation:
+    """The model and what updates it: optimiser, schedule, precision, the DDP / compiled wrapper."""
+
+    model: torch.nn.Module  # the plain HF model: saved, evaluated
+    net: torch.nn.Module  # what the objective calls: the model, or its DDP / torch.compile wrapper
+    ddp: DistributedDataParallel | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    dtype: torch.dtype | None  # the autocast dtype; None for fp32
 
 
 def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -111,20 +230,158 @@ def _decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def _check_resume(state: dict, components: dict, config_hash: str, data_hash: str, where: Path) -> None:
-    if state.get("data_hash") != data_hash:
-        raise UserError(
-            f"cannot resume {where}: the prepared data changed (data_hash {str(state.get('data_hash'))[:12]} -> "
-            f"{data_hash[:12]}); delete {where.parent} to start over"
-        )
-    if state.get("config_hash") != config_hash:
-        changes = ckpt.describe_changes(state.get("components", {}), components)
-        raise UserError(f"cannot resume {where}: the config changed ({changes}); revert it or delete {where.parent} to start over")
-    if state.get("world_size") != dist.world_size():
-        raise UserError(
-            f"cannot resume {where}: it was trained with {state.get('world_size')} processes, now {dist.world_size()} "
-            f"(the global batch would change); use the same torchrun --nproc_per_node or delete {where.parent}"
-        )
+def build_optimisation(run: RunPlan, objective: Objective, state: ckpt.TrainingState | None,
+                       last_dir: Path | None) -> Optimisation:
+    """Build (or restore) the model, optimiser, schedule and scaler; set the objective up.
+
+    The order is part of the result: the model is initialised right after seeding, and the resumed RNG
+    states are restored last, so nothing here shifts the random streams of a fresh or a resumed run.
+    """
+    tcfg, device = run.train, run.device
+    torch.manual_seed(run.cfg.seed)
+    model = build_model(run.model_cfg, run.manifest["vocab_size"], run.manifest["special_tokens"]).to(device)
+    if last_dir is not None:
+        ckpt.load_weights(model, last_dir)
+    model.train()
+    dtype, use_scaler = resolve_precision(tcfg.precision, device)
+    # The fused kernel is ~10x faster than the default per-tensor loop on CPU (see benchmarks/bench_train.py).
+    optimizer = torch.optim.AdamW(
+        _decay_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.adam_betas, eps=tcfg.adam_eps,
+        fused=device.type in ("cpu", "cuda"),
+    )
+    scheduler = lr_scheduler(optimizer, kind=tcfg.schedule, total=run.total_steps, warmup=tcfg.warmup_steps,
+                             min_lr_ratio=tcfg.min_lr_ratio, decay_fraction=tcfg.decay_fraction)
+    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
+    objective.setup(device, dtype)  # before RNG restore: a fresh and a resumed run see the same streams
+    if state is not None:
+        optimizer.load_state_dict(state.optimizer)
+        scheduler.load_state_dict(state.scheduler)
+        if scaler is not None and state.scaler:
+            scaler.load_state_dict(state.scaler)
+        ckpt.restore_rng(state.rng[run.rank])  # last, so nothing above shifts the resumed random streams
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if run.world > 1 else None
+    net: torch.nn.Module = ddp if ddp is not None else model
+    if tcfg.compile:
+        net = torch.compile(net)
+    return Optimisation(model, net, ddp, optimizer, scheduler, scaler, dtype)
+
+
+# -- one training step -----------------------------------------------------------------------------------
+
+
+class Meter:
+    """Loss and objective extras summed on the device between two log lines (no sync per micro-step)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.loss = torch.zeros((), device=device)
+        self.extras: dict[str, torch.Tensor] = {}
+        self.steps = 0
+        self.since = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, extras: dict) -> None:
+        self.loss += loss.detach().float()
+        for k, v in extras.items():
+            v = torch.as_tensor(v, device=self.device).detach().float()
+            self.extras[k] = self.extras[k] + v if k in self.extras else v
+
+    def mean_and_reset(self, per_step: int) -> tuple[dict[str, float], float]:
+        """({'loss': ..., extras ...} averaged over micro-steps and ranks, seconds since the last reset)."""
+        sums = torch.stack([self.loss, *self.extras.values()]) / (self.steps * per_step)
+        values = dist.all_reduce_sum(sums).tolist()
+        means = dict(zip(["loss", *self.extras], values, strict=True))
+        elapsed = time.perf_counter() - self.since
+        self.loss.zero_()
+        self.extras.clear()
+        self.since, self.steps = time.perf_counter(), 0
+        return means, elapsed
+
+
+def train_step(run: RunPlan, opt: Optimisation, objective: Objective, step: int, meter: Meter) -> torch.Tensor:
+    """One optimizer step over ``grad_accum`` micro-batches (gradients synced on the last); its grad norm."""
+    accum, scaler = run.train.grad_accum, opt.scaler
+    for micro in range(accum):
+        batch = run.micro_batch(step, micro)
+        sync = opt.ddp is None or micro == accum - 1
+        with contextlib.nullcontext() if sync else opt.ddp.no_sync():
+            with autocast(run.device, opt.dtype):
+                loss, extras = objective.loss(opt.net, batch)
+            scaled = loss / accum
+            (scaler.scale(scaled) if scaler is not None else scaled).backward()
+        meter.add(loss, extras)
+    if scaler is not None:
+        scaler.unscale_(opt.optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(opt.model.parameters(), run.train.grad_clip, foreach=True)
+    if scaler is not None:
+        scaler.step(opt.optimizer)
+        scaler.update()
+    else:
+        opt.optimizer.step()
+    opt.scheduler.step()
+    opt.optimizer.zero_grad(set_to_none=True)
+    meter.steps += 1
+    return grad_norm
+
+
+# -- log, evaluate, save ---------------------------------------------------------------------------------
+
+
+def log_line(run: RunPlan, opt: Optimisation, meter: Meter, done: int, grad_norm: torch.Tensor) -> dict:
+    """The metrics.jsonl training line after ``done`` steps (averaged since the previous one)."""
+    steps = meter.steps
+    means, elapsed = meter.mean_and_reset(run.train.grad_accum * run.world)
+    samples = done * run.global_batch
+    tokens = samples * run.seq_len
+    return {
+        "step": done,
+        "epoch": samples / run.stream.n_windows,
+        "loss": means.pop("loss"),
+        "lr": opt.scheduler.get_last_lr()[0],
+        "grad_norm": float(grad_norm),
+        "tokens_per_s": steps * run.global_batch * run.seq_len / max(elapsed, 1e-9),
+        "tokens_seen": tokens,
+        "words_seen": tokens * run.words_per_token,
+        **means,
+    }
+
+
+def evaluate_and_save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, log: MetricsLogger, done: int,
+                      wall: Callable[[], float], on_checkpoint: Callable[[Path, int], None] | None) -> None:
+    """After step ``done``: dev loss when it is due (and a checkpoint with it), else a checkpoint when due."""
+    tcfg = run.train
+    if (tcfg.eval_every and done % tcfg.eval_every == 0) or run.is_epoch_end(done) or done == run.total_steps:
+        dev = window_ce(opt.model, run.dev_tokens, run.dev_indices, run.seq_len, tcfg.batch_size, dtype=opt.dtype,
+                        sharded=True)
+        improved = state.best_dev_loss is None or dev < state.best_dev_loss
+        if improved:
+            state.best_dev_loss, state.best_step = dev, done
+        log.log({"step": done, "epoch": done * run.global_batch / run.stream.n_windows, "dev_loss": dev,
+                 "best_dev_loss": state.best_dev_loss})
+        save(run, opt, state, done, dev, improved, wall(), on_checkpoint)
+    elif tcfg.save_every and done % tcfg.save_every == 0:
+        save(run, opt, state, done, None, False, wall(), on_checkpoint)
+
+
+def save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, step: int, dev: float | None, improved: bool,
+         wall_time_s: float, on_checkpoint: Callable[[Path, int], None] | None) -> None:
+    """Save checkpoints/<name>/last (and best first, when ``improved``) on rank 0; every rank takes part."""
+    rng_states = dist.all_gather_objects(ckpt.capture_rng())
+    ck_dir = run.ck_dir
+    if run.main:
+        info = {"step": step, "dev_loss": dev, "config_hash": run.config_hash, "data_hash": run.data_hash,
+                "wall_time_s": wall_time_s}
+        if improved:  # best first: a kill between the two saves then only repeats work on resume
+            ckpt.save_checkpoint(ck_dir / "best", opt.model, run.tokenizer_dir, None, info)
+        state.step, state.wall_time_s, state.rng = step, wall_time_s, rng_states
+        state.optimizer, state.scheduler = opt.optimizer.state_dict(), opt.scheduler.state_dict()
+        state.scaler = opt.scaler.state_dict() if opt.scaler is not None else {}
+        ckpt.save_checkpoint(ck_dir / "last", opt.model, run.tokenizer_dir, state, info)
+    dist.barrier()
+    if run.main and on_checkpoint is not None:
+        on_checkpoint(ck_dir / "last", step)
+
+
+# -- the loop ------------------------------------------------------------------------------------------
 
 
 def fit(
@@ -143,218 +400,70 @@ def fit(
     required). ``windows`` overrides the model's train.windows (the teacher-logit cache needs 'fixed').
     ``on_checkpoint(path, step)`` is called on rank 0 after each saved checkpoint.
     """
-    tcfg = model_cfg.train
-    mode: Windows = windows or tcfg.windows
     device = training_device()
     allow_tf32(device)
     initialised_here = dist.is_distributed() and not torch.distributed.is_initialized()
     dist.init(device)
-    world, rank, main = dist.world_size(), dist.rank(), dist.is_main_process()
-    seq_len, bsz, accum = cfg.data.seq_len, tcfg.batch_size, tcfg.grad_accum
-    global_batch = bsz * accum * world
+    run = plan_run(cfg, model_cfg, objective, windows or model_cfg.train.windows, device)
+    resumed, last_dir = restore_or_start(run, resume)
+    opt = build_optimisation(run, objective, resumed, last_dir)
+    state = resumed or ckpt.TrainingState(config_hash=run.config_hash, components=run.components,
+                                          data_hash=run.data_hash, world_size=run.world)
+    log = _open_log(run, opt, state.step, description)
+    t_start, wall_before = time.perf_counter(), state.wall_time_s
 
-    # data and run identity
-    manifest = read_manifest(cfg.data_dir)
-    data_hash = ckpt.data_hash(cfg)
-    tok_dir = cfg.data_dir / manifest["tokenizer"]
-    train_tokens, dev_tokens = load_tokens(cfg.data_dir, "train"), load_tokens(cfg.data_dir, "dev")
-    stream = WindowStream(len(train_tokens), seq_len, cfg.seed, mode)
-    if stream.n_windows < global_batch:
-        raise UserError(
-            f"model {model_cfg.name!r}: the train split has {stream.n_windows} windows of {seq_len} tokens, fewer than one "
-            f"global batch ({bsz} x grad_accum {accum} x {world} processes); lower train.batch_size or use more data"
-        )
-    total_steps = math.floor(tcfg.epochs * stream.n_windows / global_batch)
-    if tcfg.max_steps is not None:
-        total_steps = min(total_steps, tcfg.max_steps)
-    total_steps = max(total_steps, 1)
-    dev_indices = dev_subset(num_fixed_windows(len(dev_tokens), seq_len), tcfg.eval_windows, cfg.seed)
-    if len(dev_indices) == 0:
-        raise UserError(f"{cfg.data_dir}: the dev split is shorter than one window of {seq_len} tokens")
-    wpt = words_per_token(manifest)
-    components = ckpt.run_components(cfg, model_cfg, objective.fingerprint(), mode)
-    config_hash = stable_hash(components)
+    def wall() -> float:
+        return wall_before + (time.perf_counter() - t_start)
 
-    ck_dir = cfg.checkpoint_dir(model_cfg.name)
-    if main:
-        ckpt.remove_stale_temporaries(ck_dir)
-        for kind in ("last", "best"):
-            ckpt.find(ck_dir / kind, restore=True)
-    dist.barrier()
-    last_dir = ckpt.find(ck_dir / "last")
-    state = None
-    if last_dir is not None:
-        state = ckpt.load_state(last_dir)
-        _check_resume(state, components, config_hash, data_hash, last_dir)
-    elif resume:
-        raise UserError(f"nothing to resume for model {model_cfg.name!r}: no checkpoint in {ck_dir / 'last'}")
-
-    # model, optimiser, schedule
-    torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg, manifest["vocab_size"], manifest["special_tokens"]).to(device)
-    if state is not None:
-        ckpt.load_weights(model, last_dir)
-    model.train()
-    dtype, use_scaler = resolve_precision(tcfg.precision, device)
-    # The fused kernel is ~10x faster than the default per-tensor loop on CPU (see benchmarks/bench_train.py).
-    optimizer = torch.optim.AdamW(
-        _decay_groups(model, tcfg.weight_decay), lr=tcfg.lr, betas=tcfg.adam_betas, eps=tcfg.adam_eps,
-        fused=device.type in ("cpu", "cuda"),
-    )
-    scheduler = lr_scheduler(optimizer, kind=tcfg.schedule, total=total_steps, warmup=tcfg.warmup_steps,
-                             min_lr_ratio=tcfg.min_lr_ratio, decay_fraction=tcfg.decay_fraction)
-    scaler = torch.amp.GradScaler(device.type) if use_scaler else None
-    objective.setup(device, dtype)  # before RNG restore: a fresh and a resumed run see the same streams
-    start_step, best_loss, best_step, wall = 0, None, None, 0.0
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_step, best_loss, best_step = state["step"], state["best_dev_loss"], state["best_step"]
-        wall = state["wall_time_s"]
-        ckpt.restore_rng(state["rng"][rank])  # last, so nothing above shifts the resumed random streams
-
-    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
-    net: torch.nn.Module = ddp if ddp is not None else model
-    if tcfg.compile:
-        net = torch.compile(net)
-
-    def micro_batch(step: int, micro: int) -> Batch:
-        starts, ids = stream.take(step * global_batch + (micro * world + rank) * bsz, bsz)
-        x = torch.from_numpy(gather_windows(train_tokens, starts, seq_len))
-        return Batch(input_ids=x.to(device, non_blocking=True), window_ids=torch.from_numpy(ids))
-
-    log = MetricsLogger(
-        ck_dir / ckpt.METRICS_FILE,
-        cfg.logging,
-        enabled=main,
-        total_steps=total_steps,
-        start_step=start_step,
-        run_name=model_cfg.name,
-        description=description,
-    )
-    if main and start_step == 0:
-        n_params = count_parameters(model)
-        log.log({"step": 0, "event": "start", "params": n_params, "total_steps": total_steps, "global_batch": global_batch,
-                 "windows": mode, "world_size": world, "device": str(device), "precision": str(dtype or "fp32")})
-
-    def save(step: int, dev: float | None, improved: bool) -> None:
-        rng_states = dist.all_gather_objects(ckpt.capture_rng())
-        if main:
-            elapsed = wall + (time.perf_counter() - t_start)
-            info = {"step": step, "dev_loss": dev, "config_hash": config_hash, "data_hash": data_hash, "wall_time_s": elapsed}
-            if improved:  # best first: a kill between the two saves then only repeats work on resume
-                ckpt.save_checkpoint(ck_dir / "best", model, tok_dir, None, info)
-            training_state = {
-                "step": step,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
-                "rng": rng_states,
-                "best_dev_loss": best_loss,
-                "best_step": best_step,
-                "wall_time_s": elapsed,
-                "config_hash": config_hash,
-                "components": components,
-                "data_hash": data_hash,
-                "world_size": world,
-            }
-            ckpt.save_checkpoint(ck_dir / "last", model, tok_dir, training_state, info)
-        dist.barrier()
-        if main and on_checkpoint is not None:
-            on_checkpoint(ck_dir / "last", step)
-
-    t_start = time.perf_counter()
-    t_log, steps_in_log = time.perf_counter(), 0
-    loss_sum = torch.zeros((), device=device)
-    extra_sums: dict[str, torch.Tensor] = {}
-    grad_norm = torch.zeros(())
-    for step in range(start_step, total_steps):
-        for micro in range(accum):
-            batch = micro_batch(step, micro)
-            sync = ddp is None or micro == accum - 1
-            with contextlib.nullcontext() if sync else ddp.no_sync():
-                with autocast(device, dtype):
-                    loss, extras = objective.loss(net, batch)
-                scaled = loss / accum
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
-            loss_sum += loss.detach().float()
-            for k, v in extras.items():
-                v = torch.as_tensor(v, device=device).detach().float()
-                extra_sums[k] = extra_sums[k] + v if k in extra_sums else v
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip, foreach=True)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        done, steps_in_log = step + 1, steps_in_log + 1
+    meter = Meter(device)
+    for step in range(state.step, run.total_steps):
+        grad_norm = train_step(run, opt, objective, step, meter)
+        done = step + 1
         log.advance()
-
-        samples = done * global_batch
-        epoch_end = samples // stream.n_windows > step * global_batch // stream.n_windows
-        if done % tcfg.log_every == 0 or done == total_steps:
-            sums = torch.stack([loss_sum, *extra_sums.values()]) / (steps_in_log * accum * world)
-            values = dist.all_reduce_sum(sums).tolist()
-            elapsed = time.perf_counter() - t_log
-            tokens = samples * seq_len
-            record = {
-                "step": done,
-                "epoch": samples / stream.n_windows,
-                "loss": values[0],
-                "lr": scheduler.get_last_lr()[0],
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": steps_in_log * global_batch * seq_len / max(elapsed, 1e-9),
-                "tokens_seen": tokens,
-                "words_seen": tokens * wpt,
-                **dict(zip(extra_sums, values[1:], strict=True)),
-            }
-            log.log(record)
-            loss_sum.zero_()
-            extra_sums.clear()
-            t_log, steps_in_log = time.perf_counter(), 0
-        evaluate = (tcfg.eval_every and done % tcfg.eval_every == 0) or epoch_end or done == total_steps
-        if evaluate:
-            last_dev = window_ce(model, dev_tokens, dev_indices, seq_len, bsz, dtype=dtype, sharded=True)
-            improved = best_loss is None or last_dev < best_loss
-            if improved:
-                best_loss, best_step = last_dev, done
-            log.log({"step": done, "epoch": samples / stream.n_windows, "dev_loss": last_dev, "best_dev_loss": best_loss})
-            save(done, last_dev, improved)
-        elif tcfg.save_every and done % tcfg.save_every == 0:
-            save(done, None, False)
+        if done % run.train.log_every == 0 or done == run.total_steps:
+            log.log(log_line(run, opt, meter, done, grad_norm))
+        evaluate_and_save(run, opt, state, log, done, wall, on_checkpoint)
     log.close()
-
-    if main:
-        summary = {
-            "name": model_cfg.name,
-            "description": description,
-            "config_hash": config_hash,
-            "data_hash": data_hash,
-            "objective": objective.fingerprint(),
-            "windows": mode,
-            "steps": total_steps,
-            "global_batch": global_batch,
-            "world_size": world,
-            "tokens_seen": total_steps * global_batch * seq_len,
-            "words_seen": total_steps * global_batch * seq_len * wpt,
-            "epochs_seen": total_steps * global_batch / stream.n_windows,
-            "params": count_parameters(model),
-        }
-        _publish(ck_dir, cfg.model_dir(model_cfg.name), summary)
+    if run.main:
+        publish(run, opt.model, objective, description)
     dist.barrier()
     if initialised_here:
         torch.distributed.destroy_process_group()
     return cfg.model_dir(model_cfg.name)
 
 
-def _publish(ck_dir: Path, out: Path, summary: dict) -> None:
+def _open_log(run: RunPlan, opt: Optimisation, start_step: int, description: str) -> MetricsLogger:
+    log = MetricsLogger(run.ck_dir / ckpt.METRICS_FILE, run.cfg.logging, enabled=run.main, total_steps=run.total_steps,
+                        start_step=start_step, run_name=run.model_cfg.name, description=description)
+    if run.main and start_step == 0:
+        log.log({"step": 0, "event": "start", "params": count_parameters(opt.model), "total_steps": run.total_steps,
+                 "global_batch": run.global_batch, "windows": run.mode, "world_size": run.world,
+                 "device": str(run.device), "precision": str(opt.dtype or "fp32")})
+    return log
+
+
+# -- publish ---------------------------------------------------------------------------------------------
+
+
+def publish(run: RunPlan, model: torch.nn.Module, objective: Objective, description: str) -> None:
     """Copy the best checkpoint to models/<name>/ with metrics.jsonl and training_summary.json, atomically."""
+    tokens = run.total_steps * run.global_batch * run.seq_len
+    summary = {
+        "name": run.model_cfg.name,
+        "description": description,
+        "config_hash": run.config_hash,
+        "data_hash": run.data_hash,
+        "objective": objective.fingerprint(),
+        "windows": run.mode,
+        "steps": run.total_steps,
+        "global_batch": run.global_batch,
+        "world_size": run.world,
+        "tokens_seen": tokens,
+        "words_seen": tokens * run.words_per_token,
+        "epochs_seen": run.total_steps * run.global_batch / run.stream.n_windows,
+        "params": count_parameters(model),
+    }
+    ck_dir = run.ck_dir
     best_dir = ckpt.find(ck_dir / "best")
     if best_dir is None:
         raise UserError(f"no best checkpoint in {ck_dir}; delete {ck_dir} and train again")
@@ -363,5 +472,5 @@ def _publish(ck_dir: Path, out: Path, summary: dict) -> None:
     summary = {**summary, "best_dev_loss": best["dev_loss"], "best_step": best["step"], "final_dev_loss": last["dev_loss"],
                "selected": "best", "wall_time_s": last["wall_time_s"]}
     extra = {ckpt.METRICS_FILE: (ck_dir / ckpt.METRICS_FILE).read_bytes(),
-             ckpt.SUMMARY_FILE: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()}
-    ckpt.copy_checkpoint(best_dir, out, extra=extra)
+             identity.SUMMARY_FILE: (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode()}
+    ckpt.copy_checkpoint(best_dir, run.cfg.model_dir(run.model_cfg.name), extra=extra)

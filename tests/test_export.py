@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -197,3 +198,25 @@ def test_refusals_are_one_line_with_exit_2(run_dir: Path, tmp_path: Path, capsys
     assert _export(run_dir / "models" / "student", busy) == 2
     assert "notes.txt" in _one_error_line(capsys) and (busy / "notes.txt").read_text() == "mine"
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed (pip install 'babyllama[llama-cpp]'), "
+                           "so llama.cpp itself does not check the exported GGUF here")
+@pytest.mark.parametrize("name", ["t-llama", "t-gpt2", "student"])
+def test_llama_cpp_gives_the_hf_log_probs(run_dir: Path, tmp_path: Path, name: str) -> None:
+    from babyllama.data.tokens import load_tokens
+    from babyllama.evaluate.formats import load_causal_lm, resolve_device
+    from babyllama.export.llama_cpp_check import logprob_gap, open_gguf
+
+    model_dir = run_dir / "models" / name
+    model, _ = load_causal_lm(model_dir, resolve_device("cpu"))
+    dev = np.asarray(load_tokens(run_dir / "data", "dev"))
+    windows = [dev[i * 16:(i + 1) * 16].tolist() for i in range(4)]
+    gaps = {}
+    for quant in ("f16", "q8_0"):
+        assert _export(model_dir, tmp_path / quant, "--quant", quant) == 0
+        llm = open_gguf(tmp_path / quant / f"{name}-{quant}.gguf", n_ctx=32)
+        gaps[quant] = logprob_gap(model, llm, windows)
+    assert gaps["f16"]["full_vocab_max_abs_nats"] < 1e-2, gaps
+    assert gaps["q8_0"]["next_token_max_abs_nats"] < 5e-2, gaps

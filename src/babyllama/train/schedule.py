@@ -36,7 +36,7 @@ def lr_factor(
     if step < warmup:
         return float(step) / float(max(1, warmup))
     after = max(1, total - warmup)
-    progress = float(step - warmup) / float(after)
+    progress = min(1.0, float(step - warmup) / float(after))
     if kind == "cosine":
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     elif kind == "linear":
@@ -47,7 +47,7 @@ def lr_factor(
         shape = 1.0 if into <= 0 else 1.0 - float(into) / float(decay)
     else:
         raise ValueError(f"unknown schedule {kind!r} (known: {', '.join(KINDS)})")
-    return max(0.0, shape * (1.0 - min_lr_ratio) + min_lr_ratio)
+    return max(0.0, min_lr_ratio + (1.0 - min_lr_ratio) * shape)
 
 
 def scheduler(

@@ -51,6 +51,7 @@ def test_the_pipeline_uses_these_identities_and_says_how_each_stage_is_skipped(p
     stages = {s.name: s for s in plan(cfg)}
     assert stages["prepare"].fingerprint() == identity.data_identity(cfg.data_dir)
     assert stages["teacher:t-llama"].fingerprint() == identity.training_identity(cfg, cfg.model("t-llama"), LM)
-    assert stages["control"].fingerprint() == identity.training_identity(cfg, cfg.model("control"), LM)
+    assert stages["control"].fingerprint() == identity.training_identity(cfg, cfg.model("control"), LM,
+                                                                         cfg.student_windows)
     assert {n: s.skip for n, s in stages.items() if s.skip is not Skip.UNCHANGED} == {
         "prepare": Skip.BY_ITSELF, "evaluate": Skip.UNCHANGED_KEEP_OUTPUTS, "report": Skip.NEVER}

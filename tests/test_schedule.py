@@ -7,6 +7,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from babyllama.config import FinetuneConfig, TrainConfig
+from babyllama.evaluate.finetune import lr_factor as finetune_lr_factor
 from babyllama.train.pretrain import train_model
 from babyllama.train.schedule import lr_factor, scheduler
 from helpers import read_metrics, variant
@@ -35,11 +36,12 @@ def test_cosine_default_is_exactly_the_transformers_schedule(warmup, total):
 
 def test_linear_default_is_exactly_the_previous_finetuning_schedule():
     total = 13
-    ours = scheduler(_optimizer(5e-5), kind="linear", total=total)
+    hp = FinetuneConfig()
+    ours = torch.optim.lr_scheduler.LambdaLR(_optimizer(5e-5), lambda s: finetune_lr_factor(s, total, hp))
     previous = torch.optim.lr_scheduler.LambdaLR(_optimizer(5e-5), lambda s: max(0.0, 1.0 - s / total))
     assert _lrs(ours, total) == _lrs(previous, total)
-    hp = FinetuneConfig()
-    assert (hp.schedule, hp.warmup_steps, hp.min_lr_ratio) == ("linear", 0, 0.0)
+    cosine = hp.model_copy(update={"schedule": "cosine", "warmup_fraction": 0.1})
+    assert finetune_lr_factor(total, total, cosine) == pytest.approx(0.1)  # the 2025 pipeline's floor
 
 
 @pytest.mark.parametrize("kind", ["cosine", "linear", "wsd"])

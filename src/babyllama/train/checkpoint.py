@@ -184,6 +184,7 @@ class TrainingState:
     components: dict = field(default_factory=dict)
     data_hash: str = ""
     world_size: int = 1
+    stream_hash: str = ""  # the hash chain of the batches trained on so far (hex; see loop.train_step)
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}

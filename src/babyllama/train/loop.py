@@ -23,6 +23,7 @@ distillation). What it does, in order:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
@@ -144,11 +145,14 @@ class RunPlan:
     def tokenizer_dir(self) -> Path:
         return self.cfg.data_dir / self.manifest["tokenizer"]
 
-    def micro_batch(self, step: int, micro: int) -> Batch:
-        """This rank's share of micro-step ``micro`` of optimizer step ``step`` (see the module docstring)."""
+    def micro_batch(self, step: int, micro: int, step_hash: hashlib._Hash) -> Batch:
+        """This rank's share of micro-step ``micro`` of optimizer step ``step`` (see the module docstring);
+        its tokens are added to ``step_hash``."""
         bsz = self.train.batch_size
         starts, ids = self.stream.take(step * self.global_batch + (micro * self.world + self.rank) * bsz, bsz)
-        x = torch.from_numpy(gather_windows(self.train_tokens, starts, self.seq_len))
+        tokens = gather_windows(self.train_tokens, starts, self.seq_len)
+        step_hash.update(tokens.tobytes())
+        x = torch.from_numpy(tokens)
         return Batch(input_ids=x.to(self.device, non_blocking=True), window_ids=torch.from_numpy(ids))
 
     def is_epoch_end(self, done: int) -> bool:
@@ -297,11 +301,16 @@ class Meter:
         return means, elapsed
 
 
-def train_step(run: RunPlan, opt: Optimisation, objective: Objective, step: int, meter: Meter) -> torch.Tensor:
-    """One optimizer step over ``grad_accum`` micro-batches (gradients synced on the last); its grad norm."""
-    accum, scaler = run.train.grad_accum, opt.scaler
+def train_step(run: RunPlan, opt: Optimisation, objective: Objective, state: ckpt.TrainingState, meter: Meter) -> torch.Tensor:
+    """Optimizer step ``state.step`` over ``grad_accum`` micro-batches (gradients synced on the last);
+    advances the state's step and data-stream hash, returns the grad norm."""
+    accum, scaler, step = run.train.grad_accum, opt.scaler, state.step
+    # A hash chain over every batch this rank has trained on, in order (h_s = sha256(h_{s-1} + step s's
+    # tokens)): two models with equal stream hashes at a step saw identical data up to it, which is how
+    # the report tells that the student and the control shared one data stream.
+    step_hash = hashlib.sha256(bytes.fromhex(state.stream_hash))
     for micro in range(accum):
-        batch = run.micro_batch(step, micro)
+        batch = run.micro_batch(step, micro, step_hash)
         sync = opt.ddp is None or micro == accum - 1
         with contextlib.nullcontext() if sync else opt.ddp.no_sync():
             with autocast(run.device, opt.dtype):
@@ -320,15 +329,16 @@ def train_step(run: RunPlan, opt: Optimisation, objective: Objective, step: int,
     opt.scheduler.step()
     opt.optimizer.zero_grad(set_to_none=True)
     meter.steps += 1
+    state.step, state.stream_hash = step + 1, step_hash.hexdigest()
     return grad_norm
 
 
 # -- log, evaluate, save ---------------------------------------------------------------------------------
 
 
-def log_line(run: RunPlan, opt: Optimisation, meter: Meter, done: int, grad_norm: torch.Tensor) -> dict:
-    """The metrics.jsonl training line after ``done`` steps (averaged since the previous one)."""
-    steps = meter.steps
+def log_line(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, meter: Meter, grad_norm: torch.Tensor) -> dict:
+    """The metrics.jsonl training line after ``state.step`` steps (averaged since the previous one)."""
+    steps, done = meter.steps, state.step
     means, elapsed = meter.mean_and_reset(run.train.grad_accum * run.world)
     samples = done * run.global_batch
     tokens = samples * run.seq_len
@@ -341,6 +351,7 @@ def log_line(run: RunPlan, opt: Optimisation, meter: Meter, done: int, grad_norm
         "tokens_per_s": steps * run.global_batch * run.seq_len / max(elapsed, 1e-9),
         "tokens_seen": tokens,
         "words_seen": tokens * run.words_per_token,
+        "stream_hash": state.stream_hash[:16],
         **means,
     }
 
@@ -416,16 +427,16 @@ def fit(
         return wall_before + (time.perf_counter() - t_start)
 
     meter = Meter(device)
-    for step in range(state.step, run.total_steps):
-        grad_norm = train_step(run, opt, objective, step, meter)
-        done = step + 1
+    while state.step < run.total_steps:
+        grad_norm = train_step(run, opt, objective, state, meter)
+        done = state.step
         log.advance()
         if done % run.train.log_every == 0 or done == run.total_steps:
-            log.log(log_line(run, opt, meter, done, grad_norm))
+            log.log(log_line(run, opt, state, meter, grad_norm))
         evaluate_and_save(run, opt, state, log, done, wall, on_checkpoint)
     log.close()
     if run.main:
-        publish(run, opt.model, objective, description)
+        publish(run, opt.model, objective, state, description)
     dist.barrier()
     if initialised_here:
         torch.distributed.destroy_process_group()
@@ -445,7 +456,7 @@ def _open_log(run: RunPlan, opt: Optimisation, start_step: int, description: str
 # -- publish ---------------------------------------------------------------------------------------------
 
 
-def publish(run: RunPlan, model: torch.nn.Module, objective: Objective, description: str) -> None:
+def publish(run: RunPlan, model: torch.nn.Module, objective: Objective, state: ckpt.TrainingState, description: str) -> None:
     """Copy the best checkpoint to models/<name>/ with metrics.jsonl and training_summary.json, atomically."""
     tokens = run.total_steps * run.global_batch * run.seq_len
     summary = {
@@ -455,6 +466,7 @@ def publish(run: RunPlan, model: torch.nn.Module, objective: Objective, descript
         "data_hash": run.data_hash,
         "objective": objective.fingerprint(),
         "windows": run.mode,
+        "stream_hash": state.stream_hash,
         "steps": run.total_steps,
         "global_batch": run.global_batch,
         "world_size": run.world,

@@ -13,7 +13,7 @@ from babyllama.cli import main
 from babyllama.distill.cache import draw_samples, ensure_cache
 from babyllama.distill.loss import DenseTeachers, SampledTeachers, SparseTeachers, combine, ensemble_log_probs
 from babyllama.distill.teachers import teacher_dtype
-from test_distill_cache import L, N_WINDOWS, V, FakeTeachers, _build, _exact, _spec, _tokens
+from test_distill_cache import N_WINDOWS, FakeTeachers, L, V, _build, _exact, _spec, _tokens
 
 T, DRAWS, TRIALS = 2.0, 16, 600
 

@@ -67,7 +67,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from babyllama.data.windows import gather_windows, window_starts
-from babyllama.distill.loss import CHUNK_ELEMENTS, DenseTeachers, SampledTeachers, SparseTeachers, TeacherSource
+from babyllama.distill.loss import (
+    CHUNK_ELEMENTS,
+    DenseTeachers,
+    SampledTeachers,
+    SparseTeachers,
+    TeacherSource,
+)
 from babyllama.errors import UserError
 from babyllama.io import atomic_path, atomic_write_json, file_sha256, read_json, stable_hash
 from babyllama.train.distributed import barrier, rank, world_size

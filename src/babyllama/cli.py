@@ -187,6 +187,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {p}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from babyllama.export import export_model
+
+    for path in export_model(args.model_dir, args.to, fmt=args.format, quant=args.quant,
+                             license_=args.license, language=args.language):
+        print(f"wrote {path}")
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     from babyllama.config import config_docs, load_config
 
@@ -280,6 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="rebuild report.md / report.html from what is on disk")
     p.add_argument("out_dir", help="an experiment's out_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="publish a model: Hub-ready folder or GGUF for llama.cpp, with a model card")
+    p.add_argument("model_dir", help="a model folder, e.g. runs/demo/models/baby-llama-demo")
+    p.add_argument("--to", required=True, help="destination folder (new, empty, or an earlier export)")
+    p.add_argument("--format", default="gguf", help="gguf (llama.cpp; default) or hf (folder for huggingface-cli upload)")
+    p.add_argument("--quant", default=None, help="GGUF weight type: f16 (default), f32 or q8_0")
+    p.add_argument("--license", default="apache-2.0", help="licence id for the model card (default: apache-2.0)")
+    p.add_argument("--language", default="en", help="language code for the model card (default: en)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="show a resolved config, or document every key")
     p.add_argument("config", nargs="?")

@@ -293,6 +293,14 @@ class Config(Section):
         return f"{self.student.name}-control" if self.student else "control"
 
     @property
+    def student_windows(self) -> Literal["random", "fixed"]:
+        """The windows the student AND the control train on, one data stream for the pair: the fixed ones
+        the teacher cache is indexed by when it is enabled, else ``student.train.windows``."""
+        if self.distill.cache.enabled:
+            return "fixed"
+        return self.student.train.windows if self.student else "random"
+
+    @property
     def out(self) -> Path:
         return Path(self.out_dir)
 

@@ -63,15 +63,15 @@ def plan(cfg: Config) -> list[Stage]:
 
     # Each fingerprint is computed once, when its stage is reached (after the stages it reads from).
     def lm_fp(name: str) -> Callable[[], str]:
-        return cache(lambda: stable_hash({"data": data_hash(),
-                                          "run": run_components(cfg, cfg.model(name), LMObjective().fingerprint())}))
+        windows = cfg.student_windows if name == cfg.control_name else None  # the control shares the student's
+        return cache(lambda: stable_hash({"data": data_hash(), "run": run_components(
+            cfg, cfg.model(name), LMObjective().fingerprint(), windows)}))
 
     @cache
     def distill_fp() -> str:
         # Includes the teachers' weight hashes, so a retrained teacher redoes the student.
-        windows = "fixed" if cfg.distill.cache.enabled else None
-        return stable_hash({"data": data_hash(),
-                            "run": run_components(cfg, cfg.student, distillation_fingerprint(cfg), windows)})
+        return stable_hash({"data": data_hash(), "run": run_components(
+            cfg, cfg.student, distillation_fingerprint(cfg), cfg.student_windows)})
 
     stages = [Stage("prepare", lambda: prepare(cfg), data_hash, [cfg.data_dir], main_only=True, always=True)]
     teacher_stages = []

@@ -110,6 +110,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "blimp": blimp,
             "supplement": supp,
             "finetune": finetune,
+            "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
                 "dev": [(r.get("tokens_seen") or (per_step and r["step"] * per_step), r["dev_loss"]) for r in dev_rows],
@@ -122,10 +123,41 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"),
         "models": models,
         "verdict": verdict(models),
+        "approximations": approximations(models),
         "stages": {k: v.get("seconds") for k, v in sorted(state.items(), key=_stage_order) if isinstance(v, dict)},
         "ledger": manifest.get("ledger"),
         "environment": environment(),
     }
+
+
+def _training_facts(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """What training_summary.json says about the data a model saw and how its teachers were read."""
+    if not summary:
+        return {}
+    return {"windows": summary.get("windows"), "steps": summary.get("steps"), "stream_hash": summary.get("stream_hash"),
+            "teacher_cache": (summary.get("objective") or {}).get("cache")}
+
+
+def _data_stream_line(student: dict[str, Any], control: dict[str, Any]) -> str:
+    s, c = student["training"], control["training"]
+    if not s.get("stream_hash") or not c.get("stream_hash"):
+        return "Data stream: unknown (a model was trained before babyllama recorded its batches)."
+    if s["stream_hash"] == c["stream_hash"]:
+        return (f"Data stream: the student and the control trained on identical batches ({s['windows']} windows, "
+                f"{s['steps']} optimizer steps, same order; stream hash {s['stream_hash'][:12]}).")
+    return (f"Data stream: the student and the control did NOT see the same batches (student: {s['windows']} windows, "
+            f"{s['steps']} steps; control: {c['windows']} windows, {c['steps']} steps), so part of their difference "
+            "may come from the data; retrain the control (`babyllama run --force control`).")
+
+
+def approximations(models: list[dict[str, Any]]) -> list[str]:
+    """The cost of every approximation behind the student-control comparison, in plain sentences."""
+    student = next((m for m in models if m["role"] == "distilled student" and m["training"]), None)
+    control = next((m for m in models if m["role"].startswith("control") and m["training"]), None)
+    lines = []
+    if student and control:
+        lines.append(_data_stream_line(student, control))
+    return lines
 
 
 def _stage_order(item: tuple[str, Any]) -> tuple[int, str]:
@@ -329,6 +361,8 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("Does distillation help?", "list", summary["verdict"]),
         ("Comparison", "table", _table_rows(summary)),
     ]
+    if summary.get("approximations"):
+        blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
     for key, title in (("blimp", "BLiMP per phenomenon (%)"), ("supplement", "BLiMP supplement (%)")):
         group = "phenomena" if key == "blimp" else "paradigms"
         t = _phenomena_table(summary, key, group)

@@ -23,12 +23,13 @@ distillation). What it does, in order:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -259,6 +260,10 @@ def fit(
         start_step, best_loss, best_step = state["step"], state["best_dev_loss"], state["best_step"]
         wall = state["wall_time_s"]
         ckpt.restore_rng(state["rng"][rank])  # last, so nothing above shifts the resumed random streams
+    # A hash chain over every batch this rank has trained on, in order (h_s = sha256(h_{s-1} + step s's
+    # tokens)): two models with equal stream hashes at a step saw identical data up to it, which is how
+    # the report tells that the student and the control shared one data stream.
+    stream_digest = bytes.fromhex(state.get("stream_hash", "")) if state is not None else b""
 
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
     net: torch.nn.Module = ddp if ddp is not None else model
@@ -268,9 +273,11 @@ def fit(
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    def micro_batch(step: int, micro: int) -> Batch:
+    def micro_batch(step: int, micro: int, step_hash: Any) -> Batch:
         starts, ids = stream.take(step * global_batch + (micro * world + rank) * bsz, bsz)
-        x = torch.from_numpy(gather_windows(train_tokens, starts, seq_len))
+        tokens = gather_windows(train_tokens, starts, seq_len)
+        step_hash.update(tokens.tobytes())
+        x = torch.from_numpy(tokens)
         return Batch(input_ids=x.to(device, non_blocking=True), window_ids=torch.from_numpy(ids))
 
     log = MetricsLogger(
@@ -307,6 +314,7 @@ def fit(
                 "components": components,
                 "data_hash": data_hash,
                 "world_size": world,
+                "stream_hash": stream_digest.hex(),
             }
             ckpt.save_checkpoint(ck_dir / "last", model, tok_dir, training_state, info)
         dist.barrier()
@@ -319,8 +327,9 @@ def fit(
     extra_sums: dict[str, torch.Tensor] = {}
     grad_norm = torch.zeros(())
     for step in range(start_step, total_steps):
+        step_hash = hashlib.sha256(stream_digest)
         for micro in range(accum):
-            batch = micro_batch(step, micro)
+            batch = micro_batch(step, micro, step_hash)
             sync = ddp is None or micro == accum - 1
             with contextlib.nullcontext() if sync else ddp.no_sync():
                 with autocast():
@@ -341,6 +350,7 @@ def fit(
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        stream_digest = step_hash.digest()
         done, steps_in_log = step + 1, steps_in_log + 1
         log.advance()
 
@@ -360,6 +370,7 @@ def fit(
                 "tokens_per_s": steps_in_log * global_batch * seq_len / max(elapsed, 1e-9),
                 "tokens_seen": tokens,
                 "words_seen": tokens * wpt,
+                "stream_hash": stream_digest.hex()[:16],
                 **dict(zip(extra_sums, values[1:], strict=True)),
             }
             log.log(record)
@@ -386,6 +397,7 @@ def fit(
             "data_hash": data_hash,
             "objective": objective.fingerprint(),
             "windows": mode,
+            "stream_hash": stream_digest.hex(),
             "steps": total_steps,
             "global_batch": global_batch,
             "world_size": world,

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from babyllama.stats import bootstrap_interval, macro_difference, paired, t_cdf, t_interval, t_quantile, verdict
+from babyllama.stats import (
+    bootstrap_interval,
+    macro_difference,
+    paired,
+    t_cdf,
+    t_interval,
+    t_quantile,
+    verdict,
+)
 
 
 @pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 10, 29, 30])

@@ -118,10 +118,12 @@ def points(base: Config) -> list[dict[str, Any]]:
     if len(subsets) > 1 and sorted(t.name for t in base.teachers) in [sorted(s) for s in subsets[1:]]:
         subsets = [s for s in subsets if s is None or sorted(s) != sorted(t.name for t in base.teachers)]
     out: list[dict[str, Any]] = [{}]
-    seen = {stable_hash([base.model_dump(mode="json"), None])}
+    plain = base.model_dump(mode="json")
+    seen = {stable_hash([plain, None])}
     for values in itertools.product(*base.sweep.grid.values()):
         for subset in subsets:
-            point = dict(zip(keys, values, strict=True)) | ({"teachers": subset} if subset else {})
+            point = {k: v for k, v in zip(keys, values, strict=True) if _with_point(base, {k: v}) != plain}
+            point |= {"teachers": subset} if subset else {}
             tree = _with_point(base, point)
             _validate(tree, f"grid point {_label(point)}")
             h = stable_hash([tree, subset])

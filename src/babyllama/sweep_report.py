@@ -115,7 +115,7 @@ def collect(base: Config, ms: list[Member]) -> dict[str, Any]:
     for label, runs in per_point.items():
         at = "" if label == "default" else f" @ {label}"
         student, control = model_rows(runs, "student"), model_rows(runs, "control")
-        for metric, (title, unit, higher, digits, _) in METRICS.items():
+        for metric, (title, _, higher, digits, _) in METRICS.items():
             c = compare(f"student - control{at}", student, control, metric, base.sweep.bootstrap)
             if c:
                 comparisons.append(c)
@@ -227,8 +227,8 @@ def forest_plot(result: dict[str, Any]) -> bytes | None:
         ax.set_yticks(range(len(cs)), [c["name"] for c in cs], fontsize=8)
         ax.invert_yaxis()
         title, unit, higher, _, _ = METRICS[metric]
-        ax.set_xlabel(f"difference in {title} ({unit}; {'higher' if higher else 'lower'} is better for the first)")
-        ax.set_title(f"{title}: mean, 95% t interval (blue), item bootstrap (orange), seeds (grey)", fontsize=8)
+        ax.set_title(f"{title}: A - B in {unit} ({'higher' if higher else 'lower'} is better for A)", fontsize=9)
+        ax.set_xlabel("mean (diamond), 95% t interval (blue), item bootstrap (orange), seeds (grey)", fontsize=8)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

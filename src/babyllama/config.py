@@ -164,26 +164,60 @@ class DistillConfig(Section):
 class FinetuneConfig(Section):
     """Hyperparameters of one (Super)GLUE / MSGS fine-tuning run (defaults: BabyLM 2023 pipeline)."""
 
-    lr: float = Field(5e-5, gt=0, description="Learning rate (AdamW, linear decay, no warmup).")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(64, ge=1, description="Examples per step.")
     epochs: int = Field(10, ge=1, description="Maximum epochs.")
     patience: int = Field(10, ge=1, description="Evaluations without improvement before early stopping.")
-    eval_every: int = Field(200, ge=1, description="Steps between evaluations on the held-out part of train.")
+    eval_every: int = Field(200, ge=0, description="Steps between checkpoint evaluations (0: at the end of each epoch).")
     seed: int = Field(12, description="Seed of the fine-tuning run.")
     max_seq_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
-    holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out for early stopping.")
+    holdout_fraction: float = Field(0.1, gt=0, lt=0.5, description="Share of train held out for selection when select_on is 'holdout'.")
     max_train_examples: int | None = Field(None, ge=1, description="Cap on training examples (for quick runs).")
+    select_on: Literal["holdout", "validation"] = Field(
+        "holdout",
+        description="Where the best checkpoint is chosen: 'holdout' (a part of train; the validation score stays unseen) or "
+        "'validation' (the reported file, as the BabyLM pipelines do).",
+    )
+    select_metric: Literal["task", "f1_if_binary"] = Field(
+        "task", description="'task': the task's reported metric; 'f1_if_binary': F1 for two-class tasks, accuracy otherwise (BabyLM 2023/2024)."
+    )
+    pair_join: Literal["eos", "concat"] = Field(
+        "eos", description="Two input segments joined by </s> ('eos'), or concatenated as the tokenizer's pair encoding does ('concat')."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warmup.")
+    schedule: Literal["linear", "cosine"] = Field(
+        "linear", description="After warmup: 'linear' decay to 0, or 'cosine' decay to 0.1 x lr (BabyLM 2025)."
+    )
 
 
 class EvalConfig(Section):
-    blimp: str | None = Field(None, description="BLiMP data (folder or file, any supported format); null = skip.")
-    supplement: str | None = Field(None, description="BabyLM BLiMP supplement data; null = skip.")
-    prefix: Literal["eos", "bos", "none"] = Field(
-        "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>, what BabyLM 2023 does and our separator)."
+    """Evaluation. ``protocol`` fills every key it implies that the config leaves unset (see docs/config.md)."""
+
+    protocol: Literal["babyllama", "babylm-2023", "babylm-2024", "babylm-2025"] = Field(
+        "babyllama",
+        description="Settings preset: 'babyllama' (ours: held-out selection, ties wrong) or a BabyLM year's official pipeline "
+        "(prefix, ties, aggregation, fine-tuning); explicit keys override it.",
     )
-    leading_space: bool = Field(True, description="Prepend a space to each sentence before tokenizing.")
+    blimp: str | None = Field(
+        None, description="BLiMP data (folder or file, any supported format), or 'embedded:blimp' (100 pairs per paradigm, shipped); null = skip."
+    )
+    supplement: str | None = Field(None, description="BabyLM BLiMP supplement data; null = skip.")
+    ewok: str | None = Field(None, description="EWoK data (BabyLM ewok_filtered folder of <Domain>.jsonl); null = skip.")
+    entity_tracking: str | None = Field(None, description="Entity-tracking data (BabyLM 2025 entity_tracking folder); null = skip.")
+    comps: str | None = Field(None, description="COMPS data (BabyLM 2025 comps folder); null = skip.")
+    prefix: Literal["eos", "bos", "none"] = Field(
+        "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; protocol default)."
+    )
+    leading_space: bool = Field(True, description="Prepend a space to each BLiMP sentence before tokenizing (protocol default).")
     reduction: Literal["sum", "mean"] = Field("sum", description="Sentence score: sum or mean of token log-probabilities.")
-    ties_correct: bool = Field(False, description="Count ties as correct (the BabyLM pipelines) instead of wrong.")
+    ties_correct: bool = Field(False, description="Count ties as correct, as every BabyLM pipeline does (protocol default).")
+    aggregation: Literal["phenomena", "paradigms"] = Field(
+        "phenomena", description="BLiMP headline: unweighted mean over phenomena or over paradigms (protocol default)."
+    )
+    context_prefix: Literal["eos", "bos", "none"] = Field(
+        "eos", description="Token before the context of EWoK / entity tracking / COMPS items (protocol default; official: none)."
+    )
     batch_size: int = Field(64, ge=1, description="Sentences per forward pass when scoring.")
     perplexity: bool = Field(True, description="Compute dev cross-entropy / perplexity for every model.")
     finetune: list[str] = Field(default_factory=list, description="Fine-tuning tasks to run (e.g. [cola, sst2]); [] = none.")
@@ -191,6 +225,13 @@ class EvalConfig(Section):
     finetune_defaults: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Hyperparameters for every task.")
     finetune_tasks: dict[str, FinetuneConfig] = Field(default_factory=dict, description="Per-task hyperparameter overrides.")
 
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_protocol(cls, data: Any) -> Any:
+        from babyllama.evaluate.protocols import apply_protocol
+
+        return apply_protocol(data)
 
     @model_validator(mode="after")
     def _finetune_tasks_known(self) -> EvalConfig:

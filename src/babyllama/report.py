@@ -5,7 +5,8 @@ Everything is rebuilt from files on disk (the output contract of the other stage
 
 - ``config.yaml``, ``run_state.json`` (wall time per stage), ``data/manifest.json`` (word ledger)
 - ``models/<name>/model.safetensors`` (parameter count) and ``models/<name>/metrics.jsonl`` (curves)
-- ``eval/<name>/{perplexity,blimp,supplement}.json`` and ``eval/<name>/finetune/<task>.json``
+- ``eval/<name>/<file>``: the result files evaluate/registry.py names (perplexity, BLiMP, supplement,
+  EWoK, entity tracking, COMPS, ``finetune/<task>.json``), each with its headline number
 
 Outputs ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG data URIs) plus the
 PNG files under ``plots/``.
@@ -24,6 +25,8 @@ from typing import Any
 from babyllama import threads
 from babyllama.config import Config, load_config
 from babyllama.errors import UserError
+from babyllama.evaluate.protocols import implied_settings
+from babyllama.evaluate.registry import headline_scores, jobs
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
 
 # -- gathering -----------------------------------------------------------------------------------------
@@ -92,11 +95,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         ppl = _read_json_or_none(ev / "perplexity.json") or {}
         blimp = _read_json_or_none(ev / "blimp.json")
         supp = _read_json_or_none(ev / "supplement.json")
-        finetune = {}
-        for f in sorted((ev / "finetune").glob("*.json")):
-            r = _read_json_or_none(f)
-            if r and r.get("score") is not None:
-                finetune[r.get("task", f.stem)] = {"metric": r.get("metric"), "score": r["score"]}
+        scores = headline_scores(cfg, ev, _read_json_or_none)
         models.append({
             "name": name,
             "role": role,
@@ -110,7 +109,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "bits_per_word": ppl.get("bits_per_word"),
             "blimp": blimp,
             "supplement": supp,
-            "finetune": finetune,
+            "scores": scores,  # {report column: headline}, one per result file the registry names
             "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
@@ -122,6 +121,8 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     return {
         "out_dir": str(out_dir),
         "config": cfg.model_dump(mode="json"),
+        "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
+        "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
         "models": models,
         "verdict": verdict(models),
         "approximations": approximations(models),
@@ -194,7 +195,8 @@ def environment() -> dict[str, Any]:
 
 
 def _blimp_macro(result: dict[str, Any] | None) -> float | None:
-    return None if not result else result.get("macro_phenomena")
+    """The protocol's BLiMP headline (older result files: the mean over phenomena)."""
+    return None if not result else result.get("headline", result.get("macro_phenomena"))
 
 
 def verdict(models: list[dict[str, Any]]) -> list[str]:
@@ -244,18 +246,22 @@ def _fmt(v: Any, kind: str = "") -> str:
 
 
 def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    tasks = sorted({t for m in summary["models"] for t in m["finetune"]})
-    header = ["model", "role", "params", "tokens seen", "words seen", "dev CE", "dev ppl", "bits/word",
-              "BLiMP %", "supplement %", *tasks]
+    columns = summary.get("columns") or ["BLiMP %", "supplement %"]
+    header = ["model", "role", "params", "tokens seen", "words seen", "dev CE", "dev ppl", "bits/word", *columns]
     rows = []
     for m in summary["models"]:
         rows.append([
             m["name"], m["role"], _fmt(m["parameters"], "int"), _fmt(m["tokens_seen"], "int"),
             _fmt(m["words_seen"], "int"), _fmt(m["dev_ce"]), _fmt(m["dev_perplexity"]), _fmt(m["bits_per_word"]),
-            _fmt(_blimp_macro(m["blimp"]), "pct"), _fmt(_blimp_macro(m["supplement"]), "pct"),
-            *[_fmt(m["finetune"].get(t, {}).get("score"), "pct") for t in tasks],
+            *[_fmt(m["scores"].get(c), "pct") for c in columns],
         ])
     return header, rows
+
+
+def _protocol_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Every setting the evaluation protocol implies, and where the config overrides it."""
+    rows = [[k, str(v), "" if v == p else f"overridden (protocol: {p})"] for k, v, p in summary["protocol"]["settings"]]
+    return ["setting", "value", "note"], rows
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -364,6 +370,8 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
     ]
     if summary.get("approximations"):
         blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
+    if summary.get("protocol"):
+        blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
     for key, title in (("blimp", "BLiMP per phenomenon (%)"), ("supplement", "BLiMP supplement (%)")):
         group = "phenomena" if key == "blimp" else "paradigms"
         t = _phenomena_table(summary, key, group)

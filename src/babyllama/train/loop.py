@@ -206,7 +206,7 @@ def fit(
     data_hash = ckpt.data_hash(cfg)
     tok_dir = cfg.data_dir / manifest["tokenizer"]
     train_tokens, dev_tokens = load_tokens(cfg.data_dir, "train"), load_tokens(cfg.data_dir, "dev")
-    stream = WindowStream(len(train_tokens), seq_len, cfg.seed, mode)
+    stream = WindowStream(len(train_tokens), seq_len, ckpt.model_seed(cfg, model_cfg), mode)
     if stream.n_windows < global_batch:
         raise UserError(
             f"model {model_cfg.name!r}: the train split has {stream.n_windows} windows of {seq_len} tokens, fewer than one "
@@ -238,7 +238,7 @@ def fit(
         raise UserError(f"nothing to resume for model {model_cfg.name!r}: no checkpoint in {ck_dir / 'last'}")
 
     # model, optimiser, schedule
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ckpt.model_seed(cfg, model_cfg))
     model = build_model(model_cfg, manifest["vocab_size"], manifest["special_tokens"]).to(device)
     if state is not None:
         ckpt.load_weights(model, last_dir)

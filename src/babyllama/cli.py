@@ -357,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_threads_flag(parser: argparse.ArgumentParser) -> None:
     """``--threads N`` on every command (each leaf of the verb tree)."""
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    for child in (c for s in subs for c in s.choices.values()):
+    children = {id(c): c for s in subs for c in s.choices.values()}  # an alias maps to the same parser
+    for child in children.values():
         _add_threads_flag(child)
     if not subs:
         parser.add_argument("--threads", type=_thread_count, default=None, metavar="N",

@@ -53,6 +53,10 @@ class TrainConfig(Section):
         "auto", description="'auto': bf16 autocast on a GPU that supports it (else fp16 with a scaler), fp32 on CPU."
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    seed: int | None = Field(
+        None, description="This model's own seed (initialisation, window order); null = the experiment's seed. "
+        "`babyllama sweep` sets it per member, so the prepared data and shared teachers stay the same."
+    )
 
 
 class ModelConfig(Section):
@@ -264,6 +268,37 @@ class EvalConfig(Section):
         return self.finetune_defaults.model_copy(update=own.model_dump(exclude_unset=True))
 
 
+class SweepConfig(Section):
+    """`babyllama sweep`: seeds and ablation axes around this config (each member is an ordinary run)."""
+
+    seeds: int = Field(3, ge=1, description="Seeds per member (experiment seed, +1, +2 ...) unless --seeds says otherwise.")
+    teacher_seeds: Literal["shared", "per_seed"] = Field(
+        "shared", description="'shared': the teachers are trained once, with the experiment's seed; 'per_seed': "
+        "each seed trains its own teachers."
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Ablation axes: dotted key -> values (e.g. {distill.alpha: [0.5, 0.9]}; 'teachers.*.train.epochs' "
+        "sets every teacher). Keys under distill, student, teachers or control. Every combination is a member.",
+    )
+    teacher_subsets: list[list[str]] = Field(
+        default_factory=list,
+        description="Further teacher sets to distil from besides the whole ensemble, e.g. [[llama-teacher], [gpt2-teacher]].",
+    )
+    bootstrap: int = Field(2000, ge=100, description="Replicates of the BLiMP item bootstrap.")
+
+    @field_validator("grid")
+    @classmethod
+    def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if key.split(".")[0] not in ("distill", "student", "teachers", "control"):
+                raise ValueError(f"axis {key!r}: only keys under distill, student, teachers or control can vary "
+                                 "(the prepared data and evaluation are shared by every member)")
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return v
+
+
 class LoggingConfig(Section):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs the tensorboard package).")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs wandb; offline unless configured).")
@@ -284,6 +319,7 @@ class Config(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation loss and cache.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Progress and experiment trackers.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="Seeds and ablations of `babyllama sweep`.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -298,6 +334,12 @@ class Config(Section):
                 )
         if self.distill.weights is not None and len(self.distill.weights) != len(self.teachers):
             raise ValueError(f"distill.weights has {len(self.distill.weights)} entries for {len(self.teachers)} teachers")
+        teachers = {t.name for t in self.teachers}
+        for subset in self.sweep.teacher_subsets:
+            unknown = [n for n in subset if n not in teachers]
+            if unknown or not subset:
+                raise ValueError(f"sweep.teacher_subsets: {subset} must name teachers of this config "
+                                 f"({', '.join(sorted(teachers)) or 'none'})")
         return self
 
     # -- derived names and paths (the output contract) -------------------------------------------------

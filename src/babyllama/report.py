@@ -22,6 +22,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from babyllama import threads
 from babyllama.config import Config, load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.protocols import implied_settings
@@ -205,7 +206,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = None
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                           "packages": versions}
+                           "packages": versions, "threads": threads.describe()}
     try:
         import torch
 
@@ -412,10 +413,21 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         blocks.append(("Word-budget ledger (training words)", "table", (["source", "words"], rows)))
     env = summary["environment"]
     env_rows = [["python", env["python"]], ["platform", env["platform"]], ["cpu", f"{env['cpu']} ({env['cpu_count']} cores)"],
-                ["gpus", ", ".join(env["gpus"]) or "none"]]
+                ["gpus", ", ".join(env["gpus"]) or "none"], ["CPU threads", _threads_cell(env.get("threads"))]]
     env_rows += [[k, v or "–"] for k, v in env["packages"].items()]
     blocks.append(("Environment", "table", (["what", "value"], env_rows)))
     return blocks
+
+
+def _threads_cell(t: dict | None) -> str:
+    """The thread policy in one cell (summaries written before it was recorded have none)."""
+    if not t:
+        return "–"
+    if "threads" not in t:
+        return f"{t.get('torch_threads', '?')} ({t['source']})"
+    return (f"{t['threads']} ({t['source']}; {t['affinity_cpus']} CPUs usable"
+            f"{', quota ' + format(t['quota_cpus'], 'g') if t.get('quota_cpus') else ''}), "
+            f"OMP_WAIT_POLICY={t['wait_policy']}")
 
 
 def render_markdown(summary: dict[str, Any], plots: dict[str, Path], out_dir: Path) -> str:

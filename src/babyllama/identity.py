@@ -53,13 +53,20 @@ def training_components(cfg: Config, model_cfg: ModelConfig, objective: dict, wi
     resume only), so a model trained under torchrun is still complete for a single-process pipeline.
     """
     arch = model_cfg.model_dump(mode="json", exclude={"name", "train"})
-    train = model_cfg.train.model_dump(mode="json", exclude=NON_OPTIMISING_KEYS)
+    train = model_cfg.train.model_dump(mode="json", exclude=NON_OPTIMISING_KEYS | {"seed"})
     train["windows"] = windows or model_cfg.train.windows
     for key, before in ADDED_KEYS.items():
         if train.get(key) == before:
             del train[key]
-    tree = {"model": arch, "train": train, "seed": cfg.seed, "data.seq_len": cfg.data.seq_len, "objective": objective}
+    tree = {"model": arch, "train": train, "seed": model_seed(cfg, model_cfg), "data.seq_len": cfg.data.seq_len,
+            "objective": objective}
     return _flatten(tree)
+
+
+def model_seed(cfg: Config, model_cfg: ModelConfig) -> int:
+    """The seed a model trains with: its own train.seed, else the experiment's (hashed as one value, so
+    setting train.seed to the experiment's seed changes nothing)."""
+    return cfg.seed if model_cfg.train.seed is None else model_cfg.train.seed
 
 
 def config_hash(components: dict) -> str:

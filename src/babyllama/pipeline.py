@@ -140,9 +140,14 @@ def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[
     return roots, _dependents(stages, roots)
 
 
-def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; print times per stage and the final table."""
+def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; print times per stage and the final table.
+
+    ``only`` restricts the run to the named stages (e.g. a sweep preparing the data and shared teachers).
+    """
     stages = plan(cfg)
+    if only is not None:
+        stages = [s for s in stages if s.name in only]
     forced, redo = _expand_force(stages, force or [])
     distributed.init(training_device())  # under torchrun: join the group before any barrier
     state_path = cfg.out / STATE_FILE
@@ -155,7 +160,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
             timings[stage.name] = 0.0
             continue
         timings[stage.name] = _run_stage(stage, state_path, main)
-    return _print_summary(cfg, timings) if main else {}
+    return _print_summary(cfg, timings) if main and only is None else {}
 
 
 def _skip_or_start(stage: Stage, state_path: Path, forced: bool, redo: bool) -> bool:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from babyllama import identity
+from babyllama import identity, threads
 from babyllama.config import Config, ModelConfig, TrainConfig
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import (
@@ -168,7 +168,7 @@ def plan_run(cfg: Config, model_cfg: ModelConfig, objective: Objective, mode: Wi
     manifest = read_manifest(cfg.data_dir)
     data_hash = identity.data_identity(cfg.data_dir)
     train_tokens, dev_tokens = load_tokens(cfg.data_dir, "train"), load_tokens(cfg.data_dir, "dev")
-    stream = WindowStream(len(train_tokens), seq_len, cfg.seed, mode)
+    stream = WindowStream(len(train_tokens), seq_len, identity.model_seed(cfg, model_cfg), mode)
     if stream.n_windows < global_batch:
         raise UserError(
             f"model {model_cfg.name!r}: the train split has {stream.n_windows} windows of {seq_len} tokens, fewer than one "
@@ -242,7 +242,7 @@ def build_optimisation(run: RunPlan, objective: Objective, state: ckpt.TrainingS
     states are restored last, so nothing here shifts the random streams of a fresh or a resumed run.
     """
     tcfg, device = run.train, run.device
-    torch.manual_seed(run.cfg.seed)
+    torch.manual_seed(identity.model_seed(run.cfg, run.model_cfg))
     model = build_model(run.model_cfg, run.manifest["vocab_size"], run.manifest["special_tokens"]).to(device)
     if last_dir is not None:
         ckpt.load_weights(model, last_dir)
@@ -474,6 +474,7 @@ def publish(run: RunPlan, model: torch.nn.Module, objective: Objective, state: c
         "words_seen": tokens * run.words_per_token,
         "epochs_seen": run.total_steps * run.global_batch / run.stream.n_windows,
         "params": count_parameters(model),
+        "threads": threads.describe(),
     }
     ck_dir = run.ck_dir
     best_dir = ckpt.find(ck_dir / "best")

@@ -25,6 +25,7 @@ from babyllama import identity
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json
+from babyllama.roles import EVALUATE, PREPARE, REPORT, Role, members
 from babyllama.runtime import training_device
 from babyllama.train import distributed
 
@@ -89,32 +90,28 @@ def plan(cfg: Config) -> list[Stage]:
         # Includes the teachers' weight hashes, so a retrained teacher redoes the student.
         return identity.training_identity(cfg, cfg.student, distillation_fingerprint(cfg), cfg.student_windows)
 
-    stages = [Stage("prepare", lambda: prepare(cfg), lambda: identity.data_identity(cfg.data_dir), [cfg.data_dir],
+    stages = [Stage(PREPARE, lambda: prepare(cfg), lambda: identity.data_identity(cfg.data_dir), [cfg.data_dir],
                     main_only=True, skip=Skip.BY_ITSELF)]
-    teacher_stages = []
-    for t in cfg.teachers:
-        teacher_stages.append(f"teacher:{t.name}")
-        stages.append(Stage(f"teacher:{t.name}", lambda n=t.name: train_model(cfg, n), lm_id(t.name),
-                            [cfg.model_dir(t.name), cfg.checkpoint_dir(t.name)], deps=["prepare"]))
-    stages.append(Stage("distill", lambda: distill_student(cfg), distill_id,
-                        [cfg.model_dir(cfg.student.name), cfg.checkpoint_dir(cfg.student.name)],
-                        deps=["prepare", *teacher_stages]))
-    if cfg.control:
-        stages.append(Stage("control", lambda: train_model(cfg, cfg.control_name), lm_id(cfg.control_name),
-                            [cfg.model_dir(cfg.control_name), cfg.checkpoint_dir(cfg.control_name)], deps=["prepare"]))
-    trained = [s for s in stages if s.name != "prepare"]
+    team = members(cfg)
+    teacher_stages = [m.stage for m in team if m.role is Role.TEACHER]
+    for m in team:  # one training stage per model, in the order roles.members gives
+        if m.role is Role.STUDENT:
+            run, fingerprint, deps = (lambda: distill_student(cfg)), distill_id, [PREPARE, *teacher_stages]
+        else:
+            run, fingerprint, deps = (lambda n=m.name: train_model(cfg, n)), lm_id(m.name), [PREPARE]
+        stages.append(Stage(m.stage, run, fingerprint, [cfg.model_dir(m.name), cfg.checkpoint_dir(m.name)], deps=deps))
+    trained = stages[1:]
 
     def model_ids() -> dict[str, str]:
-        names = [*(t.name for t in cfg.teachers), cfg.student.name, *([cfg.control_name] if cfg.control else [])]
-        return dict(zip(names, (s.fingerprint() for s in trained), strict=True))
+        return {m.name: s.fingerprint() for m, s in zip(team, trained, strict=True)}
 
     @cache
     def eval_id() -> str:
         return identity.evaluation_identity(model_ids(), cfg.eval)
 
-    stages.append(Stage("evaluate", lambda: evaluate_all(cfg, model_ids()), eval_id, [cfg.out / "eval"],
+    stages.append(Stage(EVALUATE, lambda: evaluate_all(cfg, model_ids()), eval_id, [cfg.out / "eval"],
                         deps=[s.name for s in trained], main_only=True, skip=Skip.UNCHANGED_KEEP_OUTPUTS))
-    stages.append(Stage("report", lambda: _report(cfg), eval_id, [], deps=["evaluate"], main_only=True, skip=Skip.NEVER))
+    stages.append(Stage(REPORT, lambda: _report(cfg), eval_id, [], deps=[EVALUATE], main_only=True, skip=Skip.NEVER))
     return stages
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from babyllama import threads
-from babyllama.config import Config, load_config
+from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.protocols import implied_settings
 from babyllama.evaluate.registry import headline_scores, jobs
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.roles import Role, members, stage_order
 
 # -- gathering -----------------------------------------------------------------------------------------
 
@@ -67,15 +68,6 @@ def saved_parameter_count(model_dir: Path) -> int | None:
     return total
 
 
-def _roles(cfg: Config) -> dict[str, str]:
-    roles = {t.name: "teacher" for t in cfg.teachers}
-    if cfg.student is not None:
-        roles[cfg.student.name] = "distilled student"
-        if cfg.control:
-            roles[cfg.control_name] = "control (no distillation)"
-    return roles
-
-
 def summarize(out_dir: Path) -> dict[str, Any]:
     """Collect every figure the report shows into one JSON-able dict."""
     out_dir = Path(out_dir)
@@ -83,7 +75,8 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
     models = []
-    for name, role in _roles(cfg).items():
+    for member in members(cfg):
+        name = member.name
         model_dir = cfg.model_dir(name)
         metrics = _read_jsonl(model_dir / "metrics.jsonl")
         train_rows = [r for r in metrics if "loss" in r]
@@ -98,7 +91,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         scores = headline_scores(cfg, ev, _read_json_or_none)
         models.append({
             "name": name,
-            "role": role,
+            "role": member.role.value,
             "trained": (model_dir / "config.json").exists(),
             "parameters": saved_parameter_count(model_dir) if model_dir.exists() else None,
             "tokens_seen": last.get("tokens_seen"),
@@ -126,7 +119,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "models": models,
         "verdict": verdict(models),
         "approximations": approximations(models, out_dir),
-        "stages": {k: v.get("seconds") for k, v in sorted(state.items(), key=_stage_order) if isinstance(v, dict)},
+        "stages": _stage_seconds(state, stage_order(cfg)),
         "ledger": manifest.get("ledger"),
         "environment": environment(),
     }
@@ -176,8 +169,9 @@ def _teacher_line(cache: dict[str, Any] | None, out_dir: Path) -> str | None:
 
 def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     """The cost of every approximation behind the student-control comparison, in plain sentences."""
-    student = next((m for m in models if m["role"] == "distilled student" and m["training"]), None)
-    control = next((m for m in models if m["role"].startswith("control") and m["training"]), None)
+    student = _with_role(models, Role.STUDENT)
+    control = _with_role(models, Role.CONTROL)
+    student, control = (m if m and m["training"] else None for m in (student, control))
     lines = []
     if student:
         line = _teacher_line(student["training"].get("teacher_cache"), out_dir)
@@ -187,11 +181,16 @@ def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     return lines
 
 
-def _stage_order(item: tuple[str, Any]) -> tuple[int, str]:
-    """Pipeline order: prepare, teachers, distill, control, evaluate, report."""
-    name = item[0]
-    rank = {"prepare": 0, "distill": 2, "control": 3, "evaluate": 4, "report": 5}.get(name, 1)
-    return rank, name
+def _stage_seconds(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
+    """Seconds per recorded stage, in the pipeline's order (stages it no longer plans last, by name)."""
+    rank = {name: i for i, name in enumerate(order)}
+    names = sorted((k for k, v in state.items() if isinstance(v, dict)), key=lambda k: (rank.get(k, len(order)), k))
+    return {k: state[k].get("seconds") for k in names}
+
+
+def _with_role(models: list[dict[str, Any]], role: Role) -> dict[str, Any] | None:
+    """The first model summary of ``role`` (the student and the control are one each)."""
+    return next((m for m in models if m["role"] == role.value), None)
 
 
 def environment() -> dict[str, Any]:
@@ -226,7 +225,7 @@ def _blimp_macro(result: dict[str, Any] | None) -> float | None:
 
 def verdict(models: list[dict[str, Any]]) -> list[str]:
     """Plain sentences comparing the distilled student with the control and each teacher, signs included."""
-    student = next((m for m in models if m["role"] == "distilled student"), None)
+    student = _with_role(models, Role.STUDENT)
     if student is None or student["dev_ce"] is None:
         return ["The distilled student has not been trained and evaluated yet: no comparison possible."]
     lines = []
@@ -242,8 +241,8 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
             word = "higher" if d_b > 0 else ("equal" if d_b == 0 else "LOWER")
             text += f" BLiMP macro accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
         lines.append(text)
-    control = next((m for m in others if m["role"].startswith("control")), None)
-    teachers = [m for m in others if m["role"] == "teacher"]
+    control = _with_role(others, Role.CONTROL)
+    teachers = [m for m in others if m["role"] == Role.TEACHER.value]
     if control and teachers:
         gap = control["dev_ce"] - min(t["dev_ce"] for t in teachers)
         if gap > 0:
@@ -349,7 +348,7 @@ def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
         ax.grid(alpha=0.3)
         save(fig, "loss_curves")
 
-    student = next((m for m in summary["models"] if m["role"] == "distilled student"), None)
+    student = _with_role(summary["models"], Role.STUDENT)
     if student and any(ce is not None for _, _, ce, _ in student["curves"]["train"]):
         fig, ax = plt.subplots(figsize=(8, 4))
         rows = [(t, ce, kd) for t, _, ce, kd in student["curves"]["train"] if t is not None and ce is not None]

@@ -1,0 +1,45 @@
+"""Who is who in an experiment: every model's role and the stage that trains it, in pipeline order.
+
+`babyllama run` plans its stages from these (prepare → a stage per model → evaluate → report) and the
+report reads roles and stage order from here too, so neither repeats the other's list or matches
+role names as strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from babyllama.config import Config
+
+PREPARE, EVALUATE, REPORT = "prepare", "evaluate", "report"
+
+
+class Role(Enum):
+    """A model's part in the experiment; the value is how the report names it."""
+
+    TEACHER = "teacher"
+    STUDENT = "distilled student"
+    CONTROL = "control (no distillation)"
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str  # the model's folder name under <out_dir>/models/
+    role: Role
+    stage: str  # the `run` stage that trains it
+
+
+def members(cfg: Config) -> list[Member]:
+    """Every model of ``cfg`` in training order: the teachers, the student, then the control (if enabled)."""
+    out = [Member(t.name, Role.TEACHER, f"teacher:{t.name}") for t in cfg.teachers]
+    if cfg.student is not None:
+        out.append(Member(cfg.student.name, Role.STUDENT, "distill"))
+        if cfg.control:
+            out.append(Member(cfg.control_name, Role.CONTROL, "control"))
+    return out
+
+
+def stage_order(cfg: Config) -> list[str]:
+    """The names of `run`'s stages, in the order it runs them."""
+    return [PREPARE, *(m.stage for m in members(cfg)), EVALUATE, REPORT]

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from babyllama import threads  # first: the thread policy must be in place before anything imports torch
 from babyllama.errors import UserError
 
 
@@ -349,7 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--docs", action="store_true", help="print every key with its type, default and meaning")
     p.set_defaults(func=cmd_config)
+    _add_threads_flag(parser)
     return parser
+
+
+def _add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` on every command (each leaf of the verb tree)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    children = {id(c): c for s in subs for c in s.choices.values()}  # an alias maps to the same parser
+    for child in children.values():
+        _add_threads_flag(child)
+    if not subs:
+        parser.add_argument("--threads", type=_thread_count, default=None, metavar="N",
+                            help=f"CPU threads for torch (default: the CPUs this process may use; env {threads.ENV_VAR})")
+
+
+def _thread_count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _quiet_libraries() -> None:
@@ -365,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
+        threads.apply(args.threads, log=args.verb != "config")
         args.func(args)
     except UserError as e:
         print(f"babyllama: error: {e}", file=sys.stderr)

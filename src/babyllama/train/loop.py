@@ -36,6 +36,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_cosine_schedule_with_warmup
 
+from babyllama import threads
 from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import (
@@ -405,6 +406,7 @@ def fit(
             "words_seen": total_steps * global_batch * seq_len * wpt,
             "epochs_seen": total_steps * global_batch / stream.n_windows,
             "params": count_parameters(model),
+            "threads": threads.describe(),
         }
         _publish(ck_dir, cfg.model_dir(model_cfg.name), summary)
     dist.barrier()

@@ -138,8 +138,15 @@ class TokenizerConfig(Section):
 
 
 class CacheConfig(Section):
-    enabled: bool = Field(False, description="Read teacher logits from a precomputed top-k cache instead of running the teachers.")
-    top_k: int = Field(64, ge=1, description="Ensemble logits kept per position (plus what the KD term needs for the tail).")
+    enabled: bool = Field(False, description="Read the teachers' ensemble from a precomputed cache instead of running the teachers.")
+    mode: Literal["sample", "top_k"] = Field(
+        "sample",
+        description="'sample': per position, `samples` tokens drawn from the tempered ensemble (ids + counts): the forward-KL "
+        "gradient is unbiased (forward_kl only); 'top_k': the top_k log-probs + one tail bucket, a lower bound of the "
+        "KD that loses the tail's shape (any divergence).",
+    )
+    samples: int = Field(64, ge=1, le=65535, description="Draws per position in 'sample' mode (3 bytes each + 4 per position).")
+    top_k: int = Field(64, ge=1, description="Ensemble log-probs kept per position in 'top_k' mode (4 bytes each + 4 for the tail).")
 
 
 class DistillConfig(Section):
@@ -165,6 +172,13 @@ class DistillConfig(Section):
         if v is not None and (not v or any(w < 0 for w in v) or sum(v) <= 0):
             raise ValueError("must be a non-empty list of non-negative numbers with a positive sum")
         return v
+
+    @model_validator(mode="after")
+    def _cache_supports_divergence(self) -> DistillConfig:
+        if self.cache.enabled and self.cache.mode == "sample" and self.divergence != "forward_kl":
+            raise ValueError(f"divergence {self.divergence!r} cannot be estimated from sampled tokens (the 'sample' cache "
+                             "is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")
+        return self
 
 
 class FinetuneConfig(Section):

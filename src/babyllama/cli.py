@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from babyllama import threads  # first: the thread policy must be in place before anything imports torch
 from babyllama.errors import UserError
 
 
@@ -156,6 +157,51 @@ def cmd_run(args: argparse.Namespace) -> None:
     run_pipeline(_load(args), force=args.force or [])
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from babyllama import sweep
+    from babyllama.train.distributed import is_main_process
+
+    cfg = _load(args)
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"sweep --seeds {args.seeds}: expected at least 1")
+    if args.jobs < 1:
+        raise UserError(f"sweep --jobs {args.jobs}: expected at least 1")
+    n_seeds = args.seeds or cfg.sweep.seeds
+    members = sweep.members(cfg, n_seeds)
+    if args.plan:
+        path = sweep.write_plan(cfg, members)
+        for m in members:
+            print(f"{m.index}\t{m.name}\t{m.label}\tseed {m.seed}")
+        print(f"wrote {path}: {len(members)} members (run one with --member I, I = 0..{len(members) - 1})")
+        return
+    if args.member is not None:
+        if not 0 <= args.member < len(members):
+            raise UserError(f"sweep --member {args.member}: this sweep has members 0..{len(members) - 1} (see --plan)")
+        sweep.run_member(cfg, members[args.member], len(members))
+        return
+    if not args.collect:
+        if is_main_process():
+            sweep.write_plan(cfg, members)
+        if args.jobs > 1:
+            sweep.run_parallel(cfg, members, args.jobs, sweep.cli_command(args.config, args.overrides, n_seeds))
+        else:
+            for m in members:
+                sweep.run_member(cfg, m, len(members))
+    if is_main_process():
+        from babyllama.sweep_report import collect, comparison_rows, markdown_table
+
+        result = collect(cfg, members)
+        print()
+        print(markdown_table(*comparison_rows(result)))
+        print()
+        for line in result["verdict"] + result["conditions"]:
+            print(f"- {line}")
+        if result["missing"]:
+            print(f"\nNot finished yet: {', '.join(result['missing'])}")
+        out = sweep.sweep_dir(cfg)
+        print(f"\nSweep: {out / 'sweep.json'}, {out / 'report.md'} and {out / 'report.html'}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from babyllama.report import build_report
 
@@ -276,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", metavar="STAGE", help="redo this stage and everything after it (repeatable)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("sweep", help="seeds and ablations of one config, with confidence intervals")
+    _add_config_args(p)
+    p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: sweep.seeds, 3)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--plan", action="store_true", help="write <out_dir>/sweep/plan.json and list the members")
+    what.add_argument("--member", type=int, metavar="I", help="run member I only (e.g. one task of a scheduler's array)")
+    what.add_argument("--collect", action="store_true", help="only aggregate the finished members")
+    p.add_argument("--jobs", type=int, default=1, metavar="K", help="run K members at a time as local processes")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("report", help="rebuild report.md / report.html from what is on disk")
     p.add_argument("out_dir", help="an experiment's out_dir")
     p.set_defaults(func=cmd_report)
@@ -294,7 +350,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--docs", action="store_true", help="print every key with its type, default and meaning")
     p.set_defaults(func=cmd_config)
+    _add_threads_flag(parser)
     return parser
+
+
+def _add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` on every command (each leaf of the verb tree)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    children = {id(c): c for s in subs for c in s.choices.values()}  # an alias maps to the same parser
+    for child in children.values():
+        _add_threads_flag(child)
+    if not subs:
+        parser.add_argument("--threads", type=_thread_count, default=None, metavar="N",
+                            help=f"CPU threads for torch (default: the CPUs this process may use; env {threads.ENV_VAR})")
+
+
+def _thread_count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _quiet_libraries() -> None:
@@ -310,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:
+        threads.apply(args.threads, log=args.verb != "config")
         args.func(args)
     except UserError as e:
         print(f"babyllama: error: {e}", file=sys.stderr)

@@ -53,6 +53,16 @@ class TrainConfig(Section):
         "auto", description="'auto': bf16 autocast on a GPU that supports it (else fp16 with a scaler), fp32 on CPU."
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    fused_loss: bool = Field(
+        False,
+        description="LM objective (teachers, control): cross-entropy fused with the output projection, a chunk of "
+        "positions at a time, never materialising the full logits (same loss and gradients up to rounding; "
+        "benchmarks/bench_train.py measures it). Distillation chunks its own loss already.",
+    )
+    seed: int | None = Field(
+        None, description="This model's own seed (initialisation, window order); null = the experiment's seed. "
+        "`babyllama sweep` sets it per member, so the prepared data and shared teachers stay the same."
+    )
     save_at_words: list[float] = Field(
         default_factory=list,
         description="Keep a Hugging Face model folder when training passes each of these word counts (e.g. [1e6, 2e6]), "
@@ -140,8 +150,15 @@ class TokenizerConfig(Section):
 
 
 class CacheConfig(Section):
-    enabled: bool = Field(False, description="Read teacher logits from a precomputed top-k cache instead of running the teachers.")
-    top_k: int = Field(64, ge=1, description="Ensemble logits kept per position (plus what the KD term needs for the tail).")
+    enabled: bool = Field(False, description="Read the teachers' ensemble from a precomputed cache instead of running the teachers.")
+    mode: Literal["sample", "top_k"] = Field(
+        "sample",
+        description="'sample': per position, `samples` tokens drawn from the tempered ensemble (ids + counts): the forward-KL "
+        "gradient is unbiased (forward_kl only); 'top_k': the top_k log-probs + one tail bucket, a lower bound of the "
+        "KD that loses the tail's shape (any divergence).",
+    )
+    samples: int = Field(64, ge=1, le=65535, description="Draws per position in 'sample' mode (3 bytes each + 4 per position).")
+    top_k: int = Field(64, ge=1, description="Ensemble log-probs kept per position in 'top_k' mode (4 bytes each + 4 for the tail).")
 
 
 class DistillConfig(Section):
@@ -167,6 +184,13 @@ class DistillConfig(Section):
         if v is not None and (not v or any(w < 0 for w in v) or sum(v) <= 0):
             raise ValueError("must be a non-empty list of non-negative numbers with a positive sum")
         return v
+
+    @model_validator(mode="after")
+    def _cache_supports_divergence(self) -> DistillConfig:
+        if self.cache.enabled and self.cache.mode == "sample" and self.divergence != "forward_kl":
+            raise ValueError(f"divergence {self.divergence!r} cannot be estimated from sampled tokens (the 'sample' cache "
+                             "is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")
+        return self
 
 
 class FinetuneConfig(Section):
@@ -265,6 +289,37 @@ class EvalConfig(Section):
         return self.finetune_defaults.model_copy(update=own.model_dump(exclude_unset=True))
 
 
+class SweepConfig(Section):
+    """`babyllama sweep`: seeds and ablation axes around this config (each member is an ordinary run)."""
+
+    seeds: int = Field(3, ge=1, description="Seeds per member (experiment seed, +1, +2 ...) unless --seeds says otherwise.")
+    teacher_seeds: Literal["shared", "per_seed"] = Field(
+        "shared", description="'shared': the teachers are trained once, with the experiment's seed; 'per_seed': "
+        "each seed trains its own teachers."
+    )
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Ablation axes: dotted key -> values (e.g. {distill.alpha: [0.5, 0.9]}; 'teachers.*.train.epochs' "
+        "sets every teacher). Keys under distill, student, teachers or control. Every combination is a member.",
+    )
+    teacher_subsets: list[list[str]] = Field(
+        default_factory=list,
+        description="Further teacher sets to distil from besides the whole ensemble, e.g. [[llama-teacher], [gpt2-teacher]].",
+    )
+    bootstrap: int = Field(2000, ge=100, description="Replicates of the BLiMP item bootstrap.")
+
+    @field_validator("grid")
+    @classmethod
+    def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in v.items():
+            if key.split(".")[0] not in ("distill", "student", "teachers", "control"):
+                raise ValueError(f"axis {key!r}: only keys under distill, student, teachers or control can vary "
+                                 "(the prepared data and evaluation are shared by every member)")
+            if not values:
+                raise ValueError(f"axis {key!r} has no values")
+        return v
+
+
 class LoggingConfig(Section):
     tensorboard: bool = Field(False, description="Also write TensorBoard event files (needs the tensorboard package).")
     wandb: bool = Field(False, description="Also log to Weights & Biases (needs wandb; offline unless configured).")
@@ -285,6 +340,7 @@ class Config(Section):
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation loss and cache.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Progress and experiment trackers.")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="Seeds and ablations of `babyllama sweep`.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -299,6 +355,12 @@ class Config(Section):
                 )
         if self.distill.weights is not None and len(self.distill.weights) != len(self.teachers):
             raise ValueError(f"distill.weights has {len(self.distill.weights)} entries for {len(self.teachers)} teachers")
+        teachers = {t.name for t in self.teachers}
+        for subset in self.sweep.teacher_subsets:
+            unknown = [n for n in subset if n not in teachers]
+            if unknown or not subset:
+                raise ValueError(f"sweep.teacher_subsets: {subset} must name teachers of this config "
+                                 f"({', '.join(sorted(teachers)) or 'none'})")
         return self
 
     # -- derived names and paths (the output contract) -------------------------------------------------

@@ -123,9 +123,14 @@ def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[
     return roots, _dependents(stages, roots)
 
 
-def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; print times per stage and the final table."""
+def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; print times per stage and the final table.
+
+    ``only`` restricts the run to the named stages (e.g. a sweep preparing the data and shared teachers).
+    """
     stages = plan(cfg)
+    if only is not None:
+        stages = [s for s in stages if s.name in only]
     forced, redo = _expand_force(stages, force or [])
     distributed.init(distributed.training_device())  # under torchrun: join the group before any barrier
     state_path = cfg.out / STATE_FILE
@@ -176,7 +181,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
             _write_state(state_path, state)
             print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
 
-    if main:
+    if main and only is None:
         from babyllama.report import comparison_table, summarize
 
         summary = summarize(cfg.out)
@@ -189,6 +194,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
         print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
         return summary
     return {}
+
 
 
 def _read_state(path: Path) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from babyllama import threads
 from babyllama.config import Config, load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.protocols import implied_settings
@@ -125,7 +126,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
         "models": models,
         "verdict": verdict(models),
-        "approximations": approximations(models),
+        "approximations": approximations(models, out_dir),
         "stages": {k: v.get("seconds") for k, v in sorted(state.items(), key=_stage_order) if isinstance(v, dict)},
         "ledger": manifest.get("ledger"),
         "environment": environment(),
@@ -152,11 +153,36 @@ def _data_stream_line(student: dict[str, Any], control: dict[str, Any]) -> str:
             "may come from the data; retrain the control (`babyllama run --force control`).")
 
 
-def approximations(models: list[dict[str, Any]]) -> list[str]:
+def _teacher_line(cache: dict[str, Any] | None, out_dir: Path) -> str | None:
+    if not cache:
+        return None
+    if not cache.get("enabled"):
+        return "Teachers: live (the exact ensemble at every step; no cached approximation)."
+    from babyllama.distill.cache import fidelity
+
+    fid = fidelity(out_dir / "cache" / str(cache.get("key")))
+    if cache.get("mode") == "sample":
+        text = (f"Teachers: the `sample` cache, {cache.get('samples')} tokens drawn per position from the tempered "
+                "ensemble; the forward-KL gradient is unbiased, its sampling noise is the cost")
+        if "sampled_mass" in fid:
+            text += (f" (the draws hit {fid['distinct']:.1f} distinct tokens per position, holding "
+                     f"{100 * fid['sampled_mass']:.1f}% of the ensemble's mass)")
+        return text + "."
+    text = (f"Teachers: the `top_k` cache, k = {cache.get('top_k')} plus one tail bucket; the KD is a lower bound "
+            "and the tail's shape is not taught")
+    if "topk_mass" in fid:
+        text += f" (the top-k hold {100 * fid['topk_mass']:.1f}% of the tempered ensemble's mass)"
+    return text + "."
+
+
+def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     """The cost of every approximation behind the student-control comparison, in plain sentences."""
     student = next((m for m in models if m["role"] == "distilled student" and m["training"]), None)
     control = next((m for m in models if m["role"].startswith("control") and m["training"]), None)
     lines = []
+    if student:
+        line = _teacher_line(student["training"].get("teacher_cache"), out_dir)
+        lines += [line] if line else []
     if student and control:
         lines.append(_data_stream_line(student, control))
     return lines
@@ -181,7 +207,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = None
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                           "packages": versions}
+                           "packages": versions, "threads": threads.describe()}
     try:
         import torch
 
@@ -429,10 +455,21 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         blocks.append(("Word-budget ledger (training words)", "table", (["source", "words"], rows)))
     env = summary["environment"]
     env_rows = [["python", env["python"]], ["platform", env["platform"]], ["cpu", f"{env['cpu']} ({env['cpu_count']} cores)"],
-                ["gpus", ", ".join(env["gpus"]) or "none"]]
+                ["gpus", ", ".join(env["gpus"]) or "none"], ["CPU threads", _threads_cell(env.get("threads"))]]
     env_rows += [[k, v or "–"] for k, v in env["packages"].items()]
     blocks.append(("Environment", "table", (["what", "value"], env_rows)))
     return blocks
+
+
+def _threads_cell(t: dict | None) -> str:
+    """The thread policy in one cell (summaries written before it was recorded have none)."""
+    if not t:
+        return "–"
+    if "threads" not in t:
+        return f"{t.get('torch_threads', '?')} ({t['source']})"
+    return (f"{t['threads']} ({t['source']}; {t['affinity_cpus']} CPUs usable"
+            f"{', quota ' + format(t['quota_cpus'], 'g') if t.get('quota_cpus') else ''}), "
+            f"OMP_WAIT_POLICY={t['wait_policy']}")
 
 
 def render_markdown(summary: dict[str, Any], plots: dict[str, Path], out_dir: Path) -> str:

@@ -44,7 +44,8 @@ Result JSON (what ``babyllama evaluate blimp --out`` writes; the report stage re
      "macro_phenomena": float,           # unweighted mean over phenomena
      "aggregation": "phenomena"|"paradigms", "headline": float,   # the macro the protocol reports
      "accuracy": float,                  # pooled over all pairs
-     "n_pairs": int, "ties": int}
+     "n_pairs": int, "ties": int,
+     "items": {linguistics_term: "0110..."}}  # per pair, in data order: 1 = correct (paired bootstraps)
 
 Accuracies are fractions in [0, 1].
 """
@@ -245,9 +246,11 @@ def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties_corre
     """Accuracies per paradigm, phenomenon and field, their macro means, and pooled totals."""
     groups: dict[str, dict[str, list[int]]] = {"paradigms": {}, "phenomena": {}, "fields": {}}
     total = [0, 0, 0]  # correct, n, ties
+    items: dict[str, list[str]] = {}
     for p, g, b in zip(pairs, good, bad, strict=True):
         tie = g == b
         ok = g > b or (tie and ties_correct)
+        items.setdefault(p.phenomenon, []).append("1" if ok else "0")
         for kind, name in (("paradigms", p.paradigm), ("phenomena", p.phenomenon), ("fields", p.field)):
             if name is None:
                 continue
@@ -265,6 +268,7 @@ def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties_corre
     out["accuracy"] = total[0] / total[1] if total[1] else 0.0
     out["n_pairs"] = total[1]
     out["ties"] = total[2]
+    out["items"] = {k: "".join(v) for k, v in sorted(items.items())}
     return out
 
 

@@ -7,6 +7,7 @@ metrics in ``model-index`` carrying their protocol in ``args``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -180,15 +181,28 @@ def _environment(rec: ModelRecord) -> list[str]:
 
 
 def _usage(rec: ModelRecord, gguf_files: list[str]) -> list[str]:
-    lines = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")',
-             'tok = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```"]
-    if gguf_files:
-        lines += ["", "GGUF (llama.cpp and everything built on it):", "", "```bash",
-                  f"llama-cli -m {gguf_files[0]} -p \"The child\" -n 32", "```", "",
-                  "The tokenizer normalises text with NFKC and adds a leading space before the first word; llama.cpp's "
-                  "BPE tokenizer does neither, so start prompts with a space for tokens identical to `transformers`."]
-    return lines
+    if not gguf_files:
+        return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")',
+                'tok = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```"]
+    return ["With llama.cpp (or anything built on it):", "", "```bash",
+            f"llama-cli -m {gguf_files[0]} -p \" The child\" -n 32", "```",
+            *_tokenizer_note(rec)]
+
+
+def _tokenizer_note(rec: ModelRecord) -> list[str]:
+    """What our tokenizer does to text that llama.cpp's BPE tokenizer does not (read from tokenizer.json)."""
+    path = rec.model_dir / "tokenizer.json"
+    tj = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    steps = []
+    if norm := (tj.get("normalizer") or {}).get("type"):
+        steps.append(f"normalises text ({norm})")
+    if (tj.get("pre_tokenizer") or {}).get("add_prefix_space"):
+        steps.append("puts a space before the first word")
+    if not steps:
+        return []
+    return ["", f"The Hugging Face tokenizer {' and '.join(steps)}; llama.cpp's BPE tokenizer does not, so start "
+                "prompts with a space for the tokens the model was trained on."]
 
 
 def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: list[str] | None = None,

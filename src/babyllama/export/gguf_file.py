@@ -22,7 +22,7 @@ from typing import Any
 
 import gguf
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.torch import load_file
 
 from babyllama.errors import UserError
 from babyllama.export.record import ModelRecord
@@ -133,7 +133,7 @@ def _tensors(rec: ModelRecord) -> dict[str, np.ndarray]:
         for name, t in load_file(str(f)).items():
             if name.endswith((".attn.bias", ".attn.masked_bias")) or ("rotary_emb" in name):
                 continue  # buffers, not weights
-            data = t.astype(np.float32)
+            data = t.float().numpy()
             if rec.arch == "gpt2" and name.endswith(GPT2_CONV1D):
                 data = np.ascontiguousarray(data.T)
             elif rec.arch == "llama" and name.endswith("q_proj.weight"):

@@ -37,6 +37,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_cosine_schedule_with_warmup
 
+from babyllama import threads
 from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import (
@@ -206,7 +207,7 @@ def fit(
     data_hash = ckpt.data_hash(cfg)
     tok_dir = cfg.data_dir / manifest["tokenizer"]
     train_tokens, dev_tokens = load_tokens(cfg.data_dir, "train"), load_tokens(cfg.data_dir, "dev")
-    stream = WindowStream(len(train_tokens), seq_len, cfg.seed, mode)
+    stream = WindowStream(len(train_tokens), seq_len, ckpt.model_seed(cfg, model_cfg), mode)
     if stream.n_windows < global_batch:
         raise UserError(
             f"model {model_cfg.name!r}: the train split has {stream.n_windows} windows of {seq_len} tokens, fewer than one "
@@ -238,7 +239,7 @@ def fit(
         raise UserError(f"nothing to resume for model {model_cfg.name!r}: no checkpoint in {ck_dir / 'last'}")
 
     # model, optimiser, schedule
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ckpt.model_seed(cfg, model_cfg))
     model = build_model(model_cfg, manifest["vocab_size"], manifest["special_tokens"]).to(device)
     if state is not None:
         ckpt.load_weights(model, last_dir)
@@ -409,6 +410,7 @@ def fit(
             "words_seen": total_steps * global_batch * seq_len * wpt,
             "epochs_seen": total_steps * global_batch / stream.n_windows,
             "params": count_parameters(model),
+            "threads": threads.describe(),
         }
         _publish(ck_dir, cfg.model_dir(model_cfg.name), summary)
     dist.barrier()

@@ -16,7 +16,6 @@ from safetensors import safe_open
 import babyllama
 from babyllama.export.record import ModelRecord
 
-
 ARCH_NAMES = {"llama": "LLaMA", "gpt2": "GPT-2"}
 
 

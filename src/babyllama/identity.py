@@ -20,8 +20,8 @@ from babyllama.data.tokens import read_manifest
 from babyllama.errors import UserError
 from babyllama.io import read_json, stable_hash
 
-#: Train keys that only change how often we log or save, not the weights: editable on resume.
-NON_OPTIMISING_KEYS = {"log_every", "save_every"}
+#: Train keys that do not change the weights (how often we log or save, which kernel): editable on resume.
+NON_OPTIMISING_KEYS = {"log_every", "save_every", "fused_loss"}  # fused_loss: same maths, other kernels
 #: Train keys added after runs were made, with the value that reproduces those runs: left out of the
 #: identity at that value, so a model trained before the key existed is still complete and resumable.
 ADDED_KEYS = {"schedule": "cosine", "min_lr_ratio": 0.0, "decay_fraction": 0.2}

@@ -17,7 +17,8 @@ distillation). What it does, in order:
   ``eval_every`` steps, at each epoch end and at the end, whatever the objective (so a distilled
   student's dev loss compares with its teachers' and the control's).
 * checkpoints: see babyllama.train.checkpoint. The final model is the best one by dev loss (as the
-  paper's ``load_best_model_at_end``); training_summary.json records how it was made.
+  paper's ``load_best_model_at_end``); training_summary.json records how it was made. ``save_at_words``
+  also keeps the model as it is when training passes each listed word count (checkpoints/<name>/at_words/).
 """
 
 from __future__ import annotations
@@ -373,6 +374,22 @@ def evaluate_and_save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState
         save(run, opt, state, done, None, False, wall(), on_checkpoint)
 
 
+AT_WORDS_DIR = "at_words"
+
+
+def save_at_words(run: RunPlan, model: torch.nn.Module, done: int) -> None:
+    """Rank 0: keep an HF model folder for every train.save_at_words count that step ``done`` passed
+    (learning curves; checkpoints/<name>/at_words/<words>/)."""
+    if not run.main:
+        return
+    before = (done - 1) * run.global_batch * run.seq_len * run.words_per_token
+    after = done * run.global_batch * run.seq_len * run.words_per_token
+    for words in run.train.save_at_words:
+        if before < words <= after:
+            ckpt.save_checkpoint(run.ck_dir / AT_WORDS_DIR / str(int(words)), model, run.tokenizer_dir, None,
+                                 {"step": done, "words_target": words, "words_seen": after})
+
+
 def save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, step: int, dev: float | None, improved: bool,
          wall_time_s: float, on_checkpoint: Callable[[Path, int], None] | None) -> None:
     """Save checkpoints/<name>/last (and best first, when ``improved``) on rank 0; every rank takes part."""
@@ -431,6 +448,7 @@ def fit(
         grad_norm = train_step(run, opt, objective, state, meter)
         done = state.step
         log.advance()
+        save_at_words(run, opt.model, done)
         if done % run.train.log_every == 0 or done == run.total_steps:
             log.log(log_line(run, opt, state, meter, grad_norm))
         evaluate_and_save(run, opt, state, log, done, wall, on_checkpoint)

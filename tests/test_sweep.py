@@ -79,7 +79,7 @@ def test_killed_sweep_resumes_and_reports_intervals(tmp_path: Path, tiny_cfg, ca
     assert blimp["bootstrap_ci"] is not None
     assert any(line.startswith("dev CE: The distilled student") for line in result["verdict"])
     report = (out / "sweep" / "report.md").read_text()
-    assert "| student - control | dev CE (nats/token) |" in report and "![forest plot](plots/forest.png)" in report
+    assert "| student - control | dev CE (nats/token) |" in report and "## Effect against the teacher-control gap" in report and "![forest plot](plots/forest.png)" in report
     assert "data:image/png;base64," in (out / "sweep" / "report.html").read_text()
     assert "95% interval (t over seeds)" in printed and str(out / "sweep" / "sweep.json") in printed
 
@@ -162,6 +162,8 @@ def test_per_seed_teachers_and_teacher_axes_train_each_teacher_config_once(tmp_p
     assert steps == {4, 6}
     result = _sweep_json(out)
     assert len(result["members"]) == 4 and result["conditions"]
+    gaps = {r["setting"]: r["teacher_gap"] for r in result["settings"]}
+    assert set(gaps) == {"default", "teachers.*.train.max_steps=4"} and gaps["default"] != gaps["teachers.*.train.max_steps=4"]
     assert any(c["name"] == "teachers.*.train.max_steps=4 - default (student)" for c in result["comparisons"])
 
 

@@ -53,6 +53,12 @@ class TrainConfig(Section):
         "auto", description="'auto': bf16 autocast on a GPU that supports it (else fp16 with a scaler), fp32 on CPU."
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    fused_loss: bool = Field(
+        False,
+        description="LM objective (teachers, control): cross-entropy fused with the output projection, a chunk of "
+        "positions at a time, never materialising the full logits (same loss and gradients up to rounding; "
+        "benchmarks/bench_train.py measures it). Distillation chunks its own loss already.",
+    )
     seed: int | None = Field(
         None, description="This model's own seed (initialisation, window order); null = the experiment's seed. "
         "`babyllama sweep` sets it per member, so the prepared data and shared teachers stay the same."

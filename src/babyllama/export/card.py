@@ -16,6 +16,8 @@ from safetensors import safe_open
 import babyllama
 from babyllama.export.record import ModelRecord
 
+ARCH_NAMES = {"llama": "LLaMA", "gpt2": "GPT-2"}
+
 
 def parameter_count(rec: ModelRecord) -> int:
     """Parameters as trained (training_summary), else counted from the safetensors headers."""
@@ -99,7 +101,7 @@ def _architecture(rec: ModelRecord) -> list[str]:
                 ("MLP width", c.get("n_inner") or 4 * int(c.get("n_embd", 0))), ("context", c.get("n_positions"))]
     else:
         rows = []
-    rows += [("vocabulary", c.get("vocab_size")), ("tied input/output embeddings", c.get("tie_word_embeddings")),
+    rows += [("vocabulary", c.get("vocab_size")), ("tied input/output embeddings", {True: "yes", False: "no"}.get(c.get("tie_word_embeddings"))),
              ("parameters", f"{parameter_count(rec):,}")]
     return ["| | |", "|---|---|", f"| class | `{(c.get('architectures') or ['?'])[0]}` |"] + [
         f"| {k} | {v} |" for k, v in rows if v is not None]
@@ -212,7 +214,7 @@ def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: l
     desc = (rec.training or {}).get("description")
     parts = ["---", yaml.safe_dump(fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {rec.name}", "",
-             f"A {rec.arch.upper() if rec.arch == 'gpt2' else rec.arch.capitalize()} causal language model "
+             f"A {ARCH_NAMES.get(rec.arch, rec.arch)} causal language model "
              f"({parameter_count(rec):,} parameters) trained with babyllama "
              f"(the Baby Llama ensemble-distillation recipe, Timiryasov & Tastet 2023): {rec.role}."
              + (f" Run record: \"{desc}\"." if desc else ""), "",

@@ -97,7 +97,7 @@ class Windows(torch.utils.data.Dataset):
 
 
 def trainer_stage(cfg: Config, stage: str, steps: int, warmup: int, out: Path) -> tuple[float, float]:
-    from transformers import Trainer, TrainerCallback, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
@@ -140,6 +140,7 @@ def trainer_stage(cfg: Config, stage: str, steps: int, warmup: int, out: Path) -
                                  temperature=cfg.distill.temperature, **data)
     else:
         trainer = Trainer(model=model, args=args, callbacks=[clock], **data)
+    trainer.remove_callback(PrinterCallback)  # its log dicts would interleave with our table
     clock.ends = [time.perf_counter()]
     trainer.train()
     trainer.evaluate()

@@ -1,8 +1,9 @@
 """The `babyllama` command: one verb per pipeline stage.
 
 Verbs parse their arguments here and call the stage's public function; stage modules are imported
-lazily so `babyllama --help` stays fast. A `UserError` anywhere becomes one line on stderr and exit
-status 2; anything else is a bug and keeps its traceback.
+lazily so `babyllama --help` stays fast. A `UserError` or an `OSError` anywhere becomes one line on
+stderr and exit status 2 (3 when a resource ran out: disk full, quota, memory); anything else is a bug and
+keeps its traceback. Commands that write into an out_dir hold its lock (babyllama.lock) while they run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from babyllama.errors import UserError
+from babyllama.errors import EXIT_RESOURCE, EXIT_USER, UserError, describe_os_error
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -27,15 +28,30 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
-    from babyllama.config import load_config, save_resolved
-
-    cfg = load_config(args.config, args.overrides)
+def _lock(args: argparse.Namespace, out: Path) -> None:
+    """Hold the out_dir lock until the command ends (rank 0 only: the other ranks are the same command)."""
+    from babyllama.lock import out_dir_lock
     from babyllama.train.distributed import is_main_process
 
     if is_main_process():
+        args.held.enter_context(out_dir_lock(out, " ".join(["babyllama", *args.argv])[:200]))
+
+
+def _load(args: argparse.Namespace):
+    from babyllama.config import load_config, save_resolved
+    from babyllama.train.distributed import is_main_process
+
+    cfg = load_config(args.config, args.overrides)
+    _lock(args, cfg.out)
+    if is_main_process():
         save_resolved(cfg)
     return cfg
+
+
+def _check_out_file(out: str | None) -> None:
+    """``--out FILE`` must name a file in a folder that exists or can be made (checked before the work)."""
+    if out and Path(out).is_dir():
+        raise UserError(f"--out {out}: is a folder, expected a file name (e.g. {Path(out) / 'result.json'})")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -61,6 +77,7 @@ def cmd_eval_blimp(args: argparse.Namespace) -> None:
     from babyllama.evaluate.blimp import evaluate_blimp, format_blimp_table
     from babyllama.io import atomic_write_json
 
+    _check_out_file(args.out)
     result = evaluate_blimp(
         args.model,
         args.data,
@@ -84,6 +101,7 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
         perplexity_for_config,
     )
 
+    _check_out_file(args.out)
     if args.model:
         if not args.config and not args.data_dir:
             raise UserError("evaluate perplexity --model DIR needs --data-dir <out_dir>/data or a CONFIG")
@@ -117,7 +135,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     except ValidationError as e:
         first = e.errors()[0]
         raise UserError(f"finetune: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    result = finetune_task(args.model, args.data, args.task, hp, out=args.out, device=args.device)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a file, expected a folder (for result.json, predictions.json, model/)")
+    result = finetune_task(args.model, args.data, args.task, hp, out=args.out, device=args.device, missing="error")
     print(json.dumps(result, indent=2))
 
 
@@ -137,6 +157,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from babyllama.report import build_report
 
+    if not Path(args.out_dir).is_dir():
+        raise UserError(f"{args.out_dir}: not an experiment folder (no such folder)")
+    _lock(args, Path(args.out_dir))
     paths = build_report(Path(args.out_dir))
     for p in paths:
         print(f"wrote {p}")
@@ -244,17 +267,31 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from contextlib import ExitStack
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     _quiet_libraries()
     try:
-        args.func(args)
+        with ExitStack() as held:  # the out_dir lock, released however the command ends
+            args.held = held
+            args.func(args)
     except UserError as e:
-        print(f"babyllama: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), EXIT_USER)
+    except OSError as e:
+        return _fail(*describe_os_error(e))
+    except MemoryError:
+        return _fail("out of memory; use smaller batches or models, or a machine with more memory", EXIT_RESOURCE)
     except KeyboardInterrupt:
         print("babyllama: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"babyllama: error: {message.replace(chr(10), ' ')}", file=sys.stderr)  # always one line
+    return code
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from babyllama.config import Config
 from babyllama.errors import UserError
+from babyllama.evaluate.formats import LOAD_ERRORS
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
 from babyllama.train.loop import resolve_precision
@@ -78,7 +79,10 @@ class TeacherEnsemble:
         models = []
         with quiet_transformers():  # one "Loading weights" bar per teacher is noise here
             for d in dirs:
-                m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+                try:
+                    m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+                except LOAD_ERRORS as e:
+                    raise UserError(f"teacher {d}: cannot be loaded ({str(e).splitlines()[0]}); train it again") from None
                 m.requires_grad_(False)
                 models.append(m.eval().to(device))
         return cls(models)

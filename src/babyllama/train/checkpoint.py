@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import read_manifest
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
-from babyllama.io import atomic_path, file_sha256, read_json, stable_hash
+from babyllama.io import atomic_path, file_sha256, read_json, remove_stale_temporaries, stable_hash  # noqa: F401
 
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "checkpoint.json"
@@ -178,13 +180,6 @@ def copy_checkpoint(src: Path, dest: Path, *, drop: tuple[str, ...] = (STATE_FIL
         _write_manifest(tmp, info)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete half-written ``.<name>.*.tmp`` folders that a killed save left behind (never a checkpoint)."""
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 # -- reading -----------------------------------------------------------------------------------------
 
 
@@ -226,7 +221,13 @@ def load_state(path: Path) -> dict:
     manifest = verify(path)
     if STATE_FILE not in manifest["files"]:
         raise UserError(f"checkpoint {path} holds no training state ({STATE_FILE}); delete it to start over")
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a file it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message would suggest turning weights_only off: never do that
+        raise UserError(f"checkpoint {path}: {STATE_FILE} holds objects other than tensors and numbers, refused "
+                        f"(only weights-only states are loaded); delete {path} to start over") from None
 
 
 def load_weights(model: torch.nn.Module, path: Path) -> None:

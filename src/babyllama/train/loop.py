@@ -318,6 +318,10 @@ def fit(
     loss_sum = torch.zeros((), device=device)
     extra_sums: dict[str, torch.Tensor] = {}
     grad_norm = torch.zeros(())
+    # Set on the device when a loss (or, without a GradScaler, which skips such steps itself, a gradient)
+    # is not finite; read where the loop syncs anyway, before anything is logged as good or saved.
+    diverged = torch.zeros((), dtype=torch.bool, device=device)
+    last_saved = start_step
     for step in range(start_step, total_steps):
         for micro in range(accum):
             batch = micro_batch(step, micro)
@@ -328,12 +332,15 @@ def fit(
                 scaled = loss / accum
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
             loss_sum += loss.detach().float()
+            diverged |= ~torch.isfinite(loss.detach())
             for k, v in extras.items():
                 v = torch.as_tensor(v, device=device).detach().float()
                 extra_sums[k] = extra_sums[k] + v if k in extra_sums else v
         if scaler is not None:
             scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip, foreach=True)
+        if scaler is None:
+            diverged |= ~torch.isfinite(grad_norm)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -346,6 +353,10 @@ def fit(
 
         samples = done * global_batch
         epoch_end = samples // stream.n_windows > step * global_batch // stream.n_windows
+        evaluate = (tcfg.eval_every and done % tcfg.eval_every == 0) or epoch_end or done == total_steps
+        saving = evaluate or (tcfg.save_every and done % tcfg.save_every == 0)
+        if done % tcfg.log_every == 0 or saving:
+            _stop_if_diverged(diverged, model_cfg.name, done, tcfg.lr, ck_dir, last_saved)
         if done % tcfg.log_every == 0 or done == total_steps:
             sums = torch.stack([loss_sum, *extra_sums.values()]) / (steps_in_log * accum * world)
             values = dist.all_reduce_sum(sums).tolist()
@@ -366,16 +377,20 @@ def fit(
             loss_sum.zero_()
             extra_sums.clear()
             t_log, steps_in_log = time.perf_counter(), 0
-        evaluate = (tcfg.eval_every and done % tcfg.eval_every == 0) or epoch_end or done == total_steps
         if evaluate:
             last_dev = dev_loss(model, dev_tokens, dev_indices, seq_len, bsz, device, dtype)
             improved = best_loss is None or last_dev < best_loss
             if improved:
                 best_loss, best_step = last_dev, done
             log.log({"step": done, "epoch": samples / stream.n_windows, "dev_loss": last_dev, "best_dev_loss": best_loss})
+            if not math.isfinite(last_dev):
+                diverged.fill_(True)
+                _stop_if_diverged(diverged, model_cfg.name, done, tcfg.lr, ck_dir, last_saved)
             save(done, last_dev, improved)
-        elif tcfg.save_every and done % tcfg.save_every == 0:
+            last_saved = done
+        elif saving:
             save(done, None, False)
+            last_saved = done
     log.close()
 
     if main:
@@ -399,6 +414,15 @@ def fit(
     if initialised_here:
         torch.distributed.destroy_process_group()
     return cfg.model_dir(model_cfg.name)
+
+
+def _stop_if_diverged(diverged: torch.Tensor, name: str, step: int, lr: float, ck_dir: Path, last_saved: int) -> None:
+    """UserError on every rank once any rank saw a non-finite loss: nothing NaN is saved or published."""
+    if dist.all_reduce_sum(diverged.float().reshape(1)).item() == 0:
+        return
+    kept = f"the last good checkpoint ({ck_dir / 'last'}, step {last_saved}) is kept" if last_saved else "no checkpoint was saved"
+    raise UserError(f"model {name!r}: the loss became NaN or infinite by step {step} (train.lr {lr:g} too high? "
+                    f"bad data?); training stopped, {kept} and no model was published")
 
 
 def _publish(ck_dir: Path, out: Path, summary: dict) -> None:

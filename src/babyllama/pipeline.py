@@ -6,6 +6,11 @@ fingerprints of the stages it reads from; ``<out_dir>/run_state.json`` records, 
 fingerprint it ran with, whether it finished, and how long it took. A finished stage whose fingerprint
 is unchanged is skipped; an unfinished one with the same fingerprint resumes (the training loop keeps
 its own resumable checkpoints); a changed fingerprint discards the stage's outputs and redoes it.
+
+A finished model is trusted only while its files match the sha256 sums of its checkpoint.json: a
+damaged one is reported and its stage redone (from its checkpoints, when they are intact, that is only
+a copy). A published model is never deleted before the stage that replaces it has succeeded; only the
+resumable state of a stale stage is discarded up front.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Stage:
     main_only: bool = False  # data preparation, evaluation and reporting run on rank 0 only
     always: bool = False  # stages that run every time (prepare skips itself when its inputs are unchanged)
     reuse_outputs: bool = False  # outputs carry their own fingerprints: keep them when the stage is redone
+    published: list[Path] = field(default_factory=list)  # finished models: verified, replaced only on success
 
 
 def plan(cfg: Config) -> list[Stage]:
@@ -78,13 +84,15 @@ def plan(cfg: Config) -> list[Stage]:
     for t in cfg.teachers:
         teacher_stages.append(f"teacher:{t.name}")
         stages.append(Stage(f"teacher:{t.name}", lambda n=t.name: train_model(cfg, n), lm_fp(t.name),
-                            [cfg.model_dir(t.name), cfg.checkpoint_dir(t.name)], deps=["prepare"]))
+                            [cfg.model_dir(t.name), cfg.checkpoint_dir(t.name)], deps=["prepare"],
+                            published=[cfg.model_dir(t.name)]))
     stages.append(Stage("distill", lambda: distill_student(cfg), distill_fp,
                         [cfg.model_dir(cfg.student.name), cfg.checkpoint_dir(cfg.student.name)],
-                        deps=["prepare", *teacher_stages]))
+                        deps=["prepare", *teacher_stages], published=[cfg.model_dir(cfg.student.name)]))
     if cfg.control:
         stages.append(Stage("control", lambda: train_model(cfg, cfg.control_name), lm_fp(cfg.control_name),
-                            [cfg.model_dir(cfg.control_name), cfg.checkpoint_dir(cfg.control_name)], deps=["prepare"]))
+                            [cfg.model_dir(cfg.control_name), cfg.checkpoint_dir(cfg.control_name)], deps=["prepare"],
+                            published=[cfg.model_dir(cfg.control_name)]))
     trained = [s for s in stages if s.name != "prepare"]
 
     def model_fps() -> dict[str, str]:
@@ -140,6 +148,8 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
             fingerprint = None if stage.always else stage.fingerprint()
             done = rec.get("done") and rec.get("fingerprint") == fingerprint and all(
                 p.exists() for p in stage.outputs if not stage.reuse_outputs)
+            if done and stage.name not in redo and _damaged(stage):
+                done = False
             skip = bool(done) and stage.name not in redo and not stage.always
             if skip:
                 print(f"[run] {stage.name}: up to date, skipped ({rec.get('seconds', 0):.1f}s when it ran)", flush=True)
@@ -147,6 +157,8 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
                 stale = stage.name in redo or (not stage.always and rec.get("fingerprint") not in (None, fingerprint))
                 if stale and (stage.name in forced or not stage.reuse_outputs):
                     for p in stage.outputs:
+                        if p in stage.published:
+                            continue  # replaced atomically by the stage itself, once it has succeeded
                         if p.is_dir():
                             shutil.rmtree(p)
                         elif p.exists():
@@ -189,6 +201,19 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
         print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
         return summary
     return {}
+
+
+def _damaged(stage: Stage) -> bool:
+    """True (and said) when a finished model of the stage no longer matches its checkpoint.json record."""
+    from babyllama.train.checkpoint import damaged_file
+
+    for folder in stage.published:
+        bad = damaged_file(folder)
+        if bad is not None:
+            print(f"[run] {folder / bad} does not match its checkpoint.json record (damaged): stage {stage.name} "
+                  "will redo it", flush=True)
+            return True
+    return False
 
 
 def _read_state(path: Path) -> dict[str, Any]:

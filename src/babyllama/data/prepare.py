@@ -20,8 +20,10 @@ in order. So the split depends only on the corpus, the seed and the fraction (at
 overall). ``data.max_words`` is applied after the split: training keeps whole lines in corpus order
 (sources sorted by name) until the next line would pass the cap, so dev is the same whatever the cap.
 
-Re-running is free when nothing changed: ``inputs_hash`` covers every input file's path, size and
-modification time, the settings that change the output and the code versions; any difference rebuilds.
+Re-running is free when nothing changed: ``inputs_hash`` covers every input file's path and content
+(sha256; an edit that keeps the size and modification time still rebuilds, a `touch` does not), the
+settings that change the output and the code versions; any difference rebuilds. Hashing costs one read
+of the corpus (see the note on benchmarks/bench_prepare.py in the README).
 Nothing is written until all input has been read, cleaned and encoded; then the old manifest is removed,
 the tokenizer and token files are replaced atomically, and the new manifest is written last.
 """
@@ -56,7 +58,7 @@ from babyllama.data.tokenizer import (
 )
 from babyllama.data.tokens import MANIFEST, SPLIT_FILES, load_tokens, read_manifest, token_dtype, write_tokens
 from babyllama.errors import UserError
-from babyllama.io import atomic_write_json, stable_hash
+from babyllama.io import atomic_write_json, cached_file_sha256, stable_hash
 
 #: Version of the token-file layout and of the rules in this module; part of inputs_hash.
 PREPARE_VERSION = 1
@@ -160,11 +162,8 @@ def prepare(cfg: Config) -> dict:
 
 
 def inputs_hash(cfg: Config, corpus: Corpus) -> str:
-    """What decides the output: input files (path, size, mtime), output-changing settings, code versions."""
-    files = []
-    for f in corpus.files:
-        st = f.path.stat()
-        files.append([f.split, f.name, str(f.path.resolve()), st.st_size, st.st_mtime_ns])
+    """What decides the output: input files (path, content), output-changing settings, code versions."""
+    files = [[f.split, f.name, str(f.path.resolve()), cached_file_sha256(f.path)] for f in corpus.files]
     settings = {
         "format": corpus.format,
         "dev_origin": corpus.dev_origin,

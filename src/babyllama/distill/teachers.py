@@ -20,6 +20,7 @@ from babyllama.errors import UserError
 from babyllama.evaluate.formats import LOAD_ERRORS
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
+from babyllama.train.checkpoint import MANIFEST_FILE, damaged_file
 from babyllama.train.loop import resolve_precision
 
 
@@ -33,6 +34,10 @@ def teacher_dirs(cfg: Config) -> list[Path]:
         if not (d / "config.json").is_file() or not any(d.glob("*.safetensors")):
             raise UserError(f"teacher {t.name!r}: no trained model in {d}; train it first with "
                             f"`babyllama train CONFIG --model {t.name}`")
+        damaged = damaged_file(d) if (d / MANIFEST_FILE).is_file() else None
+        if damaged is not None:
+            raise UserError(f"teacher {t.name!r}: {d / damaged} does not match its {MANIFEST_FILE} record (damaged); "
+                            f"`babyllama train CONFIG --model {t.name}` (or `run`) redoes it")
         dirs.append(d)
     return dirs
 

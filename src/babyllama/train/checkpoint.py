@@ -33,7 +33,14 @@ from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import read_manifest
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
-from babyllama.io import atomic_path, file_sha256, read_json, remove_stale_temporaries, stable_hash  # noqa: F401
+from babyllama.io import (  # noqa: F401
+    atomic_path,
+    cached_file_sha256,
+    file_sha256,
+    read_json,
+    remove_stale_temporaries,
+    stable_hash,
+)
 
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "checkpoint.json"
@@ -214,6 +221,22 @@ def verify(path: Path) -> dict:
         if file_sha256(f) != digest:
             raise UserError(f"checkpoint {path} is corrupted: {name} does not match its sha256; {hint}")
     return manifest
+
+
+def damaged_file(folder: Path) -> str | None:
+    """The first file of a finished model or checkpoint folder that does not match its checkpoint.json
+    record (missing, or another sha256), "checkpoint.json" when that record is unreadable, else None.
+    Each file is read once per version (path, size, mtime) in a process, so asking again is free."""
+    try:
+        files = read_json(folder / MANIFEST_FILE)["files"]
+        items = sorted(files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return MANIFEST_FILE
+    for name, digest in items:
+        f = folder / name
+        if not f.is_file() or cached_file_sha256(f) != digest:
+            return name
+    return None
 
 
 def load_state(path: Path) -> dict:

@@ -23,6 +23,7 @@ from babyllama.evaluate.finetune import (
     matthews_corrcoef,
     read_examples,
 )
+from babyllama.evaluate.formats import load_tokenizer
 from fixtures.eval.tiny_models import make_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
 FIX = Path(__file__).parent / "fixtures" / "eval"
@@ -164,3 +165,21 @@ def test_finetune_cli(gpt2_dir, tmp_path, capsys):
     assert main(["finetune", "--model", str(tmp_path), "--data", str(FIX / "glue_2024"), "--task", "sst2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("babyllama: error:") and "Traceback" not in err
+
+
+def test_babylm_selection_on_validation_by_f1_with_pairs_concatenated(llama_dir):
+    from babyllama.config import load_config
+
+    ev = load_config(None, ["eval.protocol=babylm-2024", "eval.finetune_defaults.epochs=2",
+                            "eval.finetune_defaults.batch_size=4", "eval.finetune_defaults.lr=1e-3"]).eval
+    hp = ev.finetune_hparams("mrpc")
+    r = finetune_task(llama_dir, FIX / "glue_2024", "mrpc", hp, device="cpu")
+    assert r["selected_on"] == "validation" and r["selection_metric"] == "f1" and r["n_holdout"] == 0
+    steps_per_epoch = -(-r["n_train"] // 4)
+    assert r["best_step"] % steps_per_epoch == 0  # evaluated at epoch ends only
+    r = finetune_task(llama_dir, FIX / "glue_2023", "cola", ev.finetune_hparams("cola"), device="cpu")
+    assert r["metric"] == "mcc" and r["selection_metric"] == "f1"  # reported on MCC, selected on F1, as in 2023/2024
+    model_tok = load_tokenizer(llama_dir)
+    joined = encode_examples(model_tok, [["The cat", "sees the dog."]], None, max_len=64)[0]
+    parts = [model_tok(t, add_special_tokens=False)["input_ids"] for t in ("The cat", "sees the dog.")]
+    assert joined == parts[0] + parts[1]  # pair_join: concat — nothing between the segments

@@ -20,6 +20,8 @@ def _write_config(tmp_path: Path, tiny_cfg, **changes) -> Path:
     tree = tiny_cfg.model_dump(mode="json")
     tree["distill"]["cache"]["enabled"] = True
     tree["eval"]["blimp"] = str(FIXTURES / "blimp_original")
+    for task in ("ewok", "entity_tracking", "comps"):
+        tree["eval"][task] = str(FIXTURES / task)
     for key, value in changes.items():
         node = tree
         *parents, last = key.split(".")
@@ -44,8 +46,12 @@ def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_c
         assert (out / "models" / name / "model.safetensors").exists()
         assert json.loads((out / "eval" / name / "perplexity.json").read_text())["ce_nats_per_token"] > 0
         assert 0 <= json.loads((out / "eval" / name / "blimp.json").read_text())["macro_phenomena"] <= 1
+        for task in ("ewok", "entity_tracking", "comps"):
+            assert 0 <= json.loads((out / "eval" / name / f"{task}.json").read_text())["headline"] <= 1
     report = (out / "report.md").read_text()
     assert "## Does distillation help?" in report and "| student | distilled student |" in report
+    assert "| BLiMP % | EWoK % | entity tracking % | COMPS % |" in report
+    assert "## Evaluation protocol: babyllama" in report and "| eval.ties_correct | False |" in report
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "Time per stage" in printed and str(out / "report.html") in printed
 

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from babyllama import threads  # first: the thread policy must be in place before anything imports torch
 from babyllama.errors import EXIT_RESOURCE, EXIT_USER, UserError, describe_os_error
 
 
@@ -73,25 +74,48 @@ def cmd_distill(args: argparse.Namespace) -> None:
     distill(_load(args), resume=args.resume)
 
 
-def cmd_eval_blimp(args: argparse.Namespace) -> None:
-    from babyllama.evaluate.blimp import evaluate_blimp, format_blimp_table
+def _eval_settings(args: argparse.Namespace, keys: tuple[str, ...]):
+    """The evaluation settings of --protocol, with the flags given on the command line overriding it."""
+    from pydantic import ValidationError
+
+    from babyllama.config import EvalConfig
+
+    explicit = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    try:
+        return EvalConfig.model_validate({"protocol": args.protocol, "batch_size": args.batch_size, **explicit})
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise UserError(f"evaluate: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+
+
+def _write_result(result: dict, out: str | None) -> None:
     from babyllama.io import atomic_write_json
 
+    if out:
+        atomic_write_json(out, result)
+        print(f"wrote {out}")
+
+
+def cmd_eval_blimp(args: argparse.Namespace) -> None:
+    from babyllama.evaluate.blimp import format_blimp_table
+    from babyllama.evaluate.registry import score_blimp
+
     _check_out_file(args.out)
-    result = evaluate_blimp(
-        args.model,
-        args.data,
-        prefix=args.prefix,
-        leading_space=not args.no_leading_space,
-        reduction=args.reduction,
-        ties_correct=args.ties_correct,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    ev = _eval_settings(args, ("prefix", "leading_space", "reduction", "ties_correct", "aggregation"))
+    result = score_blimp(Path(args.model), args.data, ev, device=args.device)
     print(format_blimp_table(result))
-    if args.out:
-        atomic_write_json(args.out, result)
-        print(f"wrote {args.out}")
+    _write_result(result, args.out)
+
+
+def cmd_eval_completion(args: argparse.Namespace) -> None:
+    from babyllama.evaluate.completions import format_completion_table
+    from babyllama.evaluate.registry import SCORERS
+
+    _check_out_file(args.out)
+    ev = _eval_settings(args, ("context_prefix", "ties_correct"))
+    result = SCORERS[args.task](Path(args.model), args.data, ev, device=args.device)
+    print(format_completion_table(result))
+    _write_result(result, args.out)
 
 
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
@@ -154,6 +178,51 @@ def cmd_run(args: argparse.Namespace) -> None:
     run_pipeline(_load(args), force=args.force or [])
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from babyllama import sweep
+    from babyllama.train.distributed import is_main_process
+
+    cfg = _load(args)
+    if args.seeds is not None and args.seeds < 1:
+        raise UserError(f"sweep --seeds {args.seeds}: expected at least 1")
+    if args.jobs < 1:
+        raise UserError(f"sweep --jobs {args.jobs}: expected at least 1")
+    n_seeds = args.seeds or cfg.sweep.seeds
+    members = sweep.members(cfg, n_seeds)
+    if args.plan:
+        path = sweep.write_plan(cfg, members)
+        for m in members:
+            print(f"{m.index}\t{m.name}\t{m.label}\tseed {m.seed}")
+        print(f"wrote {path}: {len(members)} members (run one with --member I, I = 0..{len(members) - 1})")
+        return
+    if args.member is not None:
+        if not 0 <= args.member < len(members):
+            raise UserError(f"sweep --member {args.member}: this sweep has members 0..{len(members) - 1} (see --plan)")
+        sweep.run_member(cfg, members[args.member], len(members))
+        return
+    if not args.collect:
+        if is_main_process():
+            sweep.write_plan(cfg, members)
+        if args.jobs > 1:
+            sweep.run_parallel(cfg, members, args.jobs, sweep.cli_command(args.config, args.overrides, n_seeds))
+        else:
+            for m in members:
+                sweep.run_member(cfg, m, len(members))
+    if is_main_process():
+        from babyllama.sweep_report import collect, comparison_rows, markdown_table
+
+        result = collect(cfg, members)
+        print()
+        print(markdown_table(*comparison_rows(result)))
+        print()
+        for line in result["verdict"] + result["conditions"]:
+            print(f"- {line}")
+        if result["missing"]:
+            print(f"\nNot finished yet: {', '.join(result['missing'])}")
+        out = sweep.sweep_dir(cfg)
+        print(f"\nSweep: {out / 'sweep.json'}, {out / 'report.md'} and {out / 'report.html'}")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from babyllama.report import build_report
 
@@ -165,6 +234,14 @@ def cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {p}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from babyllama.export import export_model
+
+    for path in export_model(args.model_dir, args.to, fmt=args.format, quant=args.quant,
+                             license_=args.license, language=args.language):
+        print(f"wrote {path}")
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     from babyllama.config import config_docs, load_config
 
@@ -174,6 +251,16 @@ def cmd_config(args: argparse.Namespace) -> None:
     if not args.config:
         raise UserError("config: give a CONFIG to show, or --docs")
     print(load_config(args.config, args.overrides).to_yaml(), end="")
+
+
+def _add_protocol_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--protocol", choices=["babyllama", "babylm-2023", "babylm-2024", "babylm-2025"], default="babyllama",
+                   help="settings preset (docs/config.md, eval.protocol); the flags below override it")
+    p.add_argument("--ties-correct", dest="ties_correct", action="store_const", const=True, default=None,
+                   help="count ties as correct, as the BabyLM pipelines do")
+    p.add_argument("--ties-wrong", dest="ties_correct", action="store_const", const=False, help="count ties as wrong")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,19 +285,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="require a saved state to resume from (default: resume if one exists)")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, dev perplexity)")
+    p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, dev perplexity)")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = esub.add_parser("blimp", help="BLiMP-style minimal pairs: original, BabyLM 2023/2024 filtered, supplement")
     b.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
     b.add_argument("--data", required=True, help="folder or file of minimal pairs")
     b.add_argument("--out", help="write the result JSON here")
-    b.add_argument("--prefix", choices=["eos", "bos", "none"], default="eos", help="token each sentence is conditioned on")
-    b.add_argument("--no-leading-space", action="store_true", help="do not prepend a space to each sentence")
-    b.add_argument("--reduction", choices=["sum", "mean"], default="sum")
-    b.add_argument("--ties-correct", action="store_true", help="count ties as correct, as the BabyLM pipelines do")
-    b.add_argument("--batch-size", type=int, default=64)
-    b.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    _add_protocol_args(b)
+    b.add_argument("--prefix", choices=["eos", "bos", "none"], default=None,
+                   help="token each sentence is conditioned on (default: the protocol's)")
+    b.add_argument("--no-leading-space", dest="leading_space", action="store_const", const=False, default=None,
+                   help="do not prepend a space to each sentence")
+    b.add_argument("--reduction", choices=["sum", "mean"], default=None)
+    b.add_argument("--aggregation", choices=["phenomena", "paradigms"], default=None,
+                   help="headline: mean over phenomena or over paradigms (default: the protocol's)")
     b.set_defaults(func=cmd_eval_blimp)
+    from babyllama.evaluate.registry import REGISTRY
+
+    for e in (e for e in REGISTRY if e.cli_data):
+        c = esub.add_parser(e.name.replace("_", "-"), aliases=[e.name] if "_" in e.name else [],
+                            help=f"{e.name.replace('_', ' ')} zero-shot, in the BabyLM pipelines' format ({e.switch})")
+        c.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
+        c.add_argument("--data", required=True, help="folder or file in the official format")
+        c.add_argument("--out", help="write the result JSON here")
+        _add_protocol_args(c)
+        c.add_argument("--context-prefix", choices=["eos", "bos", "none"], default=None,
+                       help="token before each context (default: the protocol's; official pipelines: none)")
+        c.set_defaults(func=cmd_eval_completion, task=e.name)
     q = esub.add_parser("perplexity", help="dev cross-entropy, perplexity and bits per word")
     q.add_argument("config", nargs="?", help="experiment YAML: evaluate every model of it")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -245,16 +346,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="append", metavar="STAGE", help="redo this stage and everything after it (repeatable)")
     p.set_defaults(func=cmd_run)
 
+    p = sub.add_parser("sweep", help="seeds and ablations of one config, with confidence intervals")
+    _add_config_args(p)
+    p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: sweep.seeds, 3)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--plan", action="store_true", help="write <out_dir>/sweep/plan.json and list the members")
+    what.add_argument("--member", type=int, metavar="I", help="run member I only (e.g. one task of a scheduler's array)")
+    what.add_argument("--collect", action="store_true", help="only aggregate the finished members")
+    p.add_argument("--jobs", type=int, default=1, metavar="K", help="run K members at a time as local processes")
+    p.set_defaults(func=cmd_sweep)
+
     p = sub.add_parser("report", help="rebuild report.md / report.html from what is on disk")
     p.add_argument("out_dir", help="an experiment's out_dir")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="publish a model: Hub-ready folder or GGUF for llama.cpp, with a model card")
+    p.add_argument("model_dir", help="a model folder, e.g. runs/demo/models/baby-llama-demo")
+    p.add_argument("--to", required=True, help="destination folder (new, empty, or an earlier export)")
+    p.add_argument("--format", default="gguf", help="gguf (llama.cpp; default) or hf (folder for huggingface-cli upload)")
+    p.add_argument("--quant", default=None, help="GGUF weight type: f16 (default), f32 or q8_0")
+    p.add_argument("--license", default="apache-2.0", help="licence id for the model card (default: apache-2.0)")
+    p.add_argument("--language", default="en", help="language code for the model card (default: en)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="show a resolved config, or document every key")
     p.add_argument("config", nargs="?")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--docs", action="store_true", help="print every key with its type, default and meaning")
     p.set_defaults(func=cmd_config)
+    _add_threads_flag(parser)
     return parser
+
+
+def _add_threads_flag(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` on every command (each leaf of the verb tree)."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    children = {id(c): c for s in subs for c in s.choices.values()}  # an alias maps to the same parser
+    for child in children.values():
+        _add_threads_flag(child)
+    if not subs:
+        parser.add_argument("--threads", type=_thread_count, default=None, metavar="N",
+                            help=f"CPU threads for torch (default: the CPUs this process may use; env {threads.ENV_VAR})")
+
+
+def _thread_count(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return int(value)
 
 
 def _quiet_libraries() -> None:
@@ -274,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     _quiet_libraries()
     try:
+        threads.apply(args.threads, log=args.verb != "config")
         with ExitStack() as held:  # the out_dir lock, released however the command ends
             args.held = held
             args.func(args)

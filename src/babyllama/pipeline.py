@@ -69,15 +69,15 @@ def plan(cfg: Config) -> list[Stage]:
 
     # Each fingerprint is computed once, when its stage is reached (after the stages it reads from).
     def lm_fp(name: str) -> Callable[[], str]:
-        return cache(lambda: stable_hash({"data": data_hash(),
-                                          "run": run_components(cfg, cfg.model(name), LMObjective().fingerprint())}))
+        windows = cfg.student_windows if name == cfg.control_name else None  # the control shares the student's
+        return cache(lambda: stable_hash({"data": data_hash(), "run": run_components(
+            cfg, cfg.model(name), LMObjective().fingerprint(), windows)}))
 
     @cache
     def distill_fp() -> str:
         # Includes the teachers' weight hashes, so a retrained teacher redoes the student.
-        windows = "fixed" if cfg.distill.cache.enabled else None
-        return stable_hash({"data": data_hash(),
-                            "run": run_components(cfg, cfg.student, distillation_fingerprint(cfg), windows)})
+        return stable_hash({"data": data_hash(), "run": run_components(
+            cfg, cfg.student, distillation_fingerprint(cfg), cfg.student_windows)})
 
     stages = [Stage("prepare", lambda: prepare(cfg), data_hash, [cfg.data_dir], main_only=True, always=True)]
     teacher_stages = []
@@ -131,9 +131,14 @@ def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[
     return roots, _dependents(stages, roots)
 
 
-def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; print times per stage and the final table."""
+def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; print times per stage and the final table.
+
+    ``only`` restricts the run to the named stages (e.g. a sweep preparing the data and shared teachers).
+    """
     stages = plan(cfg)
+    if only is not None:
+        stages = [s for s in stages if s.name in only]
     forced, redo = _expand_force(stages, force or [])
     distributed.init(distributed.training_device())  # under torchrun: join the group before any barrier
     state_path = cfg.out / STATE_FILE
@@ -188,7 +193,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None) -> dict[str, Any]:
             _write_state(state_path, state)
             print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
 
-    if main:
+    if main and only is None:
         from babyllama.report import comparison_table, summarize
 
         summary = summarize(cfg.out)
@@ -234,46 +239,30 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 
 
 def evaluate_all(cfg: Config, model_fps: dict[str, str]) -> None:
-    """Dev perplexity, BLiMP, supplement and fine-tuning for every model; results under <out_dir>/eval/.
+    """Every evaluator the config switches on (evaluate/registry.py), for every model; results under <out_dir>/eval/.
 
     Each result file stores the fingerprint it was computed for, so an interrupted evaluation resumes
     with the next missing result rather than starting over.
     """
-    from babyllama.evaluate.blimp import evaluate_blimp
-    from babyllama.evaluate.finetune import finetune_task
-    from babyllama.evaluate.perplexity import evaluate_perplexity
+    from babyllama.evaluate.registry import jobs
 
-    ev = cfg.eval
-    protocol = {"prefix": ev.prefix, "leading_space": ev.leading_space, "reduction": ev.reduction,
-                "ties_correct": ev.ties_correct, "batch_size": ev.batch_size}
+    todo = jobs(cfg)
     for name, model_fp in model_fps.items():
         model_dir = cfg.model_dir(name)
         out = cfg.out / "eval" / name
-        jobs: list[tuple[str, dict[str, Any], Callable[[], dict[str, Any]]]] = []
-        if ev.perplexity:
-            jobs.append(("perplexity.json", {"seq_len": cfg.data.seq_len},
-                         lambda d=model_dir: evaluate_perplexity(d, cfg.data_dir, seq_len=cfg.data.seq_len)))
-        for key, data in (("blimp", ev.blimp), ("supplement", ev.supplement)):
-            if data:
-                jobs.append((f"{key}.json", {"data": str(Path(data).expanduser()), **protocol},
-                             lambda d=model_dir, p=data: evaluate_blimp(d, str(Path(p).expanduser()), **protocol)))
-        for task in ev.finetune:
-            hp = ev.finetune_hparams(task)
-            jobs.append((f"finetune/{task}.json", {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
-                         lambda d=model_dir, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
         weights = model_dir / "model.safetensors"
         stamp = [weights.stat().st_size, weights.stat().st_mtime_ns] if weights.exists() else None
-        for filename, settings, job in jobs:
-            path = out / filename
-            fp = stable_hash({"model": model_fp, "weights": stamp, **settings})
+        for _, job in todo:
+            path = out / job.file
+            fp = stable_hash({"model": model_fp, "weights": stamp, **job.settings})
             if path.exists():
                 try:
                     if read_json(path).get("_fingerprint") == fp:
                         continue
                 except ValueError:
                     pass
-            print(f"[run] evaluate {name}: {filename.removesuffix('.json')}", flush=True)
-            result = job()
+            print(f"[run] evaluate {name}: {job.file.removesuffix('.json')}", flush=True)
+            result = job.run(model_dir)
             result["_fingerprint"] = fp
             atomic_write_json(path, result)
 

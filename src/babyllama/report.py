@@ -5,7 +5,8 @@ Everything is rebuilt from files on disk (the output contract of the other stage
 
 - ``config.yaml``, ``run_state.json`` (wall time per stage), ``data/manifest.json`` (word ledger)
 - ``models/<name>/model.safetensors`` (parameter count) and ``models/<name>/metrics.jsonl`` (curves)
-- ``eval/<name>/{perplexity,blimp,supplement}.json`` and ``eval/<name>/finetune/<task>.json``
+- ``eval/<name>/<file>``: the result files evaluate/registry.py names (perplexity, BLiMP, supplement,
+  EWoK, entity tracking, COMPS, ``finetune/<task>.json``), each with its headline number
 
 Outputs ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG data URIs) plus the
 PNG files under ``plots/``.
@@ -21,8 +22,11 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from babyllama import threads
 from babyllama.config import Config, load_config
 from babyllama.errors import UserError
+from babyllama.evaluate.protocols import implied_settings
+from babyllama.evaluate.registry import headline_scores, jobs
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
 
 # -- gathering -----------------------------------------------------------------------------------------
@@ -91,11 +95,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         ppl = _read_json_or_none(ev / "perplexity.json") or {}
         blimp = _read_json_or_none(ev / "blimp.json")
         supp = _read_json_or_none(ev / "supplement.json")
-        finetune = {}
-        for f in sorted((ev / "finetune").glob("*.json")):
-            r = _read_json_or_none(f)
-            if r and r.get("score") is not None:
-                finetune[r.get("task", f.stem)] = {"metric": r.get("metric"), "score": r["score"]}
+        scores = headline_scores(cfg, ev, _read_json_or_none)
         models.append({
             "name": name,
             "role": role,
@@ -109,7 +109,8 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "bits_per_word": ppl.get("bits_per_word"),
             "blimp": blimp,
             "supplement": supp,
-            "finetune": finetune,
+            "scores": scores,  # {report column: headline}, one per result file the registry names
+            "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
                 "dev": [(r.get("tokens_seen") or (per_step and r["step"] * per_step), r["dev_loss"]) for r in dev_rows],
@@ -120,12 +121,45 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     return {
         "out_dir": str(out_dir),
         "config": cfg.model_dump(mode="json"),
+        "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
+        "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
         "models": models,
         "verdict": verdict(models),
+        "approximations": approximations(models),
         "stages": {k: v.get("seconds") for k, v in sorted(state.items(), key=_stage_order) if isinstance(v, dict)},
         "ledger": manifest.get("ledger"),
         "environment": environment(),
     }
+
+
+def _training_facts(summary: dict[str, Any] | None) -> dict[str, Any]:
+    """What training_summary.json says about the data a model saw and how its teachers were read."""
+    if not summary:
+        return {}
+    return {"windows": summary.get("windows"), "steps": summary.get("steps"), "stream_hash": summary.get("stream_hash"),
+            "teacher_cache": (summary.get("objective") or {}).get("cache")}
+
+
+def _data_stream_line(student: dict[str, Any], control: dict[str, Any]) -> str:
+    s, c = student["training"], control["training"]
+    if not s.get("stream_hash") or not c.get("stream_hash"):
+        return "Data stream: unknown (a model was trained before babyllama recorded its batches)."
+    if s["stream_hash"] == c["stream_hash"]:
+        return (f"Data stream: the student and the control trained on identical batches ({s['windows']} windows, "
+                f"{s['steps']} optimizer steps, same order; stream hash {s['stream_hash'][:12]}).")
+    return (f"Data stream: the student and the control did NOT see the same batches (student: {s['windows']} windows, "
+            f"{s['steps']} steps; control: {c['windows']} windows, {c['steps']} steps), so part of their difference "
+            "may come from the data; retrain the control (`babyllama run --force control`).")
+
+
+def approximations(models: list[dict[str, Any]]) -> list[str]:
+    """The cost of every approximation behind the student-control comparison, in plain sentences."""
+    student = next((m for m in models if m["role"] == "distilled student" and m["training"]), None)
+    control = next((m for m in models if m["role"].startswith("control") and m["training"]), None)
+    lines = []
+    if student and control:
+        lines.append(_data_stream_line(student, control))
+    return lines
 
 
 def _stage_order(item: tuple[str, Any]) -> tuple[int, str]:
@@ -147,7 +181,7 @@ def environment() -> dict[str, Any]:
             versions[pkg] = None
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-                           "packages": versions}
+                           "packages": versions, "threads": threads.describe()}
     try:
         import torch
 
@@ -161,7 +195,8 @@ def environment() -> dict[str, Any]:
 
 
 def _blimp_macro(result: dict[str, Any] | None) -> float | None:
-    return None if not result else result.get("macro_phenomena")
+    """The protocol's BLiMP headline (older result files: the mean over phenomena)."""
+    return None if not result else result.get("headline", result.get("macro_phenomena"))
 
 
 def verdict(models: list[dict[str, Any]]) -> list[str]:
@@ -211,18 +246,22 @@ def _fmt(v: Any, kind: str = "") -> str:
 
 
 def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    tasks = sorted({t for m in summary["models"] for t in m["finetune"]})
-    header = ["model", "role", "params", "tokens seen", "words seen", "dev CE", "dev ppl", "bits/word",
-              "BLiMP %", "supplement %", *tasks]
+    columns = summary.get("columns") or ["BLiMP %", "supplement %"]
+    header = ["model", "role", "params", "tokens seen", "words seen", "dev CE", "dev ppl", "bits/word", *columns]
     rows = []
     for m in summary["models"]:
         rows.append([
             m["name"], m["role"], _fmt(m["parameters"], "int"), _fmt(m["tokens_seen"], "int"),
             _fmt(m["words_seen"], "int"), _fmt(m["dev_ce"]), _fmt(m["dev_perplexity"]), _fmt(m["bits_per_word"]),
-            _fmt(_blimp_macro(m["blimp"]), "pct"), _fmt(_blimp_macro(m["supplement"]), "pct"),
-            *[_fmt(m["finetune"].get(t, {}).get("score"), "pct") for t in tasks],
+            *[_fmt(m["scores"].get(c), "pct") for c in columns],
         ])
     return header, rows
+
+
+def _protocol_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Every setting the evaluation protocol implies, and where the config overrides it."""
+    rows = [[k, str(v), "" if v == p else f"overridden (protocol: {p})"] for k, v, p in summary["protocol"]["settings"]]
+    return ["setting", "value", "note"], rows
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -329,6 +368,10 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("Does distillation help?", "list", summary["verdict"]),
         ("Comparison", "table", _table_rows(summary)),
     ]
+    if summary.get("approximations"):
+        blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
+    if summary.get("protocol"):
+        blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
     for key, title in (("blimp", "BLiMP per phenomenon (%)"), ("supplement", "BLiMP supplement (%)")):
         group = "phenomena" if key == "blimp" else "paradigms"
         t = _phenomena_table(summary, key, group)
@@ -345,10 +388,21 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         blocks.append(("Word-budget ledger (training words)", "table", (["source", "words"], rows)))
     env = summary["environment"]
     env_rows = [["python", env["python"]], ["platform", env["platform"]], ["cpu", f"{env['cpu']} ({env['cpu_count']} cores)"],
-                ["gpus", ", ".join(env["gpus"]) or "none"]]
+                ["gpus", ", ".join(env["gpus"]) or "none"], ["CPU threads", _threads_cell(env.get("threads"))]]
     env_rows += [[k, v or "–"] for k, v in env["packages"].items()]
     blocks.append(("Environment", "table", (["what", "value"], env_rows)))
     return blocks
+
+
+def _threads_cell(t: dict | None) -> str:
+    """The thread policy in one cell (summaries written before it was recorded have none)."""
+    if not t:
+        return "–"
+    if "threads" not in t:
+        return f"{t.get('torch_threads', '?')} ({t['source']})"
+    return (f"{t['threads']} ({t['source']}; {t['affinity_cpus']} CPUs usable"
+            f"{', quota ' + format(t['quota_cpus'], 'g') if t.get('quota_cpus') else ''}), "
+            f"OMP_WAIT_POLICY={t['wait_policy']}")
 
 
 def render_markdown(summary: dict[str, Any], plots: dict[str, Path], out_dir: Path) -> str:

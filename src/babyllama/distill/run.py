@@ -100,11 +100,12 @@ def distill(cfg: Config, resume: bool = False) -> Path:
         spec = cache_spec(cfg, manifest, teachers, len(tokens))
         objective = DistillObjective(cfg.distill, teachers, weights, cache_key=spec.key(),
                                      open_cache=lambda device: _ensure(cfg, spec, dirs, tokens, device))
-        return fit(cfg, student, objective, resume=resume, windows="fixed",
+        return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
                    description=f"student {student.name} distilled from {names} (cache top-{spec.k})")
 
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)
 
     objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load)
-    return fit(cfg, student, objective, resume=resume, description=f"student {student.name} distilled from {names}")
+    return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
+               description=f"student {student.name} distilled from {names}")

@@ -7,8 +7,12 @@ Data (auto-detected, a folder of files or one file):
 - BabyLM 2024 ``supplement_filtered``: sentence_good / sentence_bad plus context fields we ignore
   (sentences may span several lines, e.g. turn-taking dialogues);
 - BabyLM 2023 filtered, ``<phenomenon>.json``: one file per phenomenon, rows with sentence_good /
-  sentence_bad. A row without UID / linguistics_term is grouped under its file's stem; a row without
-  ``field`` counts in no field.
+  sentence_bad;
+- ``embedded:blimp``: the first 100 pairs of each original paradigm, shipped in the package
+  (evaluate/data/README.md). Files may be gzipped (``.jsonl.gz``).
+
+A row without UID / linguistics_term is grouped under its file's stem; a row without ``field``
+counts in no field.
 
 Scoring. A sentence's score is the sum (or mean) of the log-probabilities of its tokens, each
 conditioned on everything before it and on one prefix token:
@@ -16,7 +20,8 @@ conditioned on everything before it and on one prefix token:
 - ``prefix="eos"`` (default): one ``</s>``, the BabyLM 2023 pipeline's stand-in for BOS; it is also
   our training separator (every line is followed by ``</s>``), so for our models it is a sentence start;
 - ``prefix="bos"``: the tokenizer's BOS token;
-- ``prefix="none"``: no prefix, so the first token is conditioned on nothing and left unscored.
+- ``prefix="none"``: no prefix, so the first token is conditioned on nothing and left unscored (the
+  BabyLM 2025 pipeline, for tokenizers that add no special tokens).
 
 ``leading_space`` prepends " " to each sentence before tokenizing, as the pipeline does (its target
 separator). Inputs longer than the model's positions are truncated from the left, as the pipeline does.
@@ -37,8 +42,10 @@ Result JSON (what ``babyllama evaluate blimp --out`` writes; the report stage re
      "fields": {field: {"accuracy": float, "n": int, "ties": int}},
      "macro_paradigms": float,           # unweighted mean over paradigms
      "macro_phenomena": float,           # unweighted mean over phenomena
+     "aggregation": "phenomena"|"paradigms", "headline": float,   # the macro the protocol reports
      "accuracy": float,                  # pooled over all pairs
-     "n_pairs": int, "ties": int}
+     "n_pairs": int, "ties": int,
+     "items": {linguistics_term: "0110..."}}  # per pair, in data order: 1 = correct (paired bootstraps)
 
 Accuracies are fractions in [0, 1].
 """
@@ -76,17 +83,37 @@ class Pair:
 # -- data ----------------------------------------------------------------------------------------------
 
 
-def _data_files(data: Path) -> list[Path]:
+#: Data shipped inside the package (evaluate/data/README.md: source, licence, how it was made).
+EMBEDDED = {"embedded:blimp": Path(__file__).parent / "data" / "blimp-100.jsonl.gz"}
+DATA_SUFFIXES = (".jsonl", ".json", ".jsonl.gz")
+
+
+def resolve_data(data: str | Path) -> Path:
+    """A data path, with ``embedded:<name>`` mapped to the package's copy and ``~`` expanded."""
+    text = str(data)
+    if text.startswith("embedded:"):
+        if text not in EMBEDDED:
+            raise UserError(f"{text}: no such embedded data set (known: {', '.join(EMBEDDED)})")
+        return EMBEDDED[text]
+    return Path(text).expanduser()
+
+
+def data_files(data: Path, what: str = "minimal pairs") -> list[Path]:
+    """The .jsonl / .json / .jsonl.gz files of ``data`` (a file, or a folder's files in name order)."""
     if data.is_file():
-        if data.suffix not in (".jsonl", ".json"):
-            raise UserError(f"{data}: expected a .jsonl or .json file of minimal pairs")
+        if not data.name.endswith(DATA_SUFFIXES):
+            raise UserError(f"{data}: expected a .jsonl or .json file of {what}")
         return [data]
     if not data.is_dir():
-        raise UserError(f"{data}: minimal-pair data not found")
-    files = sorted(p for p in data.iterdir() if p.suffix in (".jsonl", ".json") and not p.name.startswith("."))
+        raise UserError(f"{data}: {what} data not found")
+    files = sorted(p for p in data.iterdir() if p.name.endswith(DATA_SUFFIXES) and not p.name.startswith("."))
     if not files:
-        raise UserError(f"{data}: no .jsonl or .json files of minimal pairs in this folder")
+        raise UserError(f"{data}: no .jsonl or .json files of {what} in this folder")
     return files
+
+
+def _stem(path: Path) -> str:
+    return path.name.split(".")[0]
 
 
 def _detect_format(path: Path, row: dict[str, Any]) -> str:
@@ -112,7 +139,7 @@ def load_pairs(data: str | Path) -> tuple[list[Pair], list[str]]:
     """Every minimal pair under ``data`` (folder or file) and the formats detected."""
     pairs: list[Pair] = []
     formats: set[str] = set()
-    for path in _data_files(Path(data)):
+    for path in data_files(resolve_data(data)):
         rows = read_json_rows(path)
         if not rows:
             raise UserError(f"{path}: no minimal pairs in this file")
@@ -123,8 +150,8 @@ def load_pairs(data: str | Path) -> tuple[list[Pair], list[str]]:
             pairs.append(Pair(
                 good=good,
                 bad=bad,
-                paradigm=_group(path, loc, row, "UID") or path.stem,
-                phenomenon=_group(path, loc, row, "linguistics_term") or path.stem,
+                paradigm=_group(path, loc, row, "UID") or _stem(path),
+                phenomenon=_group(path, loc, row, "linguistics_term") or _stem(path),
                 field=_group(path, loc, row, "field"),
             ))
     return pairs, sorted(formats)
@@ -148,19 +175,22 @@ def score_sequences(
     reduction: Literal["sum", "mean"] = "sum",
     batch_size: int = 64,
     progress: bool = False,
+    scored: list[int] | None = None,
 ) -> list[float]:
     """Score of each token sequence: sum/mean of log p(token | prefix, earlier tokens).
 
-    With ``prefix_id`` None the first token has no context and is not scored. Identical sequences
-    are scored once. A sequence with nothing to score gets 0.
+    With ``prefix_id`` None the first token has no context and is not scored. ``scored[i]``, when
+    given, limits sequence i's score to its last ``scored[i]`` tokens (a completion after a context).
+    Identical inputs are scored once. A sequence with nothing to score gets 0.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
     limit = max_positions(model.config)
-    inputs = {}
-    for s in seqs:
-        key = tuple(s)
+    counts = scored if scored is not None else [None] * len(seqs)
+    inputs: dict[tuple[Any, ...], list[int]] = {}
+    for s, n in zip(seqs, counts, strict=True):
+        key = (*s, n)
         if key not in inputs:
             x = ([prefix_id] if prefix_id is not None else []) + list(s)
             inputs[key] = x[-limit:] if limit and len(x) > limit else x
@@ -177,16 +207,21 @@ def score_sequences(
             continue
         ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
+        # Target t (the token at position t + 1) counts when it is among the row's last n tokens.
+        first = torch.tensor([1 if k[-1] is None else max(1, len(r) - k[-1]) for k, r in zip(keys, rows, strict=True)],
+                             device=device)
+        target = torch.arange(1, width, device=device)
+        counted = (target >= first[:, None]) & (target < mask.sum(-1, keepdim=True))
         positions = torch.arange(width, device=device).expand(len(rows), width)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
-        scored = mask[:, 1:].to(token_logp.dtype)
-        total = (token_logp * scored).sum(-1)
+        weight = counted.to(token_logp.dtype)
+        total = (token_logp * weight).sum(-1)
         if reduction == "mean":
-            total = total / scored.sum(-1).clamp(min=1)
+            total = total / weight.sum(-1).clamp(min=1)
         scores.update(zip(keys, total.tolist(), strict=True))
-    return [scores[tuple(s)] for s in seqs]
+    return [scores[(*s, n)] for s, n in zip(seqs, counts, strict=True)]
 
 
 def prefix_token_id(tokenizer: Any, config: Any, prefix: str, model_dir: str | Path) -> int | None:
@@ -211,9 +246,11 @@ def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties_corre
     """Accuracies per paradigm, phenomenon and field, their macro means, and pooled totals."""
     groups: dict[str, dict[str, list[int]]] = {"paradigms": {}, "phenomena": {}, "fields": {}}
     total = [0, 0, 0]  # correct, n, ties
+    items: dict[str, list[str]] = {}
     for p, g, b in zip(pairs, good, bad, strict=True):
         tie = g == b
         ok = g > b or (tie and ties_correct)
+        items.setdefault(p.phenomenon, []).append("1" if ok else "0")
         for kind, name in (("paradigms", p.paradigm), ("phenomena", p.phenomenon), ("fields", p.field)):
             if name is None:
                 continue
@@ -231,6 +268,7 @@ def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties_corre
     out["accuracy"] = total[0] / total[1] if total[1] else 0.0
     out["n_pairs"] = total[1]
     out["ties"] = total[2]
+    out["items"] = {k: "".join(v) for k, v in sorted(items.items())}
     return out
 
 
@@ -242,10 +280,13 @@ def evaluate_blimp(
     leading_space: bool = True,
     reduction: Literal["sum", "mean"] = "sum",
     ties_correct: bool = False,
+    aggregation: Literal["phenomena", "paradigms"] = "phenomena",
     batch_size: int = 64,
     device: str | None = None,
 ) -> dict[str, Any]:
     """Score every minimal pair under ``data`` with the causal LM in ``model_dir`` (schema above)."""
+    if aggregation not in ("phenomena", "paradigms"):
+        raise UserError(f"aggregation must be phenomena or paradigms, got {aggregation!r}")
     if reduction not in ("sum", "mean"):
         raise UserError(f"reduction must be sum or mean, got {reduction!r}")
     pairs, formats = load_pairs(data)
@@ -263,6 +304,8 @@ def evaluate_blimp(
         "formats": formats,
     }
     result.update(aggregate(pairs, scores[: len(pairs)], scores[len(pairs) :], ties_correct))
+    result["aggregation"] = aggregation
+    result["headline"] = result[f"macro_{aggregation}"]
     return result
 
 

@@ -12,7 +12,7 @@ Inputs follow the GLUE field names: cola/sst2 and MSGS ``sentence``; mrpc/rte ``
 qqp ``question1``/``question2``; mnli ``premise``/``hypothesis``; qnli ``question``/``sentence``; boolq
 ``question``/``passage``; multirc "Question: {question} Answer: {answer}" then ``paragraph``; wsc
 'Does "{span2_text}" refer to "{span1_text}" in this passage?' then ``text``. Two segments are joined by
-the model's EOS token (our training separator); the label is ``label``. For MSGS, evaluation keeps the
+the model's EOS token (our training separator; ``pair_join``); the label is ``label``. For MSGS, evaluation keeps the
 rows with ``condition == "test"`` when the file has that field (the 2023 pipeline's filter).
 
 Model: ``AutoModelForSequenceClassification`` from the causal checkpoint with a fresh, seeded linear
@@ -20,13 +20,18 @@ head; it classifies from the last non-pad token (LlamaForSequenceClassification 
 GPT2ForSequenceClassification). Batches are right-padded with the pad id set in the config, so that
 token is the last real one.
 
-Training: AdamW (no weight decay), linear decay to 0 without warmup, gradient clipping at 1.0 (the
-HF Trainer defaults the 2023 pipeline used), seeded shuffling. Every ``eval_every`` steps (and at the
-end) the model is scored on a seeded hold-out of ``holdout_fraction`` of the train file; the best
-checkpoint by the task metric is kept, and training stops after ``patience`` evaluations without
-improvement. The reported score is on the validation file, which is never used for selection. (The
-BabyLM 2023 pipeline selects the checkpoint and reports on the same validation split, which flatters
-its scores; ours are therefore not directly comparable with its tables.)
+Training: AdamW (``weight_decay``, 0 by default), ``warmup_fraction`` of linear warmup then linear
+decay to 0 (``schedule: cosine``: cosine decay to 0.1 x lr, as the 2025 pipeline), gradient clipping at
+1.0 (the HF Trainer defaults the 2023 pipeline used), seeded shuffling. Every ``eval_every`` steps (0:
+every epoch) and at the end, the model is scored for selection; the best checkpoint is kept, and
+training stops after ``patience`` evaluations without improvement. With ``select_on: holdout`` (ours)
+selection uses a seeded hold-out of ``holdout_fraction`` of the train file and the validation file is
+never seen before the reported score; ``select_on: validation`` selects on the reported file itself,
+as the BabyLM pipelines do (``eval.protocol: babylm-*``), which flatters the scores. The selection
+metric is the task's own (``select_metric: task``) or, as the 2023/2024 pipelines, F1 for two-class
+tasks and accuracy otherwise (``f1_if_binary``). ``pair_join: concat`` concatenates two segments with
+nothing between them, which is what the official pipelines' tokenizer pair encoding gives for a
+tokenizer without a pair template (ours, GPT-2's).
 
 Metrics (fractions, as the pipeline reports them x100): MCC for CoLA and MSGS, F1 of class 1 for MRPC
 and QQP, accuracy otherwise.
@@ -287,6 +292,66 @@ def load_classifier(model_dir: Path, num_labels: int, device: torch.device) -> t
 # -- fine-tuning ---------------------------------------------------------------------------------------
 
 
+def selection_metric(spec: Task, hp: FinetuneConfig) -> str:
+    """The metric the best checkpoint is chosen by."""
+    if hp.select_metric == "f1_if_binary":
+        return "f1" if spec.num_labels == 2 else "accuracy"
+    return spec.metric
+
+
+def lr_factor(step: int, total: int, hp: FinetuneConfig) -> float:
+    """Multiplier of the peak lr after ``step`` optimizer steps: linear warmup, then linear or cosine decay."""
+    warmup = int(hp.warmup_fraction * total)
+    if step < warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if hp.schedule == "cosine":
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)
+
+
+def _train_and_select(model: Any, hp: FinetuneConfig, task: str, fit_idx: np.ndarray, ids: list[list[int]],
+                      labels: list[int], pad_id: int, dev: torch.device, steps_per_epoch: int,
+                      score: Callable[[], float]) -> tuple[float, int, dict[str, Any], int, bool]:
+    """Train with early stopping; (best score, its step, its weights, steps taken, stopped early)."""
+    total_steps = hp.epochs * steps_per_epoch
+    every = hp.eval_every or steps_per_epoch
+    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, hp))
+    gen = torch.Generator().manual_seed(hp.seed)
+    best, best_step, best_state, since_best, step = -math.inf, 0, None, 0, 0
+    model.train()
+    bar = tqdm(total=total_steps, desc=f"finetune {task}", unit="step", disable=None)
+    try:
+        for _ in range(hp.epochs):
+            order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]
+            for start in range(0, len(order), hp.batch_size):
+                idx = order[start : start + hp.batch_size]
+                logits = classify_logits(model, [ids[i] for i in idx], pad_id)
+                loss = F.cross_entropy(logits.float(), torch.tensor([labels[i] for i in idx], device=dev))
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
+                if step % every and step != total_steps:
+                    continue
+                current = score()
+                if current > best:
+                    best, best_step, since_best = current, step, 0
+                    best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                else:
+                    since_best += 1
+                    if since_best >= hp.patience:
+                        return best, best_step, best_state, step, True
+    finally:
+        bar.close()
+    return best, best_step, best_state, step, False
+
+
+
 def finetune_task(
     model_dir: str | Path,
     data: str | Path,
@@ -323,59 +388,29 @@ def finetune_task(
     model, tokenizer, pad_id, sep_id = load_classifier(Path(model_dir), spec.num_labels, dev)
     limit = max_positions(model.config)
     max_len = min(hp.max_seq_length, limit) if limit else hp.max_seq_length
-    train_ids = encode_examples(tokenizer, train.texts, sep_id, max_len)
-    eval_ids = encode_examples(tokenizer, evaluation.texts, sep_id, max_len)
+    join_id = sep_id if hp.pair_join == "eos" else None
+    train_ids = encode_examples(tokenizer, train.texts, join_id, max_len)
+    eval_ids = encode_examples(tokenizer, evaluation.texts, join_id, max_len)
 
     rng = np.random.default_rng(hp.seed)
     perm = rng.permutation(len(train_ids))
     if hp.max_train_examples is not None:
         perm = perm[: hp.max_train_examples]
-    n_hold = max(1, round(len(perm) * hp.holdout_fraction))
-    if len(perm) - n_hold < 1:
-        raise UserError(f"{train_file}: {len(perm)} training examples are too few to hold out {n_hold} for early stopping")
-    hold, fit_idx = perm[:n_hold], perm[n_hold:]
+    if hp.select_on == "holdout":
+        n_hold = max(1, round(len(perm) * hp.holdout_fraction))
+        if len(perm) - n_hold < 1:
+            raise UserError(f"{train_file}: {len(perm)} training examples are too few to hold out {n_hold} for early stopping")
+        hold, fit_idx = perm[:n_hold], perm[n_hold:]
+        sel_ids, sel_labels = [train_ids[i] for i in hold], [train.labels[i] for i in hold]
+    else:
+        n_hold, fit_idx = 0, perm
+        sel_ids, sel_labels = eval_ids, evaluation.labels
     metric = METRICS[spec.metric]
-
-    def holdout_score() -> float:
-        return metric([train.labels[i] for i in hold], predict(model, [train_ids[i] for i in hold], pad_id, hp.batch_size))
-
+    select = METRICS[selection_metric(spec, hp)]
     steps_per_epoch = math.ceil(len(fit_idx) / hp.batch_size)
-    total_steps = hp.epochs * steps_per_epoch
-    opt = torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total_steps))
-    gen = torch.Generator().manual_seed(hp.seed)
-    best, best_step, best_state, since_best, step = -math.inf, 0, None, 0, 0
-    stopped = False
-    model.train()
-    bar = tqdm(total=total_steps, desc=f"finetune {task}", unit="step", disable=None)
-    for _ in range(hp.epochs):
-        order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]
-        for start in range(0, len(order), hp.batch_size):
-            idx = order[start : start + hp.batch_size]
-            logits = classify_logits(model, [train_ids[i] for i in idx], pad_id)
-            labels = torch.tensor([train.labels[i] for i in idx], device=dev)
-            loss = F.cross_entropy(logits.float(), labels)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-            if step % hp.eval_every and step != total_steps:
-                continue
-            score = holdout_score()
-            if score > best:
-                best, best_step, since_best = score, step, 0
-                best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-            else:
-                since_best += 1
-                if since_best >= hp.patience:
-                    stopped = True
-                    break
-        if stopped:
-            break
-    bar.close()
+    best, best_step, best_state, steps, stopped = _train_and_select(
+        model, hp, task, fit_idx, train_ids, train.labels, pad_id, dev, steps_per_epoch,
+        lambda: select(sel_labels, predict(model, sel_ids, pad_id, hp.batch_size)))
     model.load_state_dict(best_state)
     preds = predict(model, eval_ids, pad_id, hp.batch_size)
     result = {
@@ -386,8 +421,10 @@ def finetune_task(
         "n_holdout": int(n_hold),
         "n_eval": len(eval_ids),
         "best_step": best_step,
+        "selected_on": hp.select_on,
+        "selection_metric": selection_metric(spec, hp),
         "holdout_score": best,
-        "steps": step,
+        "steps": steps,
         "stopped_early": stopped,
         "model": str(model_dir),
         "train_file": str(train_file),

@@ -6,6 +6,7 @@ usual ways that goes wrong (a wrong folder, a masked LM, a malformed line) into 
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,15 @@ LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """The rows of a JSON-lines file, each with its location ("line 7") for error messages.
 
-    A ``.json`` file may also hold one JSON array of objects (``datasets`` writes either form).
-    Blank lines are skipped.
+    A ``.json`` file may also hold one JSON array of objects (``datasets`` writes either form); a
+    ``.gz`` file is read through gzip. Blank lines are skipped.
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        text = raw.decode("utf-8")
+    except gzip.BadGzipFile:
+        raise UserError(f"{path}: not a gzip file") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:

@@ -63,10 +63,16 @@ def run_components(cfg: Config, model_cfg: ModelConfig, fingerprint: dict, windo
     model trained under torchrun is still 'complete' for a single-process pipeline.
     """
     arch = model_cfg.model_dump(mode="json", exclude={"name", "train"})
-    train = model_cfg.train.model_dump(mode="json", exclude=_NON_OPTIMISING_KEYS)
+    train = model_cfg.train.model_dump(mode="json", exclude=_NON_OPTIMISING_KEYS | {"seed"})
     train["windows"] = windows or model_cfg.train.windows
-    tree = {"model": arch, "train": train, "seed": cfg.seed, "data.seq_len": cfg.data.seq_len, "objective": fingerprint}
+    tree = {"model": arch, "train": train, "seed": model_seed(cfg, model_cfg), "data.seq_len": cfg.data.seq_len, "objective": fingerprint}
     return _flatten(tree)
+
+
+def model_seed(cfg: Config, model_cfg: ModelConfig) -> int:
+    """The seed a model trains with: its own train.seed, else the experiment's (hashed as one value, so
+    setting train.seed to the experiment's seed changes nothing)."""
+    return cfg.seed if model_cfg.train.seed is None else model_cfg.train.seed
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

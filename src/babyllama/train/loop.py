@@ -23,18 +23,20 @@ distillation). What it does, in order:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from transformers import get_cosine_schedule_with_warmup
 
+from babyllama import threads
 from babyllama.config import Config, ModelConfig
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import (
@@ -204,7 +206,7 @@ def fit(
     data_hash = ckpt.data_hash(cfg)
     tok_dir = cfg.data_dir / manifest["tokenizer"]
     train_tokens, dev_tokens = load_tokens(cfg.data_dir, "train"), load_tokens(cfg.data_dir, "dev")
-    stream = WindowStream(len(train_tokens), seq_len, cfg.seed, mode)
+    stream = WindowStream(len(train_tokens), seq_len, ckpt.model_seed(cfg, model_cfg), mode)
     if stream.n_windows < global_batch:
         raise UserError(
             f"model {model_cfg.name!r}: the train split has {stream.n_windows} windows of {seq_len} tokens, fewer than one "
@@ -236,7 +238,7 @@ def fit(
         raise UserError(f"nothing to resume for model {model_cfg.name!r}: no checkpoint in {ck_dir / 'last'}")
 
     # model, optimiser, schedule
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(ckpt.model_seed(cfg, model_cfg))
     model = build_model(model_cfg, manifest["vocab_size"], manifest["special_tokens"]).to(device)
     if state is not None:
         ckpt.load_weights(model, last_dir)
@@ -259,6 +261,10 @@ def fit(
         start_step, best_loss, best_step = state["step"], state["best_dev_loss"], state["best_step"]
         wall = state["wall_time_s"]
         ckpt.restore_rng(state["rng"][rank])  # last, so nothing above shifts the resumed random streams
+    # A hash chain over every batch this rank has trained on, in order (h_s = sha256(h_{s-1} + step s's
+    # tokens)): two models with equal stream hashes at a step saw identical data up to it, which is how
+    # the report tells that the student and the control shared one data stream.
+    stream_digest = bytes.fromhex(state.get("stream_hash", "")) if state is not None else b""
 
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else None
     net: torch.nn.Module = ddp if ddp is not None else model
@@ -268,9 +274,11 @@ def fit(
     def autocast() -> contextlib.AbstractContextManager:
         return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
-    def micro_batch(step: int, micro: int) -> Batch:
+    def micro_batch(step: int, micro: int, step_hash: Any) -> Batch:
         starts, ids = stream.take(step * global_batch + (micro * world + rank) * bsz, bsz)
-        x = torch.from_numpy(gather_windows(train_tokens, starts, seq_len))
+        tokens = gather_windows(train_tokens, starts, seq_len)
+        step_hash.update(tokens.tobytes())
+        x = torch.from_numpy(tokens)
         return Batch(input_ids=x.to(device, non_blocking=True), window_ids=torch.from_numpy(ids))
 
     log = MetricsLogger(
@@ -307,6 +315,7 @@ def fit(
                 "components": components,
                 "data_hash": data_hash,
                 "world_size": world,
+                "stream_hash": stream_digest.hex(),
             }
             ckpt.save_checkpoint(ck_dir / "last", model, tok_dir, training_state, info)
         dist.barrier()
@@ -323,8 +332,9 @@ def fit(
     diverged = torch.zeros((), dtype=torch.bool, device=device)
     last_saved = start_step
     for step in range(start_step, total_steps):
+        step_hash = hashlib.sha256(stream_digest)
         for micro in range(accum):
-            batch = micro_batch(step, micro)
+            batch = micro_batch(step, micro, step_hash)
             sync = ddp is None or micro == accum - 1
             with contextlib.nullcontext() if sync else ddp.no_sync():
                 with autocast():
@@ -348,6 +358,7 @@ def fit(
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        stream_digest = step_hash.digest()
         done, steps_in_log = step + 1, steps_in_log + 1
         log.advance()
 
@@ -371,6 +382,7 @@ def fit(
                 "tokens_per_s": steps_in_log * global_batch * seq_len / max(elapsed, 1e-9),
                 "tokens_seen": tokens,
                 "words_seen": tokens * wpt,
+                "stream_hash": stream_digest.hex()[:16],
                 **dict(zip(extra_sums, values[1:], strict=True)),
             }
             log.log(record)
@@ -401,6 +413,7 @@ def fit(
             "data_hash": data_hash,
             "objective": objective.fingerprint(),
             "windows": mode,
+            "stream_hash": stream_digest.hex(),
             "steps": total_steps,
             "global_batch": global_batch,
             "world_size": world,
@@ -408,6 +421,7 @@ def fit(
             "words_seen": total_steps * global_batch * seq_len * wpt,
             "epochs_seen": total_steps * global_batch / stream.n_windows,
             "params": count_parameters(model),
+            "threads": threads.describe(),
         }
         _publish(ck_dir, cfg.model_dir(model_cfg.name), summary)
     dist.barrier()

@@ -18,5 +18,7 @@ def train_model(cfg: Config, name: str, resume: bool = False) -> Path:
             f"with --model control ({cfg.control_name})"
         )
     model_cfg = cfg.model(name)
-    role = "control" if model_cfg.name == cfg.control_name else "teacher"
-    return fit(cfg, model_cfg, LMObjective(), resume=resume, description=f"{role} {model_cfg.name}")
+    if model_cfg.name == cfg.control_name:  # the student's data stream: same windows, same order, same steps
+        return fit(cfg, model_cfg, LMObjective(), resume=resume, windows=cfg.student_windows,
+                   description=f"control {model_cfg.name}")
+    return fit(cfg, model_cfg, LMObjective(), resume=resume, description=f"teacher {model_cfg.name}")

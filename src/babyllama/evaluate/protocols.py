@@ -1,0 +1,111 @@
+"""Evaluation protocols: one name (``eval.protocol``) for every setting that makes scores comparable.
+
+``babyllama`` is our own documented practice: BLiMP conditioned on ``</s>`` (our training separator),
+ties counted wrong, the headline a mean over phenomena, fine-tuning checkpoints selected on a held-out
+part of train and reported on the untouched validation file, sentence pairs joined by ``</s>``.
+
+Each ``babylm-YYYY`` value sets what that year's official pipeline does, read from its code:
+
+- 2023 (``babylm/evaluation-pipeline``, its own lm-eval fork): the empty context is the tokenizer's
+  end-of-text token (``</s>``), each sentence follows the target separator " ", the first argmax wins
+  (a tie counts as correct), the score per file is pooled over pairs and the files are one per
+  phenomenon (so the headline is a mean over phenomena). Fine-tuning: HF Trainer, lr 5e-5, batch 64,
+  10 epochs, evaluation every 200 steps with patience 10, seed 12, 128 tokens, the best checkpoint
+  selected on the validation file that is reported (F1 for two-class tasks, accuracy otherwise),
+  sentence pairs passed to the tokenizer as a pair (no template: plain concatenation).
+- 2024 (``babylm/evaluation-pipeline-2024``, lm-eval 0.4): an empty context becomes the tokenizer's BOS
+  when it has one; " " before each sentence; first argmax; the headline is the unweighted mean over the
+  67 paradigm tasks (supplement: its 5 files). Fine-tuning as 2023 but evaluated every epoch with
+  patience 3.
+- 2025 (``babylm/evaluation-pipeline-2025``): the bare sentence is tokenized with the tokenizer's own
+  special tokens (ours add none) and its first token is not scored; first argmax; mean over paradigms
+  (``UID``). Fine-tuning: lr 3e-5, batch 32 (16 for BoolQ and MultiRC), 10 epochs (WSC 30), 512 tokens,
+  seed 42, AdamW with weight decay 0.01, 6% warmup then cosine decay to 0.1 x lr, evaluated every epoch
+  and the best epoch kept (no early stopping), selected on the validation file with the task metric.
+
+EWoK, entity tracking and COMPS score a completion after a context; the official pipelines put no
+token before the context (``context_prefix: none``); ours conditions on ``</s>`` as for BLiMP.
+
+Explicit keys always win: a protocol only fills the keys a config leaves unset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ZERO_SHOT_KEYS = ("prefix", "leading_space", "ties_correct", "aggregation", "context_prefix")
+
+_OURS = {"prefix": "eos", "leading_space": True, "ties_correct": False, "aggregation": "phenomena",
+         "context_prefix": "eos"}
+_FT_2023 = {"lr": 5e-5, "batch_size": 64, "epochs": 10, "patience": 10, "eval_every": 200, "seed": 12,
+            "max_seq_length": 128, "select_on": "validation", "select_metric": "f1_if_binary",
+            "pair_join": "concat", "weight_decay": 0.0, "warmup_fraction": 0.0, "schedule": "linear"}
+
+#: name -> {"eval": zero-shot keys, "finetune": eval.finetune_defaults keys, "tasks": per-task keys}
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "babyllama": {"eval": dict(_OURS), "finetune": {}, "tasks": {}},
+    "babylm-2023": {
+        "eval": {"prefix": "eos", "leading_space": True, "ties_correct": True, "aggregation": "phenomena",
+                 "context_prefix": "none"},
+        "finetune": dict(_FT_2023),
+        "tasks": {},
+    },
+    "babylm-2024": {
+        "eval": {"prefix": "bos", "leading_space": True, "ties_correct": True, "aggregation": "paradigms",
+                 "context_prefix": "none"},
+        "finetune": {**_FT_2023, "patience": 3, "eval_every": 0},
+        "tasks": {},
+    },
+    "babylm-2025": {
+        "eval": {"prefix": "none", "leading_space": False, "ties_correct": True, "aggregation": "paradigms",
+                 "context_prefix": "none"},
+        "finetune": {"lr": 3e-5, "batch_size": 32, "epochs": 10, "patience": 10, "eval_every": 0, "seed": 42,
+                     "max_seq_length": 512, "select_on": "validation", "select_metric": "task",
+                     "pair_join": "concat", "weight_decay": 0.01, "warmup_fraction": 0.06, "schedule": "cosine"},
+        "tasks": {"boolq": {"batch_size": 16}, "multirc": {"batch_size": 16}, "wsc": {"epochs": 30, "patience": 30}},
+    },
+}
+
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if hasattr(value, "model_dump"):  # a section built in code: its set keys are explicit
+        return value.model_dump(exclude_unset=True)
+    return dict(value) if isinstance(value, dict) else value
+
+
+def apply_protocol(data: Any) -> Any:
+    """The raw ``eval`` mapping with every key the protocol implies filled in where it is unset."""
+    if not isinstance(data, dict):
+        return data
+    preset = PROTOCOLS.get(data.get("protocol", "babyllama"))
+    if preset is None:  # the Literal field reports the bad name
+        return data
+    out = dict(data)
+    for key, value in preset["eval"].items():
+        out.setdefault(key, value)
+    defaults = _as_dict(out.get("finetune_defaults"))
+    if isinstance(defaults, dict):
+        out["finetune_defaults"] = {**preset["finetune"], **defaults}
+    tasks = _as_dict(out.get("finetune_tasks"))
+    if isinstance(tasks, dict) and preset["tasks"]:
+        merged = {name: _as_dict(hp) for name, hp in tasks.items()}
+        for name, keys in preset["tasks"].items():
+            own = merged.get(name, {})
+            merged[name] = {**keys, **own} if isinstance(own, dict) else own
+        out["finetune_tasks"] = merged
+    return out
+
+
+def implied_settings(ev: Any) -> list[tuple[str, Any, Any]]:
+    """(key, value in effect, value the protocol implies) for every key the protocol sets."""
+    preset = PROTOCOLS[ev.protocol]
+    rows = [(f"eval.{k}", getattr(ev, k), v) for k, v in preset["eval"].items()]
+    defaults = ev.finetune_defaults
+    ft = preset["finetune"] or {k: getattr(type(defaults)(), k) for k in _FT_2023}
+    rows += [(f"eval.finetune_defaults.{k}", getattr(defaults, k), v) for k, v in ft.items()]
+    for task, keys in preset["tasks"].items():
+        hp = ev.finetune_hparams(task)
+        rows += [(f"eval.finetune_tasks.{task}.{k}", getattr(hp, k), v) for k, v in keys.items()]
+    return rows

@@ -1,0 +1,154 @@
+"""Every evaluator, declared once: what switches it on, which file it writes, how it runs, its headline.
+
+`babyllama run` (pipeline.evaluate_all), the `babyllama evaluate <task>` verbs and the report all ask
+this table, so adding a task is one declaration here plus its scoring module and tests. Result files
+live under ``<out_dir>/eval/<model>/`` with the names the jobs give; the report reads exactly those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from babyllama.config import Config, EvalConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    """One result file of one model: ``run(model_dir)`` computes it; ``settings`` is what it depends on."""
+
+    file: str
+    column: str | None  # report column (None: shown elsewhere in the report)
+    settings: dict[str, Any]
+    run: Callable[[Path], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    name: str
+    switch: str  # the config key that turns it on
+    jobs: Callable[[Config], list[Job]]  # [] when switched off
+    headline: Callable[[dict[str, Any]], float | None]
+    percent: bool = True
+    cli_data: bool = False  # `babyllama evaluate <name> --model DIR --data PATH` scores a data file
+    aliases: list[str] = field(default_factory=list)
+
+
+# -- declarations ------------------------------------------------------------------------------------
+
+
+def _perplexity_jobs(cfg: Config) -> list[Job]:
+    from babyllama.evaluate.perplexity import evaluate_perplexity
+
+    if not cfg.eval.perplexity:
+        return []
+    return [Job("perplexity.json", None, {"seq_len": cfg.data.seq_len},
+                lambda d: evaluate_perplexity(d, cfg.data_dir, seq_len=cfg.data.seq_len))]
+
+
+def blimp_settings(ev: EvalConfig) -> dict[str, Any]:
+    return {"prefix": ev.prefix, "leading_space": ev.leading_space, "reduction": ev.reduction,
+            "ties_correct": ev.ties_correct, "aggregation": ev.aggregation, "batch_size": ev.batch_size}
+
+
+def score_blimp(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
+    from babyllama.evaluate.blimp import evaluate_blimp, resolve_data
+
+    return evaluate_blimp(model_dir, resolve_data(data), device=device, **blimp_settings(ev))
+
+
+def _pairs_jobs(key: str, column: str) -> Callable[[Config], list[Job]]:
+    def jobs(cfg: Config) -> list[Job]:
+        data = getattr(cfg.eval, key)
+        if not data:
+            return []
+        return [Job(f"{key}.json", column, {"data": _data_id(data), **blimp_settings(cfg.eval)},
+                    lambda d: score_blimp(d, data, cfg.eval))]
+    return jobs
+
+
+def completion_settings(ev: EvalConfig) -> dict[str, Any]:
+    return {"context_prefix": ev.context_prefix, "ties_correct": ev.ties_correct, "batch_size": ev.batch_size}
+
+
+def _completion_scorer(task: str) -> Callable[..., dict[str, Any]]:
+    def score(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
+        from babyllama.evaluate.completions import evaluate_completions
+
+        return evaluate_completions(task, model_dir, data, device=device, **completion_settings(ev))
+    return score
+
+
+def _completion_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
+    def jobs(cfg: Config) -> list[Job]:
+        data = getattr(cfg.eval, task)
+        if not data:
+            return []
+        return [Job(f"{task}.json", column, {"data": _data_id(data), **completion_settings(cfg.eval)},
+                    lambda d: _completion_scorer(task)(d, data, cfg.eval))]
+    return jobs
+
+
+def _finetune_jobs(cfg: Config) -> list[Job]:
+    from babyllama.evaluate.finetune import finetune_task
+
+    ev = cfg.eval
+    out = []
+    for task in ev.finetune:
+        hp = ev.finetune_hparams(task)
+        out.append(Job(f"finetune/{task}.json", task, {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
+                       lambda d, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
+    return out
+
+
+def _data_id(data: str) -> str:
+    return data if data.startswith("embedded:") else str(Path(data).expanduser())
+
+
+def _get(key: str) -> Callable[[dict[str, Any]], float | None]:
+    return lambda r: r.get(key)
+
+
+REGISTRY: list[Evaluator] = [
+    Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False),
+    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"),
+              lambda r: r.get("headline", r.get("macro_phenomena"))),
+    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"),
+              lambda r: r.get("headline", r.get("macro_phenomena"))),
+    Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True),
+    Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
+              _get("headline"), cli_data=True, aliases=["entity-tracking"]),
+    Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True),
+    Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
+]
+
+#: How `babyllama evaluate <name>` scores a data file with each cli_data evaluator.
+SCORERS: dict[str, Callable[..., dict[str, Any]]] = {
+    e.name: _completion_scorer(e.name) for e in REGISTRY if e.cli_data}
+
+
+def evaluator(name: str) -> Evaluator:
+    for e in REGISTRY:
+        if name == e.name or name in e.aliases:
+            return e
+    raise KeyError(name)
+
+
+def jobs(cfg: Config) -> list[tuple[Evaluator, Job]]:
+    """Every result file this config asks for, per model, in registry order."""
+    return [(e, j) for e in REGISTRY for j in e.jobs(cfg)]
+
+
+def headline_scores(cfg: Config, eval_dir: Path, read: Callable[[Path], Any]) -> dict[str, float]:
+    """{report column: headline} of one model, from the result files the registry names (absent ones left out)."""
+    out = {}
+    for e, job in jobs(cfg):
+        result = read(eval_dir / job.file)
+        if job.column is None or not isinstance(result, dict):
+            continue
+        value = e.headline(result)
+        if value is not None:
+            out[job.column] = value
+    return out

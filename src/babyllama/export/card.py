@@ -1,0 +1,213 @@
+"""The model card: a Hugging Face README.md (YAML front matter + prose) built only from the run's records.
+
+Every number on the card is read from a file the run wrote (see record.py); a section whose record is
+missing says so instead of guessing. The front matter follows the Hub's model-card layout, with the
+metrics in ``model-index`` carrying their protocol in ``args``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from safetensors import safe_open
+
+import babyllama
+from babyllama.export.record import ModelRecord
+
+
+def parameter_count(rec: ModelRecord) -> int:
+    """Parameters as trained (training_summary), else counted from the safetensors headers."""
+    if rec.training and rec.training.get("params"):
+        return int(rec.training["params"])
+    total = 0
+    for f in rec.weight_files:
+        with safe_open(str(f), framework="np") as st:
+            for key in st.keys():
+                n = 1
+                for d in st.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def _datasets(rec: ModelRecord) -> list[str]:
+    data = (rec.run_config or {}).get("data") or {}
+    names = [str(data["corpus"])] if data.get("corpus") else []
+    if data.get("dev") not in (None, "auto", "split", "sibling"):
+        names.append(str(data["dev"]))
+    return names
+
+
+def _metric(type_: str, value: float, name: str, args: dict[str, Any] | None = None) -> dict[str, Any]:
+    m: dict[str, Any] = {"type": type_, "value": round(float(value), 4), "name": name}
+    if args:
+        m["args"] = args
+    return m
+
+
+def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
+    results = []
+    corpus = ", ".join(_datasets(rec)) or "dev split"
+    if ppl := rec.evals.get("perplexity"):
+        results.append({
+            "task": {"type": "text-generation", "name": "Causal language modelling"},
+            "dataset": {"name": f"dev split of {corpus}", "type": "babyllama-dev"},
+            "metrics": [
+                _metric("cross_entropy", ppl["ce_nats_per_token"], "dev CE (nats/token)",
+                        {"seq_len": ppl.get("seq_len"), "tokens_scored": ppl.get("tokens_scored")}),
+                _metric("perplexity", ppl["perplexity"], "dev perplexity (per token)"),
+            ] + ([_metric("bits_per_word", ppl["bits_per_word"], "dev bits per word")] if "bits_per_word" in ppl else []),
+        })
+    for kind, label in (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement")):
+        if b := rec.evals.get(kind):
+            results.append({
+                "task": {"type": "text-generation", "name": f"{label} minimal pairs (zero-shot)"},
+                "dataset": {"name": label, "type": kind},
+                "metrics": [_metric("accuracy", 100 * b["macro_phenomena"], "macro accuracy over phenomena (%)",
+                                    {**b.get("protocol", {}), "n_pairs": b.get("n_pairs")})],
+            })
+    for task, r in rec.finetune.items():
+        results.append({
+            "task": {"type": "text-classification", "name": f"{task} (fine-tuned)"},
+            "dataset": {"name": task, "type": task},
+            "metrics": [_metric(r.get("metric", "score"), 100 * r["score"], f"{task} {r.get('metric', 'score')} (x100)")],
+        })
+    return [{"name": rec.name, "results": results}] if results else []
+
+
+def front_matter(rec: ModelRecord, license_: str, language: str, extra_tags: list[str]) -> dict[str, Any]:
+    tags = ["babylm", "babyllama", "distillation", rec.arch, *extra_tags]
+    fm: dict[str, Any] = {"language": [language], "license": license_, "library_name": "transformers",
+                          "pipeline_tag": "text-generation", "tags": tags}
+    if datasets := _datasets(rec):
+        fm["datasets"] = datasets
+    if index := _model_index(rec):
+        fm["model-index"] = index
+    return fm
+
+
+def _architecture(rec: ModelRecord) -> list[str]:
+    c = rec.hf_config
+    if rec.arch == "llama":
+        rows = [("layers", c.get("num_hidden_layers")), ("hidden size", c.get("hidden_size")),
+                ("attention heads", c.get("num_attention_heads")), ("key/value heads", c.get("num_key_value_heads")),
+                ("MLP width (SwiGLU)", c.get("intermediate_size")), ("context", c.get("max_position_embeddings"))]
+    elif rec.arch == "gpt2":
+        rows = [("layers", c.get("n_layer")), ("hidden size", c.get("n_embd")), ("attention heads", c.get("n_head")),
+                ("MLP width", c.get("n_inner") or 4 * int(c.get("n_embd", 0))), ("context", c.get("n_positions"))]
+    else:
+        rows = []
+    rows += [("vocabulary", c.get("vocab_size")), ("tied input/output embeddings", c.get("tie_word_embeddings")),
+             ("parameters", f"{parameter_count(rec):,}")]
+    return ["| | |", "|---|---|", f"| class | `{(c.get('architectures') or ['?'])[0]}` |"] + [
+        f"| {k} | {v} |" for k, v in rows if v is not None]
+
+
+def _training(rec: ModelRecord) -> list[str]:
+    t = rec.training
+    if not t:
+        return ["The folder has no training record (training_summary.json); nothing is claimed about training."]
+    obj = t.get("objective", {})
+    lines = [f"Role: **{rec.role}**."]
+    if obj.get("objective") == "distill":
+        teachers = ", ".join(f"`{name}` (weights sha256 {digest[:12]})" for name, digest in obj.get("teachers", []))
+        cache = obj.get("cache") or {}
+        lines += ["", f"Distilled from the ensemble of {teachers}: loss = α·CE + (1−α)·T²·KD with α = {obj.get('alpha')}, "
+                      f"T = {obj.get('temperature')}, ensemble `{obj.get('ensemble')}` (weights {obj.get('weights')}), "
+                      f"divergence `{obj.get('divergence')}`, reduction `{obj.get('reduction')}`"
+                      + (f", teacher logits from the top-{cache.get('top_k')} cache." if cache.get("enabled") else
+                         ", teachers run live.")]
+    else:
+        lines += ["", "Trained from scratch with the plain next-token cross-entropy: control: no distillation."
+                  if rec.role.startswith("control") else "Trained from scratch with the plain next-token cross-entropy."]
+    lines += ["", "| | |", "|---|---|"]
+    for key, label, fmt in (("steps", "optimizer steps", "{:,}"), ("epochs_seen", "epochs", "{:.2f}"),
+                            ("global_batch", "global batch (sequences)", "{:,}"), ("world_size", "processes", "{}"),
+                            ("tokens_seen", "tokens seen", "{:,}"), ("words_seen", "words seen", "{:,.0f}"),
+                            ("selected", "weights kept", "{}"), ("best_dev_loss", "best dev loss (training objective)", "{:.4f}"),
+                            ("wall_time_s", "training wall time (s)", "{:.1f}")):
+        if t.get(key) is not None:
+            lines.append(f"| {label} | {fmt.format(t[key])} |")
+    return lines
+
+
+def _data(rec: ModelRecord) -> list[str]:
+    data = (rec.run_config or {}).get("data")
+    if not data:
+        return ["The run's config.yaml was not found next to the model; the training data is not described here."]
+    lines = [f"Corpus as configured: `{data.get('corpus')}` (format `{data.get('format')}`, dev `{data.get('dev')}`), "
+             f"windows of {data.get('seq_len')} tokens, document separator `{data.get('separator')}`"
+             + (f", capped at {data['max_words']:,} words" if data.get("max_words") else "") + "."]
+    ledger = (rec.manifest or {}).get("ledger")
+    if ledger:
+        verdict = "within" if ledger.get("within_budget") else "OVER"
+        lines += ["", f"Word-budget ledger (training split, as prepared): {ledger['total_words']:,} words, {verdict} the "
+                      f"budget of {ledger['budget']:,}.", "", "| source | words |", "|---|---:|"]
+        lines += [f"| {k} | {v:,} |" for k, v in sorted(ledger.get("words_by_source", {}).items())]
+    return lines
+
+
+def _evaluation(rec: ModelRecord) -> list[str]:
+    lines: list[str] = []
+    if ppl := rec.evals.get("perplexity"):
+        lines += [f"- **Dev cross-entropy** {ppl['ce_nats_per_token']:.4f} nats/token (perplexity {ppl['perplexity']:.2f}"
+                  + (f", {ppl['bits_per_word']:.3f} bits/word" if "bits_per_word" in ppl else "")
+                  + f"): {ppl.get('tokens_scored', '?'):,} tokens in {ppl.get('windows', '?')} non-overlapping windows of "
+                  f"{ppl.get('seq_len')} tokens of the run's dev split."]
+    for kind, label in (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement")):
+        if b := rec.evals.get(kind):
+            p = b.get("protocol", {})
+            lines.append(f"- **{label}** macro accuracy over phenomena {100 * b['macro_phenomena']:.1f}% "
+                         f"(over paradigms {100 * b.get('macro_paradigms', float('nan')):.1f}%, all pairs "
+                         f"{100 * b.get('accuracy', float('nan')):.1f}%) on {b.get('n_pairs', '?'):,} pairs; protocol: "
+                         f"prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, sentence score = "
+                         f"{p.get('reduction')} of token log-probs, ties counted {'correct' if p.get('ties_correct') else 'wrong'}.")
+    for task, r in rec.finetune.items():
+        lines.append(f"- **{task}** (fine-tuned, selected on a hold-out of train, scored on validation): "
+                     f"{r.get('metric')} {100 * r['score']:.1f} on {r.get('n_eval', '?')} examples.")
+    return lines or ["No evaluation was recorded for this model (no eval/<name>/*.json in its run)."]
+
+
+def _environment(rec: ModelRecord) -> list[str]:
+    env = rec.environment
+    if not env:
+        return ["Not recorded (the run has no summary.json)."]
+    pkgs = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items())
+    gpus = ", ".join(map(str, env.get("gpus") or [])) or "none"
+    return [f"As recorded by the run's report: Python {env.get('python')}, {env.get('platform')}, "
+            f"{env.get('cpu_count')} CPUs, GPUs: {gpus}; {pkgs}."]
+
+
+def _usage(rec: ModelRecord, gguf_files: list[str]) -> list[str]:
+    lines = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+             'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")',
+             'tok = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```"]
+    if gguf_files:
+        lines += ["", "GGUF (llama.cpp and everything built on it):", "", "```bash",
+                  f"llama-cli -m {gguf_files[0]} -p \"The child\" -n 32", "```", "",
+                  "The tokenizer normalises text with NFKC and adds a leading space before the first word; llama.cpp's "
+                  "BPE tokenizer does neither, so start prompts with a space for tokens identical to `transformers`."]
+    return lines
+
+
+def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: list[str] | None = None,
+                source_sha256: str | None = None) -> str:
+    gguf_files = gguf_files or []
+    fm = front_matter(rec, license_, language, ["gguf"] if gguf_files else [])
+    desc = (rec.training or {}).get("description")
+    parts = ["---", yaml.safe_dump(fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
+             f"# {rec.name}", "",
+             f"A {rec.arch.upper() if rec.arch == 'gpt2' else rec.arch.capitalize()} causal language model "
+             f"({parameter_count(rec):,} parameters) trained with babyllama "
+             f"(the Baby Llama ensemble-distillation recipe, Timiryasov & Tastet 2023): {rec.role}."
+             + (f" Run record: \"{desc}\"." if desc else ""), "",
+             "Everything below is read from the files the training run wrote; nothing here was measured at export.",
+             "", "## Model", "", *_architecture(rec), "", "## Training", "", *_training(rec), "",
+             "## Data", "", *_data(rec), "", "## Evaluation", "", *_evaluation(rec), "",
+             "## Environment", "", *_environment(rec), "", "## How to load", "", *_usage(rec, gguf_files), ""]
+    if gguf_files:
+        parts += ["## Files", "", *[f"- `{f}`" for f in gguf_files], ""]
+    parts += [f"Exported by babyllama {babyllama.__version__}"
+              + (f" from weights with sha256 {source_sha256}" if source_sha256 else "") + ".", ""]
+    return "\n".join(parts)

@@ -1,0 +1,96 @@
+"""What a run recorded about one model: the only source the model card may draw on.
+
+A babyllama model folder sits at ``<out_dir>/models/<name>/``; the run around it holds the resolved config,
+the data manifest (word-budget ledger), ``eval/<name>/*.json`` and ``summary.json`` (environment). Every
+piece is optional: a model folder copied out of its run still exports, its card just says less.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from babyllama.errors import UserError
+
+WEIGHT_INDEX = "model.safetensors.index.json"
+
+
+@dataclass
+class ModelRecord:
+    name: str
+    model_dir: Path
+    hf_config: dict[str, Any]
+    weight_files: list[Path]
+    training: dict[str, Any] | None = None  # training_summary.json
+    run_dir: Path | None = None
+    run_config: dict[str, Any] | None = None  # <out_dir>/config.yaml
+    manifest: dict[str, Any] | None = None  # <out_dir>/data/manifest.json
+    environment: dict[str, Any] | None = None  # summary.json
+    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # perplexity, blimp, supplement
+    finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return str(self.hf_config.get("model_type", "?"))
+
+    @property
+    def role(self) -> str:
+        """Teacher, distilled student, control, or plain LM, from what the training run recorded."""
+        objective = (self.training or {}).get("objective", {})
+        if objective.get("objective") == "distill":
+            return "distilled student"
+        cfg = self.run_config or {}
+        if any(t.get("name") == self.name for t in cfg.get("teachers") or []):
+            return "teacher"
+        student = cfg.get("student") or {}
+        if student.get("name") and self.name == f"{student['name']}-control":
+            return "control (no distillation)"
+        return "language model (no distillation)"
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    """The safetensors files of a model folder (one file, or the shards its index names)."""
+    index = _json(model_dir / WEIGHT_INDEX)
+    if index is not None:
+        return [model_dir / f for f in sorted(set(index.get("weight_map", {}).values()))]
+    single = model_dir / "model.safetensors"
+    return [single] if single.is_file() else []
+
+
+def load_record(model_dir: str | Path) -> ModelRecord:
+    """Read a model folder and whatever its run left around it; refuse what is not a model folder."""
+    model_dir = Path(model_dir)
+    config = _json(model_dir / "config.json") if model_dir.is_dir() else None
+    files = weight_files(model_dir) if model_dir.is_dir() else []
+    if config is None or not files or not all(f.is_file() for f in files):
+        raise UserError(f"{model_dir}: not a model folder (expected config.json and model.safetensors, "
+                        "as babyllama writes under <out_dir>/models/<name>/)")
+    rec = ModelRecord(name=model_dir.resolve().name, model_dir=model_dir, hf_config=config, weight_files=files,
+                      training=_json(model_dir / "training_summary.json"))
+    run_dir = model_dir.resolve().parent.parent
+    if model_dir.resolve().parent.name == "models" and (run_dir / "config.yaml").is_file():
+        rec.run_dir = run_dir
+        rec.run_config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        rec.manifest = _json(run_dir / "data" / "manifest.json")
+        rec.environment = (_json(run_dir / "summary.json") or {}).get("environment")
+        eval_dir = run_dir / "eval" / rec.name
+        for kind in ("perplexity", "blimp", "supplement"):
+            if (result := _json(eval_dir / f"{kind}.json")) is not None:
+                rec.evals[kind] = result
+        for path in sorted((eval_dir / "finetune").glob("*.json")):
+            if (result := _json(path)) is not None and "score" in result:
+                rec.finetune[path.stem] = result
+    return rec

@@ -1,0 +1,273 @@
+"""The sweep's answer: every member's numbers, paired comparisons with intervals, verdicts, a forest plot.
+
+Read from the members' run directories (``eval/<model>/*.json``), so ``babyllama sweep --collect``
+works whenever some members are finished. Writes, under ``<out_dir>/sweep/``: ``sweep.json`` (every
+member's numbers and every interval, for papers and dashboards), ``report.md``, a self-contained
+``report.html`` and ``plots/forest.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from babyllama import stats
+from babyllama.config import Config
+from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.sweep import Member, member_config, sweep_dir
+
+#: metric -> (title, unit, higher is better, digits, scale applied to differences)
+METRICS: dict[str, tuple[str, str, bool, int, float]] = {
+    "dev_ce": ("dev CE", "nats/token", False, 3, 1.0),
+    "blimp": ("BLiMP macro", "points", True, 1, 100.0),
+    "supplement": ("supplement macro", "points", True, 1, 100.0),
+}
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return read_json(path) if path.exists() else {}
+    except ValueError:
+        return {}
+
+
+def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """({model: {role, dev_ce, blimp, supplement}}, {model: {blimp: items, supplement: items}}), None if unfinished."""
+    from babyllama.pipeline import STATE_FILE
+
+    if not _json(mcfg.out / STATE_FILE).get("evaluate", {}).get("done"):
+        return None
+    roles = {t.name: "teacher" for t in mcfg.teachers}
+    assert mcfg.student is not None
+    roles[mcfg.student.name] = "student"
+    if mcfg.control:
+        roles[mcfg.control_name] = "control"
+    numbers, items = {}, {}
+    for name, role in roles.items():
+        ev = mcfg.out / "eval" / name
+        blimp, supp = _json(ev / "blimp.json"), _json(ev / "supplement.json")
+        numbers[name] = {"role": role, "dev_ce": _json(ev / "perplexity.json").get("ce_nats_per_token"),
+                         "blimp": blimp.get("macro_phenomena"), "supplement": supp.get("macro_phenomena")}
+        items[name] = {"blimp": blimp.get("items"), "supplement": supp.get("items")}
+    return numbers, items
+
+
+def _by_role(numbers: dict[str, Any], role: str) -> str | None:
+    return next((n for n, v in numbers.items() if v["role"] == role), None)
+
+
+def _bits(s: str) -> np.ndarray:
+    return np.frombuffer(s.encode(), dtype=np.uint8) == ord("1")
+
+
+def _bootstrap(pairs: list[tuple[dict | None, dict | None]], replicates: int) -> list[float] | None:
+    """The paired item bootstrap over seeds, when every seed has item-level results for both models."""
+    seeds = []
+    for a, b in pairs:
+        if not a or not b or set(a) != set(b) or any(len(a[k]) != len(b[k]) for k in a):
+            return None
+        seeds.append({k: (_bits(a[k]), _bits(b[k])) for k in a})
+    return list(stats.bootstrap_interval(seeds, replicates)) if seeds else None
+
+
+def compare(name: str, a: dict[int, tuple], b: dict[int, tuple], metric: str, replicates: int) -> dict[str, Any] | None:
+    """A - B on one metric, paired by seed; a/b map seed -> (numbers of the model, its items)."""
+    scale = METRICS[metric][4]
+    seeds = [s for s in sorted(set(a) & set(b)) if a[s][0][metric] is not None and b[s][0][metric] is not None]
+    if not seeds:
+        return None
+    out = {"name": name, "metric": metric, "unit": METRICS[metric][1],
+           **stats.paired({s: scale * (a[s][0][metric] - b[s][0][metric]) for s in seeds})}
+    if metric != "dev_ce":
+        boot = _bootstrap([(a[s][1].get(metric), b[s][1].get(metric)) for s in seeds], replicates)
+        out["bootstrap_ci"] = [scale * x for x in boot] if boot else None
+    return out
+
+
+def collect(base: Config, ms: list[Member]) -> dict[str, Any]:
+    """Every member's numbers, every comparison, the verdict; written as sweep.json, report.md/html, plots/."""
+    rows, missing = [], []
+    per_point: dict[str, dict[int, tuple[dict, dict]]] = {}
+    for m in ms:
+        got = read_member(member_config(base, m))
+        if got is None:
+            missing.append(m.name)
+            continue
+        rows.append({"name": m.name, "seed": m.seed, "setting": m.label, "point": m.point, "models": got[0]})
+        per_point.setdefault(m.label, {})[m.seed] = got
+    comparisons, verdicts, conditions = [], [], []
+    default = per_point.get("default", {})
+
+    def model_rows(runs: dict[int, tuple[dict, dict]], role: str) -> dict[int, tuple]:
+        out = {}
+        for seed, (numbers, items) in runs.items():
+            name = _by_role(numbers, role)
+            if name is not None:
+                out[seed] = (numbers[name], items[name])
+        return out
+
+    for label, runs in per_point.items():
+        at = "" if label == "default" else f" @ {label}"
+        student, control = model_rows(runs, "student"), model_rows(runs, "control")
+        for metric, (title, _, higher, digits, _) in METRICS.items():
+            c = compare(f"student - control{at}", student, control, metric, base.sweep.bootstrap)
+            if c:
+                comparisons.append(c)
+                who = "The distilled student" if not at else f"At {label}, the distilled student"
+                verdicts.append(_sentence(who, "the control", c, title, higher, digits))
+            if label != "default":
+                c = compare(f"{label} - default (student)", student, model_rows(default, "student"), metric,
+                            base.sweep.bootstrap)
+                if c:
+                    comparisons.append(c)
+                    verdicts.append(_sentence(f"The student with {label}", "the default student", c, title, higher, digits))
+        conditions.append(_condition(label, runs))
+    result = {"out_dir": str(base.out), "seeds": sorted({m.seed for m in ms}), "members": rows, "missing": missing,
+              "comparisons": comparisons, "verdict": verdicts, "conditions": [c for c in conditions if c]}
+    write(base, result)
+    return result
+
+
+def _sentence(a: str, b: str, c: dict[str, Any], title: str, higher: bool, digits: int) -> str:
+    text = f"{title}: " + stats.verdict(a, b, c, c["unit"], higher, digits)
+    if c.get("bootstrap_ci"):
+        lo, hi = c["bootstrap_ci"]
+        text += f" Item bootstrap (items resampled within each seed): [{lo:+.{digits}f}, {hi:+.{digits}f}] {c['unit']}."
+    return text
+
+
+def _condition(label: str, runs: dict[int, tuple[dict, dict]]) -> str | None:
+    """The teacher-gap condition: how far the best teacher is below the control, averaged over seeds."""
+    gaps = []
+    for numbers, _ in runs.values():
+        control = _by_role(numbers, "control")
+        teachers = [v["dev_ce"] for v in numbers.values() if v["role"] == "teacher" and v["dev_ce"] is not None]
+        if control and teachers and numbers[control]["dev_ce"] is not None:
+            gaps.append(numbers[control]["dev_ce"] - min(teachers))
+    if not gaps:
+        return None
+    gap, where = float(np.mean(gaps)), "" if label == "default" else f" ({label})"
+    if gap > 0:
+        return (f"Condition{where}: the best teacher is {gap:.4f} nats/token below the control (mean over {len(gaps)} "
+                "seed(s)), so the teachers had something to teach (in the paper the gap was about 0.27).")
+    return (f"Condition NOT met{where}: no teacher is better than the control (best teacher {-gap:.4f} nats/token worse); "
+            "distillation cannot be expected to help.")
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, digits: int) -> str:
+    return "–" if x is None else f"{x:+.{digits}f}"
+
+
+def comparison_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["comparison", "metric", "mean", "95% interval (t over seeds)", "item bootstrap", "seeds", "per seed"]
+    rows = []
+    for c in result["comparisons"]:
+        d = METRICS[c["metric"]][3]
+        ci = f"[{_fmt(c['ci'][0], d)}, {_fmt(c['ci'][1], d)}]" if c["ci"] else "one seed"
+        boot = c.get("bootstrap_ci")
+        rows.append([c["name"], f"{METRICS[c['metric']][0]} ({c['unit']})", _fmt(c["mean"], d), ci,
+                     f"[{_fmt(boot[0], d)}, {_fmt(boot[1], d)}]" if boot else "–", f"{c['holds']}/{c['n']}",
+                     ", ".join(_fmt(v, d) for v in c["per_seed"].values())])
+    return header, rows
+
+
+def member_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    header = ["member", "setting", "seed", "student dev CE", "control dev CE", "best teacher dev CE", "student BLiMP %",
+              "control BLiMP %"]
+    rows = []
+    for r in result["members"]:
+        ms = r["models"]
+        s, c = ms.get(_by_role(ms, "student") or "", {}), ms.get(_by_role(ms, "control") or "", {})
+        teachers = [v["dev_ce"] for v in ms.values() if v["role"] == "teacher" and v["dev_ce"] is not None]
+
+        def num(x: float | None, pct: bool = False) -> str:
+            return "–" if x is None else (f"{100 * x:.1f}" if pct else f"{x:.4f}")
+
+        rows.append([r["name"], r["setting"], str(r["seed"]), num(s.get("dev_ce")), num(c.get("dev_ce")),
+                     num(min(teachers) if teachers else None), num(s.get("blimp"), True), num(c.get("blimp"), True)])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+                      *("| " + " | ".join(r) + " |" for r in rows)])
+
+
+def forest_plot(result: dict[str, Any]) -> bytes | None:
+    """Each comparison as its mean with the t interval (and the item bootstrap), per-seed differences as dots."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in METRICS if any(c["metric"] == m for c in result["comparisons"])]
+    if not metrics:
+        return None
+    rows = max(sum(c["metric"] == m for c in result["comparisons"]) for m in metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 1.2 + 0.55 * rows), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        cs = [c for c in result["comparisons"] if c["metric"] == metric]
+        for y, c in enumerate(cs):
+            ax.scatter(list(c["per_seed"].values()), [y + 0.18] * c["n"], s=12, color="0.55", zorder=2)
+            if c["ci"]:
+                ax.plot(c["ci"], [y, y], color="C0", lw=2.5, zorder=3)
+            if c.get("bootstrap_ci"):
+                ax.plot(c["bootstrap_ci"], [y - 0.18] * 2, color="C1", lw=1.5, zorder=3)
+            ax.scatter([c["mean"]], [y], color="C0", marker="D", s=30, zorder=4)
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_yticks(range(len(cs)), [c["name"] for c in cs], fontsize=8)
+        ax.invert_yaxis()
+        title, unit, higher, _, _ = METRICS[metric]
+        ax.set_title(f"{title}: A - B in {unit} ({'higher' if higher else 'lower'} is better for A)", fontsize=9)
+        ax.set_xlabel("mean (diamond), 95% t interval (blue), item bootstrap (orange), seeds (grey)", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write(base: Config, result: dict[str, Any]) -> list[Path]:
+    out = sweep_dir(base)
+    png = forest_plot(result)
+    plot = out / "plots" / "forest.png"
+    if png:
+        atomic_write_bytes(plot, png)
+    atomic_write_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
+    finished = f"{len(result['members'])} of {len(result['members']) + len(result['missing'])} members finished"
+    md = [f"# babyllama sweep — `{out}`", "", f"Seeds {', '.join(map(str, result['seeds']))}; {finished}"
+          + (f" (missing: {', '.join(result['missing'])})." if result["missing"] else "."), "", "## Verdict", ""]
+    md += [f"- {v}" for v in result["verdict"] + result["conditions"]] + ["", "## Comparisons (A - B, paired by seed)", ""]
+    md += [markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
+    md += ["## Members", "", markdown_table(*member_rows(result)), ""]
+    atomic_write_text(out / "report.md", "\n".join(md))
+    atomic_write_text(out / "report.html", _html(result, out, finished, png))
+    return [out / "sweep.json", out / "report.md", out / "report.html"]
+
+
+def _html(result: dict[str, Any], out: Path, finished: str, png: bytes | None) -> str:
+    def table(header: list[str], rows: list[list[str]]) -> str:
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em}"
+             "th{background:#f3f3f3}img{max-width:100%}")
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>babyllama sweep</title><style>{style}</style>"
+             f"</head><body><h1>babyllama sweep — {html.escape(str(out))}</h1><p>{html.escape(finished)}</p>",
+             "<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in result["verdict"] + result["conditions"])
+             + "</ul>", "<h2>Comparisons (A - B, paired by seed)</h2>", table(*comparison_rows(result))]
+    if png:
+        parts.append(f"<img alt='forest plot' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+    parts += ["<h2>Members</h2>", table(*member_rows(result)), "</body></html>"]
+    return "\n".join(parts)

@@ -1,0 +1,107 @@
+"""Sweep statistics against scipy, a hand-computed example, and a brute-force bootstrap."""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from babyllama.stats import (
+    bootstrap_interval,
+    macro_difference,
+    paired,
+    t_cdf,
+    t_interval,
+    t_quantile,
+    verdict,
+)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 5, 9, 10, 29, 30])
+def test_t_distribution_matches_scipy(df: int) -> None:
+    for t in (-7.5, -2.0, -0.3, 0.0, 0.8, 2.5, 12.0):
+        assert t_cdf(t, df) == pytest.approx(sps.t.cdf(t, df), abs=1e-12)
+    for q in (0.6, 0.9, 0.975, 0.995):
+        assert t_quantile(q, df) == pytest.approx(sps.t.ppf(q, df), rel=1e-9)
+
+
+def test_t_interval_matches_scipy_and_a_hand_computed_example() -> None:
+    # By hand: mean 0.112, sd 0.01, n 3: t(0.975, 2) = 4.302653, half-width 4.302653 * 0.01 / sqrt(3) = 0.024842.
+    lo, hi = t_interval([0.102, 0.112, 0.122])
+    assert (lo, hi) == pytest.approx((0.112 - 0.024842, 0.112 + 0.024842), abs=1e-6)
+    rng = np.random.default_rng(3)
+    for n in (2, 3, 5, 12):
+        x = rng.normal(0.05, 0.02, n)
+        ref = sps.t.interval(0.95, n - 1, loc=x.mean(), scale=sps.sem(x))
+        assert t_interval(x) == pytest.approx(ref, rel=1e-9)
+    assert t_interval([0.3]) is None
+
+
+def test_paired_summary_counts_seeds_sharing_the_sign() -> None:
+    s = paired({1: -0.08, 2: -0.09, 3: 0.01})
+    assert s["n"] == 3 and s["holds"] == 2 and s["mean"] == pytest.approx(-0.16 / 3)
+    assert s["ci"][0] < s["mean"] < s["ci"][1]
+
+
+def test_verdict_is_driven_by_the_interval() -> None:
+    win = verdict("the student", "the control", {"mean": -0.084, "ci": [-0.10, -0.06], "n": 3, "holds": 3},
+                  "nats/token", higher_is_better=False)
+    assert win == "the student beats the control by 0.084 nats/token [0.060, 0.100], 3/3 seeds."
+    loss = verdict("the student", "the control", {"mean": -1.2, "ci": [-2.0, -0.4], "n": 3, "holds": 3},
+                   "points", higher_is_better=True, digits=1)
+    assert loss == "the student is WORSE than the control by 1.2 points [0.4, 2.0], 3/3 seeds."
+    tie = verdict("the student", "the control", {"mean": 0.003, "ci": [-0.01, 0.016], "n": 3, "holds": 2},
+                  "nats/token", higher_is_better=False)
+    assert "no detectable difference" in tie and "spans 0" in tie and "2/3 seeds" in tie
+    one = verdict("the student", "the control", {"mean": 0.003, "ci": None, "n": 1, "holds": 1}, "nats/token", False)
+    assert "one seed" in one
+
+
+def _exact_bootstrap(seeds: list[dict[str, tuple[np.ndarray, np.ndarray]]]) -> Counter:
+    """Every resample of every phenomenon of every seed, enumerated: the exact bootstrap distribution."""
+    dist: Counter = Counter({0.0: 1})
+    for items in seeds:
+        for a, b in items.values():
+            n = len(a)
+            group: Counter = Counter()
+            for idx in itertools.product(range(n), repeat=n):  # n^n resamples, with their multiplicities
+                idx = list(idx)
+                group[round(float(np.mean(a[idx].astype(int) - b[idx].astype(int))), 12)] += 1
+            weight = 1 / (len(items) * len(seeds))
+            combined: Counter = Counter()
+            for v, c in dist.items():
+                for g, k in group.items():
+                    combined[round(v + weight * g, 12)] += c * k
+            dist = combined
+    return dist
+
+
+def _quantile(dist: Counter, q: float) -> float:
+    total = sum(dist.values())
+    acc = 0
+    for v in sorted(dist):
+        acc += dist[v]
+        if acc >= q * total:
+            return v
+    raise AssertionError
+
+
+def test_bootstrap_interval_matches_the_brute_force_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    seeds = []
+    for s in range(2):
+        items = {}
+        for p, n in (("agreement", 4), ("islands", 5)):
+            a = rng.random(n) < 0.7 + 0.1 * s
+            b = rng.random(n) < 0.5
+            items[p] = (a, b)
+        seeds.append(items)
+    exact = _exact_bootstrap(seeds)
+    lo, hi = bootstrap_interval(seeds, replicates=200_000, seed=1)
+    assert lo == pytest.approx(_quantile(exact, 0.025), abs=1e-9)
+    assert hi == pytest.approx(_quantile(exact, 0.975), abs=1e-9)
+    mean = sum(v * c for v, c in exact.items()) / sum(exact.values())
+    assert mean == pytest.approx(macro_difference(seeds))  # the bootstrap is centred on the observed difference

@@ -1,0 +1,155 @@
+"""`babyllama sweep`: members sharing data, teachers and cache; resume after a kill; plan/member/collect;
+ablation grids, teacher subsets and per-seed teachers; identical numbers for identical members."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from babyllama.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+def _write_config(tmp_path: Path, tiny_cfg, blimp: bool = True, **sweep) -> Path:
+    tree = tiny_cfg.model_dump(mode="json")
+    tree["distill"]["cache"]["enabled"] = True
+    tree["eval"]["blimp"] = str(FIXTURES / "blimp_original") if blimp else None
+    tree["sweep"].update(sweep)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+def _mtime(path: Path) -> int:
+    return path.stat().st_mtime_ns
+
+
+def _sweep_json(out: Path) -> dict:
+    return json.loads((out / "sweep" / "sweep.json").read_text())
+
+
+def _student(result: dict, member: str) -> dict:
+    row = next(r for r in result["members"] if r["name"] == member)
+    return {v["role"]: v for v in row["models"].values()}
+
+
+def test_killed_sweep_resumes_and_reports_intervals(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg)
+    out = Path(tiny_cfg.out_dir)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "babyllama", "sweep", str(cfg_path), "--seeds", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # kill as the second member starts: the first is finished
+        if line.startswith("[sweep] member 2/2"):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    first = out / "sweep" / "default-s7"
+    stamps = {p: _mtime(p) for p in [first / "models" / "student" / "model.safetensors",
+                                      first / "models" / "student-control" / "model.safetensors",
+                                      out / "models" / "t-llama" / "model.safetensors"]}
+
+    assert main(["sweep", str(cfg_path), "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "[run] distill: up to date, skipped" in printed.split("[sweep] member 2/2")[0]
+    assert "[run] teacher:t-llama: running" not in printed
+    assert all(_mtime(p) == t for p, t in stamps.items())  # nothing finished was trained again
+    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 1  # one cache build for both members
+    # every member is an ordinary run directory (config, report) linked to the shared parts
+    second = out / "sweep" / "default-s8"
+    assert (second / "report.md").exists() and (second / "models" / "t-gpt2").resolve() == (out / "models" / "t-gpt2").resolve()
+    assert yaml.safe_load((second / "config.yaml").read_text())["student"]["train"]["seed"] == 8
+
+    result = _sweep_json(out)
+    assert result["seeds"] == [7, 8] and not result["missing"] and len(result["members"]) == 2
+    ce = next(c for c in result["comparisons"] if c["metric"] == "dev_ce" and c["name"] == "student - control")
+    diffs = [_student(result, m)["student"]["dev_ce"] - _student(result, m)["control"]["dev_ce"]
+             for m in ("default-s7", "default-s8")]
+    assert list(ce["per_seed"].values()) == diffs and ce["n"] == 2 and ce["ci"][0] <= ce["mean"] <= ce["ci"][1]
+    blimp = next(c for c in result["comparisons"] if c["metric"] == "blimp")
+    assert blimp["bootstrap_ci"] is not None
+    assert any(line.startswith("dev CE: The distilled student") for line in result["verdict"])
+    report = (out / "sweep" / "report.md").read_text()
+    assert "| student - control | dev CE (nats/token) |" in report and "![forest plot](plots/forest.png)" in report
+    assert "data:image/png;base64," in (out / "sweep" / "report.html").read_text()
+    assert "95% interval (t over seeds)" in printed and str(out / "sweep" / "sweep.json") in printed
+
+
+def test_plan_member_and_collect(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg, blimp=False)
+    out = Path(tiny_cfg.out_dir)
+    assert main(["sweep", str(cfg_path), "--seeds", "2", "--plan"]) == 0
+    plan = json.loads((out / "sweep" / "plan.json").read_text())
+    assert [m["name"] for m in plan["members"]] == ["default-s7", "default-s8"]
+    assert not (out / "models").exists()  # planning trains nothing
+    assert main(["sweep", str(cfg_path), "--seeds", "2", "--member", "5"]) == 2
+    assert "members 0..1" in capsys.readouterr().err
+
+    assert main(["sweep", str(cfg_path), "--seeds", "2", "--member", "1"]) == 0
+    assert (out / "sweep" / "default-s8" / "models" / "student" / "model.safetensors").exists()
+    assert not (out / "sweep" / "default-s7").exists()
+    assert main(["sweep", str(cfg_path), "--seeds", "2", "--collect"]) == 0
+    assert "Not finished yet: default-s7" in capsys.readouterr().out
+    result = _sweep_json(out)
+    assert result["missing"] == ["default-s7"] and result["comparisons"][0]["ci"] is None  # one seed: no interval
+    assert "one seed" in result["verdict"][0]
+
+
+def test_grid_and_teacher_subsets_with_identical_members_giving_identical_numbers(tmp_path: Path, tiny_cfg) -> None:
+    # log_every changes no weights: the two students of seed 7 must agree to the last bit.
+    cfg_path = _write_config(tmp_path, tiny_cfg, grid={"student.train.log_every": [1, 3]}, teacher_subsets=[["t-llama"]])
+    out = Path(tiny_cfg.out_dir)
+    assert main(["sweep", str(cfg_path), "--seeds", "1"]) == 0
+    result = _sweep_json(out)
+    names = [r["name"] for r in result["members"]]
+    assert names == ["default-s7", "teachers=t-llama-s7", "student.train.log_every=3-s7",
+                     "student.train.log_every=3+teachers=t-llama-s7"]
+    a, b = _student(result, "default-s7"), _student(result, "student.train.log_every=3-s7")
+    assert a == b
+    items = [json.loads((out / "sweep" / m / "eval" / "student" / "blimp.json").read_text())["items"] for m in names[::2]]
+    assert items[0] == items[1]
+    subset = yaml.safe_load((out / "sweep" / "teachers=t-llama-s7" / "config.yaml").read_text())
+    assert [t["name"] for t in subset["teachers"]] == ["t-llama"]
+    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 2  # one cache per teacher set
+    assert not (out / "sweep" / "teachers").exists()  # same teachers throughout: trained once, in out_dir
+    ablation = [c for c in result["comparisons"] if c["name"] == "student.train.log_every=3 - default (student)"]
+    assert ablation and all(c["mean"] == 0 for c in ablation)
+
+
+def test_per_seed_teachers_and_teacher_axes_train_each_teacher_config_once(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg, blimp=False, teacher_seeds="per_seed",
+                             grid={"teachers.*.train.max_steps": [6, 4]})
+    out = Path(tiny_cfg.out_dir)
+    assert main(["sweep", str(cfg_path), "--seeds", "2", "--plan"]) == 0
+    assert main(["sweep", str(cfg_path), "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+    homes = sorted(p for p in (out / "sweep" / "teachers").iterdir() if p.is_dir())
+    assert len(homes) == 3  # seed 7 with 6 steps is the config's own teachers, in out_dir
+    assert printed.count("[run] teacher:t-llama: running") == 4
+    steps = {yaml.safe_load((h / "config.yaml").read_text())["teachers"][0]["train"]["max_steps"] for h in homes}
+    assert steps == {4, 6}
+    result = _sweep_json(out)
+    assert len(result["members"]) == 4 and result["conditions"]
+    assert any(c["name"] == "teachers.*.train.max_steps=4 - default (student)" for c in result["comparisons"])
+
+
+def test_sweep_config_mistakes_are_one_line(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg, grid={"data.seq_len": [8, 16]})
+    assert main(["sweep", str(cfg_path), "--plan"]) == 2
+    assert "only keys under distill, student, teachers or control can vary" in capsys.readouterr().err
+    cfg_path = _write_config(tmp_path, tiny_cfg, teacher_subsets=[["nobody"]])
+    assert main(["sweep", str(cfg_path), "--plan"]) == 2
+    assert "sweep.teacher_subsets" in capsys.readouterr().err
+    cfg_path = _write_config(tmp_path, tiny_cfg, grid={"distill.alpah": [0.1]})
+    assert main(["sweep", str(cfg_path), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "distill.alpah" in err and "unknown key" in err and "Traceback" not in err

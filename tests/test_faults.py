@@ -216,3 +216,37 @@ def test_leftover_temporaries_in_data_and_cache_are_removed(tmp_path, text_corpu
     assert main(["prepare", cfg]) == 0
     assert "removed 2 temporary folder" in capsys.readouterr().out
     assert not any(d.exists() for d in left)
+
+
+def test_over_long_lines_are_cut_warned_and_counted(tmp_path, text_corpus, capsys):
+    from babyllama.data.prepare import MAX_LINE_CHARS, split_long_line
+
+    assert split_long_line("ab cd ef", 5) == ["ab cd", "ef"] and split_long_line("abcdefg", 3) == ["abc", "def", "g"]
+    blob = "x" * (6 * MAX_LINE_CHARS)  # no whitespace: the case that stalled tokenizer training
+    prose = " ".join(["the cat sees the dog."] * (MAX_LINE_CHARS // 10))
+    (text_corpus / "part0.txt").write_text((text_corpus / "part0.txt").read_text() + blob + "\n" + prose + "\n")
+    cfg = _config(tmp_path, text_corpus)
+    assert main(["prepare", cfg]) == 0
+    out = capsys.readouterr().out
+    assert "2 line(s) longer than" in out
+    manifest = json.loads((tmp_path / "run" / "data" / "manifest.json").read_text())
+    assert manifest["ledger"]["long_lines_split"] == 2
+
+
+def test_teacher_without_tokenizer_json_is_refused_unless_allowed(tmp_path, text_corpus, capsys):
+    from babyllama.config import load_config
+    from babyllama.data.tokens import read_manifest
+    from babyllama.distill.teachers import check_shared_tokenizer
+    from babyllama.models import build_model
+
+    path = _config(tmp_path, text_corpus)
+    assert main(["prepare", path]) == 0
+    cfg = load_config(path)
+    manifest = read_manifest(cfg.data_dir)
+    for t in cfg.teachers:  # same vocabulary size and special ids, but nothing to compare the tokens with
+        build_model(t, manifest["vocab_size"], manifest["special_tokens"]).save_pretrained(cfg.model_dir(t.name))
+    capsys.readouterr()
+    assert main(["distill", path]) == 2
+    assert_one_line(capsys.readouterr().err, "has no tokenizer.json to compare")
+    allowed = load_config(path, ["distill.allow_unchecked_tokenizer=true"])
+    check_shared_tokenizer(allowed, manifest, [allowed.model_dir(t.name) for t in allowed.teachers])

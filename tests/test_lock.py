@@ -60,7 +60,8 @@ def test_two_real_runs_on_one_out_dir_one_refuses_the_other_finishes_right(tmp_p
     out_first, err_first = first.communicate(timeout=600)
     assert first.returncode == 0, err_first[-3000:]
     assert second.returncode == 2
-    assert second.stderr.strip().count("\n") == 0 and f"in use by another babyllama command (pid {first.pid}" in second.stderr
+    errors = [line for line in second.stderr.splitlines() if line.startswith("babyllama: error: ")]
+    assert len(errors) == 1 and f"in use by another babyllama command (pid {first.pid}" in errors[0]
     assert "Traceback" not in second.stderr
 
     # the first run's metrics are those of one uninterrupted run: every step once, the right token count

@@ -23,7 +23,7 @@ def _flip_byte(path: Path, keep_mtime: bool = False) -> None:
     path.write_bytes(bytes(data))
     if keep_mtime:
         os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        io._sha256_of_version.cache_clear()
+        io.forget_file_hashes()
 
 
 def _finished_run(tmp_path: Path, corpus: Path, capsys) -> tuple[str, Path]:
@@ -90,7 +90,7 @@ def test_corpus_edited_at_same_size_and_mtime_is_prepared_again(tmp_path, text_c
     st = part.stat()
     part.write_text(part.read_text().replace("cat", "cow", 1))
     os.utime(part, ns=(st.st_atime_ns, st.st_mtime_ns))
-    io._sha256_of_version.cache_clear()
+    io.forget_file_hashes()
     capsys.readouterr()
     assert main(["prepare", str(cfg)]) == 0
     assert "up to date" not in capsys.readouterr().out

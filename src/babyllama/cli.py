@@ -132,7 +132,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
         cfg = _load(args) if args.config else None
         data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir
         seq_len = args.seq_len or (cfg.data.seq_len if cfg else 128)
-        results = {Path(args.model).name: evaluate_perplexity(args.model, data_dir, seq_len=seq_len, device=args.device)}
+        results = {Path(args.model).name: evaluate_perplexity(args.model, data_dir, seq_len=seq_len, device=args.device,
+                                                              allow_unchecked_tokenizer=args.allow_unchecked_tokenizer)}
     else:
         if not args.config:
             raise UserError("evaluate perplexity needs a CONFIG (every model of it) or --model DIR --data-dir DIR")
@@ -318,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="one Hugging Face causal-LM directory instead")
     q.add_argument("--data-dir", help="prepared data folder (<out_dir>/data) holding dev.bin")
     q.add_argument("--seq-len", type=int, default=None)
+    q.add_argument("--allow-unchecked-tokenizer", action="store_true",
+                   help="score a model folder that has no tokenizer to compare with the data's (vocabulary size only)")
     q.add_argument("--out", help="write the result JSON here")
     q.add_argument("--device", default=None)
     q.set_defaults(func=cmd_eval_perplexity)

@@ -167,6 +167,9 @@ class DistillConfig(Section):
         "(the reference code's KLDivLoss batchmean, ~seq_len times heavier).",
     )
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Teacher-logit cache.")
+    allow_unchecked_tokenizer: bool = Field(
+        False, description="Accept a teacher folder with no tokenizer.json to compare (vocabulary size and special ids "
+        "are still checked); by default it is refused.")
 
     @field_validator("weights")
     @classmethod

@@ -89,6 +89,11 @@ def cached_file_sha256(path: str | os.PathLike) -> str:
     return _sha256_of_version(Path(path).resolve(), st.st_size, st.st_mtime_ns)
 
 
+def forget_file_hashes() -> None:
+    """Drop the memo of cached_file_sha256, as a new process starts without it (benchmarks, tests)."""
+    _sha256_of_version.cache_clear()
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file; a file nested too deeply for the parser is a ValueError like any malformed one."""
     with open(path, encoding="utf-8") as f:

@@ -3,7 +3,7 @@
 Any number of teachers of either architecture (GPT-2, LLaMA) may form the ensemble; what makes their
 distributions comparable token by token is the one prepared tokenizer, so that is checked first, from
 the saved files alone (no weights are read): same vocabulary size and pad/bos/eos ids as the prepared
-manifest, and the same tokenizer.json when the model folder carries one.
+manifest, and the same tokenizer.json (a folder without one is refused unless distill.allow_unchecked_tokenizer).
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) ->
             raise UserError(f"teacher {t.name!r} ({d}: {got}) and student {student!r} (prepared data "
                             f"{cfg.data_dir}: {expected}) do not share a tokenizer; retrain the teacher on this data")
         saved_tok = d / "tokenizer.json"
+        if not saved_tok.is_file() and not cfg.distill.allow_unchecked_tokenizer:
+            raise UserError(f"teacher {t.name!r} ({d}) has no tokenizer.json to compare with the student's ({prepared_tok}): "
+                            "a vocabulary of the same size may number its tokens differently; add the tokenizer it was "
+                            "trained with, retrain it on this data, or set distill.allow_unchecked_tokenizer: true")
         if saved_tok.is_file() and prepared_tok.is_file() and file_sha256(saved_tok) != file_sha256(prepared_tok):
             raise UserError(f"teacher {t.name!r} ({saved_tok}) and student {student!r} ({prepared_tok}) do not share "
                             f"a tokenizer (the tokenizer.json files differ); retrain the teacher on this data")

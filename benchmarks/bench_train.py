@@ -7,7 +7,9 @@ models) we time, in one run:
 * plain HF: ``LlamaForCausalLM`` / ``GPT2LMHeadModel`` forward with labels + backward + ``AdamW.step``
   + ``zero_grad``, in a bare Python loop (no data loading, no clipping, no logging);
 * ours: ``babyllama.train.loop.fit`` on a synthetic prepared data folder (token values do not change the
-  speed), reading tokens/s from its own metrics.jsonl after a warm-up interval.
+  speed), reading tokens/s from its own metrics.jsonl after a warm-up interval;
+* with ``--fused``: ours with ``train.fused_loss`` (chunked linear + cross-entropy, no full logits);
+* with ``--compile``: ours with ``train.compile`` (and compiled + fused when both flags are given).
 
 Model FLOPs per token: 6 x N_matmul (forward + backward of every weight matrix, input embeddings and
 positions excluded since they are lookups) + 12 x layers x hidden x seq_len (attention scores and values,
@@ -16,6 +18,7 @@ the best of its repeats (fastest step, fastest matmul), the least disturbed read
 
     python benchmarks/bench_train.py            # a few minutes on 2 CPU cores
     python benchmarks/bench_train.py --quick    # fewer steps
+    python benchmarks/bench_train.py --quick --fused --compile   # the fused loss and torch.compile too
 """
 
 from __future__ import annotations
@@ -99,17 +102,17 @@ def synthetic_data(cfg: Config, vocab: int, n_tokens: int) -> None:
 
 
 def ours(m: ModelConfig, vocab: int, batch: int, seq_len: int, steps: int, warmup: int, lr: float, work: Path,
-         compile: bool = False) -> float:
+         compile: bool = False, fused: bool = False) -> float:
     """Tokens/s of babyllama's fit, from its metrics after the warm-up steps."""
     n_steps = warmup + steps
     train = m.train.model_copy(update={"batch_size": batch, "grad_accum": 1, "lr": lr, "max_steps": n_steps,
                                        "log_every": 1, "eval_windows": 8, "eval_every": 0, "save_every": 0,
-                                       "compile": compile})
+                                       "compile": compile, "fused_loss": fused})
     cfg = Config.model_validate({"out_dir": str(work), "seed": 0, "data": {"seq_len": seq_len},
                                  "logging": {"progress": False},
                                  "teachers": [m.model_copy(update={"train": train}).model_dump(mode="json")]})
     synthetic_data(cfg, vocab, (batch * n_steps + 8) * seq_len)
-    out = fit(cfg, cfg.teachers[0], LMObjective())
+    out = fit(cfg, cfg.teachers[0], LMObjective(fused))
     rates = [json.loads(x)["tokens_per_s"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
     return max(rates[warmup:])  # one line per step; the warm-up steps are dropped
 
@@ -119,6 +122,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer timed steps")
     ap.add_argument("--only", default=None, help="comma-separated model names to run (default: all)")
     ap.add_argument("--compile", action="store_true", help="also time our loop with train.compile=true (compiles first)")
+    ap.add_argument("--fused", action="store_true", help="also time our loop with train.fused_loss=true")
     args = ap.parse_args()
     budget = 2e11 if args.quick else 5e11  # model FLOPs timed per measurement: more steps for small models
 
@@ -128,6 +132,8 @@ def main() -> None:
                                                 for m in demo.teachers + [demo.student]]
     if args.only:
         cases = [c for c in cases if c[0].name in args.only.split(",")]
+    variants = [v for v, on in ((("fused", False, True), args.fused), (("compiled", True, False), args.compile),
+                                (("compiled+fused", True, True), args.fused and args.compile)) if on]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; figures are best-of-repeats")
     peaks = [matmul_peak()]
     rows = []
@@ -140,8 +146,9 @@ def main() -> None:
             steps = int(min(max(budget / (fpt * batch * seq_len), 2), 12))
             rates = [plain_hf(m, vocab, batch, seq_len, steps, 1, m.train.lr),
                      ours(m, vocab, batch, seq_len, steps, 1, m.train.lr, work / str(i))]
-            if args.compile:
-                rates.append(ours(m, vocab, batch, seq_len, steps, 2, m.train.lr, work / f"{i}c", compile=True))
+            for name, compile, fused in variants:
+                rates.append(ours(m, vocab, batch, seq_len, steps, 2 if compile else 1, m.train.lr, work / f"{i}{name}",
+                                  compile=compile, fused=fused))
             peaks.append(matmul_peak())
             rows.append((m, count_parameters(shape), f"{batch}x{seq_len}", fpt, rates))
             print(f"  measured {m.name} ({steps} timed steps)", flush=True)
@@ -151,17 +158,16 @@ def main() -> None:
     peak = max(peaks)
     print(f"fp32 matmul peak (2048^2 torch.mm), best of {len(peaks)} readings: {peak:.1f} GFLOP/s "
           f"(readings ranged {min(peaks):.1f}-{peak:.1f}: a wide range means the machine was busy)")
-    header = f"{'model':<20} {'params':>11} {'batch':>7} | {'plain HF tok/s':>14} {'MFU':>5} | {'ours tok/s':>10} {'MFU':>5} | ours/plain"
-    if args.compile:
-        header += f" | {'compiled tok/s':>14} {'MFU':>5}"
+    names = ["plain HF", "ours"] + [v[0] for v in variants]
+    widths = [max(10, len(n) + 6) for n in names]
+    header = f"{'model':<20} {'params':>11} {'batch':>7}" + "".join(
+        f" | {n + ' tok/s':>{w}} {'MFU':>5}" for n, w in zip(names, widths, strict=True)) + " | best/plain"
     print(header)
     print("-" * len(header))
     for m, n_params, shape_txt, fpt, rates in rows:
-        cells = [f"{r:>{w},.0f} {r * fpt / 1e9 / peak:>5.0%}" for r, w in zip(rates, (14, 10, 14), strict=False)]
-        row = f"{m.name:<20} {n_params:>11,} {shape_txt:>7} | {cells[0]} | {cells[1]} | {rates[1] / rates[0]:>10.2f}"
-        if args.compile:
-            row += f" | {cells[2]}"
-        print(row)
+        cells = "".join(f" | {r:>{w},.0f} {r * fpt / 1e9 / peak:>5.0%}" for r, w in zip(rates, widths, strict=True))
+        best = max(range(1, len(rates)), key=lambda j: rates[j])
+        print(f"{m.name:<20} {n_params:>11,} {shape_txt:>7}{cells} | {rates[best] / rates[0]:>5.2f} ({names[best]})")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 
-from babyllama.config import Config
+from babyllama.config import Config, save_resolved
 from babyllama.distill.run import distill
 from babyllama.pipeline import plan
+from babyllama.report import summarize
 from babyllama.train.pretrain import train_model
 from helpers import read_metrics
 
@@ -22,10 +23,13 @@ def _stream(cfg: Config, name: str) -> tuple[list[str], dict]:
     return hashes, json.loads((model_dir / "training_summary.json").read_text())
 
 
-@pytest.mark.parametrize("cached", [False, True])
-def test_student_and_control_consume_identical_batches(prepared_cfg: Config, cached: bool) -> None:
+@pytest.mark.parametrize("teachers", ["live", "sample", "top_k"])
+def test_student_and_control_consume_identical_batches(prepared_cfg: Config, teachers: str) -> None:
     cfg = prepared_cfg
+    cached = teachers != "live"
     cfg.distill.cache.enabled = cached
+    cfg.distill.cache.mode = "top_k" if teachers == "top_k" else "sample"
+    save_resolved(cfg)
     for t in cfg.teachers:
         train_model(cfg, t.name)
     distill(cfg)
@@ -37,6 +41,14 @@ def test_student_and_control_consume_identical_batches(prepared_cfg: Config, cac
     assert student == control
     assert s_summary["stream_hash"] == c_summary["stream_hash"]
     assert s_summary["windows"] == c_summary["windows"] == ("fixed" if cached else "random")
+    lines = summarize(cfg.out)["approximations"]
+    assert any(x.startswith("Data stream: the student and the control trained on identical batches") for x in lines)
+    expected = {"live": "Teachers: live",
+                "sample": "Teachers: the `sample` cache, 64 tokens drawn per position from the tempered ensemble; the "
+                          "forward-KL gradient is unbiased, its sampling noise is the cost (the draws hit",
+                "top_k": "Teachers: the `top_k` cache, k = 8 plus one tail bucket; the KD is a lower bound and the "
+                         "tail's shape is not taught (the top-k hold"}[teachers]
+    assert any(x.startswith(expected) for x in lines), lines
 
 
 def test_window_mode_is_part_of_both_fingerprints(prepared_cfg: Config) -> None:
@@ -54,9 +66,6 @@ def test_window_mode_is_part_of_both_fingerprints(prepared_cfg: Config) -> None:
 
 
 def test_report_states_the_shared_data_stream(prepared_cfg: Config) -> None:
-    from babyllama.config import save_resolved
-    from babyllama.report import summarize
-
     cfg = prepared_cfg
     cfg.student.train.max_steps = 2
     save_resolved(cfg)
@@ -67,6 +76,7 @@ def test_report_states_the_shared_data_stream(prepared_cfg: Config) -> None:
     lines = summarize(cfg.out)["approximations"]
     assert any(x.startswith("Data stream: the student and the control trained on identical batches (random windows, 2")
                for x in lines)
+    assert "Teachers: live (the exact ensemble at every step; no cached approximation)." in lines
     cfg.student.train.windows = "fixed"  # the control alone retrained on other windows: said plainly
     shutil.rmtree(cfg.checkpoint_dir(cfg.control_name))
     train_model(cfg, "control")

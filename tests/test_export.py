@@ -192,6 +192,10 @@ def test_refusals_are_one_line_with_exit_2(run_dir: Path, tmp_path: Path, capsys
     assert _export(odd, tmp_path / "x") == 2
     assert "model_type 'bert' cannot be exported to GGUF" in _one_error_line(capsys)
 
+    (odd / "config.json").write_text(json.dumps({**cfg, "architectures": ["LlamaForSequenceClassification"]}))
+    assert _export(odd, tmp_path / "x") == 2
+    assert "LlamaForSequenceClassification cannot be exported to GGUF" in _one_error_line(capsys)
+
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("mine")

@@ -84,8 +84,8 @@ def test_killed_sweep_resumes_and_reports_intervals(tmp_path: Path, tiny_cfg, ca
     assert "95% interval (t over seeds)" in printed and str(out / "sweep" / "sweep.json") in printed
 
 
-def test_plan_member_and_collect(tmp_path: Path, tiny_cfg, capsys) -> None:
-    cfg_path = _write_config(tmp_path, tiny_cfg, blimp=False)
+def test_plan_member_and_collect_and_identical_members_give_identical_numbers(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg)
     out = Path(tiny_cfg.out_dir)
     assert main(["sweep", str(cfg_path), "--seeds", "2", "--plan"]) == 0
     plan = json.loads((out / "sweep" / "plan.json").read_text())
@@ -103,26 +103,49 @@ def test_plan_member_and_collect(tmp_path: Path, tiny_cfg, capsys) -> None:
     assert result["missing"] == ["default-s7"] and result["comparisons"][0]["ci"] is None  # one seed: no interval
     assert "one seed" in result["verdict"][0]
 
+    # The same member (seed and config) run from scratch elsewhere gives identical numbers, BLiMP items included.
+    other = tmp_path / "again"
+    assert main(["sweep", str(cfg_path), "--seeds", "2", "--member", "1", "--set", f"out_dir={other}"]) == 0
+    for name in ("student", "student-control"):
+        for file, key in (("perplexity.json", "ce_nats_per_token"), ("blimp.json", "items")):
+            a, b = (json.loads((root / "sweep" / "default-s8" / "eval" / name / file).read_text()) for root in (out, other))
+            assert a[key] == b[key]
 
-def test_grid_and_teacher_subsets_with_identical_members_giving_identical_numbers(tmp_path: Path, tiny_cfg) -> None:
-    # log_every changes no weights: the two students of seed 7 must agree to the last bit.
+
+def test_jobs_run_members_as_parallel_processes(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg, blimp=False)
+    out = Path(tiny_cfg.out_dir)
+    assert main(["sweep", str(cfg_path), "--seeds", "2", "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "default-s7 done" in printed and "default-s8 done" in printed
+    for member in ("default-s7", "default-s8"):
+        assert "[run] distill: done" in (out / "sweep" / member / "sweep.log").read_text()
+        assert "[run] teacher:t-llama: up to date" in (out / "sweep" / member / "sweep.log").read_text()
+    assert len(_sweep_json(out)["members"]) == 2
+
+
+def test_grid_and_teacher_subsets_reuse_identical_models(tmp_path: Path, tiny_cfg, capsys) -> None:
+    # log_every changes no weights: that member reuses the default member's student and control.
     cfg_path = _write_config(tmp_path, tiny_cfg, grid={"student.train.log_every": [1, 3]}, teacher_subsets=[["t-llama"]])
     out = Path(tiny_cfg.out_dir)
     assert main(["sweep", str(cfg_path), "--seeds", "1"]) == 0
+    printed = capsys.readouterr().out
     result = _sweep_json(out)
     names = [r["name"] for r in result["members"]]
     assert names == ["default-s7", "teachers=t-llama-s7", "student.train.log_every=3-s7",
                      "student.train.log_every=3+teachers=t-llama-s7"]
-    a, b = _student(result, "default-s7"), _student(result, "student.train.log_every=3-s7")
-    assert a == b
-    items = [json.loads((out / "sweep" / m / "eval" / "student" / "blimp.json").read_text())["items"] for m in names[::2]]
-    assert items[0] == items[1]
-    subset = yaml.safe_load((out / "sweep" / "teachers=t-llama-s7" / "config.yaml").read_text())
-    assert [t["name"] for t in subset["teachers"]] == ["t-llama"]
+    same = out / "sweep" / "student.train.log_every=3-s7"
+    assert (same / "models" / "student").is_symlink() and (same / "models" / "student-control").is_symlink()
+    assert f"[sweep] {same.name}: distill is identical to the one in {out / 'sweep' / 'default-s7'}: reused" in printed
+    assert _student(result, "default-s7") == _student(result, same.name)
+    subset = out / "sweep" / "teachers=t-llama-s7"
+    assert [t["name"] for t in yaml.safe_load((subset / "config.yaml").read_text())["teachers"]] == ["t-llama"]
+    assert not (subset / "models" / "student").is_symlink() and (subset / "models" / "student-control").is_symlink()
     assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 2  # one cache per teacher set
     assert not (out / "sweep" / "teachers").exists()  # same teachers throughout: trained once, in out_dir
     ablation = [c for c in result["comparisons"] if c["name"] == "student.train.log_every=3 - default (student)"]
     assert ablation and all(c["mean"] == 0 for c in ablation)
+    assert any(c["name"] == "teachers=t-llama - default (student)" for c in result["comparisons"])
 
 
 def test_per_seed_teachers_and_teacher_axes_train_each_teacher_config_once(tmp_path: Path, tiny_cfg, capsys) -> None:

@@ -53,7 +53,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _probe(args: list[str], **env: str) -> tuple[dict, str]:
-    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=_env(**env), timeout=120)
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=_env(**env), timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
 
@@ -86,7 +86,7 @@ def test_every_entry_point_logs_one_decision(entry: str, tmp_path: Path) -> None
         pytest.skip("the babyllama console script is not installed beside this interpreter")
     cmd = [sys.executable, "-m", "babyllama"] if entry == "module" else [str(script)]
     done = subprocess.run([*cmd, "report", str(tmp_path), "--threads", "1"], capture_output=True, text=True,
-                          env=_env(), timeout=120)
+                          env=_env(), timeout=900)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 2, done.stderr  # the decision, then report's own error
     assert lines[0].startswith("babyllama: 1 CPU thread (--threads;") and "not a babyllama out_dir" in lines[1]
@@ -94,7 +94,7 @@ def test_every_entry_point_logs_one_decision(entry: str, tmp_path: Path) -> None
 
 def test_bad_override_is_one_line(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "babyllama", "report", str(tmp_path)], capture_output=True, text=True,
-                          env=_env(BABYLLAMA_THREADS="many"), timeout=120)
+                          env=_env(BABYLLAMA_THREADS="many"), timeout=900)
     assert done.returncode == 2 and done.stderr.strip() == (
         "babyllama: error: BABYLLAMA_THREADS='many': expected a whole number of threads >= 1")
 

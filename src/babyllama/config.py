@@ -68,6 +68,12 @@ class TrainConfig(Section):
         "auto", description="'auto': bf16 autocast on a GPU that supports it (else fp16 with a scaler), fp32 on CPU."
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
+    fused_loss: bool = Field(
+        False,
+        description="LM objective (teachers, control): cross-entropy fused with the output projection, a chunk of "
+        "positions at a time, never materialising the full logits (same loss and gradients up to rounding; "
+        "benchmarks/bench_train.py measures it). Distillation chunks its own loss already.",
+    )
     seed: int | None = Field(
         None, description="This model's own seed (initialisation, window order); null = the experiment's seed. "
         "`babyllama sweep` sets it per member, so the prepared data and shared teachers stay the same."
@@ -147,8 +153,15 @@ class TokenizerConfig(Section):
 
 
 class CacheConfig(Section):
-    enabled: bool = Field(False, description="Read teacher logits from a precomputed top-k cache instead of running the teachers.")
-    top_k: int = Field(64, ge=1, description="Ensemble logits kept per position (plus what the KD term needs for the tail).")
+    enabled: bool = Field(False, description="Read the teachers' ensemble from a precomputed cache instead of running the teachers.")
+    mode: Literal["sample", "top_k"] = Field(
+        "sample",
+        description="'sample': per position, `samples` tokens drawn from the tempered ensemble (ids + counts): the forward-KL "
+        "gradient is unbiased (forward_kl only); 'top_k': the top_k log-probs + one tail bucket, a lower bound of the "
+        "KD that loses the tail's shape (any divergence).",
+    )
+    samples: int = Field(64, ge=1, le=65535, description="Draws per position in 'sample' mode (3 bytes each + 4 per position).")
+    top_k: int = Field(64, ge=1, description="Ensemble log-probs kept per position in 'top_k' mode (4 bytes each + 4 for the tail).")
 
 
 class DistillConfig(Section):
@@ -177,6 +190,13 @@ class DistillConfig(Section):
         if v is not None and (not v or any(w < 0 for w in v) or sum(v) <= 0):
             raise ValueError("must be a non-empty list of non-negative numbers with a positive sum")
         return v
+
+    @model_validator(mode="after")
+    def _cache_supports_divergence(self) -> DistillConfig:
+        if self.cache.enabled and self.cache.mode == "sample" and self.divergence != "forward_kl":
+            raise ValueError(f"divergence {self.divergence!r} cannot be estimated from sampled tokens (the 'sample' cache "
+                             "is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")
+        return self
 
 
 class FinetuneConfig(Section):

@@ -125,7 +125,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
         "models": models,
         "verdict": verdict(models),
-        "approximations": approximations(models),
+        "approximations": approximations(models, out_dir),
         "stages": {k: v.get("seconds") for k, v in sorted(state.items(), key=_stage_order) if isinstance(v, dict)},
         "ledger": manifest.get("ledger"),
         "environment": environment(),
@@ -152,11 +152,36 @@ def _data_stream_line(student: dict[str, Any], control: dict[str, Any]) -> str:
             "may come from the data; retrain the control (`babyllama run --force control`).")
 
 
-def approximations(models: list[dict[str, Any]]) -> list[str]:
+def _teacher_line(cache: dict[str, Any] | None, out_dir: Path) -> str | None:
+    if not cache:
+        return None
+    if not cache.get("enabled"):
+        return "Teachers: live (the exact ensemble at every step; no cached approximation)."
+    from babyllama.distill.cache import fidelity
+
+    fid = fidelity(out_dir / "cache" / str(cache.get("key")))
+    if cache.get("mode") == "sample":
+        text = (f"Teachers: the `sample` cache, {cache.get('samples')} tokens drawn per position from the tempered "
+                "ensemble; the forward-KL gradient is unbiased, its sampling noise is the cost")
+        if "sampled_mass" in fid:
+            text += (f" (the draws hit {fid['distinct']:.1f} distinct tokens per position, holding "
+                     f"{100 * fid['sampled_mass']:.1f}% of the ensemble's mass)")
+        return text + "."
+    text = (f"Teachers: the `top_k` cache, k = {cache.get('top_k')} plus one tail bucket; the KD is a lower bound "
+            "and the tail's shape is not taught")
+    if "topk_mass" in fid:
+        text += f" (the top-k hold {100 * fid['topk_mass']:.1f}% of the tempered ensemble's mass)"
+    return text + "."
+
+
+def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     """The cost of every approximation behind the student-control comparison, in plain sentences."""
     student = next((m for m in models if m["role"] == "distilled student" and m["training"]), None)
     control = next((m for m in models if m["role"].startswith("control") and m["training"]), None)
     lines = []
+    if student:
+        line = _teacher_line(student["training"].get("teacher_cache"), out_dir)
+        lines += [line] if line else []
     if student and control:
         lines.append(_data_stream_line(student, control))
     return lines

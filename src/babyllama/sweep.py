@@ -258,6 +258,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
                 state[stage] = home_state[stage]
         atomic_write_json(mcfg.out / STATE_FILE, state)
         save_resolved(mcfg)
+        adopt_identical(base, mcfg)
     distributed.barrier()
     if mcfg.distill.cache.enabled:
         from babyllama.distill.run import build_teacher_cache
@@ -266,6 +267,48 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
         home_state = _state(home)
         evaluate_all(mcfg, {t.name: home_state[f"teacher:{t.name}"]["fingerprint"] for t in mcfg.teachers})
+
+
+def adopt_identical(base: Config, mcfg: Config) -> None:
+    """Link the student and the control of an identical finished run instead of training them again.
+
+    Identical means the same stage fingerprint as `run` computes: the config's own run (the default
+    setting at the experiment's seed is that run) or the default setting's member of the same seed (an
+    ablation of the distillation leaves the control unchanged). A link that no longer matches is removed,
+    so the member then trains its own model rather than writing through the link.
+    """
+    from babyllama.pipeline import STATE_FILE, plan
+
+    assert mcfg.student is not None
+    stages = {s.name: s for s in plan(mcfg)}
+    seed = mcfg.student.train.seed
+    default = Member(0, f"{_slug({})}-s{seed}", seed if seed is not None else base.seed, "default")
+    sources = [base, member_config(base, default)]
+    state = _state(mcfg)
+    for stage, name in (("distill", mcfg.student.name), ("control", mcfg.control_name)):
+        if stage not in stages:
+            continue
+        fp = stages[stage].fingerprint()
+        paths = [mcfg.model_dir(name), mcfg.checkpoint_dir(name), mcfg.out / "eval" / name]
+        if any(p.exists() and not p.is_symlink() for p in paths):
+            continue  # the member's own model (finished or resuming): run_pipeline decides
+        source = next((src for src in sources if src.out != mcfg.out and _state(src).get(stage, {}).get("done")
+                       and _state(src)[stage]["fingerprint"] == fp
+                       and (src.model_dir(name) / "model.safetensors").exists()), None)
+        if source is None:
+            for p in paths:
+                if p.is_symlink():
+                    p.unlink()
+            if state.get(stage, {}).get("fingerprint") == fp:
+                state.pop(stage)
+            continue
+        for p, target in zip(paths, [source.model_dir(name), source.checkpoint_dir(name), source.out / "eval" / name],
+                             strict=True):
+            _link(p, target)
+        if state.get(stage) != _state(source)[stage]:
+            state[stage] = _state(source)[stage]
+            print(f"[sweep] {mcfg.out.name}: {stage} is identical to the one in {source.out}: reused", flush=True)
+    atomic_write_json(mcfg.out / STATE_FILE, state)
 
 
 def run_member(base: Config, m: Member, total: int) -> None:

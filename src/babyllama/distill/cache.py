@@ -1,39 +1,54 @@
-"""The teacher-logit cache: one pass of the ensemble over the fixed training windows, stored top-k.
+"""The teacher-logit cache: one pass of the ensemble over the fixed training windows, stored compactly.
 
-What is stored, per position of every fixed ``seq_len`` window (window i = tokens[i*L : (i+1)*L]):
+Two modes (``distill.cache.mode``) store, per position of every fixed ``seq_len`` window (window i =
+tokens[i*L : (i+1)*L]), a sparse picture of the tempered ensemble p:
 
-* ``ids``    (k,)  the k most likely tokens of the tempered ensemble, most likely first (uint16, or
-  int32 for vocabularies over 65,535);
+``sample`` (the default; the random-sampling KD of Anshumann et al., "Sparse Logit Sampling", ACL 2025)
+
+* ``ids``     (S,) the distinct tokens among S draws from p, most drawn first (uint16, or int32 for
+  vocabularies over 65,535); unused slots have count 0;
+* ``counts``  (S,) how often each was drawn (uint8 for S <= 255, else uint16);
+* ``entropy`` ()   the entropy of p (float32), so the logged KD value is unbiased too.
+
+  The S draws are *systematic*: one uniform u per position, draws at the quantiles (i + u) / S of p's
+  CDF over the vocabulary. Every token's expected count is exactly S * p_j (so p_hat = counts / S is
+  an unbiased estimate of p, and the forward-KL gradient (q - p_hat) / T is unbiased), and its count is
+  always floor or ceil of S * p_j: any token with p_j >= 1/S is always present, with nearly its
+  exact mass; only the tail is sampled. The uniforms come from numpy's generator seeded with the
+  config seed and the shard's first window, so a fixed seed gives the same cache however it is
+  built (resumed, sharded over ranks). Forward KL only: reverse KL and JS depend on log p, which no
+  sample estimates without bias, so they are refused for this mode.
+
+``top_k``
+
+* ``ids``    (k,)  the k most likely tokens of the tempered ensemble, most likely first;
 * ``values`` (k,)  the ensemble's tempered log-probabilities of those tokens (float16);
 * ``tail``   ()    the log of the remaining probability mass, log(1 - sum of the top-k probs), computed
   in float32 from the full distribution (absent when k covers the whole vocabulary).
 
-For ``logit_mean`` the ensemble is softmax(mean logits / T); for ``prob_mean`` it is the mixture of the
-teachers' softmax(z / T). Either way the cache holds the same kind of numbers: the top-k of the tempered
-ensemble's log-probabilities, with the tail mass.
+  The approximation: both distributions are collapsed onto k + 1 buckets, the k cached tokens and one
+  tail bucket. The teacher's buckets are the cached values and tail mass (renormalised, which only
+  absorbs float16 rounding); the student's are its tempered probabilities of the same k tokens plus its
+  own tail mass 1 - sum of those probabilities (computed as a log-sum-exp over the other tokens, not by
+  subtraction). The divergence (forward KL, reverse KL or JS) is then taken between the two
+  (k + 1)-bucket distributions. Every one of these divergences is an f-divergence, so collapsing can
+  only lower it: the cached KD is a lower bound of the exact KD (equal when k is the vocabulary size,
+  up to float16 rounding); inside the tail bucket the student is pushed only to match the total tail
+  mass, so the shape of the teacher's tail is not taught. With flat teachers (high T) the top-k hold
+  little of the mass and the KD shrinks accordingly (the build prints the share).
 
-The approximation (what KD from the cache computes): both distributions are collapsed onto k + 1
-buckets, the k cached tokens and one tail bucket. The teacher's buckets are the cached values and tail
-mass (renormalised, which only absorbs float16 rounding); the student's are its tempered probabilities
-of the same k tokens plus its own tail mass 1 - sum of those probabilities (computed as a log-sum-exp
-over the other tokens, not by subtraction). The divergence (forward KL, reverse KL or JS) is then taken
-between the two (k + 1)-bucket distributions. Consequences:
-
-* every one of these divergences is an f-divergence, so collapsing can only lower it: the cached KD
-  is a lower bound of the exact KD, equal to it when k is the vocabulary size (up to float16 rounding
-  of the values, about 4e-3 relative in a probability);
-* the gradient on the cached tokens is exact in form; inside the tail bucket the student is pushed
-  only to match the total tail mass, spread in proportion to its own probabilities, so the shape of
-  the teacher's tail ("dark knowledge" beyond the top k) is not taught;
-* the top-1 agreement metric uses the cached top-1, which is the ensemble's exact argmax.
+Storage per position: S x 3 + 4 bytes (sample; 196 at S = 64) or k x 4 + 4 (top_k; 260 at k = 64).
+For ``logit_mean`` the ensemble is softmax(mean logits / T); for ``prob_mean`` it is the mixture of
+the teachers' softmax(z / T).
 
 Layout under ``<out_dir>/cache/<key>/``: ``spec.json`` (what the numbers depend on), per shard
-``shard-NNNNN.{ids,values,tail}.npy`` (memory-mapped when read) and ``shard-NNNNN.json`` (window range,
-byte length and sha256 of each file), and ``manifest.json`` (written last, once every shard is done).
-The key is a hash of the spec: sha256 of every teacher's weights, the data hash (tokenizer and tokens),
-the window layout, the ensemble rule and weights, the temperature and k, so any change lands in a new
-folder. A shard whose files do not match their record is reported and rebuilt; completed shards of an
-interrupted build are kept and the build continues where it stopped.
+``shard-NNNNN.<part>.npy`` (memory-mapped when read) and ``shard-NNNNN.json`` (window range, byte
+length and sha256 of each file, and how faithful the shard is), and ``manifest.json`` (written last,
+once every shard is done). The key is a hash of the spec: sha256 of every teacher's weights, the data
+hash (tokenizer and tokens), the window layout, the ensemble rule and weights, the temperature, the
+mode with its k or sample count and seed, and the teachers' compute dtype and device kind, so any
+change lands in a new folder. A shard whose files do not match their record is reported and rebuilt;
+completed shards of an interrupted build are kept and the build continues where it stopped.
 """
 
 from __future__ import annotations
@@ -51,7 +66,13 @@ from torch import Tensor
 from tqdm import tqdm
 
 from babyllama.data.windows import gather_windows, window_starts
-from babyllama.distill.loss import CHUNK_ELEMENTS, DenseTeachers
+from babyllama.distill.loss import (
+    CHUNK_ELEMENTS,
+    DenseTeachers,
+    SampledTeachers,
+    SparseTeachers,
+    TeacherSource,
+)
 from babyllama.errors import UserError
 from babyllama.io import (
     atomic_path,
@@ -63,7 +84,7 @@ from babyllama.io import (
 )
 from babyllama.train.distributed import barrier, rank, world_size
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 SPEC_FILE = "spec.json"
 MANIFEST_FILE = "manifest.json"
 #: Target bytes per shard (all of its files together).
@@ -97,27 +118,50 @@ class CacheSpec:
     ensemble: str
     weights: tuple[float, ...]  # normalised
     temperature: float
-    top_k: int
+    top_k: int  # top_k mode; 0 in sample mode
+    mode: str = "top_k"  # "top_k" or "sample"
+    samples: int = 0  # sample mode: draws per position
+    seed: int = 0  # sample mode: seed of the draws
+    compute_dtype: str = "float32"  # the teachers' dtype while scoring
+    device: str = "cpu"  # the kind of device they ran on (kernels differ in their last bits)
     shard_windows: int = 0  # 0: chosen from SHARD_BYTES
     layout: str = "fixed"
     version: int = CACHE_VERSION
 
     def __post_init__(self) -> None:
+        if self.mode not in ("top_k", "sample"):
+            raise ValueError(f"cache mode must be 'top_k' or 'sample', got {self.mode!r}")
         if self.shard_windows <= 0:
-            per_window = self.seq_len * (self.k * (self.ids_dtype.itemsize + 2) + (4 if self.has_tail else 0))
+            per_window = self.seq_len * self.bytes_per_position
             object.__setattr__(self, "shard_windows", max(1, SHARD_BYTES // per_window))
 
     @property
     def k(self) -> int:
-        return min(self.top_k, self.vocab_size)
+        """Slots per position: the top-k, or room for every distinct token of the draws."""
+        return min(self.samples if self.mode == "sample" else self.top_k, self.vocab_size)
 
     @property
     def has_tail(self) -> bool:
-        return self.k < self.vocab_size
+        return self.mode == "top_k" and self.k < self.vocab_size
 
     @property
     def ids_dtype(self) -> np.dtype:
         return np.dtype(np.uint16) if self.vocab_size <= 65536 else np.dtype(np.int32)
+
+    @property
+    def counts_dtype(self) -> np.dtype:
+        return np.dtype(np.uint8) if self.samples <= 255 else np.dtype(np.uint16)
+
+    @property
+    def bytes_per_position(self) -> int:
+        if self.mode == "sample":
+            return self.k * (self.ids_dtype.itemsize + self.counts_dtype.itemsize) + 4
+        return self.k * (self.ids_dtype.itemsize + 2) + (4 if self.has_tail else 0)
+
+    def describe(self) -> str:
+        if self.mode == "sample":
+            return f"{self.samples} draws per position from the tempered ensemble"
+        return f"top-{self.k} of vocab {self.vocab_size}"
 
     @property
     def n_shards(self) -> int:
@@ -133,6 +177,8 @@ class CacheSpec:
         return i * self.shard_windows, min((i + 1) * self.shard_windows, self.n_windows)
 
     def parts(self) -> tuple[str, ...]:
+        if self.mode == "sample":
+            return ("ids", "counts", "entropy")
         return ("ids", "values", "tail") if self.has_tail else ("ids", "values")
 
 
@@ -176,14 +222,80 @@ def _save_npy(path: Path, array: np.ndarray) -> dict:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
+def draw_samples(lp: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Tensor, Tensor]:
+    """Systematic draws from the rows of log-probs ``lp`` (n, V), one uniform ``u`` (n,) per row.
+
+    Draw i of a row is the token whose CDF interval holds (i + u) / n_samples, so token j is drawn
+    floor or ceil of n_samples * p_j times and exactly n_samples * p_j times in expectation. Returns the
+    ``slots`` most drawn tokens (n, slots) int64 and their counts (n, slots) float32, most drawn first;
+    slots beyond the distinct draws have count 0.
+    """
+    cdf = lp.double().exp().cumsum(-1)
+    cdf /= cdf[:, -1:].clone()  # float64: no token's interval is lost to rounding
+    grid = (torch.arange(n_samples, dtype=torch.float64, device=lp.device) + u.double().unsqueeze(-1)) / n_samples
+    draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=lp.shape[-1] - 1)
+    counts = torch.zeros(lp.shape, dtype=torch.float32, device=lp.device)
+    counts.scatter_add_(-1, draws, torch.ones(draws.shape, dtype=torch.float32, device=lp.device))
+    top = counts.topk(slots, dim=-1, sorted=True)
+    return top.indices, top.values
+
+
+class _TopKWriter:
+    """Fills a shard's top-k arrays, chunk by chunk, and measures how much mass the top-k hold."""
+
+    def __init__(self, spec: CacheSpec, n: int, first_window: int, device: torch.device) -> None:
+        self.spec, self.k = spec, spec.k
+        self.arrays = {"ids": np.empty((n, self.k), dtype=spec.ids_dtype), "values": np.empty((n, self.k), dtype=np.float16)}
+        if spec.has_tail:
+            self.arrays["tail"] = np.empty((n,), dtype=np.float32)
+
+    def add(self, out: slice, lp: Tensor) -> None:
+        top = lp.topk(self.k, dim=-1, sorted=True)
+        self.arrays["ids"][out] = top.indices.cpu().numpy().astype(self.spec.ids_dtype)
+        self.arrays["values"][out] = top.values.clamp(min=-6e4).cpu().numpy().astype(np.float16)
+        if "tail" in self.arrays:
+            self.arrays["tail"][out] = lp.scatter(-1, top.indices, -torch.inf).logsumexp(-1).float().cpu().numpy()
+
+    def fidelity(self) -> dict:
+        """How much of the tempered ensemble the top-k hold: the rest is taught only as one tail bucket."""
+        tail = self.arrays.get("tail")
+        return {"topk_mass": 1.0 if tail is None else float(1.0 - np.exp(tail.astype(np.float64)).mean())}
+
+
+class _SampleWriter:
+    """Fills a shard's sampled arrays; the uniforms depend only on the seed and the shard's first window."""
+
+    def __init__(self, spec: CacheSpec, n: int, first_window: int, device: torch.device) -> None:
+        self.spec, self.device = spec, device
+        self.u = np.random.default_rng([spec.seed, first_window]).random(n)
+        self.arrays = {"ids": np.empty((n, spec.k), dtype=spec.ids_dtype),
+                       "counts": np.empty((n, spec.k), dtype=spec.counts_dtype),
+                       "entropy": np.empty((n,), dtype=np.float32)}
+        self.mass, self.distinct = 0.0, 0.0
+
+    def add(self, out: slice, lp: Tensor) -> None:
+        u = torch.from_numpy(self.u[out]).to(self.device)
+        ids, counts = draw_samples(lp, u, self.spec.samples, self.spec.k)
+        p = lp.exp()
+        self.arrays["ids"][out] = ids.cpu().numpy().astype(self.spec.ids_dtype)
+        self.arrays["counts"][out] = counts.cpu().numpy().astype(self.spec.counts_dtype)
+        self.arrays["entropy"][out] = torch.special.entr(p).sum(-1).cpu().numpy()
+        drawn = counts > 0
+        self.mass += float((p.gather(-1, ids) * drawn).sum())
+        self.distinct += float(drawn.sum())
+
+    def fidelity(self) -> dict:
+        """The share of the ensemble's mass on the tokens drawn, and the distinct tokens per position."""
+        n = len(self.u)
+        return {"sampled_mass": self.mass / n, "distinct": self.distinct / n}
+
+
 @torch.no_grad()
 def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teacher_fn: TeacherFn,
                  device: torch.device, batch_size: int, bar: tqdm) -> None:
     first, last = spec.shard_range(i)
-    n, length, k = last - first, spec.seq_len, spec.k
-    ids = np.empty((n * length, k), dtype=spec.ids_dtype)
-    values = np.empty((n * length, k), dtype=np.float16)
-    tail = np.empty((n * length,), dtype=np.float32) if spec.has_tail else None
+    n, length = last - first, spec.seq_len
+    writer = (_SampleWriter if spec.mode == "sample" else _TopKWriter)(spec, n * length, first, device)
     chunk_rows = max(1, CHUNK_ELEMENTS // spec.vocab_size)
     for start in range(first, last, batch_size):
         stop = min(start + batch_size, last)
@@ -198,33 +310,45 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
         bar.update(stop - start)
         for r in range(0, (stop - start) * length, chunk_rows):
             rows = slice(r, min(r + chunk_rows, (stop - start) * length))
-            _, lp = src.chunk(rows)
-            top = lp.topk(k, dim=-1, sorted=True)
-            out = slice(offset + rows.start, offset + rows.stop)
-            ids[out] = top.indices.cpu().numpy().astype(spec.ids_dtype)
-            values[out] = top.values.clamp(min=-6e4).cpu().numpy().astype(np.float16)
-            if tail is not None:
-                tail[out] = lp.scatter(-1, top.indices, -torch.inf).logsumexp(-1).float().cpu().numpy()
-    arrays = {"ids": ids.reshape(n, length, k), "values": values.reshape(n, length, k)}
-    if tail is not None:
-        arrays["tail"] = tail.reshape(n, length)
+            writer.add(slice(offset + rows.start, offset + rows.stop), src.chunk(rows)[1])
+    arrays = {part: a.reshape(n, length, *a.shape[1:]) for part, a in writer.arrays.items()}
     files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
-    # How much of the tempered ensemble the top-k holds: the rest is taught only as one tail bucket.
-    topk_mass = 1.0 if tail is None else float(1.0 - np.exp(tail.astype(np.float64)).mean())
-    atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, "topk_mass": topk_mass})
+    atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})
+
+
+def _mean_over_shards(shards: list[dict], key: str) -> float | None:
+    sizes = [s["windows"][1] - s["windows"][0] for s in shards]
+    values = [s.get(key) for s in shards]
+    if not sizes or any(v is None for v in values):
+        return None
+    return sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
+
+
+def fidelity(root: Path) -> dict:
+    """How faithful a built cache is, from its manifest: {"topk_mass"} or {"sampled_mass", "distinct"}."""
+    try:
+        shards = read_json(Path(root) / MANIFEST_FILE)["shards"]
+    except (OSError, ValueError, KeyError):
+        return {}
+    out = {key: _mean_over_shards(shards, key) for key in ("topk_mass", "sampled_mass", "distinct")}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def _report_coverage(name: str, spec: CacheSpec, shards: list[dict], log: Callable[[str], None]) -> None:
-    """Say how faithful the cache is: the mean share of the tempered ensemble's mass in the top-k."""
-    sizes = [s["windows"][1] - s["windows"][0] for s in shards]
-    masses = [s.get("topk_mass") for s in shards]
-    if not sizes or any(m is None for m in masses):
+    """Say how faithful the cache is: the top-k's share of the mass, or what the draws cover."""
+    if spec.mode == "sample":
+        mass, distinct = _mean_over_shards(shards, "sampled_mass"), _mean_over_shards(shards, "distinct")
+        if mass is not None and distinct is not None:
+            log(f"teacher cache {name}: {spec.samples} draws per position hit {distinct:.1f} distinct tokens holding "
+                f"{100 * mass:.1f}% of the tempered ensemble's mass (the KD gradient is unbiased either way)")
         return
-    mass = sum(m * n for m, n in zip(masses, sizes, strict=True)) / sum(sizes)
+    mass = _mean_over_shards(shards, "topk_mass")
+    if mass is None:
+        return
     msg = f"teacher cache {name}: the top-{spec.k} hold {100 * mass:.1f}% of the tempered ensemble's probability mass"
     if mass < 0.5:
-        msg += (" — most of the KD signal is the single tail bucket; raise distill.cache.top_k or lower "
-                "distill.temperature, or distil from live teachers")
+        msg += (" — most of the KD signal is the single tail bucket; use distill.cache.mode: sample, raise "
+                "distill.cache.top_k or lower distill.temperature, or distil from live teachers")
     log(msg)
 
 
@@ -243,7 +367,9 @@ class TeacherCache:
         return self.spec.key()
 
     def rows(self, window_ids: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(ids int64 (B, L, k), values float16 (B, L, k), tail float32 (B, L) or None) for the windows."""
+        """The cached rows of the windows, ids as int64 (B, L, k), the rest as stored:
+        top_k: (ids, values float16 (B, L, k), tail float32 (B, L) or None);
+        sample: (ids, counts (B, L, k), entropy float32 (B, L))."""
         wids = np.asarray(window_ids.cpu() if isinstance(window_ids, Tensor) else window_ids, dtype=np.int64)
         if wids.size and (wids.min() < 0 or wids.max() >= self.spec.n_windows):
             raise ValueError(f"window ids must lie in [0, {self.spec.n_windows}) for the cache (fixed windows), got "
@@ -251,9 +377,19 @@ class TeacherCache:
         sw = self.spec.shard_windows
         picked = {part: np.stack([self._shards[w // sw][part][w % sw] for w in wids]) for part in self.spec.parts()}
         ids = torch.from_numpy(picked["ids"].astype(np.int64))
-        values = torch.from_numpy(picked["values"])
+        if self.spec.mode == "sample":
+            return ids, torch.from_numpy(picked["counts"].astype(np.int32)), torch.from_numpy(picked["entropy"])
         tail = torch.from_numpy(picked["tail"]) if "tail" in picked else None
-        return ids, values, tail
+        return ids, torch.from_numpy(picked["values"]), tail
+
+    def source(self, window_ids: Tensor | np.ndarray, device: torch.device) -> TeacherSource:
+        """The teachers' distributions for a batch of windows, flattened to (B * L) rows on ``device``."""
+        ids, second, third = (None if t is None else t.to(device, non_blocking=True) for t in self.rows(window_ids))
+        k = ids.shape[-1]
+        if self.spec.mode == "sample":
+            return SampledTeachers.from_counts(ids.reshape(-1, k), second.reshape(-1, k), third.reshape(-1))
+        return SparseTeachers.from_top_k(ids.reshape(-1, k), second.reshape(-1, k),
+                                         None if third is None else third.reshape(-1))
 
 
 def _wait_for(predicate: Callable[[], bool], what: str, poll_s: float = 2.0, timeout_s: float = 12 * 3600) -> None:
@@ -316,7 +452,7 @@ def ensure_cache(
         resumed = f"; resuming: {done} of {spec.n_shards} shards already built" if done else ""
         n_todo = sum(spec.shard_range(i)[1] - spec.shard_range(i)[0] for i in todo)
         log(f"teacher cache {root.name}: scoring {n_todo} of {spec.n_windows} windows with the teachers "
-            f"(top-{spec.k} of vocab {spec.vocab_size}, {len(todo)} shard(s){resumed})")
+            f"({spec.describe()}, {len(todo)} shard(s){resumed})")
         teacher_fn = teacher_fn_factory()
         with tqdm(total=n_todo, desc="teacher cache", unit="window", disable=None if progress else True) as bar:
             for i in todo:

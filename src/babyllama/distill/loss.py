@@ -23,7 +23,9 @@ The same Function serves the teacher-logit cache, whose teacher is a distributio
 the k cached token ids plus one tail bucket holding the remaining mass (see cache.py). For a bucket
 b with teacher/student masses p_b, q_b and G_b = q_b * dD/dq_b, the gradient is
 dD/ds_j = (G_b(j) * q_j / q_b(j) - q_j * sum_b G_b) / T, which reduces to the usual (q - p) / T for
-forward KL over the full vocabulary (every token its own bucket).
+forward KL over the full vocabulary (every token its own bucket). A sampled cache (SampledTeachers)
+gives the empirical distribution p_hat of S draws from the ensemble instead: the forward-KL gradient
+(q - p_hat) / T is then exact in expectation, and the KD value is -sum p_hat log q - H(p), H(p) stored.
 """
 
 from __future__ import annotations
@@ -122,6 +124,26 @@ class SparseTeachers:
         return self.ids[rows], self.log_probs[rows]
 
 
+@dataclass
+class SampledTeachers:
+    """Tokens drawn from the tempered ensemble (flattened to N rows): ids (N, S) and the empirical
+    probabilities counts / draws (N, S), 0 in unused slots, whose expectation is the ensemble itself;
+    ``entropy`` (N,) is the ensemble's entropy, which makes the KD value unbiased as well. Only the
+    forward KL is linear in the teacher's probabilities, so only it is estimated without bias."""
+
+    ids: Tensor
+    probs: Tensor
+    entropy: Tensor
+
+    @classmethod
+    def from_counts(cls, ids: Tensor, counts: Tensor, entropy: Tensor) -> SampledTeachers:
+        counts = _upcast(counts)
+        return cls(ids.long(), counts / counts.sum(-1, keepdim=True).clamp(min=1), _upcast(entropy))
+
+    def chunk(self, rows: slice) -> tuple[Tensor | None, Tensor]:
+        return self.ids[rows], self.probs[rows]
+
+
 def _divergence(lp: Tensor, lq: Tensor, divergence: str) -> tuple[Tensor, Tensor]:
     """Per-row divergence D and G = q * dD/dq over buckets, from teacher/student log-probs (n, m)."""
     if divergence == "forward_kl":
@@ -144,17 +166,26 @@ TINY_TAIL = 1e-30
 
 
 def _chunk(s: Tensor, y: Tensor, ids: Tensor | None, lp: Tensor, *, temperature: float, divergence: str,
-           a: Tensor | None, c: Tensor | None, out: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+           a: Tensor | None, c: Tensor | None, out: Tensor | None,
+           entropy: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One chunk of rows: per-row CE, per-row divergence D and the ensemble's top-1 token.
 
     With ``out``, also writes the gradient ``a * dCE/ds + c * T * dD/ds`` there, where ``a`` (n, 1) and
     ``c`` (n, 1) are the per-row scales of CE and of D / T. Each line below is one pass over (n, V)
     (at most two full-size temporaries besides ``out``); the bucket algebra of the cache is on (n, k).
+    With ``entropy`` (sampled teachers), ``lp`` holds the empirical probabilities of the drawn ``ids``.
     """
     lq1 = F.log_softmax(s, dim=-1)
     ce = -lq1.gather(-1, y).squeeze(-1)
     lq = lq1 if temperature == 1 else F.log_softmax(s * (1.0 / temperature), dim=-1)
-    if ids is None:  # full vocabulary
+    if entropy is not None:  # sampled: forward KL = -sum p_hat log q - H(p), gradient (q - p_hat) / T
+        assert ids is not None and divergence == "forward_kl"
+        lp, entropy = lp.to(lq.dtype), entropy.to(lq.dtype)
+        d = -torch.linalg.vecdot(lp, lq.gather(-1, ids)) - entropy
+        if out is not None:
+            torch.mul(lq.exp(), c, out=out).scatter_add_(-1, ids, lp * -c)  # unused slots add 0
+        top = ids[:, 0]  # the most drawn token
+    elif ids is None:  # full vocabulary
         if divergence == "forward_kl":
             p = lp.exp()
             d = torch.linalg.vecdot(p, lp - lq)
@@ -213,11 +244,12 @@ class _ChunkedLoss(torch.autograd.Function):
                 rows = slice(start, min(start + chunk_rows, n))
                 s, y, w_ce, w_kd = _upcast(student[rows]), targets[rows], ce_weight[rows], kd_weight[rows]
                 ids, lp = source.chunk(rows)
+                entropy = source.entropy[rows] if isinstance(source, SampledTeachers) else None
                 a = (alpha * w_ce).unsqueeze(-1) if grad is not None and alpha > 0 else None
                 c = ((1 - alpha) * t2 / temperature * w_kd).unsqueeze(-1) if grad is not None else None
                 ce_rows, d, top = _chunk(s, y.clamp(min=0).unsqueeze(-1), ids, lp, temperature=temperature,
                                          divergence=divergence, a=a, c=c,
-                                         out=None if grad is None else grad[rows])
+                                         out=None if grad is None else grad[rows], entropy=entropy)
                 ce += (ce_rows * w_ce).sum()
                 kd += (d * w_kd).sum()
                 agree += ((s.argmax(-1) == top) & (y >= 0)).sum()
@@ -261,6 +293,8 @@ def combine(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
+    if isinstance(source, SampledTeachers) and divergence != "forward_kl":
+        raise ValueError(f"sampled teachers give an unbiased estimate of forward_kl only, not {divergence!r}")
     b, length, v = student_logits.shape
     mask = predicted_mask(labels)
     n_pred = mask.sum().clamp(min=1)

@@ -3,9 +3,9 @@
 The loop (babyllama.train.loop.fit) does everything else: data, optimiser, precision, evaluation of the
 student's plain dev CE, checkpoints and resume. Only where the teacher distribution comes from differs:
 
-* live: the frozen teachers run on the micro-batch (no grad, half precision on a GPU);
-* cache: the rows of the fixed windows in the batch are read from the teacher-logit cache (the loop
-  must then run with windows="fixed", so that Batch.window_ids name cached windows).
+* live: the frozen teachers run on the micro-batch (no grad, in the student's compute precision);
+* cache: the rows of the fixed windows in the batch are read from the teacher cache, sampled tokens or
+  top-k (the loop must then run with windows="fixed", so that Batch.window_ids name cached windows).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 from babyllama.config import DistillConfig
 from babyllama.distill.cache import TeacherCache
-from babyllama.distill.loss import DenseTeachers, SparseTeachers, TeacherSource, combine
-from babyllama.distill.teachers import TeacherEnsemble, teacher_dtype
+from babyllama.distill.loss import DenseTeachers, TeacherSource, combine
+from babyllama.distill.teachers import TeacherEnsemble
 from babyllama.train.objective import Batch, Metric
 
 
@@ -52,7 +52,7 @@ class DistillObjective:
     def setup(self, device: torch.device, dtype: torch.dtype | None) -> None:
         self.device = device
         if self._load_teachers is not None and self.ensemble is None:
-            self.ensemble = self._load_teachers(device, teacher_dtype(device, dtype))
+            self.ensemble = self._load_teachers(device, dtype or torch.float32)  # the student's precision
         if self._open_cache is not None and self.cache is None:
             self.cache = self._open_cache(device)
             if self.cache.key != self.cache_key:
@@ -61,16 +61,10 @@ class DistillObjective:
     def _source(self, batch: Batch, vocab: int) -> TeacherSource:
         if self._open_cache is not None:
             assert self.cache is not None, "setup() was not called"
-            ids, values, tail = self.cache.rows(batch.window_ids)
-            if ids.shape[1] != batch.input_ids.shape[1]:
-                raise RuntimeError(f"cache rows have {ids.shape[1]} positions, the batch {batch.input_ids.shape[1]}")
-            k = ids.shape[-1]
-            dev = self.device
-            return SparseTeachers.from_top_k(
-                ids.to(dev, non_blocking=True).reshape(-1, k),
-                values.to(dev, non_blocking=True).reshape(-1, k),
-                None if tail is None else tail.to(dev, non_blocking=True).reshape(-1),
-            )
+            source = self.cache.source(batch.window_ids, self.device)
+            if source.ids.shape[0] != batch.input_ids.numel():
+                raise RuntimeError(f"cache rows cover {source.ids.shape[0]} positions, the batch {batch.input_ids.numel()}")
+            return source
         assert self.ensemble is not None, "setup() was not called"
         logits = self.ensemble(batch.input_ids)
         return DenseTeachers([z.reshape(-1, vocab) for z in logits], self.opts.temperature, self.opts.ensemble,
@@ -100,5 +94,13 @@ def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]]
         "divergence": opts.divergence,
         "reduction": opts.reduction,
         "teachers": [[name, sha] for name, sha in teachers],
-        "cache": {"enabled": cache_key is not None, "top_k": opts.cache.top_k if cache_key else None, "key": cache_key},
+        "cache": _cache_identity(opts, cache_key),
     }
+
+
+def _cache_identity(opts: DistillConfig, cache_key: str | None) -> dict:
+    """How the teachers were read: live, or a cache of some mode (and its size), named by its key."""
+    if cache_key is None:
+        return {"enabled": False, "key": None}
+    size = {"samples": opts.cache.samples} if opts.cache.mode == "sample" else {"top_k": opts.cache.top_k}
+    return {"enabled": True, "mode": opts.cache.mode, **size, "key": cache_key}

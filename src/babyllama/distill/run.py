@@ -29,8 +29,14 @@ def _student(cfg: Config):
 
 
 def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_tokens: int) -> CacheSpec:
-    """The cache identity for this config: teachers' weights, data, windows, ensemble, T and k."""
+    """The cache identity for this config: teachers' weights, data, windows, ensemble, T, the mode with
+    its k or sample count and seed, and the dtype and device kind the teachers compute in."""
     opts = cfg.distill
+    if opts.cache.mode == "sample" and opts.divergence != "forward_kl":
+        raise UserError(f"distill.divergence: {opts.divergence!r} cannot be estimated from sampled tokens (the 'sample' "
+                        "cache is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")
+    device = dist.training_device()
+    sample = opts.cache.mode == "sample"
     return CacheSpec(
         teachers=tuple((name, sha) for name, sha in teachers),
         data_hash=str(manifest["data_hash"]),
@@ -40,7 +46,12 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
         ensemble=opts.ensemble,
         weights=tuple(normalised_weights(opts.weights, len(teachers))),
         temperature=opts.temperature,
-        top_k=opts.cache.top_k,
+        top_k=0 if sample else opts.cache.top_k,
+        mode=opts.cache.mode,
+        samples=opts.cache.samples if sample else 0,
+        seed=cfg.seed if sample else 0,
+        compute_dtype=str(teacher_dtype(_student(cfg).train.precision, device)).removeprefix("torch."),
+        device=device.type,
     )
 
 
@@ -61,7 +72,7 @@ def build_teacher_cache(cfg: Config) -> TeacherCache:
 
 def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, device: torch.device) -> TeacherCache:
     def load() -> TeacherEnsemble:
-        return TeacherEnsemble.load(dirs, device, teacher_dtype(device))
+        return TeacherEnsemble.load(dirs, device, getattr(torch, spec.compute_dtype))
 
     def log(msg: str) -> None:
         if dist.is_main_process():
@@ -88,8 +99,9 @@ def distillation_fingerprint(cfg: Config) -> dict:
 def distill(cfg: Config, resume: bool = False) -> Path:
     """Train cfg.student from the ensemble of cfg.teachers; return its HF folder <out_dir>/models/<student>.
 
-    With distill.cache.enabled the ensemble's top-k is computed once (cached under <out_dir>/cache/)
-    and the student trains on the fixed windows the cache covers; otherwise the teachers run live.
+    With distill.cache.enabled the ensemble is scored once (sampled tokens or top-k, cached under
+    <out_dir>/cache/) and the student trains on the fixed windows the cache covers; otherwise the
+    teachers run live. Either way the control trains on the same windows (Config.student_windows).
     """
     student = _student(cfg)
     manifest, dirs, teachers = _teachers(cfg)
@@ -101,7 +113,7 @@ def distill(cfg: Config, resume: bool = False) -> Path:
         objective = DistillObjective(cfg.distill, teachers, weights, cache_key=spec.key(),
                                      open_cache=lambda device: _ensure(cfg, spec, dirs, tokens, device))
         return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
-                   description=f"student {student.name} distilled from {names} (cache top-{spec.k})")
+                   description=f"student {student.name} distilled from {names} (cache: {spec.describe()})")
 
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)

@@ -70,11 +70,10 @@ def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) ->
                             f"a tokenizer (the tokenizer.json files differ); retrain the teacher on this data")
 
 
-def teacher_dtype(device: torch.device, autocast_dtype: torch.dtype | None = None) -> torch.dtype:
-    """Half precision on a GPU (the training autocast dtype, else bf16 when supported, else fp16); fp32 on CPU."""
-    if device.type != "cuda":
-        return torch.float32
-    return autocast_dtype or resolve_precision("auto", device)[0]
+def teacher_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The teachers compute in the student's precision: its autocast dtype, or float32 when that is fp32
+    ('fp32' means fp32 on a GPU too; 'auto' is bf16, else fp16, on a GPU and fp32 on the CPU)."""
+    return resolve_precision(precision, device)[0] or torch.float32
 
 
 class TeacherEnsemble:

@@ -7,6 +7,7 @@ metrics in ``model-index`` carrying their protocol in ``args``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -14,6 +15,8 @@ from safetensors import safe_open
 
 import babyllama
 from babyllama.export.record import ModelRecord
+
+ARCH_NAMES = {"llama": "LLaMA", "gpt2": "GPT-2"}
 
 
 def parameter_count(rec: ModelRecord) -> int:
@@ -98,7 +101,7 @@ def _architecture(rec: ModelRecord) -> list[str]:
                 ("MLP width", c.get("n_inner") or 4 * int(c.get("n_embd", 0))), ("context", c.get("n_positions"))]
     else:
         rows = []
-    rows += [("vocabulary", c.get("vocab_size")), ("tied input/output embeddings", c.get("tie_word_embeddings")),
+    rows += [("vocabulary", c.get("vocab_size")), ("tied input/output embeddings", {True: "yes", False: "no"}.get(c.get("tie_word_embeddings"))),
              ("parameters", f"{parameter_count(rec):,}")]
     return ["| | |", "|---|---|", f"| class | `{(c.get('architectures') or ['?'])[0]}` |"] + [
         f"| {k} | {v} |" for k, v in rows if v is not None]
@@ -180,15 +183,28 @@ def _environment(rec: ModelRecord) -> list[str]:
 
 
 def _usage(rec: ModelRecord, gguf_files: list[str]) -> list[str]:
-    lines = ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-             'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")',
-             'tok = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```"]
-    if gguf_files:
-        lines += ["", "GGUF (llama.cpp and everything built on it):", "", "```bash",
-                  f"llama-cli -m {gguf_files[0]} -p \"The child\" -n 32", "```", "",
-                  "The tokenizer normalises text with NFKC and adds a leading space before the first word; llama.cpp's "
-                  "BPE tokenizer does neither, so start prompts with a space for tokens identical to `transformers`."]
-    return lines
+    if not gguf_files:
+        return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
+                'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")',
+                'tok = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```"]
+    return ["With llama.cpp (or anything built on it):", "", "```bash",
+            f"llama-cli -m {gguf_files[0]} -p \" The child\" -n 32", "```",
+            *_tokenizer_note(rec)]
+
+
+def _tokenizer_note(rec: ModelRecord) -> list[str]:
+    """What our tokenizer does to text that llama.cpp's BPE tokenizer does not (read from tokenizer.json)."""
+    path = rec.model_dir / "tokenizer.json"
+    tj = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    steps = []
+    if norm := (tj.get("normalizer") or {}).get("type"):
+        steps.append(f"normalises text ({norm})")
+    if (tj.get("pre_tokenizer") or {}).get("add_prefix_space"):
+        steps.append("puts a space before the first word")
+    if not steps:
+        return []
+    return ["", f"The Hugging Face tokenizer {' and '.join(steps)}; llama.cpp's BPE tokenizer does not, so start "
+                "prompts with a space for the tokens the model was trained on."]
 
 
 def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: list[str] | None = None,
@@ -198,7 +214,7 @@ def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: l
     desc = (rec.training or {}).get("description")
     parts = ["---", yaml.safe_dump(fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {rec.name}", "",
-             f"A {rec.arch.upper() if rec.arch == 'gpt2' else rec.arch.capitalize()} causal language model "
+             f"A {ARCH_NAMES.get(rec.arch, rec.arch)} causal language model "
              f"({parameter_count(rec):,} parameters) trained with babyllama "
              f"(the Baby Llama ensemble-distillation recipe, Timiryasov & Tastet 2023): {rec.role}."
              + (f" Run record: \"{desc}\"." if desc else ""), "",

@@ -22,7 +22,7 @@ from typing import Any
 
 import gguf
 import numpy as np
-from safetensors.numpy import load_file
+from safetensors.torch import load_file
 
 from babyllama.errors import UserError
 from babyllama.export.record import ModelRecord
@@ -33,6 +33,7 @@ QUANTS = {
     "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
 ARCHS = {"llama": gguf.MODEL_ARCH.LLAMA, "gpt2": gguf.MODEL_ARCH.GPT2}
+CAUSAL_LM = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 GPT2_CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 TANH_GELU = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")  # ggml's gelu is the tanh approximation
 
@@ -48,6 +49,9 @@ def check_exportable(rec: ModelRecord) -> None:
     where = rec.model_dir / "config.json"
     if rec.arch not in ARCHS:
         raise UserError(f"{where}: model_type '{rec.arch}' cannot be exported to GGUF (supported: {', '.join(ARCHS)})")
+    head = (c.get("architectures") or [CAUSAL_LM[rec.arch]])[0]
+    if head != CAUSAL_LM[rec.arch]:
+        raise UserError(f"{where}: {head} cannot be exported to GGUF (only the causal LM {CAUSAL_LM[rec.arch]})")
     if rec.arch == "llama":
         rope = c.get("rope_parameters") or {"rope_type": (c.get("rope_scaling") or {}).get("rope_type", "default")}
         problems = {"hidden_act": (c.get("hidden_act"), "silu"), "rope_type": (rope.get("rope_type"), "default"),
@@ -133,7 +137,7 @@ def _tensors(rec: ModelRecord) -> dict[str, np.ndarray]:
         for name, t in load_file(str(f)).items():
             if name.endswith((".attn.bias", ".attn.masked_bias")) or ("rotary_emb" in name):
                 continue  # buffers, not weights
-            data = t.astype(np.float32)
+            data = t.float().numpy()
             if rec.arch == "gpt2" and name.endswith(GPT2_CONV1D):
                 data = np.ascontiguousarray(data.T)
             elif rec.arch == "llama" and name.endswith("q_proj.weight"):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from babyllama.evaluate.blimp import Pair, encode, score_sequences
+from babyllama.evaluate.formats import max_positions
 
 
 def open_gguf(path: str | Path, n_ctx: int) -> Any:
@@ -56,14 +57,18 @@ def logprob_gap(model: Any, llm: Any, windows: list[list[int]]) -> dict[str, flo
     return {"next_token_max_abs_nats": next_gap, "full_vocab_max_abs_nats": full_gap, "positions": n}
 
 
-def gguf_sentence_scores(llm: Any, seqs: list[list[int]], prefix_id: int | None) -> list[float]:
-    """Sum of log p(token | prefix, earlier tokens) of each sequence, by llama.cpp (BLiMP's sum protocol)."""
+def gguf_sentence_scores(llm: Any, seqs: list[list[int]], prefix_id: int | None, limit: int | None) -> list[float]:
+    """Sum of log p(token | prefix, earlier tokens) of each sequence, by llama.cpp (BLiMP's sum protocol).
+
+    Like ``score_sequences``, a sequence longer than the model's ``limit`` positions keeps its last tokens.
+    """
     scores: dict[tuple[int, ...], float] = {}
     for s in seqs:
         key = tuple(s)
         if key in scores:
             continue
         x = ([prefix_id] if prefix_id is not None else []) + list(s)
+        x = x[-limit:] if limit else x
         lp = gguf_logprobs(llm, x)
         scores[key] = float(sum(lp[i, x[i + 1]] for i in range(len(x) - 1)))
     return [scores[tuple(s)] for s in seqs]
@@ -74,7 +79,8 @@ def blimp_agreement(model: Any, tokenizer: Any, llm: Any, pairs: list[Pair], pre
     good = encode(tokenizer, [p.good for p in pairs], leading_space=True)
     bad = encode(tokenizer, [p.bad for p in pairs], leading_space=True)
     hf_good, hf_bad = (score_sequences(model, s, prefix_id=prefix_id) for s in (good, bad))
-    gg_good, gg_bad = (gguf_sentence_scores(llm, s, prefix_id) for s in (good, bad))
+    limit = max_positions(model.config)
+    gg_good, gg_bad = (gguf_sentence_scores(llm, s, prefix_id, limit) for s in (good, bad))
     hf = np.array(hf_good) > np.array(hf_bad)
     gg = np.array(gg_good) > np.array(gg_bad)
     return {"pairs": len(pairs), "hf_accuracy": float(hf.mean()), "gguf_accuracy": float(gg.mean()),

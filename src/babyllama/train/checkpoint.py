@@ -49,7 +49,7 @@ METRICS_FILE = "metrics.jsonl"
 WEIGHTS_FILE = "model.safetensors"
 
 #: Train keys that only change how often we log or save, not the weights: editable on resume.
-_NON_OPTIMISING_KEYS = {"log_every", "save_every"}
+_NON_OPTIMISING_KEYS = {"log_every", "save_every", "fused_loss"}  # fused_loss: same maths, other kernels
 
 
 # -- what a run is: the resume hash -----------------------------------------------------------------

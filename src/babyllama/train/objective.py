@@ -52,12 +52,23 @@ class Objective(Protocol):
 
 
 class LMObjective:
-    """Plain causal-LM cross-entropy: HF shifts ``labels=input_ids`` and averages over predicted tokens."""
+    """Plain causal-LM cross-entropy: HF shifts ``labels=input_ids`` and averages over predicted tokens.
+
+    ``fused``: the same loss through :func:`babyllama.train.fused_ce.fused_lm_loss`, which never holds
+    the full logits (``train.fused_loss``)."""
+
+    def __init__(self, fused: bool = False) -> None:
+        self.fused = fused
 
     def setup(self, device: torch.device, dtype: torch.dtype | None) -> None:
         pass  # nothing to move: the model is the loop's business
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
+        if self.fused:
+            from babyllama.train.fused_ce import fused_lm_loss
+
+            loss = fused_lm_loss(model, batch.input_ids)
+            return loss, {"ce": loss.detach()}
         out = model(input_ids=batch.input_ids, labels=batch.input_ids, use_cache=False)
         return out.loss, {"ce": out.loss.detach()}
 

@@ -19,6 +19,6 @@ def train_model(cfg: Config, name: str, resume: bool = False) -> Path:
         )
     model_cfg = cfg.model(name)
     if model_cfg.name == cfg.control_name:  # the student's data stream: same windows, same order, same steps
-        return fit(cfg, model_cfg, LMObjective(), resume=resume, windows=cfg.student_windows,
+        return fit(cfg, model_cfg, LMObjective(model_cfg.train.fused_loss), resume=resume, windows=cfg.student_windows,
                    description=f"control {model_cfg.name}")
-    return fit(cfg, model_cfg, LMObjective(), resume=resume, description=f"teacher {model_cfg.name}")
+    return fit(cfg, model_cfg, LMObjective(model_cfg.train.fused_loss), resume=resume, description=f"teacher {model_cfg.name}")

@@ -66,7 +66,7 @@ def write_failure(exc: BaseException, path: os.PathLike | str) -> OSError:
     import shutil
 
     if isinstance(exc, OSError) and exc.errno is not None:
-        return exc
+        return exc if exc.filename is not None else OSError(exc.errno, exc.strerror, os.fspath(path))
     found = re.search(r"os error (\d+)", str(exc))
     if found:
         code = int(found.group(1))

@@ -31,7 +31,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         try:
             yield target
         except Exception as e:  # a library's report of a refused write becomes the OSError behind it
-            if isinstance(e, OSError) or not looks_like_write_failure(e):
+            if (isinstance(e, OSError) and e.filename is not None) or not looks_like_write_failure(e):
                 raise
             raise write_failure(e, path) from e
         if target.is_dir() and path.is_dir():

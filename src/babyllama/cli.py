@@ -38,12 +38,13 @@ def _lock(args: argparse.Namespace, out: Path) -> None:
         args.held.enter_context(out_dir_lock(out, " ".join(["babyllama", *args.argv])[:200]))
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, lock: bool = True):
     from babyllama.config import load_config, save_resolved
     from babyllama.train.distributed import is_main_process
 
     cfg = load_config(args.config, args.overrides)
-    _lock(args, cfg.out)
+    if lock:
+        _lock(args, cfg.out)
     if is_main_process():
         save_resolved(cfg)
     return cfg
@@ -183,7 +184,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from babyllama import sweep
     from babyllama.train.distributed import is_main_process
 
-    cfg = _load(args)
+    # One member (a child of `sweep --jobs`, or a scheduler's array job) locks its own folder, not the
+    # sweep's: members run side by side, sharing data and teachers under the sweep's own lock.
+    cfg = _load(args, lock=args.member is None)
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"sweep --seeds {args.seeds}: expected at least 1")
     if args.jobs < 1:
@@ -199,6 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.member is not None:
         if not 0 <= args.member < len(members):
             raise UserError(f"sweep --member {args.member}: this sweep has members 0..{len(members) - 1} (see --plan)")
+        _lock(args, sweep.sweep_dir(cfg) / members[args.member].name)
         sweep.run_member(cfg, members[args.member], len(members))
         return
     if not args.collect:

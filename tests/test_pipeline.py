@@ -22,6 +22,7 @@ def _write_config(tmp_path: Path, tiny_cfg, **changes) -> Path:
     tree["eval"]["blimp"] = str(FIXTURES / "blimp_original")
     for task in ("ewok", "entity_tracking", "comps"):
         tree["eval"][task] = str(FIXTURES / task)
+    tree["student"]["train"]["save_at_words"] = [40, 120]  # learning curves for the student and the control
     for key, value in changes.items():
         node = tree
         *parents, last = key.split(".")
@@ -52,6 +53,14 @@ def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_c
     assert "## Does distillation help?" in report and "| student | distilled student |" in report
     assert "| BLiMP % | EWoK % | entity tracking % | COMPS % |" in report
     assert "## Evaluation protocol: babyllama" in report and "| eval.ties_correct | False |" in report
+    for name in ("student", "student-control"):
+        assert sorted(p.name for p in (out / "checkpoints" / name / "at_words").iterdir()) == ["120", "40"]
+        points = json.loads((out / "eval" / name / "curve.json").read_text())["points"]
+        assert [p["words"] for p in points] == [40, 120]
+        assert all(p["dev_ce"] > 0 and 0 <= p["blimp"] <= 1 for p in points)
+    assert "## Learning curves (train.save_at_words)" in report and (out / "plots" / "learning_curves.png").exists()
+    assert not (out / "eval" / "t-llama" / "curve.json").exists() or not json.loads(
+        (out / "eval" / "t-llama" / "curve.json").read_text())["points"]
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "Time per stage" in printed and str(out / "report.html") in printed
 

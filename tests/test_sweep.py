@@ -40,46 +40,55 @@ def _student(result: dict, member: str) -> dict:
     return {v["role"]: v for v in row["models"].values()}
 
 
-def test_killed_sweep_resumes_and_reports_intervals(tmp_path: Path, tiny_cfg, capsys) -> None:
+def test_sweep_after_run_reuses_it_and_resumes_after_a_kill(tmp_path: Path, tiny_cfg, capsys) -> None:
     cfg_path = _write_config(tmp_path, tiny_cfg)
     out = Path(tiny_cfg.out_dir)
+    assert main(["run", str(cfg_path)]) == 0  # what `make demo` leaves behind
+    capsys.readouterr()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "babyllama", "sweep", str(cfg_path), "--seeds", "2"],
+    proc = subprocess.Popen([sys.executable, "-m", "babyllama", "sweep", str(cfg_path), "--seeds", "3"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     assert proc.stdout is not None
-    for line in proc.stdout:  # kill as the second member starts: the first is finished
-        if line.startswith("[sweep] member 2/2"):
+    before_kill = []
+    for line in proc.stdout:  # kill as the third member starts: the first two are finished
+        before_kill.append(line)
+        if line.startswith("[sweep] member 3/3"):
             proc.send_signal(signal.SIGKILL)
             break
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL
-    first = out / "sweep" / "default-s7"
-    stamps = {p: _mtime(p) for p in [first / "models" / "student" / "model.safetensors",
-                                      first / "models" / "student-control" / "model.safetensors",
+    before = "".join(before_kill)
+    # the run's teachers, cache, student and control are the seed-7 member's: only seed 8 was trained
+    assert "teacher:t-llama: running" not in before and "windows with the teachers" not in before
+    assert f"[sweep] default-s7: distill is identical to the one in {out}: reused" in before
+    assert (out / "sweep" / "default-s7" / "models" / "student").resolve() == (out / "models" / "student").resolve()
+    second = out / "sweep" / "default-s8"
+    stamps = {p: _mtime(p) for p in [second / "models" / "student" / "model.safetensors",
+                                      second / "models" / "student-control" / "model.safetensors",
                                       out / "models" / "t-llama" / "model.safetensors"]}
 
-    assert main(["sweep", str(cfg_path), "--seeds", "2"]) == 0
+    assert main(["sweep", str(cfg_path), "--seeds", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "[run] distill: up to date, skipped" in printed.split("[sweep] member 2/2")[0]
+    assert "[run] distill: up to date, skipped" in printed.split("[sweep] member 3/3")[0]
     assert "[run] teacher:t-llama: running" not in printed
     assert all(_mtime(p) == t for p, t in stamps.items())  # nothing finished was trained again
-    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 1  # one cache build for both members
+    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 1  # one cache build for every member
     # every member is an ordinary run directory (config, report) linked to the shared parts
-    second = out / "sweep" / "default-s8"
     assert (second / "report.md").exists() and (second / "models" / "t-gpt2").resolve() == (out / "models" / "t-gpt2").resolve()
     assert yaml.safe_load((second / "config.yaml").read_text())["student"]["train"]["seed"] == 8
 
     result = _sweep_json(out)
-    assert result["seeds"] == [7, 8] and not result["missing"] and len(result["members"]) == 2
+    assert result["seeds"] == [7, 8, 9] and not result["missing"] and len(result["members"]) == 3
     ce = next(c for c in result["comparisons"] if c["metric"] == "dev_ce" and c["name"] == "student - control")
     diffs = [_student(result, m)["student"]["dev_ce"] - _student(result, m)["control"]["dev_ce"]
-             for m in ("default-s7", "default-s8")]
-    assert list(ce["per_seed"].values()) == diffs and ce["n"] == 2 and ce["ci"][0] <= ce["mean"] <= ce["ci"][1]
+             for m in ("default-s7", "default-s8", "default-s9")]
+    assert list(ce["per_seed"].values()) == diffs and ce["n"] == 3 and ce["ci"][0] <= ce["mean"] <= ce["ci"][1]
     blimp = next(c for c in result["comparisons"] if c["metric"] == "blimp")
     assert blimp["bootstrap_ci"] is not None
     assert any(line.startswith("dev CE: The distilled student") for line in result["verdict"])
     report = (out / "sweep" / "report.md").read_text()
     assert "| student - control | dev CE (nats/token) |" in report and "![forest plot](plots/forest.png)" in report
+    assert "## Effect against the teacher-control gap" in report
     assert "data:image/png;base64," in (out / "sweep" / "report.html").read_text()
     assert "95% interval (t over seeds)" in printed and str(out / "sweep" / "sweep.json") in printed
 
@@ -162,6 +171,8 @@ def test_per_seed_teachers_and_teacher_axes_train_each_teacher_config_once(tmp_p
     assert steps == {4, 6}
     result = _sweep_json(out)
     assert len(result["members"]) == 4 and result["conditions"]
+    gaps = {r["setting"]: r["teacher_gap"] for r in result["settings"]}
+    assert set(gaps) == {"default", "teachers.*.train.max_steps=4"} and gaps["default"] != gaps["teachers.*.train.max_steps=4"]
     assert any(c["name"] == "teachers.*.train.max_steps=4 - default (student)" for c in result["comparisons"])
 
 

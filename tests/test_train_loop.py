@@ -96,6 +96,7 @@ class DoubledCE(LMObjective):
     """A non-CE objective (2 x CE) that records the batches it gets."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.batches: list[Batch] = []
 
     def loss(self, model, batch):

@@ -78,6 +78,18 @@ class TrainConfig(Section):
         None, description="This model's own seed (initialisation, window order); null = the experiment's seed. "
         "`babyllama sweep` sets it per member, so the prepared data and shared teachers stay the same."
     )
+    save_at_words: list[float] = Field(
+        default_factory=list,
+        description="Keep a Hugging Face model folder when training passes each of these word counts (e.g. [1e6, 2e6]), "
+        "under checkpoints/<name>/at_words/<N>/, for learning curves (eval.curves).",
+    )
+
+    @field_validator("save_at_words")
+    @classmethod
+    def _positive_sorted(cls, v: list[float]) -> list[float]:
+        if any(w <= 0 for w in v):
+            raise ValueError("word counts must be positive")
+        return sorted(set(v))
 
 
 class ModelConfig(Section):
@@ -258,6 +270,9 @@ class EvalConfig(Section):
     )
     batch_size: int = Field(64, ge=1, description="Sentences per forward pass when scoring.")
     perplexity: bool = Field(True, description="Compute dev cross-entropy / perplexity for every model.")
+    curves: bool = Field(
+        True, description="Evaluate the checkpoints kept by train.save_at_words (dev CE, and BLiMP when eval.blimp is set) for learning curves."
+    )
     finetune: list[str] = Field(default_factory=list, description="Fine-tuning tasks to run (e.g. [cola, sst2]); [] = none.")
     finetune_data: str | None = Field(None, description="Folder of (Super)GLUE / MSGS files in BabyLM's formats.")
     finetune_defaults: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Hyperparameters for every task.")

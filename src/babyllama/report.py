@@ -110,6 +110,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "blimp": blimp,
             "supplement": supp,
             "scores": scores,  # {report column: headline}, one per result file the registry names
+            "curve": (_read_json_or_none(ev / "curve.json") or {}).get("points", []),  # train.save_at_words
             "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
@@ -364,6 +365,10 @@ def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
         ax.grid(alpha=0.3)
         save(fig, "distill_parts")
 
+    curved = [m for m in summary["models"] if m.get("curve")]
+    if curved:
+        save(_curve_figure(plt, curved), "learning_curves")
+
     table = _phenomena_table(summary, "blimp", "phenomena")
     if table:
         header, rows = table
@@ -384,6 +389,40 @@ def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
     return plots
 
 
+def _curve_figure(plt: Any, models: list[dict[str, Any]]) -> Any:
+    """Dev CE and BLiMP against words seen, one line per model (train.save_at_words checkpoints)."""
+    panels = [(k, label) for k, label in (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP headline %"))
+              if any(k in p for m in models for p in m["curve"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (key, label) in zip(axes[0], panels, strict=True):
+        for m in models:
+            pts = [(p["words"], p[key] * (100 if key == "blimp" else 1)) for p in m["curve"] if p.get(key) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{m['name']} ({m['role']})")
+        ax.set_xlabel("words seen")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Learning curves: where in training does distillation help?")
+    return fig
+
+
+def _curve_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]] | None:
+    models = [m for m in summary["models"] if m.get("curve")]
+    if not models:
+        return None
+    words = sorted({p["words"] for m in models for p in m["curve"]})
+    header = ["words seen", *[f"{m['name']} dev CE / BLiMP %" for m in models]]
+    rows = []
+    for w in words:
+        cells = []
+        for m in models:
+            p = next((p for p in m["curve"] if p["words"] == w), {})
+            cells.append(f"{_fmt(p.get('dev_ce'))} / {_fmt(p.get('blimp'), 'pct')}")
+        rows.append([f"{w:,}", *cells])
+    return header, rows
+
+
 # -- writing -----------------------------------------------------------------------------------------
 
 
@@ -397,6 +436,9 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
     if summary.get("protocol"):
         blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
+    curves = _curve_rows(summary)
+    if curves:
+        blocks.append(("Learning curves (train.save_at_words)", "table", curves))
     for key, title in (("blimp", "BLiMP per phenomenon (%)"), ("supplement", "BLiMP supplement (%)")):
         group = "phenomena" if key == "blimp" else "paradigms"
         t = _phenomena_table(summary, key, group)

@@ -101,7 +101,7 @@ def collect(base: Config, ms: list[Member]) -> dict[str, Any]:
             continue
         rows.append({"name": m.name, "seed": m.seed, "setting": m.label, "point": m.point, "models": got[0]})
         per_point.setdefault(m.label, {})[m.seed] = got
-    comparisons, verdicts, conditions = [], [], []
+    comparisons, verdicts, conditions, settings = [], [], [], []
     default = per_point.get("default", {})
 
     def model_rows(runs: dict[int, tuple[dict, dict]], role: str) -> dict[int, tuple]:
@@ -127,9 +127,14 @@ def collect(base: Config, ms: list[Member]) -> dict[str, Any]:
                 if c:
                     comparisons.append(c)
                     verdicts.append(_sentence(f"The student with {label}", "the default student", c, title, higher, digits))
-        conditions.append(_condition(label, runs))
+        gap = teacher_gap(runs)
+        conditions.append(_condition(label, gap))
+        effect = next((c for c in comparisons if c["name"] == f"student - control{at}" and c["metric"] == "dev_ce"), None)
+        settings.append({"setting": label, "teacher_gap": gap and gap[0], "student_minus_control_dev_ce": effect and
+                         {k: effect[k] for k in ("mean", "ci", "holds", "n")}})
     result = {"out_dir": str(base.out), "seeds": sorted({m.seed for m in ms}), "members": rows, "missing": missing,
-              "comparisons": comparisons, "verdict": verdicts, "conditions": [c for c in conditions if c]}
+              "comparisons": comparisons, "verdict": verdicts, "conditions": [c for c in conditions if c],
+              "settings": settings}
     write(base, result)
     return result
 
@@ -142,22 +147,27 @@ def _sentence(a: str, b: str, c: dict[str, Any], title: str, higher: bool, digit
     return text
 
 
-def _condition(label: str, runs: dict[int, tuple[dict, dict]]) -> str | None:
-    """The teacher-gap condition: how far the best teacher is below the control, averaged over seeds."""
+def teacher_gap(runs: dict[int, tuple[dict, dict]]) -> tuple[float, int] | None:
+    """(control dev CE - best teacher dev CE, averaged over seeds; the number of seeds), None without both."""
     gaps = []
     for numbers, _ in runs.values():
         control = _by_role(numbers, "control")
         teachers = [v["dev_ce"] for v in numbers.values() if v["role"] == "teacher" and v["dev_ce"] is not None]
         if control and teachers and numbers[control]["dev_ce"] is not None:
             gaps.append(numbers[control]["dev_ce"] - min(teachers))
-    if not gaps:
+    return (float(np.mean(gaps)), len(gaps)) if gaps else None
+
+
+def _condition(label: str, gap: tuple[float, int] | None) -> str | None:
+    """The teacher-gap condition of one setting: did the teachers have something to teach?"""
+    if gap is None:
         return None
-    gap, where = float(np.mean(gaps)), "" if label == "default" else f" ({label})"
-    if gap > 0:
-        return (f"Condition{where}: the best teacher is {gap:.4f} nats/token below the control (mean over {len(gaps)} "
+    (value, n), where = gap, "" if label == "default" else f" ({label})"
+    if value > 0:
+        return (f"Condition{where}: the best teacher is {value:.4f} nats/token below the control (mean over {n} "
                 "seed(s)), so the teachers had something to teach (in the paper the gap was about 0.27).")
-    return (f"Condition NOT met{where}: no teacher is better than the control (best teacher {-gap:.4f} nats/token worse); "
-            "distillation cannot be expected to help.")
+    return (f"Condition NOT met{where}: no teacher is better than the control (best teacher {-value:.4f} nats/token "
+            "worse); distillation cannot be expected to help.")
 
 
 # -- writing ---------------------------------------------------------------------------------------------
@@ -194,6 +204,18 @@ def member_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
         rows.append([r["name"], r["setting"], str(r["seed"]), num(s.get("dev_ce")), num(c.get("dev_ce")),
                      num(min(teachers) if teachers else None), num(s.get("blimp"), True), num(c.get("blimp"), True)])
+    return header, rows
+
+
+def setting_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per setting: the teacher-control gap beside the distillation effect (does the effect follow the gap?)."""
+    header = ["setting", "teacher-control gap (nats/token)", "student - control dev CE", "95% interval", "seeds"]
+    rows = []
+    for r in result["settings"]:
+        e = r["student_minus_control_dev_ce"]
+        ci = f"[{_fmt(e['ci'][0], 3)}, {_fmt(e['ci'][1], 3)}]" if e and e["ci"] else "–"
+        rows.append([r["setting"], _fmt(r["teacher_gap"], 4), _fmt(e and e["mean"], 3), ci,
+                     f"{e['holds']}/{e['n']}" if e else "–"])
     return header, rows
 
 
@@ -248,6 +270,7 @@ def write(base: Config, result: dict[str, Any]) -> list[Path]:
           + (f" (missing: {', '.join(result['missing'])})." if result["missing"] else "."), "", "## Verdict", ""]
     md += [f"- {v}" for v in result["verdict"] + result["conditions"]] + ["", "## Comparisons (A - B, paired by seed)", ""]
     md += [markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
+    md += ["## Effect against the teacher-control gap", "", markdown_table(*setting_rows(result)), ""]
     md += ["## Members", "", markdown_table(*member_rows(result)), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     atomic_write_text(out / "report.html", _html(result, out, finished, png))
@@ -269,5 +292,6 @@ def _html(result: dict[str, Any], out: Path, finished: str, png: bytes | None) -
              + "</ul>", "<h2>Comparisons (A - B, paired by seed)</h2>", table(*comparison_rows(result))]
     if png:
         parts.append(f"<img alt='forest plot' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-    parts += ["<h2>Members</h2>", table(*member_rows(result)), "</body></html>"]
+    parts += ["<h2>Effect against the teacher-control gap</h2>", table(*setting_rows(result)),
+              "<h2>Members</h2>", table(*member_rows(result)), "</body></html>"]
     return "\n".join(parts)

@@ -103,6 +103,39 @@ def _finetune_jobs(cfg: Config) -> list[Job]:
     return out
 
 
+def curve_checkpoints(cfg: Config, name: str) -> list[tuple[int, Path]]:
+    """(word count, HF folder) of each checkpoint train.save_at_words kept for model ``name``, in order."""
+    from babyllama.train.loop import AT_WORDS_DIR
+
+    folder = cfg.checkpoint_dir(name) / AT_WORDS_DIR
+    found = [(int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and (p / "config.json").exists()] \
+        if folder.is_dir() else []
+    return sorted(found)
+
+
+def _curve_jobs(cfg: Config) -> list[Job]:
+    from babyllama.evaluate.perplexity import evaluate_perplexity
+
+    ev = cfg.eval
+    if not ev.curves or not any(m.train.save_at_words for m in cfg.models()):
+        return []
+
+    def run(model_dir: Path) -> dict[str, Any]:
+        points = []
+        for words, ck in curve_checkpoints(cfg, model_dir.name):
+            point: dict[str, Any] = {"words": words, "checkpoint": str(ck)}
+            if ev.perplexity:
+                point["dev_ce"] = evaluate_perplexity(ck, cfg.data_dir, seq_len=cfg.data.seq_len)["ce_nats_per_token"]
+            if ev.blimp:
+                point["blimp"] = score_blimp(ck, ev.blimp, ev)["headline"]
+            points.append(point)
+        return {"points": points}
+
+    settings = {"words": {m.name: m.train.save_at_words for m in cfg.models()}, "perplexity": ev.perplexity,
+                "blimp": _data_id(ev.blimp) if ev.blimp else None, **blimp_settings(ev)}
+    return [Job("curve.json", None, settings, run)]
+
+
 def _data_id(data: str) -> str:
     return data if data.startswith("embedded:") else str(Path(data).expanduser())
 
@@ -122,6 +155,7 @@ REGISTRY: list[Evaluator] = [
               _get("headline"), cli_data=True, aliases=["entity-tracking"]),
     Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True),
     Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
+    Evaluator("curves", "eval.curves", _curve_jobs, lambda r: None),
 ]
 
 #: How `babyllama evaluate <name>` scores a data file with each cli_data evaluator.

@@ -17,7 +17,8 @@ distillation). What it does, in order:
   ``eval_every`` steps, at each epoch end and at the end, whatever the objective (so a distilled
   student's dev loss compares with its teachers' and the control's).
 * checkpoints: see babyllama.train.checkpoint. The final model is the best one by dev loss (as the
-  paper's ``load_best_model_at_end``); training_summary.json records how it was made.
+  paper's ``load_best_model_at_end``); training_summary.json records how it was made. ``save_at_words``
+  also keeps the model as it is when training passes each listed word count (checkpoints/<name>/at_words/).
 """
 
 from __future__ import annotations
@@ -366,8 +367,12 @@ def fit(
         epoch_end = samples // stream.n_windows > step * global_batch // stream.n_windows
         evaluate = (tcfg.eval_every and done % tcfg.eval_every == 0) or epoch_end or done == total_steps
         saving = evaluate or (tcfg.save_every and done % tcfg.save_every == 0)
-        if done % tcfg.log_every == 0 or saving:
+        at_words = [w for w in tcfg.save_at_words if step * global_batch * seq_len * wpt < w <= samples * seq_len * wpt]
+        if done % tcfg.log_every == 0 or saving or at_words:
             _stop_if_diverged(diverged, model_cfg.name, done, tcfg.lr, ck_dir, last_saved)
+        if main:
+            _save_at_words(tcfg.save_at_words, step * global_batch * seq_len * wpt, samples * seq_len * wpt,
+                           ck_dir, model, tok_dir, done)
         if done % tcfg.log_every == 0 or done == total_steps:
             sums = torch.stack([loss_sum, *extra_sums.values()]) / (steps_in_log * accum * world)
             values = dist.all_reduce_sum(sums).tolist()
@@ -437,6 +442,18 @@ def _stop_if_diverged(diverged: torch.Tensor, name: str, step: int, lr: float, c
     kept = f"the last good checkpoint ({ck_dir / 'last'}, step {last_saved}) is kept" if last_saved else "no checkpoint was saved"
     raise UserError(f"model {name!r}: the loss became NaN or infinite by step {step} (train.lr {lr:g} too high? "
                     f"bad data?); training stopped, {kept} and no model was published")
+
+
+AT_WORDS_DIR = "at_words"
+
+
+def _save_at_words(targets: list[float], before: float, after: float, ck_dir: Path, model: torch.nn.Module,
+                   tok_dir: Path, step: int) -> None:
+    """Keep an HF model folder for every target word count this step passed (learning curves)."""
+    for words in targets:
+        if before < words <= after:
+            ckpt.save_checkpoint(ck_dir / AT_WORDS_DIR / str(int(words)), model, tok_dir, None,
+                                 {"step": step, "words_target": words, "words_seen": after})
 
 
 def _publish(ck_dir: Path, out: Path, summary: dict) -> None:

@@ -97,7 +97,7 @@ def setting(name: str, work: Path) -> dict:
             "teachers": [_model("llama-teacher", "llama", 256, 4, 4, 688, teacher_train),
                          _model("gpt2-teacher", "gpt2", 256, 4, 4, None, teacher_train)],
             "student": _model("baby-llama-demo", "llama", 128, 2, 4, 344, student_train),
-            "distill": {"alpha": ALPHA, "temperature": TEMPERATURE, "cache": {"enabled": False, "top_k": TOP_K}},
+            "distill": {"alpha": ALPHA, "temperature": TEMPERATURE, "cache": {"enabled": False, "mode": "top_k", "top_k": TOP_K}},
             "logging": {"progress": False},
         }
     corpus = synthetic_corpus(work / "paper-small-corpus", 5000)
@@ -109,7 +109,7 @@ def setting(name: str, work: Path) -> dict:
         "teachers": [_model("gpt2-705M-small", "gpt2", 384, 12, 6, None, teacher_train),
                      _model("llama-360M-small", "llama", 256, 12, 4, 768, teacher_train)],
         "student": _model("baby-llama-58M-small", "llama", 128, 8, 2, 256, {**student_train, "batch_size": 32}),
-        "distill": {"alpha": ALPHA, "temperature": TEMPERATURE, "cache": {"enabled": False, "top_k": TOP_K}},
+        "distill": {"alpha": ALPHA, "temperature": TEMPERATURE, "cache": {"enabled": False, "mode": "top_k", "top_k": TOP_K}},
         "logging": {"progress": False},
     }
 

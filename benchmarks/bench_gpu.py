@@ -5,8 +5,8 @@ the 58M student, vocab 16000, 128-token windows, each at its config's micro-batc
 as babyllama runs it on a GPU -- bf16 autocast over fp32 weights, TF32 for what stays fp32, fused AdamW --
 with torch.compile off and on, plain and with the fused linear + cross-entropy (``train.fused_loss``).
 Then one student distillation step, live (both teachers' bf16 forwards + the student's step with the
-KD loss) and cached (the student's step against top-k teacher buckets already in memory, as the cache
-serves them; the cache's disk reads are not timed).
+KD loss) and cached (the student's step against the cache's rows for the batch already in memory, in
+the config's cache mode, sampled or top-k; the cache's disk reads are not timed).
 
 The peak is measured (best bf16 ``torch.mm`` of 8192^2 matrices) and, where the GPU is in the table
 below, also looked up from its datasheet (dense bf16 tensor-core TFLOP/s); MFU is given against both.
@@ -89,19 +89,23 @@ def train_step(torch, model, x, autocast, fused: bool):
     return step
 
 
-def distill_step(torch, student, teachers, x, autocast, cfg, top_k: int | None):
-    """Live (top_k None: teachers run every step) or cached (top-k buckets already in memory) KD step."""
-    from babyllama.distill.loss import SparseTeachers, combine, distillation_loss
+def distill_step(torch, student, teachers, x, autocast, cfg, cached_mode: bool):
+    """Live (teachers run every step) or cached (the cache's rows for the batch already in memory) KD step,
+    in the config's cache mode ('sample': drawn ids + counts; 'top_k': top-k buckets + tail)."""
+    from babyllama.distill.loss import SampledTeachers, SparseTeachers, combine, distillation_loss
 
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=x.device.type in ("cuda", "cpu"))
-    d = cfg.distill
-    n, vocab = x.numel(), student.config.vocab_size
-    g = torch.Generator(device=x.device).manual_seed(0)
+    d, c = cfg.distill, cfg.distill.cache
+    n, vocab, dev = x.numel(), student.config.vocab_size, x.device
+    g = torch.Generator(device=dev).manual_seed(0)
     cached = None
-    if top_k:
-        ids = torch.randint(0, vocab, (n, top_k), device=x.device, generator=g)
-        values = torch.randn(n, top_k, device=x.device, generator=g).half()
-        cached = SparseTeachers.from_top_k(ids, values, torch.randn(n, device=x.device, generator=g).half())
+    if cached_mode and c.mode == "sample":
+        ids = torch.randint(0, vocab, (n, c.samples), device=dev, generator=g)
+        cached = SampledTeachers.from_counts(ids, torch.ones(n, c.samples, device=dev), torch.rand(n, device=dev))
+    elif cached_mode:
+        ids = torch.randint(0, vocab, (n, c.top_k), device=dev, generator=g)
+        values = torch.randn(n, c.top_k, device=dev, generator=g).half()
+        cached = SparseTeachers.from_top_k(ids, values, torch.randn(n, device=dev, generator=g).half())
 
     def step() -> None:
         with autocast():
@@ -192,11 +196,11 @@ def main() -> int:
     student_fpt = flops_per_token(student, s, seq)
     for compile in compiles:
         net = torch.compile(student) if compile else student
-        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, None), steps, 3 if compile else 1)
+        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, False), steps, 3 if compile else 1)
         report(f"distill live{' compiled' if compile else ''}", x.shape[0], t, student_fpt + teacher_fpt)
-        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, cfg.distill.cache.top_k),
+        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, True),
                       steps, 3 if compile else 1)
-        report(f"distill cached{' compiled' if compile else ''}", x.shape[0], t, student_fpt)
+        report(f"distill cached ({cfg.distill.cache.mode}){' compiled' if compile else ''}", x.shape[0], t, student_fpt)
 
     print(f"\n{'step':<36} {'batch':>5} {'tok/s':>12} {'MFU (measured peak)':>20} {'MFU (datasheet)':>16}")
     for label, batch, tps, mfu, mfu_sheet in rows:

@@ -169,3 +169,18 @@ def test_cli_writes_json_and_reports_errors_without_traceback(llama_dir, tmp_pat
     assert main(["evaluate", "blimp", "--model", str(tmp_path), "--data", str(FIX / "blimp_2024")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("babyllama: error:") and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_embedded_subset_is_100_pairs_of_each_paradigm_with_attribution():
+    from babyllama.evaluate.blimp import EMBEDDED
+
+    pairs, formats = load_pairs("embedded:blimp")
+    assert formats == ["blimp"] and len(pairs) == 6700
+    counts = {}
+    for p in pairs:
+        counts[p.paradigm] = counts.get(p.paradigm, 0) + 1
+    assert len(counts) == 67 and set(counts.values()) == {100}
+    readme = (EMBEDDED["embedded:blimp"].parent / "README.md").read_text()
+    assert "CC BY 4.0" in readme and "Warstadt" in readme
+    with pytest.raises(UserError, match="no such embedded data set"):
+        load_pairs("embedded:nope")

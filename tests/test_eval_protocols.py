@@ -60,6 +60,8 @@ def test_2025_per_task_settings_and_explicit_keys_override() -> None:
     assert ev.finetune_defaults.patience == 5 and ev.finetune_defaults.select_on == "validation"
     ev = load_config(None, ["eval.protocol=babylm-2025", "eval.finetune_tasks.wsc.lr=1e-5"]).eval
     assert ev.finetune_hparams("wsc").lr == 1e-5 and ev.finetune_hparams("wsc").epochs == 30
+    ev.blimp = "embedded:blimp"  # assigning a field keeps what the protocol set
+    assert ev.prefix == "none" and ev.finetune_hparams("wsc").epochs == 30 and ev.finetune_hparams("boolq").batch_size == 16
 
 
 def test_presets_use_their_years_protocol() -> None:

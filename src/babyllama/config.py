@@ -65,7 +65,8 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1, description="Write a metrics.jsonl line every N optimizer steps.")
     save_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: at each evaluation only).")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="'auto': bf16 autocast on a GPU that supports it (else fp16 with a scaler), fp32 on CPU."
+        "auto", description="'auto': bf16 autocast on a GPU that supports it (else fp16 with a scaler), fp32 on CPU. "
+        "A distilled student's teachers (live, or building the cache) compute in the same precision."
     )
     compile: bool = Field(False, description="Wrap the model in torch.compile.")
     fused_loss: bool = Field(
@@ -191,7 +192,7 @@ class DistillConfig(Section):
         description="'token_mean': mean over predicted positions; 'paper': summed over positions and divided by batch size "
         "(the reference code's KLDivLoss batchmean, ~seq_len times heavier).",
     )
-    cache: CacheConfig = Field(default_factory=CacheConfig, description="Teacher-logit cache.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Teacher cache (README, 'The teacher cache').")
     allow_unchecked_tokenizer: bool = Field(
         False, description="Accept a teacher folder with no tokenizer.json to compare (vocabulary size and special ids "
         "are still checked); by default it is refused.")

@@ -329,4 +329,6 @@ def format_blimp_table(result: dict[str, Any]) -> str:
               f"| over {len(result['phenomena'])} phenomena | {100 * result['macro_phenomena']:.1f} |"]
     if "accuracy" in result:
         lines.append(f"| all {result.get('n_pairs', '')} pairs pooled | {100 * result['accuracy']:.1f} |")
+    if "headline" in result:
+        lines.append(f"| **headline** (mean over {result['aggregation']}) | {100 * result['headline']:.1f} |")
     return "\n".join(lines)

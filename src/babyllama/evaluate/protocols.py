@@ -67,16 +67,12 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 }
 
 
-def _as_dict(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if hasattr(value, "model_dump"):  # a section built in code: its set keys are explicit
-        return value.model_dump(exclude_unset=True)
-    return dict(value) if isinstance(value, dict) else value
-
-
 def apply_protocol(data: Any) -> Any:
-    """The raw ``eval`` mapping with every key the protocol implies filled in where it is unset."""
+    """The raw ``eval`` mapping with every key the protocol implies filled in where it is unset.
+
+    Sections that are already validated objects (a section built in code, or the model's own values when
+    a field is assigned) are left as they are: the protocol was applied when they were built.
+    """
     if not isinstance(data, dict):
         return data
     preset = PROTOCOLS.get(data.get("protocol", "babyllama"))
@@ -85,14 +81,14 @@ def apply_protocol(data: Any) -> Any:
     out = dict(data)
     for key, value in preset["eval"].items():
         out.setdefault(key, value)
-    defaults = _as_dict(out.get("finetune_defaults"))
-    if isinstance(defaults, dict):
-        out["finetune_defaults"] = {**preset["finetune"], **defaults}
-    tasks = _as_dict(out.get("finetune_tasks"))
-    if isinstance(tasks, dict) and preset["tasks"]:
-        merged = {name: _as_dict(hp) for name, hp in tasks.items()}
+    defaults = out.get("finetune_defaults")
+    if defaults is None or isinstance(defaults, dict):
+        out["finetune_defaults"] = {**preset["finetune"], **(defaults or {})}
+    tasks = out.get("finetune_tasks")
+    if preset["tasks"] and (tasks is None or isinstance(tasks, dict)):
+        merged = dict(tasks or {})
         for name, keys in preset["tasks"].items():
-            own = merged.get(name, {})
+            own = merged.get(name) or {}
             merged[name] = {**keys, **own} if isinstance(own, dict) else own
         out["finetune_tasks"] = merged
     return out

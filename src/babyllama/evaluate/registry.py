@@ -108,9 +108,9 @@ def curve_checkpoints(cfg: Config, name: str) -> list[tuple[int, Path]]:
     from babyllama.train.loop import AT_WORDS_DIR
 
     folder = cfg.checkpoint_dir(name) / AT_WORDS_DIR
-    found = [(int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and (p / "config.json").exists()] \
-        if folder.is_dir() else []
-    return sorted(found)
+    if not folder.is_dir():
+        return []
+    return sorted((int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and (p / "config.json").exists())
 
 
 def _curve_jobs(cfg: Config) -> list[Job]:

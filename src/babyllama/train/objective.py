@@ -57,6 +57,8 @@ class LMObjective:
     ``fused``: the same loss through :func:`babyllama.train.fused_ce.fused_lm_loss`, which never holds
     the full logits (``train.fused_loss``)."""
 
+    fused = False  # a class default too: subclasses that define their own __init__ keep working
+
     def __init__(self, fused: bool = False) -> None:
         self.fused = fused
 

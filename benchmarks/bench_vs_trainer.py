@@ -1,0 +1,191 @@
+"""babyllama against the paper's recipe written on the Hugging Face Trainer, stage by stage, in one run.
+
+What a user would otherwise write: ``Trainer`` with ``TrainingArguments`` for each teacher and the
+control, and a ``Trainer`` subclass whose ``compute_loss`` adds the ensemble KD term for the student (the
+structure of the reference code; our own code here). Same sizes on both sides, as in issue 12: teachers
+GPT-2 and LLaMA of 6 layers x 256, student/control LLaMA of 4 x 128, vocab 8000, batch 32 x 128, 40
+optimizer steps, live teachers, AdamW, cosine schedule with warm-up, fp32 on the CPU, on the same
+synthetic token files (token values do not change the speed).
+
+Two figures per stage and side:
+* in-loop tokens/s: optimizer steps after the first ``--warmup`` ones, from step-end times (ours: the
+  metrics.jsonl rates; Trainer: a step-end callback);
+* whole stage: seconds from the call to a finished, saved model (set-up, final dev evaluation and saving
+  included; interpreter start-up and imports excluded on both sides), and the fixed cost: whole stage
+  minus the steps at the in-loop rate.
+
+    python benchmarks/bench_vs_trainer.py            # 40 steps per stage
+    python benchmarks/bench_vs_trainer.py --quick    # 8 steps per stage
+Needs ``accelerate`` (the Trainer's dependency): pip install 'babyllama[bench]'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from babyllama.config import Config
+from babyllama.data.tokens import load_tokens
+from babyllama.distill.run import distill
+from babyllama.models import build_model
+from babyllama.train.loop import fit
+from babyllama.train.objective import LMObjective
+from bench_train import SPECIAL, synthetic_data
+
+VOCAB, SEQ, BATCH, LR = 8000, 128, 32, 1e-3
+
+
+def experiment(work: Path, steps: int) -> Config:
+    train = {"batch_size": BATCH, "max_steps": steps, "lr": LR, "warmup_steps": 2, "log_every": 1,
+             "eval_windows": 64, "eval_every": 0, "save_every": 0}
+    teacher = {"hidden_size": 256, "num_layers": 6, "num_heads": 8, "max_position_embeddings": SEQ, "train": train}
+    return Config.model_validate({
+        "out_dir": str(work), "seed": 0, "data": {"seq_len": SEQ}, "tokenizer": {"vocab_size": VOCAB},
+        "logging": {"progress": False},
+        "teachers": [{"name": "gpt2-teacher", "arch": "gpt2", **teacher}, {"name": "llama-teacher", "arch": "llama", **teacher}],
+        "student": {"name": "student", "arch": "llama", "hidden_size": 128, "num_layers": 4, "num_heads": 4,
+                    "max_position_embeddings": SEQ, "train": train},
+        "control": True,
+        "distill": {"alpha": 0.5, "temperature": 2.0, "cache": {"enabled": False}},
+    })
+
+
+def in_loop_rate(step_seconds: list[float], warmup: int) -> float:
+    timed = step_seconds[warmup:]
+    return len(timed) * BATCH * SEQ / sum(timed)
+
+
+# -- ours ------------------------------------------------------------------------------------------------
+
+
+def ours(cfg: Config, stage: str, warmup: int) -> tuple[float, float]:
+    """(in-loop tokens/s, whole-stage seconds) of one babyllama stage."""
+    t = time.perf_counter()
+    if stage == "distill":
+        out = distill(cfg)
+    else:
+        out = fit(cfg, cfg.model(stage), LMObjective())
+    whole = time.perf_counter() - t
+    rates = [json.loads(x)["tokens_per_s"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    return in_loop_rate([BATCH * SEQ / r for r in rates], warmup), whole
+
+
+# -- the Hugging Face Trainer recipe ---------------------------------------------------------------------
+
+
+class Windows(torch.utils.data.Dataset):
+    """Fixed, non-overlapping windows of a token file, as causal-LM examples."""
+
+    def __init__(self, tokens: np.ndarray) -> None:
+        self.tokens = torch.from_numpy(tokens.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.tokens) // SEQ
+
+    def __getitem__(self, i: int) -> dict:
+        x = self.tokens[i * SEQ : (i + 1) * SEQ]
+        return {"input_ids": x, "labels": x}
+
+
+def trainer_stage(cfg: Config, stage: str, steps: int, warmup: int, out: Path) -> tuple[float, float]:
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.ends = [time.perf_counter()]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.ends.append(time.perf_counter())
+
+    class DistillTrainer(Trainer):
+        """alpha * CE + (1 - alpha) * T^2 * KL(mean teacher distribution || student), as the paper."""
+
+        def __init__(self, *args, teachers, alpha, temperature, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teachers, self.alpha, self.temperature = teachers, alpha, temperature
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = model(**inputs)
+            with torch.no_grad():
+                teacher = torch.stack([t(**inputs).logits for t in self.teachers]).mean(0)
+            t_ = self.temperature
+            kd = F.kl_div(F.log_softmax(out.logits / t_, -1), F.softmax(teacher / t_, -1), reduction="batchmean") * t_**2
+            loss = self.alpha * out.loss + (1 - self.alpha) * kd
+            return (loss, out) if return_outputs else loss
+
+    t = time.perf_counter()
+    name = cfg.student.name if stage == "distill" else stage
+    m = cfg.model(name)
+    torch.manual_seed(0)
+    model = build_model(m, VOCAB, SPECIAL)
+    args = TrainingArguments(output_dir=str(out / name), per_device_train_batch_size=BATCH, per_device_eval_batch_size=BATCH,
+                             max_steps=steps, learning_rate=LR, warmup_steps=2, lr_scheduler_type="cosine",
+                             weight_decay=0.0, max_grad_norm=1.0, logging_steps=10, save_strategy="no", report_to=[],
+                             use_cpu=True, dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    data = {"train_dataset": Windows(load_tokens(cfg.data_dir, "train")),
+            "eval_dataset": Windows(load_tokens(cfg.data_dir, "dev")[: 64 * SEQ])}
+    clock = StepClock()
+    if stage == "distill":
+        teachers = [type(build_model(tc, VOCAB, SPECIAL)).from_pretrained(out / tc.name).eval() for tc in cfg.teachers]
+        trainer = DistillTrainer(model=model, args=args, callbacks=[clock], teachers=teachers, alpha=cfg.distill.alpha,
+                                 temperature=cfg.distill.temperature, **data)
+    else:
+        trainer = Trainer(model=model, args=args, callbacks=[clock], **data)
+    trainer.remove_callback(PrinterCallback)  # its log dicts would interleave with our table
+    clock.ends = [time.perf_counter()]
+    trainer.train()
+    trainer.evaluate()
+    trainer.save_model(str(out / name))
+    whole = time.perf_counter() - t
+    return in_loop_rate(list(np.diff(clock.ends)), warmup), whole
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="8 steps per stage instead of 40")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--warmup", type=int, default=2, help="first steps left out of the in-loop rate")
+    args = ap.parse_args()
+    steps = args.steps or (8 if args.quick else 40)
+    if steps <= args.warmup:
+        raise SystemExit(f"bench_vs_trainer: --steps must exceed --warmup ({args.warmup})")
+    work = Path(tempfile.mkdtemp(prefix="bench_vs_trainer_"))
+    try:
+        cfg = experiment(work / "ours", steps)
+        synthetic_data(cfg, VOCAB, (BATCH * steps + 8) * SEQ)
+        stages = ["gpt2-teacher", "llama-teacher", "distill", cfg.control_name]
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {steps} steps of {BATCH}x{SEQ} per stage, "
+              f"first {args.warmup} left out of the in-loop rate", flush=True)
+        rows = []
+        for stage in stages:
+            a = ours(cfg, stage, args.warmup)
+            b = trainer_stage(cfg, stage, steps, args.warmup, work / "trainer")
+            rows.append((stage, a, b))
+            print(f"  measured {stage}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    step_s = lambda rate: BATCH * SEQ / rate  # noqa: E731
+    header = (f"{'stage':<22} | {'ours tok/s':>10} {'Trainer':>8} {'ratio':>6} | {'ours whole s':>12} {'Trainer':>8} "
+              f"{'ratio':>6} | {'fixed s: ours':>13} {'Trainer':>8}")
+    print(header)
+    print("-" * len(header))
+    for stage, (r_a, w_a), (r_b, w_b) in rows:
+        fixed_a, fixed_b = w_a - steps * step_s(r_a), w_b - steps * step_s(r_b)
+        print(f"{stage:<22} | {r_a:>10,.0f} {r_b:>8,.0f} {r_a / r_b:>6.2f} | {w_a:>12.1f} {w_b:>8.1f} {w_b / w_a:>6.2f} | "
+              f"{fixed_a:>13.1f} {fixed_b:>8.1f}")
+    ratios = [a[0] / b[0] for _, a, b in rows]
+    print(f"in-loop ratio ours/Trainer: geometric mean {statistics.geometric_mean(ratios):.2f} (target >= 1.2 per stage); "
+          "whole-stage ratio is Trainer seconds / ours")
+
+
+if __name__ == "__main__":
+    main()

@@ -106,6 +106,10 @@ def test_missing_teacher_and_tokenizer_mismatch_are_user_errors(prepared_cfg: Co
     hf = json.loads(config_path.read_text())
     hf["vocab_size"] += 1
     config_path.write_text(json.dumps(hf))
+    with pytest.raises(UserError, match="config.json does not match its checkpoint.json record"):
+        distill(cfg)  # an edited file of a model we trained is damage
+    (cfg.model_dir("t-gpt2") / "checkpoint.json").unlink()  # a model from elsewhere has no record to check
+    config_path.write_text(json.dumps(hf))
     with pytest.raises(UserError, match="teacher 't-gpt2'.*student 'student'.*do not share a tokenizer"):
         distill(cfg)
     hf["vocab_size"] -= 1

@@ -110,6 +110,37 @@ def test_default_url_uses_the_release_checksums(server, tmp_path, monkeypatch):
     assert not (tmp_path / "d").exists()
 
 
+def test_a_self_vouching_copy_is_not_the_pinned_release(server, tmp_path, monkeypatch):
+    www, base, _ = server
+    monkeypatch.setattr(download, "BLIMP_SHA256", parse_sums(sums_text(FILES), "pinned"))  # the fixture = "the release"
+    custom = dict(FILES)
+    custom["adjunct_island.jsonl"] = FILES["adjunct_island.jsonl"].replace(b"Derek", b"Derik")
+    (www / "custom.zip").write_bytes(make_zip(custom, {"SHA256SUMS": sums_text(custom).encode()}))
+    dest = download_blimp(tmp_path / "b", url=f"{base}/custom.zip")  # the user's own data, vouched by its archive
+    with pytest.raises(UserError, match="not a verified copy of the pinned BLiMP release"):
+        download_blimp(dest)
+    (www / "release.zip").write_bytes(make_zip(FILES))
+    monkeypatch.setattr(download, "DEFAULT_URL", f"{base}/release.zip")
+    good = download_blimp(tmp_path / "good")
+    assert download_blimp(good) == good
+
+
+@pytest.mark.parametrize("member", ["x/..", "../evil.jsonl", "/abs.jsonl"])
+def test_archive_members_that_climb_are_refused(server, tmp_path, member, capsys):
+    www, base, _ = server
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in FILES.items():
+            zf.writestr(f"blimp/data/{name}", data)
+        zf.writestr(member, b"x")
+    (www / "bad.zip").write_bytes(buf.getvalue())
+    (www / "SHA256SUMS").write_text(sums_text(FILES))
+    dest = tmp_path / "d"
+    assert main(["download", "blimp", "--to", str(dest), "--url", f"{base}/bad.zip"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a plain relative path" in err and not dest.exists()
+
+
 def test_download_errors(server, tmp_path):
     _, base, _ = server
     with pytest.raises(UserError, match="HTTP 404"):

@@ -93,10 +93,13 @@ def test_perplexity_cli_and_bad_inputs(prepared_cfg, tmp_path, capsys):
                                  num_attention_heads=1, max_position_embeddings=32)).save_pretrained(small)
     with pytest.raises(UserError, match="100 token embeddings"):
         evaluate_perplexity(small, cfg.data_dir, seq_len=16, device="cpu")
-    bare = tmp_path / "bare"  # no tokenizer files: checked by vocabulary size only
+    bare = tmp_path / "bare"  # no tokenizer files: refused unless asked for, then checked by vocabulary size only
     LlamaForCausalLM(LlamaConfig(vocab_size=300, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                  num_attention_heads=1, max_position_embeddings=32)).save_pretrained(bare)
-    assert evaluate_perplexity(bare, cfg.data_dir, seq_len=16, device="cpu")["tokenizer_checked"] is False
+    with pytest.raises(UserError, match="has no tokenizer to compare"):
+        evaluate_perplexity(bare, cfg.data_dir, seq_len=16, device="cpu")
+    assert evaluate_perplexity(bare, cfg.data_dir, seq_len=16, device="cpu",
+                               allow_unchecked_tokenizer=True)["tokenizer_checked"] is False
     with pytest.raises(UserError, match="exceeds the model's 32 positions"):
         evaluate_perplexity(folder, cfg.data_dir, seq_len=64, device="cpu")
     with pytest.raises(UserError, match="not prepared"):

@@ -1,8 +1,9 @@
 """The `babyllama` command: one verb per pipeline stage.
 
 Verbs parse their arguments here and call the stage's public function; stage modules are imported
-lazily so `babyllama --help` stays fast. A `UserError` anywhere becomes one line on stderr and exit
-status 2; anything else is a bug and keeps its traceback.
+lazily so `babyllama --help` stays fast. A `UserError` or an `OSError` anywhere becomes one line on
+stderr and exit status 2 (3 when a resource ran out: disk full, quota, memory); anything else is a bug and
+keeps its traceback. Commands that write into an out_dir hold its lock (babyllama.lock) while they run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 from babyllama import threads  # first: the thread policy must be in place before anything imports torch
-from babyllama.errors import UserError
+from babyllama.errors import EXIT_RESOURCE, EXIT_USER, UserError, describe_os_error
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -28,15 +29,31 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _load(args: argparse.Namespace):
-    from babyllama.config import load_config, save_resolved
-
-    cfg = load_config(args.config, args.overrides)
+def _lock(args: argparse.Namespace, out: Path) -> None:
+    """Hold the out_dir lock until the command ends (rank 0 only: the other ranks are the same command)."""
+    from babyllama.lock import out_dir_lock
     from babyllama.train.distributed import is_main_process
 
     if is_main_process():
+        args.held.enter_context(out_dir_lock(out, " ".join(["babyllama", *args.argv])[:200]))
+
+
+def _load(args: argparse.Namespace, lock: bool = True):
+    from babyllama.config import load_config, save_resolved
+    from babyllama.train.distributed import is_main_process
+
+    cfg = load_config(args.config, args.overrides)
+    if lock:
+        _lock(args, cfg.out)
+    if is_main_process():
         save_resolved(cfg)
     return cfg
+
+
+def _check_out_file(out: str | None) -> None:
+    """``--out FILE`` must name a file in a folder that exists or can be made (checked before the work)."""
+    if out and Path(out).is_dir():
+        raise UserError(f"--out {out}: is a folder, expected a file name (e.g. {Path(out) / 'result.json'})")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -84,6 +101,7 @@ def cmd_eval_blimp(args: argparse.Namespace) -> None:
     from babyllama.evaluate.blimp import format_blimp_table
     from babyllama.evaluate.registry import score_blimp
 
+    _check_out_file(args.out)
     ev = _eval_settings(args, ("prefix", "leading_space", "reduction", "ties_correct", "aggregation"))
     result = score_blimp(Path(args.model), args.data, ev, device=args.device)
     print(format_blimp_table(result))
@@ -94,6 +112,7 @@ def cmd_eval_completion(args: argparse.Namespace) -> None:
     from babyllama.evaluate.completions import format_completion_table
     from babyllama.evaluate.registry import SCORERS
 
+    _check_out_file(args.out)
     ev = _eval_settings(args, ("context_prefix", "ties_correct"))
     result = SCORERS[args.task](Path(args.model), args.data, ev, device=args.device)
     print(format_completion_table(result))
@@ -107,13 +126,15 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
         perplexity_for_config,
     )
 
+    _check_out_file(args.out)
     if args.model:
         if not args.config and not args.data_dir:
             raise UserError("evaluate perplexity --model DIR needs --data-dir <out_dir>/data or a CONFIG")
         cfg = _load(args) if args.config else None
         data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir
         seq_len = args.seq_len or (cfg.data.seq_len if cfg else 128)
-        results = {Path(args.model).name: evaluate_perplexity(args.model, data_dir, seq_len=seq_len, device=args.device)}
+        results = {Path(args.model).name: evaluate_perplexity(args.model, data_dir, seq_len=seq_len, device=args.device,
+                                                              allow_unchecked_tokenizer=args.allow_unchecked_tokenizer)}
     else:
         if not args.config:
             raise UserError("evaluate perplexity needs a CONFIG (every model of it) or --model DIR --data-dir DIR")
@@ -140,7 +161,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     except ValidationError as e:
         first = e.errors()[0]
         raise UserError(f"finetune: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
-    result = finetune_task(args.model, args.data, args.task, hp, out=args.out, device=args.device)
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out}: is a file, expected a folder (for result.json, predictions.json, model/)")
+    result = finetune_task(args.model, args.data, args.task, hp, out=args.out, device=args.device, missing="error")
     print(json.dumps(result, indent=2))
 
 
@@ -161,7 +184,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from babyllama import sweep
     from babyllama.train.distributed import is_main_process
 
-    cfg = _load(args)
+    # One member (a child of `sweep --jobs`, or a scheduler's array job) locks its own folder, not the
+    # sweep's: members run side by side, sharing data and teachers under the sweep's own lock.
+    cfg = _load(args, lock=args.member is None)
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"sweep --seeds {args.seeds}: expected at least 1")
     if args.jobs < 1:
@@ -177,6 +202,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.member is not None:
         if not 0 <= args.member < len(members):
             raise UserError(f"sweep --member {args.member}: this sweep has members 0..{len(members) - 1} (see --plan)")
+        _lock(args, sweep.sweep_dir(cfg) / members[args.member].name)
         sweep.run_member(cfg, members[args.member], len(members))
         return
     if not args.collect:
@@ -205,6 +231,9 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from babyllama.report import build_report
 
+    if not Path(args.out_dir).is_dir():
+        raise UserError(f"{args.out_dir}: not an experiment folder (no such folder)")
+    _lock(args, Path(args.out_dir))
     paths = build_report(Path(args.out_dir))
     for p in paths:
         print(f"wrote {p}")
@@ -296,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--model", help="one Hugging Face causal-LM directory instead")
     q.add_argument("--data-dir", help="prepared data folder (<out_dir>/data) holding dev.bin")
     q.add_argument("--seq-len", type=int, default=None)
+    q.add_argument("--allow-unchecked-tokenizer", action="store_true",
+                   help="score a model folder that has no tokenizer to compare with the data's (vocabulary size only)")
     q.add_argument("--out", help="write the result JSON here")
     q.add_argument("--device", default=None)
     q.set_defaults(func=cmd_eval_perplexity)
@@ -383,18 +414,32 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from contextlib import ExitStack
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     _quiet_libraries()
     try:
         threads.apply(args.threads, log=args.verb != "config")
-        args.func(args)
+        with ExitStack() as held:  # the out_dir lock, released however the command ends
+            args.held = held
+            args.func(args)
     except UserError as e:
-        print(f"babyllama: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(str(e), EXIT_USER)
+    except OSError as e:
+        return _fail(*describe_os_error(e))
+    except MemoryError:
+        return _fail("out of memory; use smaller batches or models, or a machine with more memory", EXIT_RESOURCE)
     except KeyboardInterrupt:
         print("babyllama: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"babyllama: error: {message.replace(chr(10), ' ')}", file=sys.stderr)  # always one line
+    return code
 
 
 if __name__ == "__main__":

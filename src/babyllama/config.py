@@ -7,6 +7,7 @@ values are rejected with one line naming the file, the key and what is expected.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,10 +19,24 @@ from babyllama.io import atomic_write_text
 
 #: Smallest vocabulary that holds the 3 special tokens and the 256 byte-level base symbols.
 MIN_VOCAB_SIZE = 3 + 256
+#: Largest vocabulary we accept: 8x the biggest common LM vocabularies (~128k-256k); token ids must fit
+#: the uint32 token files, and beyond this the embedding tables alone outgrow any child-scale model.
+MAX_VOCAB_SIZE = 1 << 21
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No inf/NaN anywhere: `lr: .inf` would pass `gt=0` and train a NaN model.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, v: Any, info: Any) -> Any:
+        """YAML `true` is not a number: pydantic would read `seed: true` as 1."""
+        if isinstance(v, bool) and info.field_name in cls.model_fields:
+            ann = cls.model_fields[info.field_name].annotation
+            if bool not in (ann, *typing.get_args(ann)) and (ann in (int, float) or {int, float} & set(typing.get_args(ann))):
+                raise ValueError(f"expected a number, got {v} (YAML reads true/false as booleans)")
+        return v
 
 
 class TrainConfig(Section):
@@ -146,7 +161,7 @@ class DataConfig(Section):
 
 
 class TokenizerConfig(Section):
-    vocab_size: int = Field(16000, description="BPE vocabulary size, special tokens included.")
+    vocab_size: int = Field(16000, le=MAX_VOCAB_SIZE, description="BPE vocabulary size, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
 
     @field_validator("vocab_size")
@@ -185,6 +200,9 @@ class DistillConfig(Section):
         "(the reference code's KLDivLoss batchmean, ~seq_len times heavier).",
     )
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Teacher cache (README, 'The teacher cache').")
+    allow_unchecked_tokenizer: bool = Field(
+        False, description="Accept a teacher folder with no tokenizer.json to compare (vocabulary size and special ids "
+        "are still checked); by default it is refused.")
 
     @field_validator("weights")
     @classmethod
@@ -346,7 +364,7 @@ class LoggingConfig(Section):
 class Config(Section):
     """One experiment: data, tokenizer, teachers, student, distillation and evaluation."""
 
-    out_dir: str = Field("runs/demo", description="Folder every stage writes under.")
+    out_dir: str = Field("runs/demo", min_length=1, description="Folder every stage writes under.")
     seed: int = Field(42, description="Seed of every random choice (splits, init, windows, dev subset).")
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and windows.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="BPE tokenizer.")
@@ -357,6 +375,13 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Progress and experiment trackers.")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="Seeds and ablations of `babyllama sweep`.")
+
+    @field_validator("out_dir")
+    @classmethod
+    def _real_folder(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must name a folder (it is empty)")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -430,6 +455,22 @@ class Config(Section):
 
 
 # -- loading -------------------------------------------------------------------------------------------
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would silently keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})", key_node.start_mark)
+            if isinstance(key, typing.Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep)
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
@@ -523,7 +564,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if p.is_dir():
             raise UserError(f"{p}: is a folder, expected a YAML config file")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the config as UTF-8") from None
+        except RecursionError:
+            raise UserError(f"{p}: nested too deeply to be a config") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

@@ -6,6 +6,7 @@ place, so an interrupted process never leaves a half-written file under the fina
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -16,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from babyllama.errors import looks_like_write_failure, write_failure
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -25,7 +28,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     target = tmp / path.name
     try:
-        yield target
+        try:
+            yield target
+        except Exception as e:  # a library's report of a refused write becomes the OSError behind it
+            if (isinstance(e, OSError) and e.filename is not None) or not looks_like_write_failure(e):
+                raise
+            raise write_failure(e, path) from e
         if target.is_dir() and path.is_dir():
             old = path.with_name(f".{path.name}.old")
             if old.exists():
@@ -69,6 +77,43 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
+def _sha256_of_version(path: Path, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def cached_file_sha256(path: str | os.PathLike) -> str:
+    """file_sha256, read once per file version (path, size, mtime) in a process: stages that check the
+    same weights or token files again (`run` asks more than once) pay for one read."""
+    st = os.stat(path)
+    return _sha256_of_version(Path(path).resolve(), st.st_size, st.st_mtime_ns)
+
+
+def forget_file_hashes() -> None:
+    """Drop the memo of cached_file_sha256, as a new process starts without it (benchmarks, tests)."""
+    _sha256_of_version.cache_clear()
+
+
 def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a file nested too deeply for the parser is a ValueError like any malformed one."""
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except RecursionError:
+            raise ValueError(f"{path}: JSON nested too deeply") from None
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete the ``.<name>.*.tmp`` folders that atomic_path leaves when a process is killed mid-write,
+    anywhere under ``folder``; return how many. Only safe while no other process writes there (the
+    out_dir lock, babyllama.lock)."""
+    removed = 0
+    if not Path(folder).is_dir():
+        return 0
+    for root, dirs, _ in os.walk(folder):
+        for d in list(dirs):
+            if d.startswith(".") and d.endswith(".tmp"):
+                shutil.rmtree(Path(root) / d, ignore_errors=True)
+                dirs.remove(d)
+                removed += 1
+    return removed

@@ -8,6 +8,11 @@ fingerprint it ran with, whether it finished, and how long it took. How a stage 
 the same fingerprint resumes (the training loop keeps its own resumable checkpoints); a changed
 fingerprint discards the stage's outputs and redoes it. Evaluation keeps its outputs (each result
 carries its own identity); preparation and the report run every time.
+
+A finished model is trusted only while its files match the sha256 sums of its checkpoint.json: a
+damaged one is reported and its stage redone (from its checkpoints, when they are intact, that is only
+a copy). A published model is never deleted before the stage that replaces it has succeeded; only the
+resumable state of a stale stage is discarded up front.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ class Stage:
     outputs: list[Path] = field(default_factory=list)
     deps: list[str] = field(default_factory=list)  # stages whose outputs this one reads
     main_only: bool = False  # data preparation, evaluation and reporting run on rank 0 only
+    published: list[Path] = field(default_factory=list)  # finished models: verified, replaced only on success
     skip: Skip = Skip.UNCHANGED
 
     @property
@@ -99,7 +105,8 @@ def plan(cfg: Config) -> list[Stage]:
             run, fingerprint, deps = (lambda: distill_student(cfg)), distill_id, [PREPARE, *teacher_stages]
         else:
             run, fingerprint, deps = (lambda n=m.name: train_model(cfg, n)), lm_id(m.name), [PREPARE]
-        stages.append(Stage(m.stage, run, fingerprint, [cfg.model_dir(m.name), cfg.checkpoint_dir(m.name)], deps=deps))
+        stages.append(Stage(m.stage, run, fingerprint, [cfg.model_dir(m.name), cfg.checkpoint_dir(m.name)], deps=deps,
+                            published=[cfg.model_dir(m.name)]))
     trained = stages[1:]
 
     def model_ids() -> dict[str, str]:
@@ -168,12 +175,16 @@ def _skip_or_start(stage: Stage, state_path: Path, forced: bool, redo: bool) -> 
     fingerprint = None if stage.always_runs else stage.fingerprint()
     keep_outputs = stage.skip is Skip.UNCHANGED_KEEP_OUTPUTS
     done = rec.get("done") and rec.get("fingerprint") == fingerprint and (keep_outputs or all(p.exists() for p in stage.outputs))
+    if done and not redo and _damaged(stage):
+        done = False
     if done and not redo and not stage.always_runs:
         print(f"[run] {stage.name}: up to date, skipped ({rec.get('seconds', 0):.1f}s when it ran)", flush=True)
         return True
     stale = redo or (not stage.always_runs and rec.get("fingerprint") not in (None, fingerprint))
     if stale and (forced or not keep_outputs):
         for p in stage.outputs:
+            if p in stage.published:
+                continue  # replaced atomically by the stage itself, once it has succeeded
             if p.is_dir():
                 shutil.rmtree(p)
             elif p.exists():
@@ -218,6 +229,19 @@ def _print_summary(cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
         print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
     print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
     return summary
+
+
+def _damaged(stage: Stage) -> bool:
+    """True (and said) when a finished model of the stage no longer matches its checkpoint.json record."""
+    from babyllama.train.checkpoint import damaged_file
+
+    for folder in stage.published:
+        bad = damaged_file(folder)
+        if bad is not None:
+            print(f"[run] {folder / bad} does not match its checkpoint.json record (damaged): stage {stage.name} "
+                  "will redo it", flush=True)
+            return True
+    return False
 
 
 def _read_state(path: Path) -> dict[str, Any]:

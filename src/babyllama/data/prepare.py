@@ -20,8 +20,15 @@ in order. So the split depends only on the corpus, the seed and the fraction (at
 overall). ``data.max_words`` is applied after the split: training keeps whole lines in corpus order
 (sources sorted by name) until the next line would pass the cap, so dev is the same whatever the cap.
 
-Re-running is free when nothing changed: ``inputs_hash`` covers every input file's path, size and
-modification time, the settings that change the output and the code versions; any difference rebuilds.
+Over-long lines: a line of more than ``MAX_LINE_CHARS`` characters (a file with no line breaks, a blob
+with no spaces) would make tokenizer training and encoding take minutes and gigabytes for one line, so
+it is cut into pieces of at most that length, at a space where there is one (the space becomes the line
+break); each piece is then a line like any other. prepare warns, and the ledger counts them per source.
+
+Re-running is free when nothing changed: ``inputs_hash`` covers every input file's path and content
+(sha256; an edit that keeps the size and modification time still rebuilds, a `touch` does not), the
+settings that change the output and the code versions; any difference rebuilds. Hashing costs one read
+of the corpus (see the note on benchmarks/bench_prepare.py in the README).
 Nothing is written until all input has been read, cleaned and encoded; then the old manifest is removed,
 the tokenizer and token files are replaced atomically, and the new manifest is written last.
 """
@@ -56,10 +63,12 @@ from babyllama.data.tokenizer import (
 )
 from babyllama.data.tokens import MANIFEST, SPLIT_FILES, load_tokens, read_manifest, token_dtype, write_tokens
 from babyllama.errors import UserError
-from babyllama.io import atomic_write_json, stable_hash
+from babyllama.io import atomic_write_json, cached_file_sha256, stable_hash
 
 #: Version of the token-file layout and of the rules in this module; part of inputs_hash.
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2
+#: Longest line kept whole (see the module docstring); BabyLM's longest paragraphs are far shorter.
+MAX_LINE_CHARS = 10_000
 _BATCH = 2048
 
 
@@ -73,6 +82,7 @@ class Source:
     cleaner: str
     lines: list[str]
     replaced: int = 0
+    long_lines: int = 0  # lines longer than MAX_LINE_CHARS, cut into pieces
     tokens: int = 0
 
     @property
@@ -160,11 +170,8 @@ def prepare(cfg: Config) -> dict:
 
 
 def inputs_hash(cfg: Config, corpus: Corpus) -> str:
-    """What decides the output: input files (path, size, mtime), output-changing settings, code versions."""
-    files = []
-    for f in corpus.files:
-        st = f.path.stat()
-        files.append([f.split, f.name, str(f.path.resolve()), st.st_size, st.st_mtime_ns])
+    """What decides the output: input files (path, content), output-changing settings, code versions."""
+    files = [[f.split, f.name, str(f.path.resolve()), cached_file_sha256(f.path)] for f in corpus.files]
     settings = {
         "format": corpus.format,
         "dev_origin": corpus.dev_origin,
@@ -222,7 +229,29 @@ def _load(src: SourceFile, separator: str) -> Source:
         lines = [line for line in lines if line.strip()]
     elif lines and lines[-1] == "":
         lines.pop()  # the text's final line break, restored when the lines are joined again
-    return Source(src.name, src.split, str(src.path), cleaner, lines, replaced)
+    long_lines = sum(len(line) > MAX_LINE_CHARS for line in lines)
+    if long_lines:
+        lines = [piece for line in lines for piece in split_long_line(line, MAX_LINE_CHARS)]
+        print(f"prepare: warning: {src.path}: {long_lines} line(s) longer than {MAX_LINE_CHARS:,} characters cut "
+              "into pieces (at spaces where possible)", flush=True)
+    return Source(src.name, src.split, str(src.path), cleaner, lines, replaced, long_lines=long_lines)
+
+
+def split_long_line(line: str, limit: int) -> list[str]:
+    """``line`` in pieces of at most ``limit`` characters, cut at the last space before the limit (the
+    space is dropped) or, in a stretch with no space, at the limit itself."""
+    pieces = []
+    start = 0
+    while len(line) - start > limit:
+        cut = line.rfind(" ", start + 1, start + limit + 1)
+        if cut <= start:
+            pieces.append(line[start : start + limit])
+            start += limit
+        else:
+            pieces.append(line[start:cut])
+            start = cut + 1
+    pieces.append(line[start:])
+    return pieces
 
 
 def hold_out(train: list[Source], fraction: float, seed: int) -> list[Source]:
@@ -323,7 +352,7 @@ def _manifest(cfg, corpus, train, dev, arrays, vocab_size, dtype, tok_hash, ihas
     for s in train + dev:
         sources[s.key] = {"name": s.name, "split": s.split, "file": s.file, "cleaner": s.cleaner, "words": s.words,
                           "characters": s.characters, "tokens": s.tokens, "lines": len(s.lines),
-                          "replaced_bytes": s.replaced}
+                          "replaced_bytes": s.replaced, "long_lines_split": s.long_lines}
     splits = {}
     for split, group in (("train", train), ("dev", dev)):
         rows = [sources[s.key] for s in group]
@@ -358,7 +387,8 @@ def _manifest(cfg, corpus, train, dev, arrays, vocab_size, dtype, tok_hash, ihas
         "sources": sources,
         "unknown_sources": sorted({s.name for s in train + dev if s.cleaner == "unknown"}),
         "ledger": {"words_by_source": words, "total_words": total, "budget": cfg.data.word_budget,
-                   "within_budget": total <= cfg.data.word_budget},
+                   "within_budget": total <= cfg.data.word_budget,
+                   "long_lines_split": sum(s.long_lines for s in train + dev)},
     }
 
 
@@ -374,6 +404,9 @@ def format_ledger(manifest: dict) -> str:
     led = manifest["ledger"]
     verdict = "within" if led["within_budget"] else "OVER"
     lines.append(f"word budget: {led['total_words']:,} training words of {led['budget']:,} ({verdict} budget)")
+    if led.get("long_lines_split"):
+        lines.append(f"warning: {led['long_lines_split']:,} line(s) longer than {MAX_LINE_CHARS:,} characters were cut "
+                     "into pieces")
     if manifest.get("unknown_sources"):
         lines.append(f"note: no cleaner for {', '.join(manifest['unknown_sources'])}: passed through unchanged")
     if manifest.get("note"):

@@ -4,6 +4,8 @@
 fit), read back as read-only memory maps. ``manifest.json`` is written last: a token file counts as
 prepared only if the manifest exists and records exactly its length, so a prepare that was interrupted
 (the manifest is removed before any token file is replaced) is never mistaken for a finished one.
+Every read also checks the file's sha256 against the manifest (once per file version in a process), so
+a token file changed in place, even at the same size, is reported instead of trained on.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from babyllama.errors import UserError
-from babyllama.io import atomic_path, read_json
+from babyllama.io import atomic_path, cached_file_sha256, read_json
 
 MANIFEST = "manifest.json"
 SPLIT_FILES = {"train": "train.bin", "dev": "dev.bin"}
@@ -59,6 +61,9 @@ def load_tokens(data_dir: Path, split: Literal["train", "dev"]) -> np.ndarray:
     size = path.stat().st_size
     if size != expected or expected == 0:
         raise _not_prepared(path, f"{size} bytes where the manifest expects {expected}")
+    digest = (manifest.get("token_sha256") or {}).get(split)
+    if digest is not None and cached_file_sha256(path) != digest:
+        raise _not_prepared(path, "its sha256 does not match the manifest (changed since it was prepared)")
     return np.memmap(path, dtype=dtype, mode="r")
 
 

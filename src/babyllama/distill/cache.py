@@ -53,7 +53,6 @@ completed shards of an interrupted build are kept and the build continues where 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import time
@@ -75,7 +74,14 @@ from babyllama.distill.loss import (
     TeacherSource,
 )
 from babyllama.errors import UserError
-from babyllama.io import atomic_path, atomic_write_json, file_sha256, read_json, stable_hash
+from babyllama.io import (
+    atomic_path,
+    atomic_write_json,
+    cached_file_sha256,
+    file_sha256,
+    read_json,
+    stable_hash,
+)
 from babyllama.train.distributed import barrier, rank, world_size
 
 CACHE_VERSION = 2
@@ -88,27 +94,16 @@ SHARD_BYTES = 64 << 20
 TeacherFn = Callable[[Tensor], Sequence[Tensor]]
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256_of(path: Path, size: int, mtime_ns: int) -> str:
-    """One read per file version in a process: `run` asks for the teachers' hashes more than once."""
-    return file_sha256(path)
-
-
-def _file_hash(path: Path) -> str:
-    st = path.stat()
-    return _sha256_of(path.resolve(), st.st_size, st.st_mtime_ns)
-
-
 def weights_hash(model_dir: Path) -> str:
     """sha256 of a saved model's weights: model.safetensors, or the combined hash of its shards."""
     model_dir = Path(model_dir)
     single = model_dir / "model.safetensors"
     if single.is_file():
-        return _file_hash(single)
+        return cached_file_sha256(single)
     shards = sorted(model_dir.glob("*.safetensors"))
     if not shards:
         raise UserError(f"{model_dir}: no *.safetensors weights found")
-    return hashlib.sha256("".join(_file_hash(p) for p in shards).encode()).hexdigest()
+    return hashlib.sha256("".join(cached_file_sha256(p) for p in shards).encode()).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Any number of teachers of either architecture (GPT-2, LLaMA) may form the ensemble; what makes their
 distributions comparable token by token is the one prepared tokenizer, so that is checked first, from
 the saved files alone (no weights are read): same vocabulary size and pad/bos/eos ids as the prepared
-manifest, and the same tokenizer.json when the model folder carries one.
+manifest, and the same tokenizer.json (a folder without one is refused unless distill.allow_unchecked_tokenizer).
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from babyllama.config import Config
 from babyllama.errors import UserError
+from babyllama.evaluate.formats import LOAD_ERRORS
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
 from babyllama.runtime import resolve_precision
+from babyllama.train.checkpoint import MANIFEST_FILE, damaged_file
 
 
 def teacher_dirs(cfg: Config) -> list[Path]:
@@ -32,6 +34,10 @@ def teacher_dirs(cfg: Config) -> list[Path]:
         if not (d / "config.json").is_file() or not any(d.glob("*.safetensors")):
             raise UserError(f"teacher {t.name!r}: no trained model in {d}; train it first with "
                             f"`babyllama train CONFIG --model {t.name}`")
+        damaged = damaged_file(d) if (d / MANIFEST_FILE).is_file() else None
+        if damaged is not None:
+            raise UserError(f"teacher {t.name!r}: {d / damaged} does not match its {MANIFEST_FILE} record (damaged); "
+                            f"`babyllama train CONFIG --model {t.name}` (or `run`) redoes it")
         dirs.append(d)
     return dirs
 
@@ -55,6 +61,10 @@ def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) ->
             raise UserError(f"teacher {t.name!r} ({d}: {got}) and student {student!r} (prepared data "
                             f"{cfg.data_dir}: {expected}) do not share a tokenizer; retrain the teacher on this data")
         saved_tok = d / "tokenizer.json"
+        if not saved_tok.is_file() and not cfg.distill.allow_unchecked_tokenizer:
+            raise UserError(f"teacher {t.name!r} ({d}) has no tokenizer.json to compare with the student's ({prepared_tok}): "
+                            "a vocabulary of the same size may number its tokens differently; add the tokenizer it was "
+                            "trained with, retrain it on this data, or set distill.allow_unchecked_tokenizer: true")
         if saved_tok.is_file() and prepared_tok.is_file() and file_sha256(saved_tok) != file_sha256(prepared_tok):
             raise UserError(f"teacher {t.name!r} ({saved_tok}) and student {student!r} ({prepared_tok}) do not share "
                             f"a tokenizer (the tokenizer.json files differ); retrain the teacher on this data")
@@ -77,7 +87,10 @@ class TeacherEnsemble:
         models = []
         with quiet_transformers():  # one "Loading weights" bar per teacher is noise here
             for d in dirs:
-                m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+                try:
+                    m = AutoModelForCausalLM.from_pretrained(str(d), dtype=dtype)
+                except LOAD_ERRORS as e:
+                    raise UserError(f"teacher {d}: cannot be loaded ({str(e).splitlines()[0]}); train it again") from None
                 m.requires_grad_(False)
                 models.append(m.eval().to(device))
         return cls(models)

@@ -5,7 +5,9 @@ The default source is the GitHub archive of alexwarstadt/blimp at a pinned commi
 ``url`` is checked against a ``SHA256SUMS`` file inside the archive or next to the URL, and failing
 both against the release's sums (so a mirror of the release works). Nothing reaches the destination
 unless every file verifies; the destination then also holds ``SHA256SUMS``, so a second call finds a
-verified copy and downloads nothing.
+verified copy and downloads nothing. Without ``url`` an existing copy counts only if its files match
+the sums pinned here (a folder's own SHA256SUMS vouches for nothing but itself), and an archive member
+whose path is absolute or climbs (``x/..``) makes the whole archive refused.
 """
 
 from __future__ import annotations
@@ -114,7 +116,10 @@ def parse_sums(text: str, source: str) -> dict[str, str]:
         digest = parts[0].lower()
         if len(parts) != 2 or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise UserError(f"{source}: line {lineno}: expected '<sha256>  <file>'")
-        sums[PurePosixPath(parts[1].strip().lstrip("*")).name] = digest
+        name = parts[1].strip().lstrip("*")
+        if _unsafe(name) or PurePosixPath(name).name in ("", ".", ".."):
+            raise UserError(f"{source}: line {lineno}: {name!r} is not a plain file name")
+        sums[PurePosixPath(name).name] = digest
     if not sums:
         raise UserError(f"{source}: no checksums in it")
     return sums
@@ -151,6 +156,8 @@ def _archive_members(archive: IO[bytes], url: str) -> Iterator[dict[str, Callabl
     files: dict[str, tuple[bool, Callable[[], bytes]]] = {}
 
     def add(name: str, read: Callable[[], bytes]) -> None:
+        if _unsafe(name):
+            raise UserError(f"{url}: archive member {name!r} is not a plain relative path; refusing the archive")
         path = PurePosixPath(name)
         in_data = "data" in path.parts[:-1]
         if path.name not in files or (in_data and not files[path.name][0]):
@@ -176,14 +183,23 @@ def _archive_members(archive: IO[bytes], url: str) -> Iterator[dict[str, Callabl
         yield {name: read for name, (_, read) in files.items()}
 
 
-def _verified(folder: Path) -> bool:
-    """True when ``folder`` holds a SHA256SUMS and every file it lists matches."""
+def _unsafe(name: str) -> bool:
+    """An archive or checksum path that is absolute or climbs out of its folder."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    return path.is_absolute() or ".." in path.parts
+
+
+def _verified(folder: Path, pinned: dict[str, str] | None) -> bool:
+    """True when ``folder`` holds a SHA256SUMS and every file it lists matches; with ``pinned`` sums, the
+    list must also be exactly those (a copy from another URL is not the pinned release)."""
     sums_path = folder / SUMS_FILE
     if not sums_path.is_file():
         return False
     try:
         sums = parse_sums(sums_path.read_text(encoding="utf-8"), str(sums_path))
     except UserError:
+        return False
+    if pinned is not None and sums != pinned:
         return False
     return all((folder / n).is_file() and file_sha256(folder / n) == d for n, d in sums.items())
 
@@ -193,10 +209,11 @@ def download_blimp(to: str | Path | None = None, *, url: str | None = None) -> P
     dest = Path(to).expanduser() if to is not None else DEFAULT_DIR.expanduser()
     source = url or DEFAULT_URL
     if dest.exists():
-        if _verified(dest):
+        if _verified(dest, None if url else BLIMP_SHA256):
             return dest
         if not dest.is_dir() or any(dest.iterdir()):
-            raise UserError(f"{dest}: exists and is not a verified BLiMP copy; remove it or choose another --to")
+            what = "a verified BLiMP copy" if url else "a verified copy of the pinned BLiMP release"
+            raise UserError(f"{dest}: exists and is not {what}; remove it or choose another --to")
     print(f"downloading {source}", flush=True)
     with ExitStack() as stack:
         archive = stack.enter_context(tempfile.TemporaryFile())

@@ -49,7 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -60,6 +60,7 @@ from babyllama import config
 from babyllama.config import FinetuneConfig
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import (
+    LOAD_ERRORS,
     check_causal_lm_dir,
     load_tokenizer,
     max_positions,
@@ -275,7 +276,7 @@ def load_classifier(model_dir: Path, num_labels: int, device: torch.device) -> t
         try:
             model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels,
                                                                        dtype=torch.float32)
-        except (OSError, ValueError) as e:
+        except LOAD_ERRORS as e:
             raise UserError(f"{model_dir}: cannot build a sequence classifier from it ({str(e).splitlines()[0]})") from None
     sep_id = special_token_id(tokenizer, model.config, "eos")
     pad_id = special_token_id(tokenizer, model.config, "pad")
@@ -358,14 +359,20 @@ def finetune_task(
     *,
     out: str | Path | None = None,
     device: str | None = None,
+    missing: Literal["skip", "error"] = "skip",
 ) -> dict[str, Any]:
-    """Fine-tune ``model_dir`` on ``task`` and score it on the validation file (see the module docstring)."""
+    """Fine-tune ``model_dir`` on ``task`` and score it on the validation file (see the module docstring).
+
+    A task whose files are absent is skipped with a note (``run`` evaluates every listed task), or with
+    ``missing="error"`` (the `finetune` command, which was asked for exactly that task) a UserError."""
     spec = get_task(task)
     train_file, eval_file = find_task_files(data, task)
     if train_file is None or eval_file is None:
         split = "train" if train_file is None else "eval"
         looked = ", ".join(_file_names(task, split))
         reason = f"no {'train' if split == 'train' else 'validation'} file for {task} under {data} (looked for {looked})"
+        if missing == "error":
+            raise UserError(f"finetune: {reason}")
         result: dict[str, Any] = {"task": task, "skipped": reason}
         print(f"finetune: skipping {task}: {reason}")
         if out is not None:

@@ -12,10 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
 from babyllama.runtime import resolve_device  # noqa: F401 (defined in runtime; kept importable from here)
+
+#: What loading a damaged model folder raises (truncated or corrupted safetensors, wrong shapes).
+LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
 def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -39,6 +43,8 @@ def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
             items = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{path}: line {e.lineno}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise UserError(f"{path}: JSON nested too deeply") from None
         rows = [(f"item {i + 1}", item) for i, item in enumerate(items)]
     else:
         rows = []
@@ -49,6 +55,8 @@ def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
                 rows.append((f"line {lineno}", json.loads(line)))
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}: line {lineno}: not valid JSON ({e.msg})") from None
+            except RecursionError:
+                raise UserError(f"{path}: line {lineno}: JSON nested too deeply") from None
     for loc, row in rows:
         if not isinstance(row, dict):
             raise UserError(f"{path}: {loc}: expected a JSON object, got {type(row).__name__}")
@@ -119,7 +127,7 @@ def load_causal_lm(model_dir: str | Path, device: torch.device, *, need_tokenize
     with quiet_transformers():
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-        except (OSError, ValueError) as e:
+        except LOAD_ERRORS as e:
             raise UserError(f"{path}: cannot load the causal language model ({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), tokenizer
 

@@ -54,8 +54,12 @@ def evaluate_perplexity(
     device: str | None = None,
     batch_size: int = 32,
     max_windows: int | None = None,
+    allow_unchecked_tokenizer: bool = False,
 ) -> dict[str, Any]:
-    """Dev CE / perplexity / bits per word of one causal LM (see the module docstring)."""
+    """Dev CE / perplexity / bits per word of one causal LM (see the module docstring).
+
+    A model folder without a tokenizer cannot be shown to read dev.bin's ids as the data stage wrote
+    them (a same-sized vocabulary proves nothing), so it is refused unless ``allow_unchecked_tokenizer``."""
     data_dir = Path(data_dir)
     if seq_len < 2:
         raise UserError(f"seq_len must be at least 2 (one token predicted from another), got {seq_len}")
@@ -73,8 +77,12 @@ def evaluate_perplexity(
     if manifest["vocab_size"] > model.get_input_embeddings().num_embeddings:
         raise UserError(f"{model_dir}: the model has {model.get_input_embeddings().num_embeddings} token embeddings, "
                         f"the data's vocabulary {manifest['vocab_size']}")
-    if tokenizer is not None:  # a bare model folder cannot be checked beyond its vocabulary size
+    if tokenizer is not None:
         _check_tokenizer(Path(model_dir), tokenizer, data_dir)
+    elif not allow_unchecked_tokenizer:
+        raise UserError(f"{model_dir}: has no tokenizer to compare with {data_dir}/tokenizer, which encoded dev.bin, so "
+                        "its perplexity on these ids may be meaningless; add the tokenizer it was trained with, or pass "
+                        "--allow-unchecked-tokenizer")
     ce = window_ce(model, tokens, indices, seq_len, batch_size)
     dev = manifest["splits"]["dev"]
     tokens_per_word = dev["tokens"] / dev["words"] if dev.get("words") else float("nan")

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -30,7 +32,14 @@ from transformers import PreTrainedModel
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
 from babyllama.identity import WEIGHTS_FILE, describe_changes
-from babyllama.io import atomic_path, file_sha256, read_json
+from babyllama.io import (  # noqa: F401
+    atomic_path,
+    cached_file_sha256,
+    file_sha256,
+    read_json,
+    remove_stale_temporaries,
+    stable_hash,
+)
 
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = "checkpoint.json"
@@ -114,13 +123,6 @@ def copy_checkpoint(src: Path, dest: Path, *, drop: tuple[str, ...] = (STATE_FIL
         _write_manifest(tmp, info)
 
 
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete half-written ``.<name>.*.tmp`` folders that a killed save left behind (never a checkpoint)."""
-    if folder.is_dir():
-        for tmp in folder.glob(".*.tmp"):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 # -- reading -----------------------------------------------------------------------------------------
 
 
@@ -157,12 +159,34 @@ def verify(path: Path) -> dict:
     return manifest
 
 
+def damaged_file(folder: Path) -> str | None:
+    """The first file of a finished model or checkpoint folder that does not match its checkpoint.json
+    record (missing, or another sha256), "checkpoint.json" when that record is unreadable, else None.
+    Each file is read once per version (path, size, mtime) in a process, so asking again is free."""
+    try:
+        files = read_json(folder / MANIFEST_FILE)["files"]
+        items = sorted(files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return MANIFEST_FILE
+    for name, digest in items:
+        f = folder / name
+        if not f.is_file() or cached_file_sha256(f) != digest:
+            return name
+    return None
+
+
 def load_state(path: Path) -> dict:
     """The verified training state of a checkpoint folder, as saved (see TrainingState)."""
     manifest = verify(path)
     if STATE_FILE not in manifest["files"]:
         raise UserError(f"checkpoint {path} holds no training state ({STATE_FILE}); delete it to start over")
-    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a file it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message would suggest turning weights_only off: never do that
+        raise UserError(f"checkpoint {path}: {STATE_FILE} holds objects other than tensors and numbers, refused "
+                        f"(only weights-only states are loaded); delete {path} to start over") from None
 
 
 @dataclass

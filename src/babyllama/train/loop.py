@@ -160,6 +160,19 @@ class RunPlan:
         n = self.stream.n_windows
         return done * self.global_batch // n > (done - 1) * self.global_batch // n
 
+    def evaluates_at(self, done: int) -> bool:
+        tcfg = self.train
+        return bool(tcfg.eval_every and done % tcfg.eval_every == 0) or self.is_epoch_end(done) or done == self.total_steps
+
+    def saves_at(self, done: int) -> bool:
+        return self.evaluates_at(done) or bool(self.train.save_every and done % self.train.save_every == 0)
+
+    def words_passed(self, done: int) -> list[float]:
+        """The train.save_at_words counts that step ``done`` passed."""
+        before = (done - 1) * self.global_batch * self.seq_len * self.words_per_token
+        after = done * self.global_batch * self.seq_len * self.words_per_token
+        return [w for w in self.train.save_at_words if before < w <= after]
+
 
 def plan_run(cfg: Config, model_cfg: ModelConfig, objective: Objective, mode: Windows, device: torch.device) -> RunPlan:
     """Read the prepared data and work out the budget and the run's identity (UserError if impossible)."""
@@ -283,9 +296,13 @@ class Meter:
         self.extras: dict[str, torch.Tensor] = {}
         self.steps = 0
         self.since = time.perf_counter()
+        # Set on the device when a loss (or, without a GradScaler, which skips such steps itself, a gradient)
+        # is not finite; read where the loop syncs anyway, before anything is logged as good or saved.
+        self.diverged = torch.zeros((), dtype=torch.bool, device=device)
 
     def add(self, loss: torch.Tensor, extras: dict) -> None:
         self.loss += loss.detach().float()
+        self.diverged |= ~torch.isfinite(loss.detach())
         for k, v in extras.items():
             v = torch.as_tensor(v, device=self.device).detach().float()
             self.extras[k] = self.extras[k] + v if k in self.extras else v
@@ -322,6 +339,8 @@ def train_step(run: RunPlan, opt: Optimisation, objective: Objective, state: ckp
     if scaler is not None:
         scaler.unscale_(opt.optimizer)
     grad_norm = torch.nn.utils.clip_grad_norm_(opt.model.parameters(), run.train.grad_clip, foreach=True)
+    if scaler is None:
+        meter.diverged |= ~torch.isfinite(grad_norm)
     if scaler is not None:
         scaler.step(opt.optimizer)
         scaler.update()
@@ -357,11 +376,13 @@ def log_line(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, meter: 
     }
 
 
-def evaluate_and_save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, log: MetricsLogger, done: int,
-                      wall: Callable[[], float], on_checkpoint: Callable[[Path, int], None] | None) -> None:
-    """After step ``done``: dev loss when it is due (and a checkpoint with it), else a checkpoint when due."""
+def evaluate_and_save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, log: MetricsLogger, meter: Meter,
+                      done: int, last_saved: int, wall: Callable[[], float],
+                      on_checkpoint: Callable[[Path, int], None] | None) -> bool:
+    """After step ``done``: dev loss when it is due (and a checkpoint with it), else a checkpoint when due;
+    whether it saved. A non-finite dev loss stops training (nothing diverged is saved)."""
     tcfg = run.train
-    if (tcfg.eval_every and done % tcfg.eval_every == 0) or run.is_epoch_end(done) or done == run.total_steps:
+    if run.evaluates_at(done):
         dev = window_ce(opt.model, run.dev_tokens, run.dev_indices, run.seq_len, tcfg.batch_size, dtype=opt.dtype,
                         sharded=True)
         improved = state.best_dev_loss is None or dev < state.best_dev_loss
@@ -369,9 +390,15 @@ def evaluate_and_save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState
             state.best_dev_loss, state.best_step = dev, done
         log.log({"step": done, "epoch": done * run.global_batch / run.stream.n_windows, "dev_loss": dev,
                  "best_dev_loss": state.best_dev_loss})
+        if not math.isfinite(dev):
+            meter.diverged.fill_(True)
+            _stop_if_diverged(meter.diverged, run.model_cfg.name, done, tcfg.lr, run.ck_dir, last_saved)
         save(run, opt, state, done, dev, improved, wall(), on_checkpoint)
-    elif tcfg.save_every and done % tcfg.save_every == 0:
+        return True
+    if run.saves_at(done):
         save(run, opt, state, done, None, False, wall(), on_checkpoint)
+        return True
+    return False
 
 
 AT_WORDS_DIR = "at_words"
@@ -382,12 +409,10 @@ def save_at_words(run: RunPlan, model: torch.nn.Module, done: int) -> None:
     (learning curves; checkpoints/<name>/at_words/<words>/)."""
     if not run.main:
         return
-    before = (done - 1) * run.global_batch * run.seq_len * run.words_per_token
     after = done * run.global_batch * run.seq_len * run.words_per_token
-    for words in run.train.save_at_words:
-        if before < words <= after:
-            ckpt.save_checkpoint(run.ck_dir / AT_WORDS_DIR / str(int(words)), model, run.tokenizer_dir, None,
-                                 {"step": done, "words_target": words, "words_seen": after})
+    for words in run.words_passed(done):
+        ckpt.save_checkpoint(run.ck_dir / AT_WORDS_DIR / str(int(words)), model, run.tokenizer_dir, None,
+                             {"step": done, "words_target": words, "words_seen": after})
 
 
 def save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState, step: int, dev: float | None, improved: bool,
@@ -443,15 +468,18 @@ def fit(
     def wall() -> float:
         return wall_before + (time.perf_counter() - t_start)
 
-    meter = Meter(device)
+    meter, last_saved = Meter(device), state.step
     while state.step < run.total_steps:
         grad_norm = train_step(run, opt, objective, state, meter)
         done = state.step
         log.advance()
+        if done % run.train.log_every == 0 or run.saves_at(done) or run.words_passed(done):
+            _stop_if_diverged(meter.diverged, run.model_cfg.name, done, run.train.lr, run.ck_dir, last_saved)
         save_at_words(run, opt.model, done)
         if done % run.train.log_every == 0 or done == run.total_steps:
             log.log(log_line(run, opt, state, meter, grad_norm))
-        evaluate_and_save(run, opt, state, log, done, wall, on_checkpoint)
+        if evaluate_and_save(run, opt, state, log, meter, done, last_saved, wall, on_checkpoint):
+            last_saved = done
     log.close()
     if run.main:
         publish(run, opt.model, objective, state, description)
@@ -469,6 +497,16 @@ def _open_log(run: RunPlan, opt: Optimisation, start_step: int, description: str
                  "global_batch": run.global_batch, "windows": run.mode, "world_size": run.world,
                  "device": str(run.device), "precision": str(opt.dtype or "fp32")})
     return log
+
+
+def _stop_if_diverged(diverged: torch.Tensor, name: str, step: int, lr: float, ck_dir: Path, last_saved: int) -> None:
+    """UserError on every rank once any rank saw a non-finite loss: nothing NaN is saved or published."""
+    if dist.all_reduce_sum(diverged.float().reshape(1)).item() == 0:
+        return
+    kept = f"the last good checkpoint ({ck_dir / 'last'}, step {last_saved}) is kept" if last_saved else "no checkpoint was saved"
+    raise UserError(f"model {name!r}: the loss became NaN or infinite by step {step} (train.lr {lr:g} too high? "
+                    f"bad data?); training stopped, {kept} and no model was published")
+
 
 
 # -- publish ---------------------------------------------------------------------------------------------

@@ -395,15 +395,8 @@ def finetune_task(
     perm = rng.permutation(len(train_ids))
     if hp.max_train_examples is not None:
         perm = perm[: hp.max_train_examples]
-    if hp.select_on == "holdout":
-        n_hold = max(1, round(len(perm) * hp.holdout_fraction))
-        if len(perm) - n_hold < 1:
-            raise UserError(f"{train_file}: {len(perm)} training examples are too few to hold out {n_hold} for early stopping")
-        hold, fit_idx = perm[:n_hold], perm[n_hold:]
-        sel_ids, sel_labels = [train_ids[i] for i in hold], [train.labels[i] for i in hold]
-    else:
-        n_hold, fit_idx = 0, perm
-        sel_ids, sel_labels = eval_ids, evaluation.labels
+    n_hold, fit_idx, sel_ids, sel_labels = _selection_split(
+        hp, perm, train_file, train_ids, train.labels, eval_ids, evaluation.labels)
     metric = METRICS[spec.metric]
     select = METRICS[selection_metric(spec, hp)]
     steps_per_epoch = math.ceil(len(fit_idx) / hp.batch_size)
@@ -432,10 +425,28 @@ def finetune_task(
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if out is not None:
-        out = Path(out)
-        with quiet_transformers(), atomic_path(out / "model") as tmp:  # the selected classifier, HF format
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        atomic_write_json(out / "predictions.json", {"labels": evaluation.labels, "predictions": preds})
-        atomic_write_json(out / "result.json", result)
+        _save_outputs(Path(out), model, tokenizer, evaluation.labels, preds, result)
     return result
+
+
+def _selection_split(hp: FinetuneConfig, perm: np.ndarray, train_file: Path, train_ids: list, train_labels: list,
+                     eval_ids: list, eval_labels: list) -> tuple[int, np.ndarray, list, list]:
+    """Where the checkpoint is selected: a held-out part of train (ours) or the validation file (BabyLM's).
+
+    Returns (held-out count, training indices, selection inputs, selection labels)."""
+    if hp.select_on != "holdout":
+        return 0, perm, eval_ids, eval_labels
+    n_hold = max(1, round(len(perm) * hp.holdout_fraction))
+    if len(perm) - n_hold < 1:
+        raise UserError(f"{train_file}: {len(perm)} training examples are too few to hold out {n_hold} for early stopping")
+    hold = perm[:n_hold]
+    return n_hold, perm[n_hold:], [train_ids[i] for i in hold], [train_labels[i] for i in hold]
+
+
+def _save_outputs(out: Path, model: Any, tokenizer: Any, labels: list, preds: list, result: dict[str, Any]) -> None:
+    """The selected classifier (HF format), its predictions and the result, each written atomically."""
+    with quiet_transformers(), atomic_path(out / "model") as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    atomic_write_json(out / "predictions.json", {"labels": labels, "predictions": preds})
+    atomic_write_json(out / "result.json", result)

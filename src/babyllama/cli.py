@@ -258,6 +258,14 @@ def cmd_config(args: argparse.Namespace) -> None:
     print(load_config(args.config, args.overrides).to_yaml(), end="")
 
 
+def _add_scoring_args(p: argparse.ArgumentParser, data_help: str) -> None:
+    """What every zero-shot scorer takes: the model, its data, where to write, and the protocol."""
+    p.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
+    p.add_argument("--data", required=True, help=data_help)
+    p.add_argument("--out", help="write the result JSON here")
+    _add_protocol_args(p)
+
+
 def _add_protocol_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--protocol", choices=["babyllama", "babylm-2023", "babylm-2024", "babylm-2025"], default="babyllama",
                    help="settings preset (docs/config.md, eval.protocol); the flags below override it")
@@ -295,10 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, dev perplexity)")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = esub.add_parser("blimp", help="BLiMP-style minimal pairs: original, BabyLM 2023/2024 filtered, supplement")
-    b.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
-    b.add_argument("--data", required=True, help="folder or file of minimal pairs")
-    b.add_argument("--out", help="write the result JSON here")
-    _add_protocol_args(b)
+    _add_scoring_args(b, "folder or file of minimal pairs")
     b.add_argument("--prefix", choices=["eos", "bos", "none"], default=None,
                    help="token each sentence is conditioned on (default: the protocol's)")
     b.add_argument("--no-leading-space", dest="leading_space", action="store_const", const=False, default=None,
@@ -312,10 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     for e in (e for e in REGISTRY if e.cli_data):
         c = esub.add_parser(e.name.replace("_", "-"), aliases=[e.name] if "_" in e.name else [],
                             help=f"{e.name.replace('_', ' ')} zero-shot, in the BabyLM pipelines' format ({e.switch})")
-        c.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
-        c.add_argument("--data", required=True, help="folder or file in the official format")
-        c.add_argument("--out", help="write the result JSON here")
-        _add_protocol_args(c)
+        _add_scoring_args(c, "folder or file in the official format")
         c.add_argument("--context-prefix", choices=["eos", "bos", "none"], default=None,
                        help="token before each context (default: the protocol's; official pipelines: none)")
         c.set_defaults(func=cmd_eval_completion, task=e.name)

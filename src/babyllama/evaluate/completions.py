@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from babyllama.errors import UserError
 from babyllama.evaluate.blimp import data_files, prefix_token_id, resolve_data, score_sequences
-from babyllama.evaluate.formats import load_causal_lm, read_json_rows
+from babyllama.evaluate.formats import load_causal_lm, read_json_rows, text_field
 from babyllama.runtime import resolve_device
 
 
@@ -53,10 +53,7 @@ class Item:
 def _text(path: Path, loc: str, row: dict[str, Any], key: str, task: str) -> str:
     if key not in row:
         raise UserError(f"{path}: {loc}: missing field {key!r}, not the {task} format (fields: {', '.join(FIELDS[task])})")
-    value = row[key]
-    if not isinstance(value, str):
-        raise UserError(f"{path}: {loc}: field {key!r} must be a string, got {type(value).__name__}")
-    return value
+    return text_field(path, loc, row, key)
 
 
 def _ewok(path: Path, loc: str, row: dict[str, Any]) -> Item:

@@ -20,9 +20,6 @@ from babyllama.errors import UserError
 
 #: How a Hub id looks ("org/name" or a bare legacy "name"); a folder of that name wins.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-#: Tokenizer files copied with tokenizer.json when a tokenizer is taken from a model folder.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
-                   "added_tokens.json", "tokenizer.model", "chat_template.jinja")
 
 
 def _from_cache(spec: str, key: str) -> Path:

@@ -27,6 +27,9 @@ PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 TOKENIZER_DIR = "tokenizer"
+#: Tokenizer files copied with tokenizer.json when a tokenizer is taken from a model folder (tokenizer.from).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "tokenizer.model", "chat_template.jinja")
 T = TypeVar("T")
 
 
@@ -154,8 +157,6 @@ def existing_tokenizer(folder: Path, key: str = "tokenizer.from") -> tuple[Token
 def copy_tokenizer(folder: Path, dest: Path, model_max_length: int) -> None:
     """The tokenizer files of ``folder``, byte for byte (tokenizer.json keeps its hash: the teacher's and
     the student's compare equal), with only model_max_length set; atomic."""
-    from babyllama.existing import TOKENIZER_FILES
-
     with atomic_path(dest) as tmp:
         tmp.mkdir(parents=True, exist_ok=True)
         for name in TOKENIZER_FILES:

@@ -59,7 +59,9 @@ def test_sweep_after_run_reuses_it_and_resumes_after_a_kill(tmp_path: Path, tiny
     assert proc.returncode == -signal.SIGKILL
     before = "".join(before_kill)
     # the run's teachers, cache, student and control are the seed-7 member's: only seed 8 was trained
-    assert "teacher:t-llama: running" not in before and "windows with the teachers" not in before
+    first_member, second_member = before.split("[sweep] member 2/3")
+    assert "teacher:t-llama: running" not in before and "windows with the teachers" not in first_member
+    assert second_member.count("windows with the teachers") == 1  # seed 8 draws its own sample (teachers reused)
     assert f"[sweep] default-s7: distill is identical to the one in {out}: reused" in before
     assert (out / "sweep" / "default-s7" / "models" / "student").resolve() == (out / "models" / "student").resolve()
     second = out / "sweep" / "default-s8"
@@ -72,7 +74,7 @@ def test_sweep_after_run_reuses_it_and_resumes_after_a_kill(tmp_path: Path, tiny
     assert "[run] distill: up to date, skipped" in printed.split("[sweep] member 3/3")[0]
     assert "[run] teacher:t-llama: running" not in printed
     assert all(_mtime(p) == t for p, t in stamps.items())  # nothing finished was trained again
-    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 1  # one cache build for every member
+    assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 3  # each seed its own draws, built once
     # every member is an ordinary run directory (config, report) linked to the shared parts
     assert (second / "report.md").exists() and (second / "models" / "t-gpt2").resolve() == (out / "models" / "t-gpt2").resolve()
     assert yaml.safe_load((second / "config.yaml").read_text())["student"]["train"]["seed"] == 8

@@ -93,7 +93,8 @@ class TrainConfig(Section):
         False,
         description="LM objective (teachers, control): cross-entropy fused with the output projection, a chunk of "
         "positions at a time, never materialising the full logits (same loss and gradients up to rounding; "
-        "benchmarks/bench_train.py measures it). Distillation chunks its own loss already.",
+        "benchmarks/bench_train.py measures it). The distilled student too: CE and KD taken a chunk at a time from the "
+        "hidden states (benchmarks/bench_distill.py --cached-step measures it).",
     )
     seed: int | None = Field(
         None, description="This model's own seed (initialisation, window order); null = the experiment's seed. "
@@ -297,8 +298,27 @@ class CacheConfig(Section):
         "gradient is unbiased (forward_kl only); 'top_k': the top_k log-probs + one tail bucket, a lower bound of the "
         "KD that loses the tail's shape (any divergence).",
     )
-    samples: int = Field(64, ge=1, le=65535, description="Draws per position in 'sample' mode (3 bytes each + 4 per position).")
+    samples: int | Literal["auto"] = Field(
+        64, description="Draws per position in 'sample' mode (3 bytes each per set + 4 per position), 1..65535; 'auto': "
+        "the fewest (at most 255) that hold the draws' noise ratio under `noise_target`, planned from the teachers' "
+        "tempered distributions on a few windows (README, 'The teacher cache').")
+    noise_target: float = Field(
+        0.5, gt=0, description="With samples: auto, the largest draw-noise / KD-signal ratio per position accepted "
+        "(the ratio the build measures and the report prints).")
+    seed: int | None = Field(
+        None, description="Seed of the draws; null = the student's seed (its train.seed, else the experiment's), so every "
+        "member of a sweep draws its own sample.")
+    draw_sets: int | None = Field(
+        None, ge=1, le=64, description="Independent sets of draws stored (epoch e reads set e mod draw_sets): the teachers "
+        "run once and each epoch gets fresh draws; null = one per epoch the student trains.")
     top_k: int = Field(64, ge=1, description="Ensemble log-probs kept per position in 'top_k' mode (4 bytes each + 4 for the tail).")
+
+    @field_validator("samples")
+    @classmethod
+    def _samples_range(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 1 <= v <= 65535:
+            raise ValueError(f"must be 1..65535 or 'auto', got {v}")
+        return v
 
 
 class DistillConfig(Section):

@@ -14,7 +14,8 @@ member by member, stage by stage. What members have in common lives once, and th
 - the teachers: trained once per distinct teacher config, in ``<out_dir>`` itself when they are the
   config's own teachers (a finished ``babyllama run`` is reused as is), otherwise in
   ``<out_dir>/sweep/teachers/<hash>/``; their evaluation results are shared with them;
-- the teacher-logit cache: ``<out_dir>/cache`` (its key folders keep different caches apart).
+- the teacher-logit cache: ``<out_dir>/cache`` (its key folders keep different caches apart; a sampled
+  cache draws with the member's seed, so each seed has its own draws and the spread counts their noise).
 
 Shared parts are made under a file lock, so parallel members (``--jobs``, or ``--member I`` from a
 scheduler's array) train each teacher and build each cache exactly once.
@@ -173,6 +174,9 @@ def member_config(base: Config, m: SweepMember) -> Config:
     tree = _with_point(base, m.point)
     tree["teachers"] = _teacher_trees(base, m)
     tree["student"]["train"]["seed"] = m.seed
+    draws = tree["distill"]["cache"]
+    if draws.get("seed") is not None:  # a fixed draw seed moves with the member's, as the student's does
+        draws["seed"] += m.seed - base.seed
     subset = m.point.get("teachers")
     if subset:
         keep = [i for i, t in enumerate(tree["teachers"]) if t["name"] in subset]

@@ -15,9 +15,16 @@ tokens[i*L : (i+1)*L]), a sparse picture of the tempered ensemble p:
   an unbiased estimate of p, and the forward-KL gradient (q - p_hat) / T is unbiased), and its count is
   always floor or ceil of S * p_j: any token with p_j >= 1/S is always present, with nearly its
   exact mass; only the tail is sampled. The uniforms come from numpy's generator seeded with the
-  config seed and the shard's first window, so a fixed seed gives the same cache however it is
-  built (resumed, sharded over ranks). Forward KL only: reverse KL and JS depend on log p, which no
-  sample estimates without bias, so they are refused for this mode.
+  draw seed (the student's seed unless distill.cache.seed), the set and the shard's first window, so
+  a fixed seed gives the same cache however it is built (resumed, sharded over ranks), and each
+  member of a sweep has its own draws. ``sets`` independent sets of draws are stored from one pass
+  of the teachers (ids and counts are (sets, windows, L, S)); epoch e reads set e mod sets, so the
+  draws' noise averages over epochs instead of repeating. Forward KL only: reverse KL and JS depend
+  on log p, which no sample estimates without bias, so they are refused for this mode.
+
+  Noise: each shard records the draws' exact mean squared error E||p_hat - p||^2 per position and the
+  teachers' spread E||p - p_bar||^2 around the shard's mean distribution; their quotient is the noise
+  ratio (:func:`noise_ratio`) the build logs and the report prints.
 
 ``top_k``
 
@@ -37,7 +44,7 @@ tokens[i*L : (i+1)*L]), a sparse picture of the tempered ensemble p:
   mass, so the shape of the teacher's tail is not taught. With flat teachers (high T) the top-k hold
   little of the mass and the KD shrinks accordingly (the build prints the share).
 
-Storage per position: S x 3 + 4 bytes (sample; 196 at S = 64) or k x 4 + 4 (top_k; 260 at k = 64).
+Storage per position: sets x S x 3 + 4 bytes (sample; 196 at S = 64, one set) or k x 4 + 4 (top_k; 260 at k = 64).
 For ``logit_mean`` the ensemble is softmax(mean logits / T); for ``prob_mean`` it is the mixture of
 the teachers' softmax(z / T).
 
@@ -46,8 +53,9 @@ Layout under ``<out_dir>/cache/<key>/``: ``spec.json`` (what the numbers depend 
 length and sha256 of each file, and how faithful the shard is), and ``manifest.json`` (written last,
 once every shard is done). The key is a hash of the spec: sha256 of every teacher's weights, the data
 hash (tokenizer and tokens), the window layout, the ensemble rule and weights, the temperature, the
-mode with its k or sample count and seed, and the teachers' compute dtype and device kind, so any
-change lands in a new folder. A shard whose files do not match their record is reported and rebuilt;
+mode with its k or sample count, seed and sets, every teacher's config.json, the torch and
+transformers versions, and the teachers' compute dtype and device kind (the build runs them under
+the same autocast as live teachers in the training loop), so any change lands in a new folder. A shard whose files do not match their record is reported and rebuilt;
 completed shards of an interrupted build are kept and the build continues where it stopped.
 """
 
@@ -55,6 +63,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -84,8 +93,9 @@ from babyllama.io import (
     read_json,
     stable_hash,
 )
+from babyllama.runtime import autocast
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 SPEC_FILE = "spec.json"
 MANIFEST_FILE = "manifest.json"
 #: Target bytes per shard (all of its files together).
@@ -129,10 +139,15 @@ class CacheSpec:
     layout: str = "fixed"
     version: int = CACHE_VERSION
     weighting: str = "fixed"  # distill.weighting; part of the key only when not 'fixed' (older caches stay valid)
+    sets: int = 1  # sample mode: independent sets of draws, one per epoch (epoch e reads set e mod sets)
+    teacher_configs: tuple[str, ...] = ()  # sha256 of each teacher's config.json, in ensemble order
+    libraries: str = ""  # torch and transformers versions (kernels and model code change numbers)
 
     def __post_init__(self) -> None:
         if self.mode not in ("top_k", "sample"):
             raise ValueError(f"cache mode must be 'top_k' or 'sample', got {self.mode!r}")
+        if self.sets < 1 or (self.mode == "top_k" and self.sets != 1):
+            raise ValueError(f"draw sets must be >= 1 (1 for top_k), got {self.sets}")
         if self.shard_windows <= 0:
             per_window = self.seq_len * self.bytes_per_position
             object.__setattr__(self, "shard_windows", max(1, SHARD_BYTES // per_window))
@@ -157,12 +172,13 @@ class CacheSpec:
     @property
     def bytes_per_position(self) -> int:
         if self.mode == "sample":
-            return self.k * (self.ids_dtype.itemsize + self.counts_dtype.itemsize) + 4
+            return self.sets * self.k * (self.ids_dtype.itemsize + self.counts_dtype.itemsize) + 4
         return self.k * (self.ids_dtype.itemsize + 2) + (4 if self.has_tail else 0)
 
     def describe(self) -> str:
         if self.mode == "sample":
-            return f"{self.samples} draws per position from the tempered ensemble"
+            sets = f", {self.sets} independent sets (one per epoch)" if self.sets > 1 else ""
+            return f"{self.samples} draws per position from the tempered ensemble{sets}"
         return f"top-{self.k} of vocab {self.vocab_size}"
 
     @property
@@ -234,15 +250,36 @@ def draw_samples(lp: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Ten
     floor or ceil of n_samples * p_j times and exactly n_samples * p_j times in expectation. Returns the
     ``slots`` most drawn tokens (n, slots) int64 and their counts (n, slots) float32, most drawn first;
     slots beyond the distinct draws have count 0.
+
+    Cost: one exp, one cumsum and one searchsorted over V; everything after that is on (n, S). The
+    draws come out sorted, so the counts are run lengths (no V-wide count tensor, no top-k over V).
+    The CDF is float32 (float64 input stays float64): each of its values is off by at most a few
+    float32 ulps (~1e-7 absolute, as the CPU accumulates the sum in float64; a GPU scan in float32 is
+    off by ~1e-6 at V = 16k), so a token's drawing probability moves by that much, three or more
+    orders below the sampling noise sqrt(p_j / S) of any token that can be drawn at S <= 255. The
+    grid is scaled by the CDF's last value instead of dividing V values by it.
     """
-    cdf = lp.double().exp().cumsum(-1)
-    cdf /= cdf[:, -1:].clone()  # float64: no token's interval is lost to rounding
-    grid = (torch.arange(n_samples, dtype=torch.float64, device=lp.device) + u.double().unsqueeze(-1)) / n_samples
-    draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=lp.shape[-1] - 1)
-    counts = torch.zeros(lp.shape, dtype=torch.float32, device=lp.device)
-    counts.scatter_add_(-1, draws, torch.ones(draws.shape, dtype=torch.float32, device=lp.device))
-    top = counts.topk(slots, dim=-1, sorted=True)
-    return top.indices, top.values
+    cdf = (lp if lp.dtype == torch.float64 else lp.float()).exp().cumsum_(-1)
+    grid = (torch.arange(n_samples, dtype=cdf.dtype, device=lp.device) + u.to(cdf.dtype).unsqueeze(-1))
+    grid.mul_(cdf[:, -1:] / n_samples)
+    draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=lp.shape[-1] - 1)  # sorted along each row
+    start = torch.ones(draws.shape, dtype=torch.bool, device=lp.device)
+    start[:, 1:] = draws[:, 1:] != draws[:, :-1]
+    run = start.cumsum(-1).sub_(1)  # slot of each draw: its run among the distinct tokens
+    counts = torch.zeros(draws.shape, dtype=torch.float32, device=lp.device).scatter_add_(
+        -1, run, torch.ones(draws.shape, dtype=torch.float32, device=lp.device))
+    ids = torch.zeros_like(draws).scatter_(-1, run, draws)
+    counts, order = counts.sort(dim=-1, descending=True, stable=True)  # (n, S), not (n, V)
+    return ids.gather(-1, order[:, :slots]), counts[:, :slots]
+
+
+def systematic_noise(lp: Tensor, n_samples: int) -> Tensor:
+    """Per row, E||p_hat - p||^2 of the systematic draws: token j's count is floor(S p_j) plus one
+    with probability f_j = frac(S p_j), so its variance is f_j (1 - f_j) and the trace is
+    sum_j f_j (1 - f_j) / S^2 (exact; the covariances do not enter a trace). It is at most the
+    multinomial (1 - sum p^2) / S that ``samples: auto`` plans with."""
+    f = torch.frac((lp if lp.dtype == torch.float64 else lp.float()).exp().mul_(n_samples))
+    return torch.linalg.vecdot(f, 1 - f) / n_samples**2
 
 
 class _TopKWriter:
@@ -268,31 +305,42 @@ class _TopKWriter:
 
 
 class _SampleWriter:
-    """Fills a shard's sampled arrays; the uniforms depend only on the seed and the shard's first window."""
+    """Fills a shard's sampled arrays, one independent set of draws per epoch; the uniforms depend only on
+    the seed, the set and the shard's first window. Also measures the draws' noise (see :func:`noise_ratio`)."""
 
     def __init__(self, spec: CacheSpec, n: int, first_window: int, device: torch.device) -> None:
-        self.spec, self.device = spec, device
-        self.u = np.random.default_rng([spec.seed, first_window]).random(n)
-        self.arrays = {"ids": np.empty((n, spec.k), dtype=spec.ids_dtype),
-                       "counts": np.empty((n, spec.k), dtype=spec.counts_dtype),
+        self.spec, self.device, self.n = spec, device, n
+        self.u = [np.random.default_rng([spec.seed, s, first_window]).random(n) for s in range(spec.sets)]
+        self.arrays = {"ids": np.empty((spec.sets, n, spec.k), dtype=spec.ids_dtype),
+                       "counts": np.empty((spec.sets, n, spec.k), dtype=spec.counts_dtype),
                        "entropy": np.empty((n,), dtype=np.float32)}
-        self.mass, self.distinct = 0.0, 0.0
+        self.mass, self.distinct, self.noise, self.p_sq = 0.0, 0.0, 0.0, 0.0
+        self.p_sum = torch.zeros(spec.vocab_size, dtype=torch.float64, device=device)
 
     def add(self, out: slice, lp: Tensor) -> None:
-        u = torch.from_numpy(self.u[out]).to(self.device)
-        ids, counts = draw_samples(lp, u, self.spec.samples, self.spec.k)
         p = lp.exp()
-        self.arrays["ids"][out] = ids.cpu().numpy().astype(self.spec.ids_dtype)
-        self.arrays["counts"][out] = counts.cpu().numpy().astype(self.spec.counts_dtype)
         self.arrays["entropy"][out] = torch.special.entr(p).sum(-1).cpu().numpy()
-        drawn = counts > 0
-        self.mass += float((p.gather(-1, ids) * drawn).sum())
-        self.distinct += float(drawn.sum())
+        self.noise += float(systematic_noise(lp, self.spec.samples).sum())
+        self.p_sq += float(torch.linalg.vecdot(p, p).sum())
+        self.p_sum += p.sum(0, dtype=torch.float64)
+        limit = np.iinfo(self.spec.counts_dtype).max
+        for s, u in enumerate(self.u):
+            ids, counts = draw_samples(lp, torch.from_numpy(u[out]).to(self.device), self.spec.samples, self.spec.k)
+            if float(counts[:, 0].max()) > limit:  # cannot happen while counts_dtype follows samples; never wrap
+                raise RuntimeError(f"a count of {float(counts[:, 0].max()):.0f} does not fit {self.spec.counts_dtype}")
+            self.arrays["ids"][s, out] = ids.cpu().numpy().astype(self.spec.ids_dtype)
+            self.arrays["counts"][s, out] = counts.cpu().numpy().astype(self.spec.counts_dtype)
+            if s == 0:
+                drawn = counts > 0
+                self.mass += float((p.gather(-1, ids) * drawn).sum())
+                self.distinct += float(drawn.sum())
 
     def fidelity(self) -> dict:
-        """The share of the ensemble's mass on the tokens drawn, and the distinct tokens per position."""
-        n = len(self.u)
-        return {"sampled_mass": self.mass / n, "distinct": self.distinct / n}
+        """The share of the ensemble's mass on the tokens drawn, the distinct tokens per position, and the
+        draws' noise against the signal (per position, means over the shard; see :func:`noise_ratio`)."""
+        spread = self.p_sq / self.n - float(self.p_sum.square().sum()) / self.n**2  # mean ||p - p_bar||^2
+        return {"sampled_mass": self.mass / self.n, "distinct": self.distinct / self.n,
+                "noise": self.noise / self.n, "signal": max(spread, 0.0)}
 
 
 @torch.no_grad()
@@ -305,7 +353,8 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
     for start in range(first, last, batch_size):
         stop = min(start + batch_size, last)
         x = gather_windows(tokens, window_starts(np.arange(start, stop), length), length)
-        logits = teacher_fn(torch.from_numpy(x).to(device))
+        with autocast(device, None if spec.compute_dtype == "float32" else getattr(torch, spec.compute_dtype)):
+            logits = teacher_fn(torch.from_numpy(x).to(device))  # as live teachers run: inside the loop's autocast
         for z in logits:
             if z.shape[-1] != spec.vocab_size:
                 raise UserError(f"a teacher returned {z.shape[-1]} logits per token, expected vocab size {spec.vocab_size}")
@@ -316,7 +365,8 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
         for r in range(0, (stop - start) * length, chunk_rows):
             rows = slice(r, min(r + chunk_rows, (stop - start) * length))
             writer.add(slice(offset + rows.start, offset + rows.stop), src.chunk(rows)[1])
-    arrays = {part: a.reshape(n, length, *a.shape[1:]) for part, a in writer.arrays.items()}
+    arrays = {part: a.reshape(*a.shape[:-2], n, length, a.shape[-1]) if a.ndim == 3 else a.reshape(n, length, *a.shape[1:])
+              for part, a in writer.arrays.items()}
     files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
     atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})
 
@@ -329,13 +379,33 @@ def _mean_over_shards(shards: list[dict], key: str) -> float | None:
     return sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
 
 
+def noise_ratio(shards: list[dict]) -> float | None:
+    """The sampled KD gradient's noise relative to its signal, w.r.t. the student logits, per position:
+
+        E ||p_hat - p||^2  /  E ||p - p_bar||^2,
+
+    the numerator the exact variance of the stored draws (:func:`systematic_noise`), the denominator how far
+    the teachers' distributions p sit from their mean p_bar over the shard, i.e. the KD gradient (q - p) / T
+    for a student q that knows only that average (every student passes it in its first steps). The factor
+    1/T and the loss weights are common to both and cancel. Below 1, the draws' error is smaller than what
+    the teachers teach position by position; it is per epoch, and fresh draws each epoch average it down.
+    The batch's parameter gradient averages it further over the batch's positions (not counted here)."""
+    noise, signal = _mean_over_shards(shards, "noise"), _mean_over_shards(shards, "signal")
+    return None if noise is None or not signal else noise / signal
+
+
 def fidelity(root: Path) -> dict:
-    """How faithful a built cache is, from its manifest: {"topk_mass"} or {"sampled_mass", "distinct"}."""
+    """How faithful a built cache is, from its manifest: {"topk_mass"} or {"sampled_mass", "distinct",
+    "noise_ratio"} (the last for caches built since it was measured)."""
     try:
-        shards = read_json(Path(root) / MANIFEST_FILE)["shards"]
+        manifest = read_json(Path(root) / MANIFEST_FILE)
+        shards, spec = manifest["shards"], manifest["spec"]
     except (OSError, ValueError, KeyError):
         return {}
     out = {key: _mean_over_shards(shards, key) for key in ("topk_mass", "sampled_mass", "distinct")}
+    out["noise_ratio"] = noise_ratio(shards)
+    if spec.get("mode") == "sample":
+        out.update(samples=spec.get("samples"), sets=spec.get("sets", 1))
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -343,9 +413,11 @@ def _report_coverage(name: str, spec: CacheSpec, shards: list[dict], log: Callab
     """Say how faithful the cache is: the top-k's share of the mass, or what the draws cover."""
     if spec.mode == "sample":
         mass, distinct = _mean_over_shards(shards, "sampled_mass"), _mean_over_shards(shards, "distinct")
+        ratio = noise_ratio(shards)
         if mass is not None and distinct is not None:
             log(f"teacher cache {name}: {spec.samples} draws per position hit {distinct:.1f} distinct tokens holding "
-                f"{100 * mass:.1f}% of the tempered ensemble's mass (the KD gradient is unbiased either way)")
+                f"{100 * mass:.1f}% of the tempered ensemble's mass (the KD gradient is unbiased either way)"
+                + ("" if ratio is None else f"; draw noise / KD signal per position {ratio:.3g}"))
         return
     mass = _mean_over_shards(shards, "topk_mass")
     if mass is None:
@@ -371,25 +443,32 @@ class TeacherCache:
     def key(self) -> str:
         return self.spec.key()
 
-    def rows(self, window_ids: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor | None]:
+    def rows(self, window_ids: Tensor | np.ndarray,
+             epochs: Tensor | np.ndarray | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
         """The cached rows of the windows, ids as int64 (B, L, k), the rest as stored:
         top_k: (ids, values float16 (B, L, k), tail float32 (B, L) or None);
-        sample: (ids, counts (B, L, k), entropy float32 (B, L))."""
+        sample: (ids, counts (B, L, k), entropy float32 (B, L)), the draws of set epoch mod sets (epochs
+        (B,): each window's epoch; None: epoch 0)."""
         wids = np.asarray(window_ids.cpu() if isinstance(window_ids, Tensor) else window_ids, dtype=np.int64)
         if wids.size and (wids.min() < 0 or wids.max() >= self.spec.n_windows):
             raise ValueError(f"window ids must lie in [0, {self.spec.n_windows}) for the cache (fixed windows), got "
                              f"{wids.min()}..{wids.max()}")
-        sw = self.spec.shard_windows
-        picked = {part: np.stack([self._shards[w // sw][part][w % sw] for w in wids]) for part in self.spec.parts()}
+        sw, sets = self.spec.shard_windows, self.spec.sets
+        ep = np.zeros(len(wids), dtype=np.int64) if epochs is None else np.asarray(epochs, dtype=np.int64).reshape(-1)
+        picked = {part: np.stack([self._shards[w // sw][part][(e % sets, w % sw) if sampled else w % sw]
+                                  for w, e in zip(wids, ep, strict=True)])
+                  for part in self.spec.parts() for sampled in [self.spec.mode == "sample" and part != "entropy"]}
         ids = torch.from_numpy(picked["ids"].astype(np.int64))
         if self.spec.mode == "sample":
             return ids, torch.from_numpy(picked["counts"].astype(np.int32)), torch.from_numpy(picked["entropy"])
         tail = torch.from_numpy(picked["tail"]) if "tail" in picked else None
         return ids, torch.from_numpy(picked["values"]), tail
 
-    def source(self, window_ids: Tensor | np.ndarray, device: torch.device) -> TeacherSource:
+    def source(self, window_ids: Tensor | np.ndarray, device: torch.device,
+               epochs: Tensor | np.ndarray | None = None) -> TeacherSource:
         """The teachers' distributions for a batch of windows, flattened to (B * L) rows on ``device``."""
-        ids, second, third = (None if t is None else t.to(device, non_blocking=True) for t in self.rows(window_ids))
+        ids, second, third = (None if t is None else t.to(device, non_blocking=True)
+                              for t in self.rows(window_ids, epochs))
         k = ids.shape[-1]
         if self.spec.mode == "sample":
             return SampledTeachers.from_counts(ids.reshape(-1, k), second.reshape(-1, k), third.reshape(-1))
@@ -476,3 +555,33 @@ def ensure_cache(
         _wait_for(manifest_path.is_file, "cache manifest")
     barrier()  # under torchrun, no rank reads the cache before rank 0 has finished writing its manifest
     return TeacherCache(root, spec)
+
+
+#: Windows the teachers score to plan ``samples: auto`` (spread over the data), and the most draws it picks
+#: (counts stay uint8, 3 bytes per draw).
+PLAN_WINDOWS, MAX_AUTO_SAMPLES = 16, 255
+
+
+@torch.no_grad()
+def plan_samples(spec: CacheSpec, tokens: np.ndarray, teacher_fn: TeacherFn, device: torch.device,
+                 target: float) -> dict:
+    """``samples: auto``: the fewest draws per position whose noise ratio (:func:`noise_ratio`) stays under
+    ``target`` on PLAN_WINDOWS windows spread over the data, planned with the multinomial bound
+    (1 - sum p^2) / S of the noise, which the systematic draws never exceed:
+    S = ceil(mean(1 - sum p^2) / (target * mean ||p - p_bar||^2)), clipped to 1..MAX_AUTO_SAMPLES.
+    Flat tempered teachers (high entropy) have little spread and need many draws. Returns the plan
+    (samples, the windows' mean tempered entropy, the planned ratio at that S)."""
+    wids = np.unique(np.linspace(0, spec.n_windows - 1, min(PLAN_WINDOWS, spec.n_windows)).astype(np.int64))
+    x = gather_windows(tokens, window_starts(wids, spec.seq_len), spec.seq_len)
+    with autocast(device, None if spec.compute_dtype == "float32" else getattr(torch, spec.compute_dtype)):
+        logits = teacher_fn(torch.from_numpy(x).to(device))
+    src = DenseTeachers([z.reshape(-1, spec.vocab_size) for z in logits], spec.temperature, spec.ensemble,
+                        spec.weights, spec.weighting, next_tokens(torch.from_numpy(x.astype(np.int64)).to(device)))
+    p = src.chunk(slice(None))[1].double().exp()
+    p_sq = torch.linalg.vecdot(p, p)
+    spread = float(p_sq.mean() - p.mean(0).square().sum())
+    bound = float((1 - p_sq).mean())
+    entropy = float(torch.special.entr(p).sum(-1).mean())
+    samples = MAX_AUTO_SAMPLES if spread <= 0 else int(min(MAX_AUTO_SAMPLES, max(1, math.ceil(bound / (target * spread)))))
+    return {"samples": samples, "entropy": entropy, "planned_ratio": bound / samples / spread if spread > 0 else None,
+            "target": target, "windows": len(wids)}

@@ -231,15 +231,11 @@ def _chunk(s: Tensor, y: Tensor, ids: Tensor | None, lp: Tensor, *, temperature:
     """
     lq1 = F.log_softmax(s, dim=-1)
     ce = -lq1.gather(-1, y).squeeze(-1)
-    lq = lq1 if temperature == 1 else F.log_softmax(s * (1.0 / temperature), dim=-1)
     if entropy is not None:  # sampled: forward KL = -sum p_hat log q - H(p), gradient (q - p_hat) / T
         assert ids is not None and divergence == "forward_kl"
-        lp, entropy = lp.to(lq.dtype), entropy.to(lq.dtype)
-        d = -torch.linalg.vecdot(lp, lq.gather(-1, ids)) - entropy
-        if out is not None:
-            torch.mul(lq.exp(), c, out=out).scatter_add_(-1, ids, lp * -c)  # unused slots add 0
-        top = ids[:, 0]  # the most drawn token
-    elif ids is None:  # full vocabulary
+        return ce, _sampled_chunk(s, y, ids, lp, lq1, entropy, temperature, a, c, out), ids[:, 0]  # most drawn
+    lq = lq1 if temperature == 1 else F.log_softmax(s * (1.0 / temperature), dim=-1)
+    if ids is None:  # full vocabulary
         if divergence == "forward_kl":
             p = lp.exp()
             d = torch.linalg.vecdot(p, lp - lq)
@@ -274,6 +270,72 @@ def _chunk(s: Tensor, y: Tensor, ids: Tensor | None, lp: Tensor, *, temperature:
     return ce, d, top
 
 
+@dataclass
+class _Terms:
+    """What every chunked variant of the loss shares: per-row targets and weights, the teachers, the options,
+    and the running sums of the two terms and of top-1 agreement."""
+
+    targets: Tensor
+    ce_weight: Tensor
+    kd_weight: Tensor
+    source: TeacherSource
+    alpha: float
+    temperature: float
+    divergence: str
+    ce: Tensor | None = None
+    kd: Tensor | None = None
+    agree: Tensor | None = None
+
+    def add(self, s: Tensor, rows: slice, out: Tensor | None) -> None:
+        """Fold in the student logits ``s`` (float32 or float64) of ``rows``; with ``out``, write their gradient
+        of the loss (before the final T^2 and term weights are applied to the sums) there."""
+        if self.ce is None:
+            self.ce, self.kd = s.new_zeros(()), s.new_zeros(())
+            self.agree = torch.zeros((), dtype=torch.float32, device=s.device)
+        y, w_ce, w_kd = self.targets[rows], self.ce_weight[rows], self.kd_weight[rows]
+        ids, lp = self.source.chunk(rows)
+        entropy = self.source.entropy[rows] if isinstance(self.source, SampledTeachers) else None
+        t = self.temperature
+        a = (self.alpha * w_ce).unsqueeze(-1) if out is not None and self.alpha > 0 else None
+        c = ((1 - self.alpha) * t * w_kd).unsqueeze(-1) if out is not None else None  # T^2 / T: dD/ds has 1 / T
+        ce_rows, d, top = _chunk(s, y.clamp(min=0).unsqueeze(-1), ids, lp, temperature=t, divergence=self.divergence,
+                                 a=a, c=c, out=out, entropy=entropy)
+        self.ce += (ce_rows * w_ce).sum()
+        self.kd += (d * w_kd).sum()
+        self.agree += ((s.argmax(-1) == top) & (y >= 0)).sum()
+
+    def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        kd = self.kd * self.temperature**2
+        return self.alpha * self.ce + (1 - self.alpha) * kd, self.ce, kd, self.agree
+
+
+def _sampled_chunk(s: Tensor, y: Tensor, ids: Tensor, p_hat: Tensor, lq1: Tensor, entropy: Tensor, temperature: float,
+                   a: Tensor | None, c: Tensor | None, out: Tensor | None) -> Tensor:
+    """The sampled cache's chunk (see :func:`_chunk`; ``lq1`` is log_softmax(s), consumed): per-row KD
+    -sum p_hat log q - H and, with ``out``, a * (q1 - onehot(y)) + c * (q - p_hat). Fewer V-wide passes than
+    the general case: q at T is one softmax (its log is needed at the S drawn ids only; clamped at the
+    smallest float, reached only by a student 87 x T nats surer of another token), and at T = 1 the two
+    terms share one softmax and one write."""
+    p_hat, entropy = p_hat.to(s.dtype), entropy.to(s.dtype)
+    if temperature == 1:
+        lq_ids = lq1.gather(-1, ids)
+        q = q1 = lq1.exp_()
+    else:
+        q = torch.softmax(s * (1.0 / temperature), dim=-1)
+        lq_ids = q.gather(-1, ids).clamp_(min=torch.finfo(s.dtype).tiny).log_()
+        q1 = None
+    d = -torch.linalg.vecdot(p_hat, lq_ids) - entropy
+    if out is not None:
+        assert c is not None
+        both = q1 is not None and a is not None
+        torch.mul(q, c + a if both else c, out=out).scatter_add_(-1, ids, p_hat * -c)  # unused slots add 0
+        if a is not None:
+            if not both:
+                out.addcmul_(lq1.exp_(), a)
+            out.scatter_add_(-1, y, -a)
+    return d
+
+
 class _ChunkedLoss(torch.autograd.Function):
     """alpha * CE + (1 - alpha) * T^2 * sum_rows w_row * D_row, with its gradient computed in the
     forward pass, chunk by chunk; only that gradient is saved for backward.
@@ -283,32 +345,15 @@ class _ChunkedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, student: Tensor, targets: Tensor, ce_weight: Tensor, kd_weight: Tensor, source: TeacherSource,
-                alpha: float, temperature: float, divergence: str, chunk_rows: int):
+    def forward(ctx, student: Tensor, terms: _Terms, chunk_rows: int):
         n = student.shape[0]
         grad = torch.empty(student.shape, dtype=_upcast(student[:0]).dtype, device=student.device) \
             if ctx.needs_input_grad[0] else None
-        dtype = _upcast(student[:0]).dtype
-        ce = torch.zeros((), dtype=dtype, device=student.device)
-        kd = torch.zeros((), dtype=dtype, device=student.device)
-        agree = torch.zeros((), dtype=torch.float32, device=student.device)
-        t2 = temperature**2
         with torch.autocast(student.device.type, enabled=False):  # precision is chosen explicitly here
             for start in range(0, n, chunk_rows):
                 rows = slice(start, min(start + chunk_rows, n))
-                s, y, w_ce, w_kd = _upcast(student[rows]), targets[rows], ce_weight[rows], kd_weight[rows]
-                ids, lp = source.chunk(rows)
-                entropy = source.entropy[rows] if isinstance(source, SampledTeachers) else None
-                a = (alpha * w_ce).unsqueeze(-1) if grad is not None and alpha > 0 else None
-                c = ((1 - alpha) * t2 / temperature * w_kd).unsqueeze(-1) if grad is not None else None
-                ce_rows, d, top = _chunk(s, y.clamp(min=0).unsqueeze(-1), ids, lp, temperature=temperature,
-                                         divergence=divergence, a=a, c=c,
-                                         out=None if grad is None else grad[rows], entropy=entropy)
-                ce += (ce_rows * w_ce).sum()
-                kd += (d * w_kd).sum()
-                agree += ((s.argmax(-1) == top) & (y >= 0)).sum()
-        kd = kd * t2
-        loss = alpha * ce + (1 - alpha) * kd
+                terms.add(_upcast(student[rows]), rows, None if grad is None else grad[rows])
+        loss, ce, kd, agree = terms.outputs()
         ctx.save_for_backward(grad)
         ctx.mark_non_differentiable(ce, kd, agree)
         return loss, ce, kd, agree
@@ -316,7 +361,42 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
         (grad,) = ctx.saved_tensors
-        return grad * grad_loss.to(grad.dtype), None, None, None, None, None, None, None, None
+        return grad.mul_(grad_loss.to(grad.dtype)), None, None  # backward runs once: scale in place
+
+
+class _LinearChunkedLoss(torch.autograd.Function):
+    """The same loss from the final hidden states (N, H) and the output weight (V, H): each chunk of rows
+    makes its logits, its loss terms and its gradient w.r.t. the logits (the closed form above), turns that
+    into gradients w.r.t. its hidden states and the weight, and drops the logits. The (N, V) logits exist
+    one chunk at a time, never whole (Liger Kernel's fused linear losses do this on GPUs in Triton)."""
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, terms: _Terms, chunk_rows: int):
+        want = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        acc = torch.promote_types(hidden.dtype, torch.float32)
+        grad_h = torch.empty_like(hidden) if want else None
+        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if want else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(hidden.dtype)
+            for start in range(0, hidden.shape[0], chunk_rows):
+                rows = slice(start, min(start + chunk_rows, hidden.shape[0]))
+                h = hidden[rows]
+                s = (h @ w.T).to(acc)
+                out = torch.empty_like(s) if want else None
+                terms.add(s, rows, out)
+                if out is not None:
+                    g = out.to(h.dtype)
+                    grad_h[rows] = g @ w
+                    grad_w.add_(g.T @ h)
+        loss, ce, kd, agree = terms.outputs()
+        ctx.grads = (grad_h, grad_w, weight.dtype)
+        ctx.mark_non_differentiable(ce, kd, agree)
+        return loss, ce, kd, agree
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor, *_unused: Tensor):
+        grad_h, grad_w, weight_dtype = ctx.grads
+        return grad_h * grad_loss.to(grad_h.dtype), (grad_w * grad_loss).to(weight_dtype), None, None
 
 
 def predicted_mask(labels: Tensor) -> Tensor:
@@ -343,24 +423,48 @@ def combine(
     ``kd`` is the reduced, T^2-scaled divergence; ``agree`` the top-1 agreement rate of student and
     ensemble on predicted positions. The parts are detached.
     """
+    b, length, v = student_logits.shape
+    terms = _terms(labels, source, alpha, temperature, divergence, reduction, _upcast(student_logits[:0, :0]).dtype)
+    loss, ce, kd, agree = _ChunkedLoss.apply(student_logits.reshape(b * length, v), terms, max(1, chunk_elements // v))
+    return loss, {"ce": ce, "kd": kd, "agree": agree / predicted_mask(labels).sum().clamp(min=1)}
+
+
+def _terms(labels: Tensor, source: TeacherSource, alpha: float, temperature: float, divergence: str, reduction: str,
+           dtype: torch.dtype) -> _Terms:
+    """Checked options and the per-row targets and term weights of a (B, L) batch of labels."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"divergence must be one of {DIVERGENCES}, got {divergence!r}")
     if isinstance(source, SampledTeachers) and divergence != "forward_kl":
         raise ValueError(f"sampled teachers give an unbiased estimate of forward_kl only, not {divergence!r}")
-    b, length, v = student_logits.shape
     mask = predicted_mask(labels)
-    n_pred = mask.sum().clamp(min=1)
-    dtype = _upcast(student_logits[:0, :0]).dtype
-    targets = next_tokens(labels).reshape(labels.shape)
-    ce_weight = mask.to(dtype) / n_pred
-    kd_weight = ce_weight if reduction == "token_mean" else torch.full_like(ce_weight, 1.0 / b)
-    loss, ce, kd, agree = _ChunkedLoss.apply(
-        student_logits.reshape(b * length, v), targets.reshape(-1), ce_weight.reshape(-1), kd_weight.reshape(-1),
-        source, alpha, temperature, divergence, max(1, chunk_elements // v),
-    )
-    return loss, {"ce": ce, "kd": kd, "agree": agree / n_pred}
+    ce_weight = mask.to(dtype) / mask.sum().clamp(min=1)
+    kd_weight = ce_weight if reduction == "token_mean" else torch.full_like(ce_weight, 1.0 / labels.shape[0])
+    return _Terms(next_tokens(labels), ce_weight.reshape(-1), kd_weight.reshape(-1), source, alpha, temperature,
+                  divergence)
+
+
+def combine_linear(
+    hidden: Tensor,
+    weight: Tensor,
+    source: TeacherSource,
+    labels: Tensor,
+    *,
+    alpha: float,
+    temperature: float,
+    divergence: str = "forward_kl",
+    reduction: str = "token_mean",
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """:func:`combine` from the final hidden states (B, L, H) and the output weight (V, H), never holding
+    the (B, L, V) logits (see _LinearChunkedLoss); the same loss and gradients up to rounding."""
+    b, length, h = hidden.shape
+    terms = _terms(labels, source, alpha, temperature, divergence, reduction,
+                   torch.promote_types(hidden.dtype, torch.float32))
+    loss, ce, kd, agree = _LinearChunkedLoss.apply(hidden.reshape(b * length, h), weight, terms,
+                                                   max(1, chunk_elements // weight.shape[0]))
+    return loss, {"ce": ce, "kd": kd, "agree": agree / predicted_mask(labels).sum().clamp(min=1)}
 
 
 def distillation_loss(

@@ -16,8 +16,9 @@ import torch
 
 from babyllama.config import DistillConfig
 from babyllama.distill.cache import TeacherCache
-from babyllama.distill.loss import DenseTeachers, TeacherSource, combine, next_tokens
+from babyllama.distill.loss import DenseTeachers, TeacherSource, combine, combine_linear, next_tokens
 from babyllama.distill.teachers import TeacherEnsemble
+from babyllama.train.fused_ce import hidden_states_as_logits
 from babyllama.train.objective import Batch, Metric
 
 
@@ -33,16 +34,20 @@ class DistillObjective:
         load_teachers: Callable[[torch.device, torch.dtype], TeacherEnsemble] | None = None,
         open_cache: Callable[[torch.device], TeacherCache] | None = None,
         cache_key: str | None = None,
+        fused: bool = False,
     ) -> None:
         """``teachers`` is [(name, weights sha256)] in ensemble order; ``weights`` are normalised. Give
         ``load_teachers(device, dtype)`` for live teachers, or ``open_cache(device)`` and the cache's key.
-        Both run in setup(), i.e. only once the loop has accepted the run (a refused resume builds nothing)."""
+        Both run in setup(), i.e. only once the loop has accepted the run (a refused resume builds nothing).
+        ``fused`` (the student's train.fused_loss): the loss is taken from the final hidden states and the
+        output weight a chunk at a time (:func:`combine_linear`), never holding the full logits."""
         if (load_teachers is None) == (open_cache is None) or (open_cache is not None) != (cache_key is not None):
             raise ValueError("give either load_teachers (live teachers) or open_cache with its cache_key")
         self.opts = opts
         self.teachers = list(teachers)
         self.weights = list(weights)
         self.cache_key = cache_key
+        self.fused = fused
         self._load_teachers = load_teachers
         self._open_cache = open_cache
         self.ensemble: TeacherEnsemble | None = None
@@ -61,7 +66,7 @@ class DistillObjective:
     def _source(self, batch: Batch, vocab: int) -> TeacherSource:
         if self._open_cache is not None:
             assert self.cache is not None, "setup() was not called"
-            source = self.cache.source(batch.window_ids, self.device)
+            source = self.cache.source(batch.window_ids, self.device, batch.epochs)
             if source.ids.shape[0] != batch.input_ids.numel():
                 raise RuntimeError(f"cache rows cover {source.ids.shape[0]} positions, the batch {batch.input_ids.numel()}")
             return source
@@ -71,6 +76,13 @@ class DistillObjective:
                              self.weights, self.opts.weighting, next_tokens(batch.input_ids))
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
+        if self.fused:
+            with hidden_states_as_logits(model) as weight:
+                hidden = model(input_ids=batch.input_ids, use_cache=False).logits
+            loss, parts = combine_linear(hidden, weight, self._source(batch, weight.shape[0]), batch.input_ids,
+                                         alpha=self.opts.alpha, temperature=self.opts.temperature,
+                                         divergence=self.opts.divergence, reduction=self.opts.reduction)
+            return loss, dict(parts)
         logits = model(input_ids=batch.input_ids, use_cache=False).logits
         source = self._source(batch, logits.shape[-1])
         loss, parts = combine(logits, source, batch.input_ids, alpha=self.opts.alpha,

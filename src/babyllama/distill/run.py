@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
 
 from babyllama import distributed as dist
 from babyllama.config import Config
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import num_fixed_windows
-from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, weights_hash
+from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, plan_samples, weights_hash
 from babyllama.distill.loss import normalised_weights
 from babyllama.distill.objective import DistillObjective, distill_fingerprint
 from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
 from babyllama.errors import UserError
+from babyllama.identity import model_seed
+from babyllama.io import atomic_write_json, file_sha256, read_json, stable_hash
 from babyllama.runtime import training_device
 from babyllama.train.loop import fit
 
@@ -29,9 +33,24 @@ def _student(cfg: Config):
     return cfg.student
 
 
-def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_tokens: int) -> CacheSpec:
-    """The cache identity for this config: teachers' weights, data, windows, ensemble, T, the mode with
-    its k or sample count and seed, and the dtype and device kind the teachers compute in."""
+def draw_seed(cfg: Config) -> int:
+    """The seed of the cache's draws: distill.cache.seed, else the student's own seed, so that the members
+    of a sweep (each its own train.seed) draw independent samples and their spread includes the cache's."""
+    return cfg.distill.cache.seed if cfg.distill.cache.seed is not None else model_seed(cfg, _student(cfg))
+
+
+def draw_sets(cfg: Config) -> int:
+    """Sets of draws to store: distill.cache.draw_sets, else one per epoch the student trains (at most 64)."""
+    if cfg.distill.cache.draw_sets is not None:
+        return cfg.distill.cache.draw_sets
+    return max(1, min(64, math.ceil(_student(cfg).train.epochs)))
+
+
+def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_tokens: int,
+               dirs: list[Path] | None = None, samples: int | None = None) -> CacheSpec:
+    """The cache identity for this config: teachers' weights and config.json, data, windows, ensemble, T,
+    the mode with its k or sample count, seed and sets, the dtype and device kind the teachers compute in,
+    and the torch/transformers versions. ``samples`` resolves distill.cache.samples: auto."""
     opts = cfg.distill
     if opts.cache.mode == "sample" and opts.divergence != "forward_kl":
         raise UserError(f"distill.divergence: {opts.divergence!r} cannot be estimated from sampled tokens (the 'sample' "
@@ -49,8 +68,11 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
         temperature=opts.temperature,
         top_k=0 if sample else opts.cache.top_k,
         mode=opts.cache.mode,
-        samples=opts.cache.samples if sample else 0,
-        seed=cfg.seed if sample else 0,
+        samples=(samples or int(opts.cache.samples)) if sample else 0,
+        seed=draw_seed(cfg) if sample else 0,
+        sets=draw_sets(cfg) if sample else 1,
+        teacher_configs=tuple(file_sha256(d / "config.json") for d in (dirs or teacher_dirs(cfg))),
+        libraries=f"torch {torch.__version__}, transformers {transformers.__version__}",
         compute_dtype=str(teacher_dtype(_student(cfg).train.precision, device)).removeprefix("torch."),
         device=device.type,
         weighting=opts.weighting,
@@ -65,36 +87,77 @@ def _teachers(cfg: Config) -> tuple[dict, list[Path], list[tuple[str, str]]]:
     return manifest, dirs, [(t.name, weights_hash(d)) for t, d in zip(cfg.teachers, dirs, strict=True)]
 
 
+def _log(msg: str) -> None:
+    if dist.is_main_process():
+        print(msg, flush=True)
+
+
+def resolved_spec(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[tuple[str, str]], n_tokens: int,
+                  tokens: np.ndarray | None = None) -> CacheSpec | None:
+    """cache_spec with distill.cache.samples: auto resolved by :func:`plan_samples` (its plan is kept under
+    <out_dir>/cache/plan-<hash>.json, so it is made once). Without ``tokens`` an unplanned 'auto' gives None
+    (nothing built yet); with them the teachers are loaded and the plan is made."""
+    opts = cfg.distill.cache
+    if opts.mode != "sample" or opts.samples != "auto":
+        return cache_spec(cfg, manifest, teachers, n_tokens, dirs)
+    draft = cache_spec(cfg, manifest, teachers, n_tokens, dirs, samples=1)
+    plan_path = cfg.out / "cache" / f"plan-{stable_hash({**draft.as_dict(), 'samples': 'auto', 'target': opts.noise_target})[:20]}.json"
+    if plan_path.is_file():
+        plan = read_json(plan_path)
+    elif tokens is None:
+        return None
+    else:
+        device = training_device()
+        ensemble = TeacherEnsemble.load(dirs, device, getattr(torch, draft.compute_dtype))
+        plan = plan_samples(draft, tokens, ensemble, device, opts.noise_target)
+        del ensemble
+        if dist.is_main_process():
+            plan_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(plan_path, plan)
+        _log(f"teacher cache: samples: auto -> {plan['samples']} draws per position (tempered entropy "
+             f"{plan['entropy']:.2f} nats on {plan['windows']} windows; planned noise ratio <= "
+             f"{plan['planned_ratio'] or float('nan'):.3g}, target {opts.noise_target})")
+    return cache_spec(cfg, manifest, teachers, n_tokens, dirs, samples=int(plan["samples"]))
+
+
 def build_teacher_cache(cfg: Config) -> TeacherCache:
     """Build (or verify and open) the teacher-logit cache for ``cfg``, whatever distill.cache.enabled says."""
     manifest, dirs, teachers = _teachers(cfg)
     tokens = load_tokens(cfg.data_dir, "train")
-    return _ensure(cfg, cache_spec(cfg, manifest, teachers, len(tokens)), dirs, tokens, training_device())
+    spec = resolved_spec(cfg, manifest, dirs, teachers, len(tokens), tokens)
+    assert spec is not None
+    return _ensure(cfg, spec, dirs, tokens, training_device())
+
+
+def build_batch(spec: CacheSpec, n_teachers: int, device: torch.device, train_batch: int) -> int:
+    """Windows per teacher forward while building: BUILD_TOKENS positions on the CPU; on a GPU as many as a
+    quarter of its free memory holds (each teacher's logits, in float32, plus the ensemble's)."""
+    tokens = BUILD_TOKENS
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        tokens = max(tokens, int(free // 4 // (spec.vocab_size * 4 * (n_teachers + 2))))
+    return max(train_batch, tokens // spec.seq_len)
 
 
 def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, device: torch.device) -> TeacherCache:
     def load() -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, getattr(torch, spec.compute_dtype))
 
-    def log(msg: str) -> None:
-        if dist.is_main_process():
-            print(msg, flush=True)
-
-    # about 4096 positions per teacher forward: fewer, larger batches than training uses
-    batch = max(_student(cfg).train.batch_size, BUILD_TOKENS // cfg.data.seq_len)
-    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device, batch_size=batch, log=log,
+    batch = build_batch(spec, len(dirs), device, _student(cfg).train.batch_size)
+    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device, batch_size=batch, log=_log,
                         progress=cfg.logging.progress and dist.is_main_process())
 
 
 def distillation_fingerprint(cfg: Config) -> dict:
     """The objective fingerprint `distill` would train with (for checking whether the student is done);
     reads only hashes and manifests, never the teachers' weights."""
-    manifest, _, teachers = _teachers(cfg)
+    manifest, dirs, teachers = _teachers(cfg)
     weights = normalised_weights(cfg.distill.weights, len(teachers))
     key = None
     if cfg.distill.cache.enabled:
         n_tokens = int(manifest["splits"]["train"]["tokens"])
-        key = cache_spec(cfg, manifest, teachers, n_tokens).key()
+        spec = resolved_spec(cfg, manifest, dirs, teachers, n_tokens)
+        key = "unplanned" if spec is None else spec.key()  # 'auto' not planned yet: no student was made with it
     return distill_fingerprint(cfg.distill, teachers, weights, key)
 
 
@@ -111,8 +174,9 @@ def distill(cfg: Config, resume: bool = False) -> Path:
     names = ", ".join(name for name, _ in teachers)
     if cfg.distill.cache.enabled:
         tokens = load_tokens(cfg.data_dir, "train")
-        spec = cache_spec(cfg, manifest, teachers, len(tokens))
-        objective = DistillObjective(cfg.distill, teachers, weights, cache_key=spec.key(),
+        spec = resolved_spec(cfg, manifest, dirs, teachers, len(tokens), tokens)
+        assert spec is not None
+        objective = DistillObjective(cfg.distill, teachers, weights, cache_key=spec.key(), fused=student.train.fused_loss,
                                      open_cache=lambda device: _ensure(cfg, spec, dirs, tokens, device))
         return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
                    description=f"student {student.name} distilled from {names} (cache: {spec.describe()})")
@@ -120,6 +184,6 @@ def distill(cfg: Config, resume: bool = False) -> Path:
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)
 
-    objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load)
+    objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load, fused=student.train.fused_loss)
     return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
                description=f"student {student.name} distilled from {names}")

@@ -150,11 +150,13 @@ class RunPlan:
         """This rank's share of micro-step ``micro`` of optimizer step ``step`` (see the module docstring);
         its tokens are added to ``step_hash``."""
         bsz = self.train.batch_size
-        starts, ids = self.stream.take(step * self.global_batch + (micro * self.world + self.rank) * bsz, bsz)
+        first = step * self.global_batch + (micro * self.world + self.rank) * bsz
+        starts, ids = self.stream.take(first, bsz)
         tokens = gather_windows(self.train_tokens, starts, self.seq_len)
         step_hash.update(tokens.tobytes())
         x = torch.from_numpy(tokens)
-        return Batch(input_ids=x.to(self.device, non_blocking=True), window_ids=torch.from_numpy(ids))
+        epochs = torch.arange(first, first + bsz, dtype=torch.int64) // self.stream.n_windows
+        return Batch(input_ids=x.to(self.device, non_blocking=True), window_ids=torch.from_numpy(ids), epochs=epochs)
 
     def is_epoch_end(self, done: int) -> bool:
         n = self.stream.n_windows

@@ -25,6 +25,9 @@ class Batch:
     # (B,) int64 on the CPU (only used to look cached rows up, so no device round trip per step):
     # fixed-layout window index (start // seq_len); -1 for random-offset windows
     window_ids: torch.Tensor
+    # (B,) int64 on the CPU: the epoch each window belongs to (the teacher cache's fresh draws per epoch);
+    # None: epoch 0
+    epochs: torch.Tensor | None = None
 
 
 @runtime_checkable

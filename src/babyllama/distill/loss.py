@@ -302,7 +302,7 @@ class _Terms:
                                  a=a, c=c, out=out, entropy=entropy)
         self.ce += (ce_rows * w_ce).sum()
         self.kd += (d * w_kd).sum()
-        self.agree += ((s.argmax(-1) == top) & (y >= 0)).sum()
+        self.agree += ((s.argmax(-1) == top) & (y >= 0) & (w_kd > 0)).sum()
 
     def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         kd = self.kd * self.temperature**2
@@ -416,21 +416,24 @@ def combine(
     divergence: str = "forward_kl",
     reduction: str = "token_mean",
     chunk_elements: int = CHUNK_ELEMENTS,
+    kd_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """alpha * CE + (1 - alpha) * T^2 * D for any teacher source; returns (loss, {"ce", "kd", "agree"}).
 
     CE is the causal-LM cross-entropy (logits at t predict labels[t + 1], mean over non-ignored labels);
     ``kd`` is the reduced, T^2-scaled divergence; ``agree`` the top-1 agreement rate of student and
-    ensemble on predicted positions. The parts are detached.
+    ensemble on predicted positions. The parts are detached. ``kd_mask`` (B * L,) bool switches the KD
+    term off at positions where the teacher says nothing (span alignment); the reduction is unchanged.
     """
     b, length, v = student_logits.shape
-    terms = _terms(labels, source, alpha, temperature, divergence, reduction, _upcast(student_logits[:0, :0]).dtype)
+    terms = _terms(labels, source, alpha, temperature, divergence, reduction, _upcast(student_logits[:0, :0]).dtype,
+                   kd_mask)
     loss, ce, kd, agree = _ChunkedLoss.apply(student_logits.reshape(b * length, v), terms, max(1, chunk_elements // v))
     return loss, {"ce": ce, "kd": kd, "agree": agree / predicted_mask(labels).sum().clamp(min=1)}
 
 
 def _terms(labels: Tensor, source: TeacherSource, alpha: float, temperature: float, divergence: str, reduction: str,
-           dtype: torch.dtype) -> _Terms:
+           dtype: torch.dtype, kd_mask: Tensor | None = None) -> _Terms:
     """Checked options and the per-row targets and term weights of a (B, L) batch of labels."""
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -441,6 +444,8 @@ def _terms(labels: Tensor, source: TeacherSource, alpha: float, temperature: flo
     mask = predicted_mask(labels)
     ce_weight = mask.to(dtype) / mask.sum().clamp(min=1)
     kd_weight = ce_weight if reduction == "token_mean" else torch.full_like(ce_weight, 1.0 / labels.shape[0])
+    if kd_mask is not None:
+        kd_weight = kd_weight * kd_mask.reshape(labels.shape).to(kd_weight.dtype)
     return _Terms(next_tokens(labels), ce_weight.reshape(-1), kd_weight.reshape(-1), source, alpha, temperature,
                   divergence)
 

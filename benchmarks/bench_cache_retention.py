@@ -22,31 +22,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEV_WINDOWS: int | None = None  # all dev windows; 160 in quick mode
 MODES = {"live": [], "sample": ["distill.cache.mode=sample", "distill.cache.samples=64"],
          "top_k": ["distill.cache.mode=top_k", "distill.cache.top_k=64"]}
 
 
-def _config(out: Path, quick: bool, extra: list[str]):
+def _config(out: Path, args: argparse.Namespace, extra: list[str]):
     from babyllama.config import load_config
 
-    base = [f"out_dir={out}", "logging.progress=false", "student.train.epochs=3", "student.train.windows=fixed",
-            "student.train.eval_every=0"]
-    if quick:
-        base += ["data.max_words=50000"]
+    base = [f"out_dir={out}", "logging.progress=false", f"student.train.epochs={args.epochs}",
+            "student.train.windows=fixed", "student.train.eval_every=0"]
+    if args.max_words:
+        base += [f"data.max_words={args.max_words}"]
     return load_config(ROOT / "configs" / "demo.yaml", base + extra)
 
 
-def _dev_ce(cfg, name: str) -> float:
+def _dev_ce(cfg, name: str, windows: int | None) -> float:
     from babyllama.evaluate.perplexity import evaluate_perplexity
 
-    result = evaluate_perplexity(cfg.model_dir(name), cfg.data_dir, seq_len=cfg.data.seq_len, max_windows=DEV_WINDOWS)
+    result = evaluate_perplexity(cfg.model_dir(name), cfg.data_dir, seq_len=cfg.data.seq_len, max_windows=windows)
     return float(result["ce_nats_per_token"])
 
 
@@ -56,89 +56,108 @@ def _timed(fn) -> float:
     return time.process_time() - start
 
 
-def run(out: Path, quick: bool, seeds: list[int], temperatures: list[float]) -> dict:
+def run(out: Path, args: argparse.Namespace) -> dict:
     from babyllama.data.prepare import prepare
+    from babyllama.distill.cache import fidelity
     from babyllama.distill.run import build_teacher_cache, distill
     from babyllama.train.pretrain import train_model
 
-    cfg = _config(out, quick, [])
+    cfg = _config(out, args, [])
     prepare(cfg)
     teacher_s = _timed(lambda: [train_model(cfg, t.name) for t in cfg.teachers])
-    results: dict = {"teachers": {t.name: _dev_ce(cfg, t.name) for t in cfg.teachers}, "teacher_cpu_s": teacher_s,
-                     "runs": []}
-    for seed in seeds:
-        ctl = _config(out, quick, [f"student.name=s{seed}", f"student.train.seed={seed}"])
+    results: dict = {"teachers": {t.name: _dev_ce(cfg, t.name, args.dev_windows) for t in cfg.teachers},
+                     "teacher_cpu_s": teacher_s, "epochs": args.epochs, "max_words": args.max_words, "runs": []}
+    for seed in range(1, args.seeds + 1):
+        ctl = _config(out, args, [f"student.name=s{seed}", f"student.train.seed={seed}"])
         ctl_s = _timed(lambda c=ctl: train_model(c, "control"))
-        control = _dev_ce(ctl, ctl.control_name)
-        for temp in temperatures:
+        control = _dev_ce(ctl, ctl.control_name, args.dev_windows)
+        for temp in args.temperatures:
             for mode, sets in MODES.items():
                 name = f"s{seed}-T{temp:g}-{mode}"
-                c = _config(out, quick, [f"student.name={name}", f"student.train.seed={seed}",
-                                         f"distill.temperature={temp}", f"distill.cache.enabled={mode != 'live'}", *sets])
+                c = _config(out, args, [f"student.name={name}", f"student.train.seed={seed}",
+                                        f"distill.temperature={temp}", f"distill.cache.enabled={mode != 'live'}", *sets])
                 build_s = _timed(lambda c=c: build_teacher_cache(c)) if mode != "live" else 0.0
                 train_s = _timed(lambda c=c: distill(c))
-                results["runs"].append({"seed": seed, "T": temp, "mode": mode, "control": control, "control_cpu_s": ctl_s,
-                                        "dev_ce": _dev_ce(c, name), "build_cpu_s": build_s, "train_cpu_s": train_s})
-                print(json.dumps(results["runs"][-1]), flush=True)
+                row = {"seed": seed, "T": temp, "mode": mode, "control": control, "control_cpu_s": ctl_s,
+                       "dev_ce": _dev_ce(c, name, args.dev_windows), "build_cpu_s": build_s, "train_cpu_s": train_s}
+                if mode != "live":
+                    row["fidelity"] = fidelity(build_teacher_cache(c).root)
+                results["runs"].append(row)
+                print(json.dumps(row), flush=True)
     return results
 
 
+def _bootstrap_ratio(gains: list[tuple[float, float]], replicates: int = 4000) -> tuple[float, float, float]:
+    """Ratio of mean gains (cached / live) over seeds with a 95% percentile interval, seeds resampled."""
+    rng = random.Random(0)
+    point = sum(c for c, _ in gains) / sum(v for _, v in gains)
+    reps = []
+    for _ in range(replicates):
+        pick = [gains[rng.randrange(len(gains))] for _ in gains]
+        live = sum(v for _, v in pick)
+        if live > 0:
+            reps.append(sum(c for c, _ in pick) / live)
+    reps.sort()
+    return point, reps[int(0.025 * len(reps))], reps[int(0.975 * len(reps)) - 1]
+
+
 def report(results: dict) -> None:
+    from babyllama.stats import t_interval
+
     runs = results["runs"]
-    print("\nteachers' dev CE:", ", ".join(f"{k} {v:.4f}" for k, v in results["teachers"].items()),
-          f"({results['teacher_cpu_s']:.0f} CPU s)")
-    print("\n| T | seed | control | live | sample-64 | top-64 | retention sample | retention top-k |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    retention: dict = {}
-    for (seed, temp) in sorted({(r["seed"], r["T"]) for r in runs}):
-        by = {r["mode"]: r for r in runs if r["seed"] == seed and r["T"] == temp}
-        control, live = by["live"]["control"], by["live"]["dev_ce"]
-        gain = control - live
-        ret = {m: (control - by[m]["dev_ce"]) / gain if gain else float("nan") for m in ("sample", "top_k")}
-        for m, v in ret.items():
-            retention.setdefault((temp, m), []).append(v)
-        print(f"| {temp:g} | {seed} | {control:.4f} | {live:.4f} | {by['sample']['dev_ce']:.4f} | {by['top_k']['dev_ce']:.4f} "
-              f"| {ret['sample']:.2f} | {ret['top_k']:.2f} |")
-    print("\nmean gain retention over seeds (target: >= 0.95 at T = 1, >= 0.9 at T = 2):")
-    for (temp, m), values in sorted(retention.items()):
-        sd = f" ± {statistics.stdev(values):.2f}" if len(values) > 1 else ""
-        print(f"  T = {temp:g}, {m:7s}: {statistics.mean(values):.2f}{sd} over {len(values)} seed(s)")
-    print("\n3-epoch distillation, CPU seconds (cache build included) beside live teachers (reference):")
+    print(f"\n{results['epochs']} epoch(s), {results['max_words'] or 'all'} words; teachers' dev CE:",
+          ", ".join(f"{k} {v:.4f}" for k, v in results["teachers"].items()), f"({results['teacher_cpu_s']:.0f} CPU s)")
     for temp in sorted({r["T"] for r in runs}):
-        rows = [r for r in runs if r["T"] == temp]
-        live = statistics.mean(r["train_cpu_s"] for r in rows if r["mode"] == "live")
-        live_ce = statistics.mean(r["dev_ce"] for r in rows if r["mode"] == "live")
-        print(f"  T = {temp:g}: live {live:.0f} s (dev CE {live_ce:.4f})", end="")
-        for m in ("sample", "top_k"):
-            mine = [r for r in rows if r["mode"] == m]
-            # the cache is built once (first seed) and read by every later student
-            cpu = mine[0]["build_cpu_s"] + statistics.mean(r["train_cpu_s"] for r in mine)
-            ce = statistics.mean(r["dev_ce"] for r in mine)
-            print(f"; {m} {cpu:.0f} s = {live / cpu:.2f}x less (dev CE {ce:.4f}, {100 * (ce / live_ce - 1):+.2f}%)", end="")
-        print()
+        by = {(r["seed"], r["mode"]): r for r in runs if r["T"] == temp}
+        seeds = sorted({s for s, _ in by})
+        live_gain = [by[s, "live"]["control"] - by[s, "live"]["dev_ce"] for s in seeds]
+        print(f"\nT = {temp:g}: live gain over the control {statistics.mean(live_gain):.4f} nats "
+              f"(per seed {', '.join(f'{g:.4f}' for g in live_gain)})")
+        for mode in ("sample", "top_k"):
+            gains = [(by[s, mode]["control"] - by[s, mode]["dev_ce"], g) for s, g in zip(seeds, live_gain, strict=True)]
+            diff = [by[s, mode]["dev_ce"] - by[s, "live"]["dev_ce"] for s in seeds]
+            ci = t_interval(diff)
+            line = f"  {mode:7s}: cached - live dev CE {statistics.mean(diff):+.4f}"
+            line += f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
+            if len(seeds) > 1 and sum(g for _, g in gains) > 0:
+                point, lo, hi = _bootstrap_ratio(gains)
+                line += f"; retention {point:.2f} [{lo:.2f}, {hi:.2f}]"
+            noise = [by[s, mode].get("fidelity", {}).get("noise_ratio") for s in seeds]
+            if all(n is not None for n in noise):
+                line += f"; noise ratio {statistics.mean(noise):.3g}"
+            print(line + f" over {len(seeds)} seeds")
+        live_s = [by[s, "live"]["train_cpu_s"] for s in seeds]
+        for mode in ("sample", "top_k"):
+            cached = [by[s, mode]["build_cpu_s"] + by[s, mode]["train_cpu_s"] for s in seeds]
+            print(f"  CPU s, {mode}: {statistics.mean(cached):.1f} per seed (build {statistics.mean(by[s, mode]['build_cpu_s'] for s in seeds):.1f}) "
+                  f"vs live {statistics.mean(live_s):.1f}: {statistics.mean(live_s) / statistics.mean(cached):.2f}x; "
+                  f"sweep of {len(seeds)}: {sum(live_s) / sum(cached):.2f}x")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="50k words, 1 seed, dev CE on 160 windows")
-    parser.add_argument("--seeds", type=int, default=None, help="student seeds (default 3, quick 1)")
+    parser.add_argument("--seeds", type=int, default=5, help="student seeds (1..N)")
+    parser.add_argument("--epochs", type=float, default=1, help="student epochs (3: the 3-epoch variant)")
     parser.add_argument("--temperatures", default="1,2", help="comma-separated T values")
+    parser.add_argument("--max-words", type=int, default=None, help="data.max_words (default: the demo's 300k)")
+    parser.add_argument("--dev-windows", type=int, default=None, help="dev CE on this many windows (default: all)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
+    args.temperatures = [float(t) for t in args.temperatures.split(",")]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
-    global DEV_WINDOWS
-    DEV_WINDOWS = 160 if args.quick else None
-    seeds = list(range(1, 1 + (args.seeds or (1 if args.quick else 3))))
-    temps = [float(t) for t in args.temperatures.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         out = args.work or Path(tmp) / "run"
-        t0 = time.perf_counter()
-        results = run(out, args.quick, seeds, temps)
+        t0, load = time.perf_counter(), os.getloadavg()[0]
+        results = run(out, args)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
         report(results)
-        print(f"\n({time.perf_counter() - t0:.0f} s wall in all; {'quick' if args.quick else 'full'} mode)")
+        print(f"\n({time.perf_counter() - t0:.0f} s wall in all; 1-minute load average at the start {load:.1f} "
+              f"on {os.cpu_count()} CPUs)")
 
 
 if __name__ == "__main__":

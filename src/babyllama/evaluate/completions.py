@@ -50,15 +50,19 @@ class Item:
     group: str
 
 
-def _text(path: Path, loc: str, row: dict[str, Any], key: str, task: str) -> str:
+def _text(path: Path, loc: str, row: dict[str, Any], key: str, task: str, *, completion: bool = False) -> str:
+    """A text field; a ``completion`` (what is scored) must not be empty: an empty one has log-prob 0 and wins."""
     if key not in row:
         raise UserError(f"{path}: {loc}: missing field {key!r}, not the {task} format (fields: {', '.join(FIELDS[task])})")
-    return text_field(path, loc, row, key)
+    value = text_field(path, loc, row, key)
+    if completion and not value.strip():
+        raise UserError(f"{path}: {loc}: field {key!r} is empty: a completion to score needs text (a bad item)")
+    return value
 
 
 def _ewok(path: Path, loc: str, row: dict[str, Any]) -> Item:
     context, domain = _text(path, loc, row, "Context1", "ewok"), _text(path, loc, row, "Domain", "ewok")
-    targets = [" " + _text(path, loc, row, k, "ewok") for k in ("Target1", "Target2")]
+    targets = [" " + _text(path, loc, row, k, "ewok", completion=True) for k in ("Target1", "Target2")]
     return Item([(context + t, t) for t in targets], domain)
 
 
@@ -70,6 +74,10 @@ def _entity_tracking(path: Path, loc: str, row: dict[str, Any]) -> Item:
     options = row.get("options")
     if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
         raise UserError(f"{path}: {loc}: field 'options' must be a list of at least 2 strings (the correct one first)")
+    for i, option in enumerate(options):
+        text_field(path, loc, {f"options[{i}]": option}, f"options[{i}]")
+        if not option.strip():
+            raise UserError(f"{path}: {loc}: options[{i}] is empty: a completion to score needs text (a bad item)")
     if "numops" not in row:
         raise UserError(f"{path}: {loc}: missing field 'numops', not the entity_tracking format "
                         f"(fields: {', '.join(FIELDS['entity_tracking'])})")
@@ -83,7 +91,8 @@ COMPS_SUBSETS = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-be
 
 
 def _comps(path: Path, loc: str, row: dict[str, Any]) -> Item:
-    good, bad, phrase = (_text(path, loc, row, k, "comps") for k in FIELDS["comps"])
+    good, bad = (_text(path, loc, row, k, "comps") for k in FIELDS["comps"][:2])
+    phrase = _text(path, loc, row, FIELDS["comps"][2], "comps", completion=True)
     subset = COMPS_SUBSETS.get(path.name.split(".")[0], "wugs_dist_in_between")
     return Item([(good + " " + phrase, phrase), (bad + " " + phrase, phrase)], subset)
 

@@ -141,10 +141,11 @@ def find(path: Path, *, restore: bool = False) -> Path | None:
     return parked
 
 
-def verify(path: Path) -> dict:
-    """Check every file against checkpoint.json; return the manifest. UserError if anything is off."""
+def verify(path: Path, hint: str | None = None) -> dict:
+    """Check every file against checkpoint.json; return the manifest. UserError if anything is off, ending
+    with ``hint`` (what to do; default: delete the checkpoint)."""
     manifest_path = path / MANIFEST_FILE
-    hint = f"delete {path} to start over (or restore it from a backup)"
+    hint = hint or f"delete {path} to start over (or restore it from a backup)"
     try:
         manifest = read_json(manifest_path)
         files = manifest["files"]

@@ -39,17 +39,17 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from babyllama import distributed
 from babyllama.config import Config, _apply_override, _format_error, save_resolved
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json, stable_hash
-from babyllama.train import distributed
 
 SWEEP_DIR = "sweep"
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Member:
+class SweepMember:
     index: int
     name: str  # folder under <out_dir>/sweep/
     seed: int
@@ -142,7 +142,7 @@ def points(base: Config) -> list[dict[str, Any]]:
     return out
 
 
-def members(base: Config, n_seeds: int) -> list[Member]:
+def sweep_members(base: Config, n_seeds: int) -> list[SweepMember]:
     """Every (setting, seed), settings outermost; seeds are the experiment's seed, +1, +2, ..."""
     if base.student is None or not base.teachers:
         raise UserError("sweep: the config needs a `student` and at least one teacher")
@@ -150,11 +150,11 @@ def members(base: Config, n_seeds: int) -> list[Member]:
     out = []
     for point in points(base):
         for seed in seeds:
-            out.append(Member(len(out), f"{_slug(point)}-s{seed}", seed, _label(point), point))
+            out.append(SweepMember(len(out), f"{_slug(point)}-s{seed}", seed, _label(point), point))
     return out
 
 
-def _teacher_trees(base: Config, m: Member) -> list[dict[str, Any]]:
+def _teacher_trees(base: Config, m: SweepMember) -> list[dict[str, Any]]:
     """The member's full teacher list (before any subset), each with its seed made explicit."""
     tree = _with_point(base, m.point)
     for t in tree["teachers"]:
@@ -165,9 +165,9 @@ def _teacher_trees(base: Config, m: Member) -> list[dict[str, Any]]:
     return tree["teachers"]
 
 
-def teacher_home(base: Config, m: Member) -> Config:
+def teacher_home(base: Config, m: SweepMember) -> Config:
     """The run directory that trains this member's teachers: the config's own out_dir for its own teachers."""
-    own = _teacher_trees(base, Member(0, "", base.seed, "default"))
+    own = _teacher_trees(base, SweepMember(0, "", base.seed, "default"))
     mine = _teacher_trees(base, m)
     if mine == own:
         return base
@@ -177,7 +177,7 @@ def teacher_home(base: Config, m: Member) -> Config:
     return _validate(tree, f"teachers of {m.label}")
 
 
-def member_config(base: Config, m: Member) -> Config:
+def member_config(base: Config, m: SweepMember) -> Config:
     """The member's own config: the point's values, its seed, its teachers, its out_dir."""
     tree = _with_point(base, m.point)
     tree["teachers"] = _teacher_trees(base, m)
@@ -192,12 +192,12 @@ def member_config(base: Config, m: Member) -> Config:
     return _validate(tree, f"member {m.name}")
 
 
-def member_fingerprint(base: Config, m: Member) -> str:
+def member_fingerprint(base: Config, m: SweepMember) -> str:
     """A member's identity in the plan: its whole resolved config (point, seed, teachers, out_dir)."""
     return stable_hash(member_config(base, m).model_dump(mode="json"))
 
 
-def write_plan(base: Config, ms: list[Member]) -> Path:
+def write_plan(base: Config, ms: list[SweepMember]) -> Path:
     """plan.json: the truth about the sweep's members (index, name, seed, setting, config fingerprint);
     `--member I` and `--collect` read it rather than deriving members again from the command line."""
     path = sweep_dir(base) / "plan.json"
@@ -206,20 +206,20 @@ def write_plan(base: Config, ms: list[Member]) -> Path:
     return path
 
 
-def read_plan(base: Config) -> list[tuple[Member, str]] | None:
+def read_plan(base: Config) -> list[tuple[SweepMember, str]] | None:
     """(member, config fingerprint) of each entry of plan.json, None when there is none; one line if damaged."""
     path = sweep_dir(base) / "plan.json"
     if not path.is_file():
         return None
     try:
         entries = read_json(path)["members"]
-        return [(Member(e["index"], e["name"], e["seed"], e["label"], e["point"]), e["fingerprint"]) for e in entries]
+        return [(SweepMember(e["index"], e["name"], e["seed"], e["label"], e["point"]), e["fingerprint"]) for e in entries]
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{path}: damaged plan ({type(e).__name__}: {e}); write it again with `babyllama sweep "
                         "CONFIG --plan`") from None
 
 
-def planned_member(base: Config, index: int) -> Member:
+def planned_member(base: Config, index: int) -> SweepMember:
     """Member ``index`` of plan.json, refused when the config no longer gives that member the planned config."""
     plan = read_plan(base)
     assert plan is not None
@@ -232,7 +232,7 @@ def planned_member(base: Config, index: int) -> Member:
     return m
 
 
-def off_plan(base: Config, ms: list[Member]) -> dict[str, str]:
+def off_plan(base: Config, ms: list[SweepMember]) -> dict[str, str]:
     """{member name: why} for the planned members whose planned config is not the current config's."""
     plan = {m.name: fp for m, fp in read_plan(base) or []}
     return {m.name: "planned under another config (run the sweep again to redo it)"
@@ -382,7 +382,7 @@ def adopt_identical(base: Config, mcfg: Config) -> None:
     assert mcfg.student is not None
     stages = {s.name: s for s in plan(mcfg)}
     seed = mcfg.student.train.seed
-    default = Member(0, f"{_slug({})}-s{seed}", seed if seed is not None else base.seed, "default")
+    default = SweepMember(0, f"{_slug({})}-s{seed}", seed if seed is not None else base.seed, "default")
     sources = [base, member_config(base, default)]
     state = _state(mcfg)
     for stage, name in (("distill", mcfg.student.name), ("control", mcfg.control_name)):
@@ -411,7 +411,7 @@ def adopt_identical(base: Config, mcfg: Config) -> None:
     atomic_write_json(mcfg.out / STATE_FILE, state)
 
 
-def run_member(base: Config, m: Member, total: int, *, lock_shared: bool = False) -> None:
+def run_member(base: Config, m: SweepMember, total: int, *, lock_shared: bool = False) -> None:
     """Run one member to completion (or resume it): shared parts under the locks, then its own pipeline.
     ``lock_shared``: also take the out_dir's own lock for the shared parts (a `--member` process)."""
     from babyllama.pipeline import run_pipeline
@@ -424,7 +424,7 @@ def run_member(base: Config, m: Member, total: int, *, lock_shared: bool = False
     run_pipeline(mcfg)
 
 
-def run_parallel(base: Config, ms: list[Member], jobs: int, command: list[str]) -> None:
+def run_parallel(base: Config, ms: list[SweepMember], jobs: int, command: list[str]) -> None:
     """Shared parts first (in this process), then ``jobs`` members at a time as `--member I` processes,
     which stop with this one (ChildProcesses)."""
     for m in ms:
@@ -433,7 +433,7 @@ def run_parallel(base: Config, ms: list[Member], jobs: int, command: list[str]) 
             prepare_shared(base, member_config(base, m), home)
     children = ChildProcesses()
 
-    def one(m: Member) -> int:
+    def one(m: SweepMember) -> int:
         log = sweep_dir(base) / m.name / "sweep.log"
         print(f"[sweep] member {m.index + 1}/{len(ms)}: {m.name} started (log: {log})", flush=True)
         with open(log, "a") as f:

@@ -126,7 +126,8 @@ def check_model_files(model_dir: str | Path, *, causal: bool = True) -> Path:
     from safetensors import safe_open
     from transformers import AutoConfig
 
-    from babyllama.train.checkpoint import MANIFEST_FILE, damaged_file
+    from babyllama.io import CHECKPOINT_RECORD as MANIFEST_FILE
+    from babyllama.io import damaged_file
 
     if causal:
         path = check_causal_lm_dir(model_dir)

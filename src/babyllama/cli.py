@@ -287,7 +287,7 @@ def _add_scoring_args(p: argparse.ArgumentParser, data_help: str) -> None:
 
 
 def _add_protocol_args(p: argparse.ArgumentParser) -> None:
-    from babyllama.evaluate.protocols import PROTOCOLS
+    from babyllama.protocols import PROTOCOLS
 
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="babyllama",
                    help="settings preset (docs/config.md, eval.protocol); the flags below override it")

@@ -113,7 +113,7 @@ def test_plan_member_and_collect_and_identical_members_give_identical_numbers(tm
     assert (out / "sweep" / "default-s8" / "models" / "student" / "model.safetensors").exists()
     assert not (out / "sweep" / "default-s7").exists()
     assert main(["sweep", str(cfg_path), "--seeds", "2", "--collect"]) == 0
-    assert "Not finished yet: default-s7" in capsys.readouterr().out
+    assert "Not counted: default-s7: not finished" in capsys.readouterr().out
     result = _sweep_json(out)
     assert result["missing"] == ["default-s7"] and result["comparisons"][0]["ci"] is None  # one seed: no interval
     assert "one seed" in result["verdict"][0]

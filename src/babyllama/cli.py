@@ -220,7 +220,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             for m in members:
                 sweep.run_member(cfg, m, len(members))
     if is_main_process():
-        from babyllama.sweep_report import collect, comparison_rows, markdown_table
+        from babyllama.sweep_report import collect, comparison_rows, markdown_table, missing_members
 
         result = collect(cfg, members)
         print()
@@ -228,8 +228,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print()
         for line in result["verdict"] + result["conditions"]:
             print(f"- {line}")
-        if result["missing"]:
-            print(f"\nNot finished yet: {', '.join(result['missing'])}")
+        if result["missing"]:  # each with why: not finished, run under another config, or a result not verified
+            print(f"\nNot counted: {missing_members(result)}")
         out = sweep.sweep_dir(cfg)
         print(f"\nSweep: {out / 'sweep.json'}, {out / 'report.md'} and {out / 'report.html'}")
 

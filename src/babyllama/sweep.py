@@ -17,7 +17,14 @@ member by member, stage by stage. What members have in common lives once, and th
 - the teacher-logit cache: ``<out_dir>/cache`` (its key folders keep different caches apart).
 
 Shared parts are made under a file lock, so parallel members (``--jobs``, or ``--member I`` from a
-scheduler's array) train each teacher and build each cache exactly once.
+scheduler's array) train each teacher and build each cache exactly once; a member also holds the
+out_dir locks of the shared folders it writes, so a `babyllama run` there meanwhile is refused.
+
+The plan. ``plan.json`` fixes the members (index, name, seed, setting) and each member's config
+fingerprint: ``--member I`` runs the plan's member I (refused when the config no longer gives it the
+planned config) and ``--collect`` counts the planned members that finished under the current config with
+results the registry's reader verifies. A student or control identical to a finished run's is adopted
+as a copy (hard links), never a symlink, so a later run on the source cannot change a finished member.
 """
 
 from __future__ import annotations

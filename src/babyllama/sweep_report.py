@@ -286,7 +286,7 @@ def write(base: Config, result: dict[str, Any]) -> list[Path]:
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
     finished = f"{len(result['members'])} of {len(result['members']) + len(result['missing'])} members finished"
     md = [f"# babyllama sweep — `{out}`", "", f"Seeds {', '.join(map(str, result['seeds']))}; {finished}"
-          + (f" (missing: {_missing(result)})." if result["missing"] else "."), "", "## Verdict", ""]
+          + (f" (missing: {missing_members(result)})." if result["missing"] else "."), "", "## Verdict", ""]
     md += [f"- {v}" for v in result["verdict"] + result["conditions"]] + ["", "## Comparisons (A - B, paired by seed)", ""]
     md += [markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
     md += ["## Effect against the teacher-control gap", "", markdown_table(*setting_rows(result)), ""]
@@ -296,7 +296,7 @@ def write(base: Config, result: dict[str, Any]) -> list[Path]:
     return [out / "sweep.json", out / "report.md", out / "report.html"]
 
 
-def _missing(result: dict[str, Any]) -> str:
+def missing_members(result: dict[str, Any]) -> str:
     """The members left out, each with why (unfinished, or a result that is not verified)."""
     why = result.get("missing_why") or {}
     return "; ".join(f"{n}: {why[n]}" if n in why else n for n in result["missing"])

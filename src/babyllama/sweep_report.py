@@ -53,7 +53,7 @@ def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
         outdated = f"its run cannot be checked ({e})"
     if outdated:
         return outdated
-    roles = {t.name: "teacher" for t in mcfg.teachers}
+    roles = {t.name: "teacher" for t in mcfg.trained_teachers}  # external teachers are not evaluated here
     assert mcfg.student is not None
     roles[mcfg.student.name] = "student"
     if mcfg.control:

@@ -16,7 +16,7 @@ import torch
 
 from babyllama.config import DistillConfig
 from babyllama.distill.cache import TeacherCache
-from babyllama.distill.loss import DenseTeachers, TeacherSource, combine
+from babyllama.distill.loss import DenseTeachers, TeacherSource, combine, next_tokens
 from babyllama.distill.teachers import TeacherEnsemble
 from babyllama.train.objective import Batch, Metric
 
@@ -68,7 +68,7 @@ class DistillObjective:
         assert self.ensemble is not None, "setup() was not called"
         logits = self.ensemble(batch.input_ids)
         return DenseTeachers([z.reshape(-1, vocab) for z in logits], self.opts.temperature, self.opts.ensemble,
-                             self.weights)
+                             self.weights, self.opts.weighting, next_tokens(batch.input_ids))
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         logits = model(input_ids=batch.input_ids, use_cache=False).logits
@@ -84,7 +84,11 @@ class DistillObjective:
 
 def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]], weights: Sequence[float],
                         cache_key: str | None) -> dict:
-    """What makes one distillation differ from another: loss options, teacher weights, cache key."""
+    """What makes one distillation differ from another: loss options, teacher weights, cache key.
+    Options added later appear only when they differ from the behaviour before them, so students
+    trained before they existed keep their identity."""
+    later = {k: v for k, v in (("weighting", opts.weighting), ("vocab_alignment", opts.vocab_alignment))
+             if v != type(opts).model_fields[k].default}
     return {
         "objective": "distill",
         "alpha": opts.alpha,
@@ -95,6 +99,7 @@ def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]]
         "reduction": opts.reduction,
         "teachers": [[name, sha] for name, sha in teachers],
         "cache": _cache_identity(opts, cache_key),
+        **later,
     }
 
 

@@ -53,6 +53,7 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
         seed=cfg.seed if sample else 0,
         compute_dtype=str(teacher_dtype(_student(cfg).train.precision, device)).removeprefix("torch."),
         device=device.type,
+        weighting=opts.weighting,
     )
 
 

@@ -6,8 +6,11 @@ depends on and the data or models it reads from); ``<out_dir>/run_state.json`` r
 fingerprint it ran with, whether it finished, and how long it took. How a stage is skipped is its
 ``Skip``: a finished training stage whose fingerprint is unchanged is skipped; an unfinished one with
 the same fingerprint resumes (the training loop keeps its own resumable checkpoints); a changed
-fingerprint discards the stage's outputs and redoes it. Evaluation keeps its outputs (each result
-carries its own identity); preparation and the report run every time.
+fingerprint discards the stage's outputs and redoes it. Evaluation keeps its outputs: each result records
+the sha256 sums of the model files and data it was computed from, and the evaluate stage is up to date
+only while the registry's reader verifies every one (a missing, damaged or stale result is redone);
+preparation and the report run every time. Every input of the config is read and checked before the
+first stage (check_inputs).
 
 A finished model is trusted only while its files match the sha256 sums of its checkpoint.json: a
 damaged one is reported and its stage redone (from its checkpoints, when they are intact, that is only
@@ -168,8 +171,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
     ``only`` restricts the run to the named stages (e.g. a sweep preparing the data and shared teachers).
     """
     stages = plan(cfg)
-    if distributed.is_main_process():
-        check_inputs(cfg)
+    check_inputs(cfg)  # every rank: read-only, and all of them stop alike on a bad input
     if only is not None:
         stages = [s for s in stages if s.name in only]
     forced, redo = _expand_force(stages, force or [])

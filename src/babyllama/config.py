@@ -367,6 +367,9 @@ class DistillConfig(Section):
 
     @model_validator(mode="after")
     def _cache_supports_divergence(self) -> DistillConfig:
+        if self.vocab_alignment == "span" and self.weighting != "fixed":
+            raise ValueError(f"weighting {self.weighting!r} mixes teachers token by token over one vocabulary; with "
+                             "vocab_alignment 'span' each teacher has its own buckets: use weighting: fixed")
         if self.cache.enabled and self.vocab_alignment == "span":
             raise ValueError("vocab_alignment 'span' runs the teachers live: the cache stores distributions over the "
                              "student's vocabulary only; set distill.cache.enabled: false")

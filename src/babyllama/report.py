@@ -25,7 +25,7 @@ from typing import Any
 from babyllama import threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import headline_scores, jobs
+from babyllama.evaluate.registry import headline_columns, model_headlines
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
@@ -87,7 +87,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "out_dir": str(out_dir),
         "config": cfg.model_dump(mode="json"),
         "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
-        "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
+        "columns": list(headline_columns(cfg).values()),
         "models": models,
         "verdict": verdict(models),
         "approximations": approximations(models, out_dir),
@@ -102,10 +102,10 @@ def summarize(out_dir: Path) -> dict[str, Any]:
 def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """One model's figures, each from a verified file, and a note for every result withheld (damaged, stale,
     or a model whose stage was redone and did not finish: the folder still holds the previous model)."""
-    from babyllama.evaluate.registry import model_results
+    from babyllama.evaluate.registry import model_result_files, result_key
 
     name, model_dir = member.name, cfg.model_dir(member.name)
-    record = state.get(member.stage) if isinstance(state, dict) else None
+    record = state.get(member.stage) if isinstance(state, dict) and member.stage else None
     current = not (isinstance(record, dict) and record.get("done") is False and model_dir.exists())
     metrics = _read_jsonl(model_dir / "metrics.jsonl") if current else []
     train_rows = [r for r in metrics if "loss" in r]
@@ -113,13 +113,14 @@ def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[s
     dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
     # Dev lines carry the step only; every optimizer step sees the same number of tokens.
     per_step = last["tokens_seen"] / last["step"] if last.get("tokens_seen") and last.get("step") else None
-    results = model_results(cfg, name) if current else []
+    files = model_result_files(cfg, name) if current else []
     notes = [] if current else [f"`{name}`: its stage `{member.stage}` was started again and has not finished; "
                                 f"{model_dir} still holds the previous model, so none of its numbers are shown"]
     notes += [f"`{r.path}`: {r.problem}; not shown (`babyllama run` computes it again)"
-              for _, _, r in results if r.problem not in (None, "missing")]
-    found = {j.file: r.value for _, j, r in results if r.value is not None}
-    ppl = found.get("perplexity.json") or {}
+              for _, _, r in files if r.problem not in (None, "missing")]
+    results = {result_key(j): r.value for _, j, r in files if r.value is not None}
+    headlines, columns = model_headlines(cfg, name, results), headline_columns(cfg)
+    ppl = results.get("perplexity") or {}
     train_dev = dev_rows[-1]["dev_loss"] if dev_rows else None
     source = "evaluate" if "ce_nats_per_token" in ppl else ("training" if train_dev is not None else None)
     return {
@@ -135,10 +136,11 @@ def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[s
         "dev_ce_source": source,
         "dev_perplexity": ppl.get("perplexity"),
         "bits_per_word": ppl.get("bits_per_word"),
-        "blimp": found.get("blimp.json"),
-        "supplement": found.get("supplement.json"),
-        "scores": headline_scores(results),  # {report column: headline}, one per verified result file
-        "curve": (found.get("curve.json") or {}).get("points", []),  # train.save_at_words
+        "blimp": results.get("blimp"),
+        "supplement": results.get("supplement"),
+        "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
+        "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
+        "curve": (results.get("curve") or {}).get("points", []),  # train.save_at_words
         "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json") if current else None),
         "curves": {
             "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
@@ -240,11 +242,6 @@ def environment() -> dict[str, Any]:
 # -- the answer to the paper's question -------------------------------------------------------------
 
 
-def _blimp_macro(result: dict[str, Any] | None) -> float | None:
-    """The protocol's BLiMP headline (older result files: the mean over phenomena)."""
-    return None if not result else result.get("headline", result.get("macro_phenomena"))
-
-
 def verdict(models: list[dict[str, Any]]) -> list[str]:
     """Plain sentences comparing the distilled student with the control and each teacher, signs included."""
     student = _with_role(models, Role.STUDENT)
@@ -262,11 +259,11 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
         better = "beat" if d_ce < 0 else ("tied with" if d_ce == 0 else "did NOT beat")
         text = (f"Dev CE: the distilled student {better} the {other['role']} `{other['name']}` "
                 f"({student['dev_ce']:.4f} vs {other['dev_ce']:.4f} nats/token, difference {d_ce:+.4f}; lower is better).")
-        sb, ob = _blimp_macro(student["blimp"]), _blimp_macro(other["blimp"])
+        sb, ob = student["headlines"].get("blimp"), other["headlines"].get("blimp")
         if sb is not None and ob is not None:
             d_b = 100 * (sb - ob)
             word = "higher" if d_b > 0 else ("equal" if d_b == 0 else "LOWER")
-            text += f" BLiMP macro accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
+            text += f" BLiMP headline accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
         lines.append(text)
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]

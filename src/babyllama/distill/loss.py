@@ -306,7 +306,7 @@ class _ChunkedLoss(torch.autograd.Function):
                                          out=None if grad is None else grad[rows], entropy=entropy)
                 ce += (ce_rows * w_ce).sum()
                 kd += (d * w_kd).sum()
-                agree += ((s.argmax(-1) == top) & (y >= 0)).sum()
+                agree += ((s.argmax(-1) == top) & (y >= 0) & (w_kd > 0)).sum()
         kd = kd * t2
         loss = alpha * ce + (1 - alpha) * kd
         ctx.save_for_backward(grad)
@@ -336,12 +336,14 @@ def combine(
     divergence: str = "forward_kl",
     reduction: str = "token_mean",
     chunk_elements: int = CHUNK_ELEMENTS,
+    kd_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """alpha * CE + (1 - alpha) * T^2 * D for any teacher source; returns (loss, {"ce", "kd", "agree"}).
 
     CE is the causal-LM cross-entropy (logits at t predict labels[t + 1], mean over non-ignored labels);
     ``kd`` is the reduced, T^2-scaled divergence; ``agree`` the top-1 agreement rate of student and
-    ensemble on predicted positions. The parts are detached.
+    ensemble on predicted positions. The parts are detached. ``kd_mask`` (B * L,) bool switches the KD
+    term off at positions where the teacher says nothing (span alignment); the reduction is unchanged.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -356,6 +358,8 @@ def combine(
     targets = next_tokens(labels).reshape(labels.shape)
     ce_weight = mask.to(dtype) / n_pred
     kd_weight = ce_weight if reduction == "token_mean" else torch.full_like(ce_weight, 1.0 / b)
+    if kd_mask is not None:
+        kd_weight = kd_weight * kd_mask.reshape(b, length).to(kd_weight.dtype)
     loss, ce, kd, agree = _ChunkedLoss.apply(
         student_logits.reshape(b * length, v), targets.reshape(-1), ce_weight.reshape(-1), kd_weight.reshape(-1),
         source, alpha, temperature, divergence, max(1, chunk_elements // v),

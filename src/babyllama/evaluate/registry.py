@@ -1,8 +1,10 @@
-"""Every evaluator, declared once: what switches it on, which file it writes, how it runs, its headline.
+"""Every evaluator, declared once, and the one reader of their results.
 
-`babyllama run` (pipeline.evaluate_all), the `babyllama evaluate <task>` verbs and the report all ask
-this table, so adding a task is one declaration here plus its scoring module and tests. Result files
-live under ``<out_dir>/eval/<model>/`` with the names the jobs give; the report reads exactly those.
+Each declaration says what switches it on, which file it writes, how it runs and how its headline is
+read under the config's protocol. `babyllama run` (pipeline.evaluate_all) and the `babyllama evaluate
+<task>` verbs run the jobs; the report, the sweep report and the model card read results only through
+`model_results` and `model_headlines`, so adding a task is one declaration here plus its scoring module
+and tests, and its column appears in all three. Result files live under ``<out_dir>/eval/<model>/``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from babyllama.config import Config, EvalConfig
 from babyllama.errors import UserError
+from babyllama.io import read_json
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class Evaluator:
     name: str
     switch: str  # the config key that turns it on
     jobs: Callable[[Config], list[Job]]  # [] when switched off
-    headline: Callable[[dict[str, Any]], float | None]
+    headline: Callable[[dict[str, Any], EvalConfig], float | None]  # (result, the config's eval section)
     percent: bool = True
     cli_data: bool = False  # `babyllama evaluate <name> --model DIR --data PATH` scores a data file
     aliases: list[str] = field(default_factory=list)
@@ -184,16 +187,19 @@ def _data_id(data: str) -> str:
     return data if data.startswith("embedded:") else str(Path(data).expanduser())
 
 
-def _get(key: str) -> Callable[[dict[str, Any]], float | None]:
-    return lambda r: r.get(key)
+def _get(key: str) -> Callable[[dict[str, Any], EvalConfig], float | None]:
+    return lambda r, ev: r.get(key)
+
+
+def _pairs_headline(result: dict[str, Any], ev: EvalConfig) -> float | None:
+    """The macro the protocol reports: over phenomena or over paradigms (``eval.aggregation``)."""
+    return result.get(f"macro_{ev.aggregation}", result.get("headline"))
 
 
 REGISTRY: list[Evaluator] = [
     Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False),
-    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"),
-              lambda r: r.get("headline", r.get("macro_phenomena"))),
-    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"),
-              lambda r: r.get("headline", r.get("macro_phenomena"))),
+    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline),
+    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline),
     Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True),
     Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
               _get("headline"), cli_data=True, aliases=["entity-tracking"]),
@@ -201,7 +207,7 @@ REGISTRY: list[Evaluator] = [
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
               cli_data=True, aliases=["global-piqa"]),
     Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
-    Evaluator("curves", "eval.curves", _curve_jobs, lambda r: None),
+    Evaluator("curves", "eval.curves", _curve_jobs, lambda r, ev: None),
 ]
 
 #: How `babyllama evaluate <name>` scores a data file with each cli_data evaluator.
@@ -232,6 +238,11 @@ def check_data(cfg: Config) -> None:
                 raise UserError(f"{e.switch}: {err}") from None
 
 
+def result_key(job: Job) -> str:
+    """How a result is named to its readers: its file without ``.json`` ('blimp', 'finetune/cola')."""
+    return job.file.removesuffix(".json")
+
+
 @dataclass(frozen=True)
 class Result:
     """A result file as the reader found it: its numbers when verified, else why it is not shown."""
@@ -257,7 +268,6 @@ def read_result(cfg: Config, model: str, job: Job) -> Result:
     """The one reader of evaluation results: a result counts only when it parses and the sha256 sums of the
     model files and data it records match the files on disk now, with the same settings."""
     from babyllama.evaluate.provenance import difference
-    from babyllama.io import read_json
 
     path = result_path(cfg, model, job)
     if not path.is_file():
@@ -284,18 +294,38 @@ def write_result(cfg: Config, model: str, job: Job, inputs: dict[str, Any], valu
     atomic_write_json(result_path(cfg, model, job), {**value, "_inputs": inputs})
 
 
-def model_results(cfg: Config, model: str) -> list[tuple[Evaluator, Job, Result]]:
-    """Every result the config asks for of one model, each as the reader found it."""
-    return [(e, j, read_result(cfg, model, j)) for e, j in jobs(cfg)]
+def model_result_files(cfg: Config, name: str) -> list[tuple[Evaluator, Job, Result]]:
+    """Every result the config asks for of model ``name``, each as the reader found it (with why not, if not)."""
+    return [(e, j, read_result(cfg, name, j)) for e, j in jobs(cfg)]
 
 
-def headline_scores(results: list[tuple[Evaluator, Job, Result]]) -> dict[str, float]:
-    """{report column: headline} of one model, from its verified results (the others left out)."""
+def model_results(cfg: Config, name: str) -> dict[str, dict[str, Any]]:
+    """{result key: result} of model ``name``: every result the config asks for that the reader verifies."""
+    return {result_key(j): r.value for _, j, r in model_result_files(cfg, name) if r.value is not None}
+
+
+def model_headlines(cfg: Config, name: str, results: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+    """{result key: headline under the config's protocol} of model ``name`` (results without one left out),
+    from its verified results (``results``: model_results, when the caller has them already).
+
+    The one place a headline is read: the report, the sweep report and the model card all call this.
+    """
+    results = model_results(cfg, name) if results is None else results
     out = {}
-    for e, job, result in results:
-        if job.column is None or result.value is None:
-            continue
-        value = e.headline(result.value)
+    for e, job in jobs(cfg):
+        result = results.get(result_key(job))
+        value = e.headline(result, cfg.eval) if result is not None else None
         if value is not None:
-            out[job.column] = value
+            out[result_key(job)] = float(value)
     return out
+
+
+def headline_columns(cfg: Config) -> dict[str, str]:
+    """{result key: column title} of every headline shown as a column (perplexity and curves are shown apart)."""
+    return {result_key(j): j.column for _, j in jobs(cfg) if j.column is not None}
+
+
+def pair_items(result: dict[str, Any], ev: EvalConfig) -> dict[str, str] | None:
+    """Per-pair outcomes grouped as the headline averages them (for paired bootstraps); None when the file
+    does not carry them in that grouping (items are kept per phenomenon)."""
+    return result.get("items") if ev.aggregation == "phenomena" else None

@@ -9,6 +9,7 @@ computes it again. Sums are read once per file version in a process (io.cached_f
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,8 @@ def data_sums(paths: list[Path]) -> dict[str, str]:
 
 def inputs_record(models: list[Path], data: list[Path], settings: dict[str, Any]) -> dict[str, Any]:
     """What ``_inputs`` of a result holds: the sums of its models' files and of its data, and its settings."""
-    return {"models": [model_sums(m) for m in models], "data": data_sums(data), "settings": settings}
+    plain = json.loads(json.dumps(settings, sort_keys=True, default=str))  # as it reads back from the file
+    return {"models": [model_sums(m) for m in models], "data": data_sums(data), "settings": plain}
 
 
 def difference(saved: Any, now: dict[str, Any]) -> str | None:

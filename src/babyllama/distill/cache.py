@@ -451,7 +451,9 @@ def _open_part(root: Path, spec: CacheSpec, i: int, part: str) -> np.ndarray:
         raise UserError(f"{path}: not a plain numeric array ({str(e).splitlines()[0]}); delete {root} and run "
                         "again to rebuild the cache") from None
     lo, hi = spec.shard_range(i)
-    if array.dtype.kind not in "iuf" or array.ndim < 1 or array.shape[0] != hi - lo:
+    sets = spec.mode == "sample" and part in ("ids", "counts")  # (sets, windows, L, S)
+    lead = (spec.sets, hi - lo) if sets else (hi - lo,)
+    if array.dtype.kind not in "iuf" or array.ndim < len(lead) or tuple(array.shape[:len(lead)]) != lead:
         raise UserError(f"{path}: holds {array.dtype} {array.shape}, not the cache's layout; delete {root} and run "
                         "again to rebuild the cache")
     return array

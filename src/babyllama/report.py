@@ -26,7 +26,7 @@ from babyllama import threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.protocols import implied_settings
-from babyllama.evaluate.registry import headline_scores, jobs
+from babyllama.evaluate.registry import headline_scores, jobs, result_notes
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
 from babyllama.roles import Role, members, stage_order
 
@@ -103,6 +103,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "blimp": blimp,
             "supplement": supp,
             "scores": scores,  # {report column: headline}, one per result file the registry names
+            "eval_notes": result_notes(cfg, ev, _read_json_or_none),
             "curve": (_read_json_or_none(ev / "curve.json") or {}).get("points", []),  # train.save_at_words
             "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
@@ -435,6 +436,9 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
     if summary.get("protocol"):
         blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
+    notes = [f"{m['name']}: {n}" for m in summary["models"] for n in m.get("eval_notes") or []]
+    if notes:
+        blocks.append(("Zero-shot notes (ties, long inputs, items left out)", "list", notes))
     curves = _curve_rows(summary)
     if curves:
         blocks.append(("Learning curves (train.save_at_words)", "table", curves))

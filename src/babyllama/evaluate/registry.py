@@ -98,6 +98,16 @@ def _completion_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
     return jobs
 
 
+def _reading_jobs(cfg: Config) -> list[Job]:
+    from babyllama.evaluate.reading import evaluate_reading
+
+    data = cfg.eval.reading
+    if not data:
+        return []
+    return [Job("reading.json", "reading ΔR² %", {"data": _data_id(data), "batch_size": cfg.eval.batch_size},
+                lambda d: evaluate_reading(d, data, batch_size=cfg.eval.batch_size))]
+
+
 def _finetune_jobs(cfg: Config) -> list[Job]:
     from babyllama.evaluate.finetune import finetune_task
 
@@ -163,6 +173,8 @@ REGISTRY: list[Evaluator] = [
     Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True),
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
               cli_data=True, aliases=["global-piqa"]),
+    # The reading scores are already percentages (of the R² left to explain); the report's columns take fractions.
+    Evaluator("reading", "eval.reading", _reading_jobs, lambda r: r["headline"] / 100 if "headline" in r else None),
     Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
     Evaluator("curves", "eval.curves", _curve_jobs, lambda r: None),
 ]
@@ -182,6 +194,24 @@ def evaluator(name: str) -> Evaluator:
 def jobs(cfg: Config) -> list[tuple[Evaluator, Job]]:
     """Every result file this config asks for, per model, in registry order."""
     return [(e, j) for e in REGISTRY for j in e.jobs(cfg)]
+
+
+def result_notes(cfg: Config, eval_dir: Path, read: Callable[[Path], Any]) -> list[str]:
+    """Lines a reader needs beside the headlines: what a scorer did to over-long inputs, ties and their other readings."""
+    out = []
+    for e, job in jobs(cfg):
+        result = read(eval_dir / job.file)
+        if job.column is None or not isinstance(result, dict):
+            continue
+        out += [f"{job.column.removesuffix(' %')}: {note}" for note in result.get("notes") or []]
+        by, ties = result.get("headline_by_ties"), result.get("ties")
+        if by and ties:
+            out.append(f"{job.column.removesuffix(' %')}: {ties} ties; headline {100 * e.headline(result):.1f} "
+                       f"(ties {result['protocol'].get('ties')}), {100 * by['random']:.1f} by a draw seeded "
+                       f"{result['protocol'].get('seed', 0)}, {100 * by['expected']:.1f} by expected credit")
+        if result.get("skipped"):
+            out.append(f"{job.column.removesuffix(' %')}: {result['skipped']} items left out (an option contains \"nothing\")")
+    return out
 
 
 def headline_scores(cfg: Config, eval_dir: Path, read: Callable[[Path], Any]) -> dict[str, float]:

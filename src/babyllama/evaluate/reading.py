@@ -37,6 +37,7 @@ import torch
 
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import load_causal_lm, max_positions
+from babyllama.hf_logging import quiet_transformers
 from babyllama.runtime import resolve_device
 
 EYE = ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound")
@@ -119,7 +120,8 @@ def _next_token_probs(model: Any, queries: list[tuple[list[int], int]], batch_si
 
 def surprisals(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], batch_size: int = 64) -> list[float]:
     """-log p(word | context) of each (context, word), the word's tokens multiplied as the official code does."""
-    per_pair = [_queries(tokenizer, c, w) for c, w in pairs]
+    with quiet_transformers():  # long contexts: the result's notes say so
+        per_pair = [_queries(tokenizer, c, w) for c, w in pairs]
     flat = _next_token_probs(model, [q for qs in per_pair for q in qs], batch_size)
     out, at = [], 0
     for qs in per_pair:
@@ -173,7 +175,8 @@ def evaluate_reading(model_dir: str | Path, data: str | Path, *, batch_size: int
     per[SELF_PACED] = _gain(rows, SELF_PACED, SPILLOVER)
     eye = sum(per[dv] for dv in EYE) / len(EYE)
     limit = max_positions(model.config)
-    longest = max(len(tokenizer(c)["input_ids"]) + 1 for c, _ in pairs)
+    with quiet_transformers():
+        longest = max(len(tokenizer(c)["input_ids"]) + 1 for c, _ in pairs)
     notes = [f"the longest context has {longest} tokens, more than the model's {limit} positions"] if limit and longest > limit else []
     return {"task": "reading", "model": str(model_dir), "data": str(data), "n_words": len(rows),
             "eye_tracking": eye, "self_paced": per[SELF_PACED], "per_measure": per,

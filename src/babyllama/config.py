@@ -16,12 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_text
+from babyllama.protocols import apply_protocol
 
 #: Smallest vocabulary that holds the 3 special tokens and the 256 byte-level base symbols.
 MIN_VOCAB_SIZE = 3 + 256
 #: Largest vocabulary we accept: 8x the biggest common LM vocabularies (~128k-256k); token ids must fit
 #: the uint32 token files, and beyond this the embedding tables alone outgrow any child-scale model.
 MAX_VOCAB_SIZE = 1 << 21
+#: Folder under a model's checkpoints where train.save_at_words keeps one HF folder per word count.
+AT_WORDS_DIR = "at_words"
 
 
 class Section(BaseModel):
@@ -327,8 +330,6 @@ class EvalConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_protocol(cls, data: Any) -> Any:
-        from babyllama.evaluate.protocols import apply_protocol
-
         return apply_protocol(data)
 
     @model_validator(mode="after")
@@ -456,6 +457,10 @@ class Config(Section):
 
     def checkpoint_dir(self, name: str) -> Path:
         return self.out / "checkpoints" / name
+
+    def words_checkpoint_dir(self, name: str) -> Path:
+        """Where ``train.save_at_words`` keeps model ``name``'s HF folders, one per word count (learning curves)."""
+        return self.checkpoint_dir(name) / AT_WORDS_DIR
 
     def models(self) -> list[ModelConfig]:
         """Every model of the experiment: teachers, then the student and (if enabled) the control."""

@@ -20,8 +20,9 @@ than the model's 128 positions, a third with a " nothing." option), COMPS rows, 
 surprisal one forward pass per token as ``reading/evaluation_functions.get_p2``, its scores with pandas
 and statsmodels as ``reading/run.py`` when they are installed). Models: the demo student (``runs/demo``, else a random LLaMA of
 its size), once with its own tokenizer (adds no special tokens) and once with a tokenizer that adds
-``<s>``. For every task, rule (2025, 2026) and model we print the items, the largest |Δ log-prob| over
-all candidates, the decisions that differ, and both headlines; our headline comes from the same entry
+``<s>``. For every task, rule (2025, 2026) and model we print the items, the ties (items whose correct
+candidate shares the top score), the largest |Δ log-prob| over all candidates, the decisions that
+differ, and both headlines; our headline comes from the same entry
 point ``babyllama run`` uses.
 
     python benchmarks/bench_official_parity.py --data ../shared/data/blimp
@@ -153,8 +154,9 @@ def official_items(task: str, folder: Path, year: int) -> list[dict[str, Any]]:
 # -- ours ------------------------------------------------------------------------------------------------
 
 
-def our_run(model: Any, tok: Any, task: str, folder: Path, year: int) -> tuple[list[list[float]], list[float]]:
-    """Per item: every candidate's score and its credit under the year's tie rule, from our building blocks."""
+def our_run(model: Any, tok: Any, task: str, folder: Path, year: int) -> tuple[list[list[float]], list[float], int]:
+    """Per item: every candidate's score and its credit under the year's tie rule, from our building blocks;
+    and how many items tied with the correct candidate."""
     if task == "blimp":
         pairs, _ = load_pairs(folder)
         texts = [p.good for p in pairs] + [p.bad for p in pairs]
@@ -173,7 +175,8 @@ def our_run(model: Any, tok: Any, task: str, folder: Path, year: int) -> tuple[l
             scores.append(flat[at : at + len(it.options)])
             at += len(it.options)
         labels = [it.label for it in items]
-    return scores, decide(scores, labels, SEED).credit["random" if year == 2026 else "correct"]
+    d = decide(scores, labels, SEED)
+    return scores, d.credit["random" if year == 2026 else "correct"], sum(d.tie)
 
 
 def our_headline(model_dir: Path, task: str, folder: Path, year: int) -> float:
@@ -331,12 +334,12 @@ def with_bos_tokenizer(model_dir: Path, out: Path) -> Path:
 
 def compare(model_dir: Path, task: str, folder: Path, year: int) -> dict[str, Any]:
     model, tok = load_causal_lm(model_dir, torch.device("cpu"))
-    ours, our_credit = our_run(model, tok, task, folder, year)
+    ours, our_credit, ties = our_run(model, tok, task, folder, year)
     items = official_items("global_piqa" if task == "global_piqa" else task, folder, year)
     theirs, their_ok = official_run(model, tok, items, task == "global_piqa", year)
     assert len(ours) == len(theirs), f"{task}: {len(ours)} items against {len(theirs)}"
     delta = max(abs(a - b) for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
-    return {"items": len(ours), "max_dlogp": delta,
+    return {"items": len(ours), "max_dlogp": delta, "ties": ties,
             "decisions_differ": sum(bool(c) != ok for c, ok in zip(our_credit, their_ok, strict=True)),
             "ours": our_headline(model_dir, task, folder, year), "official": official_headline(task, items, their_ok)}
 
@@ -364,8 +367,8 @@ def main() -> None:
         plain, what = demo_model_dir(root, sentences)
         models = {"own tokenizer": plain, "tokenizer adds <s>": with_bos_tokenizer(plain, root / "bos")}
         print(f"model: {what}\n")
-        print("| model | task | rule | items | max abs Δ log-prob | decisions differ | ours % | official % |")
-        print("|---|---|---|---:|---:|---:|---:|---:|")
+        print("| model | task | rule | items | ties | max abs Δ log-prob | decisions differ | ours % | official % |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for label, model_dir in models.items():
             for task, folders in data.items():
                 for folder in folders:
@@ -374,12 +377,12 @@ def main() -> None:
                             continue  # new in 2026
                         r = compare(model_dir, task, folder, year)
                         name = folder.name if task == "global_piqa" else task
-                        print(f"| {label} | {name} | {year} | {r['items']} | {r['max_dlogp']:.2e} | "
+                        print(f"| {label} | {name} | {year} | {r['items']} | {r['ties']} | {r['max_dlogp']:.2e} | "
                               f"{r['decisions_differ']} | {r['ours']:.2f} | {r['official']:.2f} |", flush=True)
             r = compare_reading(model_dir, root / "data" / "reading" / "reading_data.csv")
-            theirs = "{:.4f} / {:.4f}".format(*r["official"]) if r["official"] else "statsmodels not installed"
-            print(f"| {label} | reading (eye / self-paced ΔR² %) | 2025, 2026 | {r['items']} words | {r['max_dlogp']:.2e} "
-                  f"(surprisal) | – | {r['ours'][0]:.4f} / {r['ours'][1]:.4f} | {theirs} |", flush=True)
+            theirs = "{:.6f} / {:.6f}".format(*r["official"]) if r["official"] else "statsmodels not installed"
+            print(f"| {label} | reading (eye / self-paced ΔR² %) | 2025, 2026 | {r['items']} words | – | {r['max_dlogp']:.2e} "
+                  f"(surprisal) | – | {r['ours'][0]:.6f} / {r['ours'][1]:.6f} | {theirs} |", flush=True)
 
 
 if __name__ == "__main__":

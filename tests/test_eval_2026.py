@@ -203,3 +203,18 @@ def test_report_notes_name_ties_long_inputs_and_skipped_items(llama_dir, tmp_pat
     assert "entity tracking: 4 items left out (an option contains \"nothing\")" in notes
     assert any(n.startswith("COMPS: 2 ties;") and "50.0 by a draw seeded 0, 25.0 by expected credit" in n for n in notes)
     assert "COMPS: 3 of 4 inputs are longer than the model's 64 positions; scored whole" in notes
+
+
+def test_2023_files_are_grouped_by_file_whatever_the_rows_say(tmp_path) -> None:
+    from babyllama.evaluate.blimp import load_pairs
+
+    rows = [{"sentence_good": "The cat sees the dog.", "sentence_bad": "The cat see the dog.", "UID": "sv_agreement",
+             "linguistics_term": "subject_verb_agreement"}]
+    (tmp_path / "agreement.json").write_text(json.dumps(rows))  # a 2023 file: one JSON array per phenomenon
+    (tmp_path / "islands.json").write_text(json.dumps([{**rows[0], "linguistics_term": "island_effects"}]))
+    pairs, formats = load_pairs(tmp_path)
+    assert formats == ["babylm-2023-filtered"] and [p.phenomenon for p in pairs] == ["agreement", "islands"]
+    (tmp_path / "agreement.json").rename(tmp_path / "agreement.jsonl")  # other formats keep the row's term
+    (tmp_path / "agreement.jsonl").write_text(json.dumps({**rows[0], "pairID": "1"}) + "\n")
+    (tmp_path / "islands.json").unlink()
+    assert [p.phenomenon for p in load_pairs(tmp_path)[0]] == ["subject_verb_agreement"]

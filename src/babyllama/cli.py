@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="require a saved state to resume from (default: resume if one exists)")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, dev perplexity)")
+    p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, GlobalPIQA, "
+                       "reading, dev perplexity)")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = esub.add_parser("blimp", help="BLiMP-style minimal pairs: original, BabyLM 2023/2024 filtered, supplement")
     _add_scoring_args(b, "folder or file of minimal pairs")

@@ -25,8 +25,10 @@ from typing import Any
 from babyllama import threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import headline_scores, jobs, result_notes
-from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.evaluate.registry import headline_columns, model_headlines, model_results, result_notes
+from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from babyllama.ledger import LEDGER_FILE, verdict_lines
+from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
 from babyllama.roles import Role, members, stage_order
 
@@ -74,7 +76,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     if not (out_dir / "config.yaml").exists():
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
-    models = []
+    models, columns = [], headline_columns(cfg)
     for member in members(cfg):
         name = member.name
         model_dir = cfg.model_dir(name)
@@ -84,11 +86,8 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
         # Dev lines carry the step only; every optimizer step sees the same number of tokens.
         per_step = last["tokens_seen"] / last["step"] if last.get("tokens_seen") and last.get("step") else None
-        ev = out_dir / "eval" / name
-        ppl = _read_json_or_none(ev / "perplexity.json") or {}
-        blimp = _read_json_or_none(ev / "blimp.json")
-        supp = _read_json_or_none(ev / "supplement.json")
-        scores = headline_scores(cfg, ev, _read_json_or_none)
+        results, headlines = model_results(cfg, name), model_headlines(cfg, name)
+        ppl = results.get("perplexity", {})
         models.append({
             "name": name,
             "role": member.role.value,
@@ -100,11 +99,12 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "dev_ce": ppl.get("ce_nats_per_token", dev_rows[-1]["dev_loss"] if dev_rows else None),
             "dev_perplexity": ppl.get("perplexity"),
             "bits_per_word": ppl.get("bits_per_word"),
-            "blimp": blimp,
-            "supplement": supp,
-            "scores": scores,  # {report column: headline}, one per result file the registry names
-            "eval_notes": result_notes(cfg, ev, _read_json_or_none),
-            "curve": (_read_json_or_none(ev / "curve.json") or {}).get("points", []),  # train.save_at_words
+            "blimp": results.get("blimp"),
+            "supplement": results.get("supplement"),
+            "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
+            "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
+            "eval_notes": result_notes(cfg, name),
+            "curve": results.get("curve", {}).get("points", []),  # train.save_at_words
             "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
@@ -117,12 +117,13 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "out_dir": str(out_dir),
         "config": cfg.model_dump(mode="json"),
         "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
-        "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
+        "columns": list(columns.values()),
         "models": models,
         "verdict": verdict(models),
         "approximations": approximations(models, out_dir),
         "stages": _stage_seconds(state, stage_order(cfg)),
         "ledger": manifest.get("ledger"),
+        "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
     }
 
@@ -220,11 +221,6 @@ def environment() -> dict[str, Any]:
 # -- the answer to the paper's question -------------------------------------------------------------
 
 
-def _blimp_macro(result: dict[str, Any] | None) -> float | None:
-    """The protocol's BLiMP headline (older result files: the mean over phenomena)."""
-    return None if not result else result.get("headline", result.get("macro_phenomena"))
-
-
 def verdict(models: list[dict[str, Any]]) -> list[str]:
     """Plain sentences comparing the distilled student with the control and each teacher, signs included."""
     student = _with_role(models, Role.STUDENT)
@@ -237,11 +233,11 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
         better = "beat" if d_ce < 0 else ("tied with" if d_ce == 0 else "did NOT beat")
         text = (f"Dev CE: the distilled student {better} the {other['role']} `{other['name']}` "
                 f"({student['dev_ce']:.4f} vs {other['dev_ce']:.4f} nats/token, difference {d_ce:+.4f}; lower is better).")
-        sb, ob = _blimp_macro(student["blimp"]), _blimp_macro(other["blimp"])
+        sb, ob = student["headlines"].get("blimp"), other["headlines"].get("blimp")
         if sb is not None and ob is not None:
             d_b = 100 * (sb - ob)
             word = "higher" if d_b > 0 else ("equal" if d_b == 0 else "LOWER")
-            text += f" BLiMP macro accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
+            text += f" BLiMP headline accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
         lines.append(text)
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]
@@ -434,6 +430,10 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
     ]
     if summary.get("approximations"):
         blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
+    compliance = summary.get("compliance")
+    if compliance and compliance.get("verdicts"):
+        title = f"Rules: {compliance['rules']}" + (" (this run BREAKS a rule)" if compliance.get("breaks_rules") else "")
+        blocks.insert(1, (title, "list", verdict_lines(compliance)))
     if summary.get("protocol"):
         blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
     notes = [f"{m['name']}: {n}" for m in summary["models"] for n in m.get("eval_notes") or []]
@@ -456,12 +456,27 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         rows.append(["**total**", f"{ledger.get('total_words', 0):,}"])
         rows.append(["budget", f"{ledger.get('budget', 0):,}"])
         blocks.append(("Word-budget ledger (training words)", "table", (["source", "words"], rows)))
+    if compliance:
+        blocks.append(("Words seen per model (ledger.json)", "table", _exposure_rows(compliance)))
     env = summary["environment"]
     env_rows = [["python", env["python"]], ["platform", env["platform"]], ["cpu", f"{env['cpu']} ({env['cpu_count']} cores)"],
                 ["gpus", ", ".join(env["gpus"]) or "none"], ["CPU threads", _threads_cell(env.get("threads"))]]
     env_rows += [[k, v or "–"] for k, v in env["packages"].items()]
     blocks.append(("Environment", "table", (["what", "value"], env_rows)))
     return blocks
+
+
+def _exposure_rows(compliance: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Words in the pool, words seen and epochs per model; the student's second reading last."""
+    rows = []
+    for name, m in compliance["models"].items():
+        seen = "not known (trained elsewhere)" if m["role"] == "external teacher" else _fmt(m.get("words_seen"), "int")
+        rows.append([name, m["role"], _fmt(m.get("pool_words"), "int"), seen + (" (planned)" if m.get("planned") else ""),
+                     "–" if m.get("epochs") is None else f"{m['epochs']:.2f}"])
+    if compliance.get("student_with_teachers_words") is not None:
+        rows.append(["student + teachers", "second reading of the cap", "", _fmt(compliance["student_with_teachers_words"],
+                                                                                 "int"), ""])
+    return ["model", "role", "words in pool", "words seen", "epochs"], rows
 
 
 def _threads_cell(t: dict | None) -> str:
@@ -528,4 +543,5 @@ def build_report(out_dir: Path) -> list[Path]:
     atomic_write_text(md_path, render_markdown(summary, plots, out_dir))
     atomic_write_text(html_path, render_html(summary, plots))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_json(out_dir / LEDGER_FILE, summary["compliance"])
     return [md_path, html_path]

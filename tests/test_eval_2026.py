@@ -192,16 +192,12 @@ def test_report_notes_name_ties_long_inputs_and_skipped_items(llama_dir, tmp_pat
 
     cfg = load_config(None, [f"out_dir={tmp_path}", "eval.protocol=babylm-2026", "eval.perplexity=false",
                              f"eval.entity_tracking={FIX / 'entity_tracking'}", f"eval.comps={FIX / 'comps'}"])
-    folder = tmp_path / "eval" / "m"
-    folder.mkdir(parents=True)
     entity = evaluate_completions("entity_tracking", llama_dir, FIX / "entity_tracking", context_prefix="tokenizer",
                                   ties="random", entity_skip_nothing=True, truncate=False)
     comps = evaluate_completions("comps", llama_dir, FIX / "comps", ties="random")
     comps["ties"], comps["headline_by_ties"] = 2, {"random": 0.5, "expected": 0.25}  # as if two items had tied
     comps["notes"] = ["3 of 4 inputs are longer than the model's 64 positions; scored whole"]
-    (folder / "entity_tracking.json").write_text(json.dumps(entity))
-    (folder / "comps.json").write_text(json.dumps(comps))
-    notes = result_notes(cfg, "m")
+    notes = result_notes(cfg, "m", {"entity_tracking": entity, "comps": comps})
     assert "entity tracking: 4 items left out (an option contains \"nothing\")" in notes
     assert any(n.startswith("COMPS: 2 ties;") and "50.0 by a draw seeded 0, 25.0 by expected credit" in n for n in notes)
     assert "COMPS: 3 of 4 inputs are longer than the model's 64 positions; scored whole" in notes

@@ -262,15 +262,19 @@ def draw_samples(lp: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Ten
     orders below the sampling noise sqrt(p_j / S) of any token that can be drawn at S <= 255. The
     grid is scaled by the CDF's last value instead of dividing V values by it.
     """
-    cdf = (lp if lp.dtype == torch.float64 else lp.float()).exp().cumsum_(-1)
-    grid = (torch.arange(n_samples, dtype=cdf.dtype, device=lp.device) + u.to(cdf.dtype).unsqueeze(-1))
+    return draw_from_cdf((lp if lp.dtype == torch.float64 else lp.float()).exp().cumsum_(-1), u, n_samples, slots)
+
+
+def draw_from_cdf(cdf: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Tensor, Tensor]:
+    """:func:`draw_samples` from the rows' unnormalised CDF (n, V) (one CDF serves every set of draws)."""
+    grid = (torch.arange(n_samples, dtype=cdf.dtype, device=cdf.device) + u.to(cdf.dtype).unsqueeze(-1))
     grid.mul_(cdf[:, -1:] / n_samples)
-    draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=lp.shape[-1] - 1)  # sorted along each row
-    start = torch.ones(draws.shape, dtype=torch.bool, device=lp.device)
+    draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=cdf.shape[-1] - 1)  # sorted along each row
+    start = torch.ones(draws.shape, dtype=torch.bool, device=cdf.device)
     start[:, 1:] = draws[:, 1:] != draws[:, :-1]
     run = start.cumsum(-1).sub_(1)  # slot of each draw: its run among the distinct tokens
-    counts = torch.zeros(draws.shape, dtype=torch.float32, device=lp.device).scatter_add_(
-        -1, run, torch.ones(draws.shape, dtype=torch.float32, device=lp.device))
+    counts = torch.zeros(draws.shape, dtype=torch.float32, device=cdf.device).scatter_add_(
+        -1, run, torch.ones(draws.shape, dtype=torch.float32, device=cdf.device))
     ids = torch.zeros_like(draws).scatter_(-1, run, draws)
     counts, order = counts.sort(dim=-1, descending=True, stable=True)  # (n, S), not (n, V)
     return ids.gather(-1, order[:, :slots]), counts[:, :slots]
@@ -307,6 +311,10 @@ class _TopKWriter:
         return {"topk_mass": 1.0 if tail is None else float(1.0 - np.exp(tail.astype(np.float64)).mean())}
 
 
+#: The noise ratio is measured on every NOISE_STRIDE-th position of a shard (an estimate at 1/8 of the cost).
+NOISE_STRIDE = 8
+
+
 class _SampleWriter:
     """Fills a shard's sampled arrays, one independent set of draws per epoch; the uniforms depend only on
     the seed, the set and the shard's first window. Also measures the draws' noise (see :func:`noise_ratio`)."""
@@ -317,18 +325,24 @@ class _SampleWriter:
         self.arrays = {"ids": np.empty((spec.sets, n, spec.k), dtype=spec.ids_dtype),
                        "counts": np.empty((spec.sets, n, spec.k), dtype=spec.counts_dtype),
                        "entropy": np.empty((n,), dtype=np.float32)}
-        self.mass, self.distinct, self.noise, self.p_sq = 0.0, 0.0, 0.0, 0.0
+        self.mass, self.distinct, self.noise, self.p_sq, self.stat_rows = 0.0, 0.0, 0.0, 0.0, 0
         self.p_sum = torch.zeros(spec.vocab_size, dtype=torch.float64, device=device)
 
     def add(self, out: slice, lp: Tensor) -> None:
+        lp = lp if lp.dtype == torch.float64 else lp.float()
         p = lp.exp()
-        self.arrays["entropy"][out] = torch.special.entr(p).sum(-1).cpu().numpy()
-        self.noise += float(systematic_noise(lp, self.spec.samples).sum())
-        self.p_sq += float(torch.linalg.vecdot(p, p).sum())
-        self.p_sum += p.sum(0, dtype=torch.float64)
+        # -sum p log p from the log-probs at hand (no V-wide log); -inf log-probs (p = 0) count 0
+        entropy = -torch.linalg.vecdot(p, lp.clamp(min=torch.finfo(lp.dtype).min))
+        self.arrays["entropy"][out] = entropy.float().cpu().numpy()
+        sub = slice(-out.start % NOISE_STRIDE, None, NOISE_STRIDE)
+        self.noise += float(systematic_noise(lp[sub], self.spec.samples).sum())  # every NOISE_STRIDE-th position
+        self.p_sq += float(torch.linalg.vecdot(p[sub], p[sub]).sum())
+        self.p_sum += p[sub].sum(0, dtype=torch.float64)
+        self.stat_rows += len(range(*sub.indices(len(p))))
+        cdf = p.cumsum(-1)  # one CDF for every set of draws
         limit = np.iinfo(self.spec.counts_dtype).max
         for s, u in enumerate(self.u):
-            ids, counts = draw_samples(lp, torch.from_numpy(u[out]).to(self.device), self.spec.samples, self.spec.k)
+            ids, counts = draw_from_cdf(cdf, torch.from_numpy(u[out]).to(self.device), self.spec.samples, self.spec.k)
             if float(counts[:, 0].max()) > limit:  # cannot happen while counts_dtype follows samples; never wrap
                 raise RuntimeError(f"a count of {float(counts[:, 0].max()):.0f} does not fit {self.spec.counts_dtype}")
             self.arrays["ids"][s, out] = ids.cpu().numpy().astype(self.spec.ids_dtype)
@@ -341,9 +355,10 @@ class _SampleWriter:
     def fidelity(self) -> dict:
         """The share of the ensemble's mass on the tokens drawn, the distinct tokens per position, and the
         draws' noise against the signal (per position, means over the shard; see :func:`noise_ratio`)."""
-        spread = self.p_sq / self.n - float(self.p_sum.square().sum()) / self.n**2  # mean ||p - p_bar||^2
+        m = max(self.stat_rows, 1)
+        spread = self.p_sq / m - float(self.p_sum.square().sum()) / m**2  # mean ||p - p_bar||^2
         return {"sampled_mass": self.mass / self.n, "distinct": self.distinct / self.n,
-                "noise": self.noise / self.n, "signal": max(spread, 0.0)}
+                "noise": self.noise / m, "signal": max(spread, 0.0)}
 
 
 @torch.no_grad()

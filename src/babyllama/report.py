@@ -31,6 +31,7 @@ from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
 from babyllama.roles import Role, members, stage_order
+from babyllama.run_state import RunState
 
 # -- gathering -----------------------------------------------------------------------------------------
 
@@ -110,7 +111,6 @@ def summarize(out_dir: Path) -> dict[str, Any]:
                 "dev": [(r.get("tokens_seen") or (per_step and r["step"] * per_step), r["dev_loss"]) for r in dev_rows],
             },
         })
-    state = _read_json_or_none(out_dir / "run_state.json") or {}
     manifest = _read_json_or_none(out_dir / "data" / "manifest.json") or {}
     return {
         "out_dir": str(out_dir),
@@ -120,7 +120,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "models": models,
         "verdict": verdict(models),
         "approximations": approximations(models, out_dir),
-        "stages": _stage_seconds(state, stage_order(cfg)),
+        "stages": RunState(out_dir).seconds(stage_order(cfg)),
         "ledger": manifest.get("ledger"),
         "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
@@ -181,13 +181,6 @@ def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     if student and control:
         lines.append(_data_stream_line(student, control))
     return lines
-
-
-def _stage_seconds(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """Seconds per recorded stage, in the pipeline's order (stages it no longer plans last, by name)."""
-    rank = {name: i for i, name in enumerate(order)}
-    names = sorted((k for k, v in state.items() if isinstance(v, dict)), key=lambda k: (rank.get(k, len(order)), k))
-    return {k: state[k].get("seconds") for k in names}
 
 
 def _with_role(models: list[dict[str, Any]], role: Role) -> dict[str, Any] | None:

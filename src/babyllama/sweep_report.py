@@ -20,8 +20,11 @@ import numpy as np
 
 from babyllama import stats
 from babyllama.config import Config
+from babyllama.errors import UserError
 from babyllama.evaluate.registry import headline_columns, model_headlines, model_results, pair_items
-from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.io import atomic_write_bytes, atomic_write_text
+from babyllama.roles import EVALUATE, members
+from babyllama.run_state import RunState
 from babyllama.sweep import SweepMember, member_config, sweep_dir
 
 #: The dev cross-entropy's key (the perplexity evaluator's headline) and how it is shown.
@@ -37,24 +40,14 @@ def sweep_metrics(cfg: Config) -> dict[str, tuple[str, str, bool, int, float]]:
     return out
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return read_json(path) if path.exists() else {}
-    except ValueError:
-        return {}
-
-
 def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """({model: {role, dev_ce, <headline key>: value}}, {model: {<headline key>: items}}), None if unfinished."""
-    from babyllama.pipeline import STATE_FILE
-
-    if not _json(mcfg.out / STATE_FILE).get("evaluate", {}).get("done"):
+    try:
+        if RunState(mcfg.out).finished_with(EVALUATE) is None:
+            return None
+    except UserError:  # a damaged state: that member is reported missing, the others still count
         return None
-    roles = {t.name: "teacher" for t in mcfg.teachers}
-    assert mcfg.student is not None
-    roles[mcfg.student.name] = "student"
-    if mcfg.control:
-        roles[mcfg.control_name] = "control"
+    roles = {m.name: m.role.kind for m in members(mcfg)}
     numbers, items = {}, {}
     keys = headline_columns(mcfg)
     for name, role in roles.items():

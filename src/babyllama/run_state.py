@@ -31,6 +31,13 @@ class RunState:
             raise UserError(f"{self.path}: corrupted run state; delete it to start the run over") from None
         return {k: v for k, v in state.items() if isinstance(v, dict)} if isinstance(state, dict) else {}
 
+    def read_or_empty(self) -> dict[str, dict[str, Any]]:
+        """As read(), but {} for a damaged file: for readers that only show what is there (the reports)."""
+        try:
+            return self.read()
+        except UserError:
+            return {}
+
     def record(self, stage: str) -> dict[str, Any]:
         return self.read().get(stage, {})
 
@@ -61,9 +68,6 @@ class RunState:
 
     def seconds(self, order: list[str]) -> dict[str, float | None]:
         """Seconds per recorded stage, in ``order`` (stages no longer planned last, by name); {} if unreadable."""
-        try:
-            state = self.read()
-        except UserError:
-            return {}
+        state = self.read_or_empty()
         rank = {name: i for i, name in enumerate(order)}
         return {k: state[k].get("seconds") for k in sorted(state, key=lambda k: (rank.get(k, len(order)), k))}

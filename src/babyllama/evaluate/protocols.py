@@ -41,6 +41,19 @@ _FT_2023 = {"lr": 5e-5, "batch_size": 64, "epochs": 10, "patience": 10, "eval_ev
             "max_seq_length": 128, "select_on": "validation", "select_metric": "f1_if_binary",
             "pair_join": "concat", "weight_decay": 0.0, "warmup_fraction": 0.0, "schedule": "linear"}
 
+#: BabyLM 2025 fine-tuning (evaluation-pipeline-2025, eval_finetuning.sh and finetune/): token-0 pooling through
+#: the LN-Linear-GELU-LN-Dropout-Linear head, drop_last, no clipping, the best epoch on the validation file by
+#: accuracy (F1 for MRPC/QQP), and the GLUE headline the mean accuracy of its 7 tasks.
+_FT_2025 = {"lr": 3e-5, "batch_size": 32, "epochs": 10, "patience": 10, "eval_every": 0, "seed": 42,
+            "max_seq_length": 512, "select_on": "validation", "select_metric": "task", "pair_join": "concat",
+            "weight_decay": 0.01, "warmup_fraction": 0.06, "schedule": "cosine", "head": "babylm", "drop_last": True,
+            "grad_clip": None, "report_metric": "accuracy"}
+#: Per task: BoolQ/MultiRC batch 16, WSC 30 epochs, MNLI and QQP training subsampled to 10k examples.
+_FT_TASKS_2025 = {"boolq": {"batch_size": 16}, "multirc": {"batch_size": 16}, "wsc": {"epochs": 30, "patience": 30},
+                  "mnli": {"max_train_examples": 10_000}, "qqp": {"max_train_examples": 10_000}}
+#: The tasks the 2025/2026 pipelines fine-tune on (CoLA, SST-2, MNLI-mm and QNLI were dropped in 2025).
+BABYLM_2025_TASKS = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
+
 #: name -> {"eval": zero-shot keys, "finetune": eval.finetune_defaults keys, "tasks": per-task keys}
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "babyllama": {"eval": dict(_OURS), "finetune": {}, "tasks": {}},
@@ -53,16 +66,23 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "babylm-2024": {
         "eval": {"prefix": "bos", "leading_space": True, "ties_correct": True, "aggregation": "paradigms",
                  "context_prefix": "none"},
-        "finetune": {**_FT_2023, "patience": 3, "eval_every": 0},
+        "finetune": {**_FT_2023, "patience": 3, "eval_every": 0, "mnli_mm": "mnli_model"},
         "tasks": {},
     },
     "babylm-2025": {
         "eval": {"prefix": "none", "leading_space": False, "ties_correct": True, "aggregation": "paradigms",
                  "context_prefix": "none"},
-        "finetune": {"lr": 3e-5, "batch_size": 32, "epochs": 10, "patience": 10, "eval_every": 0, "seed": 42,
-                     "max_seq_length": 512, "select_on": "validation", "select_metric": "task",
-                     "pair_join": "concat", "weight_decay": 0.01, "warmup_fraction": 0.06, "schedule": "cosine"},
-        "tasks": {"boolq": {"batch_size": 16}, "multirc": {"batch_size": 16}, "wsc": {"epochs": 30, "patience": 30}},
+        "finetune": dict(_FT_2025),
+        "tasks": dict(_FT_TASKS_2025),
+    },
+    # Fine-tuning side of 2026 (official babylm-eval, strict/evaluation_pipeline/finetune): the 2025 script on
+    # the same 7 tasks. Its 2026-06-28 fix scales the loss by the gradient-accumulation steps, which only
+    # matters with accumulation; ours takes one optimizer step per batch, so both years train alike.
+    "babylm-2026": {
+        "eval": {"prefix": "none", "leading_space": False, "ties_correct": True, "aggregation": "paradigms",
+                 "context_prefix": "none"},
+        "finetune": dict(_FT_2025),
+        "tasks": dict(_FT_TASKS_2025),
     },
 }
 

@@ -96,11 +96,35 @@ def _finetune_jobs(cfg: Config) -> list[Job]:
 
     ev = cfg.eval
     out = []
-    for task in ev.finetune:
+    # mnli before mnli-mm: under mnli_mm 'mnli_model' (BabyLM 2024) mnli-mm reuses the MNLI model's scores.
+    for task in sorted(ev.finetune, key=lambda t: (t == "mnli-mm", ev.finetune.index(t))):
         hp = ev.finetune_hparams(task)
-        out.append(Job(f"finetune/{task}.json", task, {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
-                       lambda d, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
+        run = (lambda d, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h))
+        if task == "mnli-mm" and hp.mnli_mm == "mnli_model" and "mnli" in ev.finetune:
+            run = _mismatched_of_mnli(cfg, hp, run)
+        out.append(Job(f"finetune/{task}.json", task, {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")}, run))
     return out
+
+
+def _mismatched_of_mnli(cfg: Config, hp: Any, train: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
+    """mnli-mm as the BabyLM 2024 code scored it: the MNLI run's own model on mismatched, no second model.
+
+    Reads the MNLI result written just before (same hyperparameters); trains the MNLI model only when absent."""
+    from babyllama.io import read_json
+
+    def run(model_dir: Path) -> dict[str, Any]:
+        path = cfg.out / "eval" / model_dir.name / "finetune" / "mnli.json"
+        try:
+            mnli = read_json(path) if path.is_file() else {}
+        except ValueError:  # a damaged file: train again
+            mnli = {}
+        same = mnli.get("hp") == hp.model_dump(mode="json") and isinstance(mnli.get("mismatched"), dict)
+        if not same:
+            return train(model_dir)
+        mm = mnli["mismatched"]
+        return {"task": "mnli-mm", **{k: mm[k] for k in ("metric", "score", "metrics", "n_eval", "eval_file")},
+                "from_mnli_model": str(path), "model": mnli.get("model"), "hp": mnli["hp"]}
+    return run
 
 
 def curve_checkpoints(cfg: Config, name: str) -> list[tuple[int, Path]]:

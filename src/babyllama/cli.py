@@ -147,6 +147,14 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def cmd_eval_curve(args: argparse.Namespace) -> None:
+    from babyllama.evaluate.curves import evaluate_curves
+
+    cfg = _load(args)
+    for name, path in evaluate_curves(cfg).items():
+        print(f"wrote {path} ({name})")
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
@@ -332,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="write the result JSON here")
     q.add_argument("--device", default=None)
     q.set_defaults(func=cmd_eval_perplexity)
+    k = esub.add_parser("curve", help="the fast suite on every train.save_at_words checkpoint of every model of a config")
+    _add_config_args(k)
+    k.set_defaults(func=cmd_eval_curve)
 
     p = sub.add_parser("finetune", help="fine-tune on a (Super)GLUE or MSGS task in BabyLM's format")
     p.add_argument("--model", required=True, help="Hugging Face causal-LM directory")

@@ -323,7 +323,13 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1, description="Sentences per forward pass when scoring.")
     perplexity: bool = Field(True, description="Compute dev cross-entropy / perplexity for every model.")
     curves: bool = Field(
-        True, description="Evaluate the checkpoints kept by train.save_at_words (dev CE, and BLiMP when eval.blimp is set) for learning curves."
+        True, description="Evaluate the checkpoints kept by train.save_at_words (dev CE and the fast suite, eval.fast_data) "
+        "for learning curves."
+    )
+    fast_data: str | None = Field(
+        None, description="Folder of the official BabyLM fast sets (evaluation_data/fast_eval: blimp_fast, supplement_fast, "
+        "ewok_fast, entity_tracking_fast), scored at every train.save_at_words checkpoint; null = the curves score the "
+        "full data of every zero-shot task set above."
     )
     finetune: list[str] = Field(default_factory=list, description="Fine-tuning tasks to run (e.g. [cola, sst2]); [] = none.")
     finetune_data: str | None = Field(None, description="Folder of (Super)GLUE / MSGS files in BabyLM's formats.")

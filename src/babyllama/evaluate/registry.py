@@ -137,26 +137,52 @@ def curve_checkpoints(cfg: Config, name: str) -> list[tuple[int, Path]]:
     return sorted((int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and (p / "config.json").exists())
 
 
+#: The official fast sets (BabyLM 2025/2026 ``evaluation_data/fast_eval``) the curves score under eval.fast_data.
+FAST_SETS = {"blimp": "blimp_fast", "supplement": "supplement_fast", "ewok": "ewok_fast",
+             "entity_tracking": "entity_tracking_fast"}
+
+
+def curve_tasks(ev: EvalConfig) -> dict[str, str]:
+    """{task: data} the protocol's fast suite scores at every checkpoint: the official fast sets found under
+    ``eval.fast_data``, else the full data of every zero-shot task the config names."""
+    out = {}
+    for task, folder in FAST_SETS.items():
+        if ev.fast_data:
+            path = Path(ev.fast_data).expanduser() / folder
+            if path.exists():
+                out[task] = str(path)
+        elif getattr(ev, task):
+            out[task] = getattr(ev, task)
+    return out
+
+
+def _fast_scorer(task: str) -> Callable[..., dict[str, Any]]:
+    return score_blimp if task in ("blimp", "supplement") else _completion_scorer(task)
+
+
 def _curve_jobs(cfg: Config) -> list[Job]:
     from babyllama.evaluate.perplexity import evaluate_perplexity
 
     ev = cfg.eval
     if not ev.curves or not any(m.train.save_at_words for m in cfg.models()):
         return []
+    tasks = curve_tasks(ev)
 
     def run(model_dir: Path) -> dict[str, Any]:
         points = []
         for words, ck in curve_checkpoints(cfg, model_dir.name):
-            point: dict[str, Any] = {"words": words, "checkpoint": str(ck)}
+            point: dict[str, Any] = {"words": words, "checkpoint": str(ck), "results": {}}
             if ev.perplexity:
                 point["dev_ce"] = evaluate_perplexity(ck, cfg.data_dir, seq_len=cfg.data.seq_len)["ce_nats_per_token"]
-            if ev.blimp:
-                point["blimp"] = score_blimp(ck, ev.blimp, ev)["headline"]
+            for task, data in tasks.items():
+                result = _fast_scorer(task)(ck, data, ev)
+                point[task] = result["headline"]
+                point["results"][task] = result
             points.append(point)
-        return {"points": points}
+        return {"points": points, "tasks": tasks}
 
     settings = {"words": {m.name: m.train.save_at_words for m in cfg.models()}, "perplexity": ev.perplexity,
-                "blimp": _data_id(ev.blimp) if ev.blimp else None, **blimp_settings(ev)}
+                "tasks": {t: _data_id(d) for t, d in tasks.items()}, **blimp_settings(ev), **completion_settings(ev)}
     return [Job("curve.json", None, settings, run)]
 
 

@@ -28,7 +28,8 @@ is scored. ``context_prefix`` puts one token before the text (``none`` in the of
 
 Result JSON: ``{"task", "model", "data", "protocol": {"context_prefix", "prefix_token_id",
 "ties_correct"}, "groups": {name: {"accuracy", "n", "ties"}}, "splits": {...} (entity tracking),
-"headline": float, "accuracy": float (pooled), "n_items": int, "ties": int}``; accuracies are fractions.
+"headline": float, "accuracy": float (pooled), "n_items": int, "ties": int, "chosen": [option index per item]}``;
+accuracies are fractions; ``chosen`` (0 = the correct option) is what an official predictions file is built from.
 """
 
 from __future__ import annotations
@@ -124,14 +125,16 @@ def completion_lengths(tokenizer: Any, options: list[tuple[str, str]]) -> tuple[
 def aggregate(task: str, items: list[Item], scores: list[list[float]], ties_correct: bool) -> dict[str, Any]:
     """Per-group accuracies, the official headline, pooled accuracy and tie count."""
     groups: dict[str, list[int]] = {}
+    chosen = []  # per item, in data order: the option counted as the model's answer (0 = the correct one)
     for item, s in zip(items, scores, strict=True):
         best_other = max(s[1:])
         tie = s[0] == best_other
         ok = s[0] > best_other or (tie and ties_correct)
+        chosen.append(0 if ok else 1 + s[1:].index(best_other))
         g = groups.setdefault(item.group, [0, 0, 0])
         g[0], g[1], g[2] = g[0] + ok, g[1] + 1, g[2] + tie
     stats = {k: {"accuracy": c / n, "n": n, "ties": t} for k, (c, n, t) in sorted(groups.items())}
-    out: dict[str, Any] = {"groups": stats}
+    out: dict[str, Any] = {"groups": stats, "chosen": chosen}
     if task == "entity_tracking":
         splits = {}
         for split in ENTITY_SPLITS:

@@ -384,6 +384,7 @@ def finetune_task(
         "selection_metric": selection_metric(spec, hp), "holdout_score": best, "steps": steps,
         "stopped_early": stopped, "model": str(model_dir), "train_file": str(train_file), "eval_file": str(eval_file),
         "hp": hp.model_dump(mode="json"), "seconds": round(time.perf_counter() - t0, 2),
+        "predictions": preds,  # in eval-file order: the official predictions.json is built from these
     }
     if also_file is not None:  # BabyLM 2024: the MNLI model itself, scored on mismatched
         mm_ids, mm_labels = encoded(also_file, evaluation=True)

@@ -125,3 +125,13 @@ def implied_settings(ev: Any) -> list[tuple[str, Any, Any]]:
         hp = ev.finetune_hparams(task)
         rows += [(f"eval.finetune_tasks.{task}.{k}", getattr(hp, k), v) for k, v in keys.items()]
     return rows
+
+
+#: The official code each protocol follows (what a model card names as the pipeline version).
+PIPELINES: dict[str, str] = {
+    "babyllama": "babyllama's own protocol (not an official BabyLM pipeline)",
+    "babylm-2023": "github.com/babylm/evaluation-pipeline (2023, lm-eval fork)",
+    "babylm-2024": "github.com/babylm/evaluation-pipeline-2024 (lm-eval 0.4)",
+    "babylm-2025": "github.com/babylm/evaluation-pipeline-2025 (commit bf55c11, 2025-08-17)",
+    "babylm-2026": "github.com/babylm-org/babylm-eval, strict/ (2026 edition; fine-tuning as of the 2026-06-28 fix)",
+}

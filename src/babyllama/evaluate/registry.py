@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -99,11 +100,16 @@ def _finetune_jobs(cfg: Config) -> list[Job]:
     # mnli before mnli-mm: under mnli_mm 'mnli_model' (BabyLM 2024) mnli-mm reuses the MNLI model's scores.
     for task in sorted(ev.finetune, key=lambda t: (t == "mnli-mm", ev.finetune.index(t))):
         hp = ev.finetune_hparams(task)
-        run = (lambda d, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h))
+        run: Callable[[Path], dict[str, Any]] = partial(_finetune_one, finetune_task, ev.finetune_data, task, hp)
         if task == "mnli-mm" and hp.mnli_mm == "mnli_model" and "mnli" in ev.finetune:
             run = _mismatched_of_mnli(cfg, hp, run)
         out.append(Job(f"finetune/{task}.json", task, {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")}, run))
     return out
+
+
+def _finetune_one(finetune_task: Callable[..., dict[str, Any]], data: str, task: str, hp: Any,
+                  model_dir: Path) -> dict[str, Any]:
+    return finetune_task(model_dir, data, task, hp)
 
 
 def _mismatched_of_mnli(cfg: Config, hp: Any, train: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:

@@ -167,7 +167,8 @@ def _evaluation(rec: ModelRecord) -> list[str]:
                          f"prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, sentence score = "
                          f"{p.get('reduction')} of token log-probs, ties counted {'correct' if p.get('ties_correct') else 'wrong'}.")
     for task, r in rec.finetune.items():
-        lines.append(f"- **{task}** (fine-tuned, selected on a hold-out of train, scored on validation): "
+        where = "the validation file itself" if r.get("selected_on") == "validation" else "a hold-out of train"
+        lines.append(f"- **{task}** (fine-tuned, selected on {where}, scored on validation): "
                      f"{r.get('metric')} {100 * r['score']:.1f} on {r.get('n_eval', '?')} examples.")
     return lines or ["No evaluation was recorded for this model (no eval/<name>/*.json in its run)."]
 

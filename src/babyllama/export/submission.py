@@ -27,39 +27,22 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from babyllama.config import STRICT_SMALL_BUDGET, babylm_checkpoint_words
+from babyllama.config import STRICT_SMALL_BUDGET
 from babyllama.errors import UserError
+from babyllama.evaluate.protocols import BABYLM_2025_TASKS
+from babyllama.export.babylm_layout import (
+    BACKEND,
+    MANIFEST,
+    NOT_SCORED,
+    ZERO_SHOT,
+    required_revisions,
+    revision_name,
+    track,
+)
 from babyllama.export.record import ModelRecord, load_record
+from babyllama.export.submission_card import render_submission_card
+from babyllama.export.submission_check import check_submission
 from babyllama.io import atomic_path, atomic_write_json, read_json
-
-BACKEND = "causal"
-MANIFEST = "submission.json"
-#: our task -> (collated key, results sub-path of the full set, of the fast set or None)
-ZERO_SHOT = {
-    "blimp": ("blimp", "blimp/blimp_filtered", "blimp/blimp_fast"),
-    "supplement": ("blimp_supplement", "blimp/supplement_filtered", "blimp/supplement_fast"),
-    "ewok": ("ewok", "ewok/ewok_filtered", "ewok/ewok_fast"),
-    "entity_tracking": ("entity_tracking", "entity_tracking/entity_tracking", "entity_tracking/entity_tracking_fast"),
-    "comps": ("comps", "comps/comps", None),
-}
-#: Official tasks babyllama does not score; the card and the check list them as not included.
-NOT_SCORED = ("wug_adj", "wug_past", "reading", "aoa")
-GLUE_2025 = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
-
-
-def revision_name(words: float) -> str | None:
-    """``chck_<N>M`` for a whole number of millions of words, else None (not an official checkpoint)."""
-    return f"chck_{int(words) // 1_000_000}M" if words >= 1_000_000 and int(words) % 1_000_000 == 0 else None
-
-
-def track(word_budget: int) -> str:
-    return "strict-small" if word_budget <= STRICT_SMALL_BUDGET else "strict"
-
-
-def required_revisions(word_budget: int, words_seen: float) -> list[str]:
-    """The checkpoints the rules ask for: the track's schedule up to the words the model saw."""
-    return [revision_name(w) or "" for w in babylm_checkpoint_words(word_budget) if w <= words_seen * (1 + 1e-9)]
-
 
 # -- predictions in the official format -------------------------------------------------------------------
 
@@ -223,9 +206,6 @@ def write_results(tmp: Path, g: dict[str, Any]) -> dict[str, Any]:
 
 def export_submission(model_dir: str | Path, to: str | Path) -> list[Path]:
     """Write the submission folder ``to`` (new or empty) for ``model_dir``; check it, then publish it whole."""
-    from babyllama.export.submission_card import render_submission_card
-    from babyllama.export.submission_check import check_submission
-
     to = Path(to)
     if to.exists() and (not to.is_dir() or any(to.iterdir())):
         raise UserError(f"--to {to}: exists and is not an empty folder; give a new folder for the submission")
@@ -240,7 +220,7 @@ def export_submission(model_dir: str | Path, to: str | Path) -> list[Path]:
         manifest = {"format": "babylm-submission", "version": 1, "model": g["name"], "backend": BACKEND,
                     "protocol": g["protocol"], "track": g["track"], "word_budget": g["word_budget"],
                     "words_seen": g["words_seen"], "revisions": list(g["checkpoints"]), "required": g["required"],
-                    **written, "not_scored": [*NOT_SCORED, *[t for t in GLUE_2025 if t not in g["finetune"]]]}
+                    **written, "not_scored": [*NOT_SCORED, *[t for t in BABYLM_2025_TASKS if t not in g["finetune"]]]}
         atomic_write_json(tmp / MANIFEST, manifest)
         (tmp / "README.md").write_text(render_submission_card(rec, g, manifest), encoding="utf-8")
         check_submission(tmp)

@@ -11,8 +11,8 @@ from typing import Any
 
 import babyllama
 from babyllama.evaluate.protocols import PIPELINES
+from babyllama.export.babylm_layout import ZERO_SHOT
 from babyllama.export.record import ModelRecord
-from babyllama.export.submission import ZERO_SHOT
 
 
 def _n(result: dict[str, Any]) -> str:

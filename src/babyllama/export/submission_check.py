@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from babyllama.errors import UserError
-from babyllama.export.submission import BACKEND, MANIFEST, ZERO_SHOT
+from babyllama.export.babylm_layout import BACKEND, MANIFEST, ZERO_SHOT
 from babyllama.io import read_json
 
 MANIFEST_KEYS = ("model", "backend", "protocol", "track", "words_seen", "revisions", "required", "zero_shot",

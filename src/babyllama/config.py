@@ -16,12 +16,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_text
+from babyllama.protocols import apply_protocol
 
 #: Smallest vocabulary that holds the 3 special tokens and the 256 byte-level base symbols.
 MIN_VOCAB_SIZE = 3 + 256
 #: Largest vocabulary we accept: 8x the biggest common LM vocabularies (~128k-256k); token ids must fit
 #: the uint32 token files, and beyond this the embedding tables alone outgrow any child-scale model.
 MAX_VOCAB_SIZE = 1 << 21
+#: Folder under a model's checkpoints where train.save_at_words keeps one HF folder per word count.
+AT_WORDS_DIR = "at_words"
 
 
 class Section(BaseModel):
@@ -299,7 +302,7 @@ class EvalConfig(Section):
     protocol: Literal["babyllama", "babylm-2023", "babylm-2024", "babylm-2025", "babylm-2026"] = Field(
         "babyllama",
         description="Settings preset: 'babyllama' (ours: held-out selection, ties wrong) or a BabyLM year's official pipeline "
-        "(prefix, ties, aggregation, fine-tuning); explicit keys override it.",
+        "(prefix, ties, aggregation, EWoK pairing, truncation, fine-tuning); explicit keys override it.",
     )
     blimp: str | None = Field(
         None, description="BLiMP data (folder or file, any supported format), or 'embedded:blimp' (100 pairs per paradigm, shipped); null = skip."
@@ -308,17 +311,39 @@ class EvalConfig(Section):
     ewok: str | None = Field(None, description="EWoK data (BabyLM ewok_filtered folder of <Domain>.jsonl); null = skip.")
     entity_tracking: str | None = Field(None, description="Entity-tracking data (BabyLM 2025 entity_tracking folder); null = skip.")
     comps: str | None = Field(None, description="COMPS data (BabyLM 2025 comps folder); null = skip.")
-    prefix: Literal["eos", "bos", "none"] = Field(
-        "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; protocol default)."
+    global_piqa: str | None = Field(
+        None, description="GlobalPIQA (English) data: the BabyLM 2026 evaluation folder holding global_piqa_parallel/ and "
+        "global_piqa_nonparallel/, or one set's eng_latn.jsonl; null = skip."
+    )
+    prefix: Literal["eos", "bos", "none", "tokenizer"] = Field(
+        "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; 'tokenizer' = "
+        "the tokenizer's own special tokens, as BabyLM 2025/2026; protocol default)."
     )
     leading_space: bool = Field(True, description="Prepend a space to each BLiMP sentence before tokenizing (protocol default).")
     reduction: Literal["sum", "mean"] = Field("sum", description="Sentence score: sum or mean of token log-probabilities.")
-    ties_correct: bool = Field(False, description="Count ties as correct, as every BabyLM pipeline does (protocol default).")
+    ties: Literal["correct", "wrong", "random", "expected"] = Field(
+        "wrong", description="A tie for the top score: 'correct' if it includes the right answer (BabyLM 2023-2025), 'wrong', "
+        "'random' (BabyLM 2026, seeded here by eval.seed) or 'expected' (1/k credit, deterministic); results report all four "
+        "headlines. The old key eval.ties_correct: true/false still means correct/wrong (protocol default)."
+    )
+    seed: int = Field(0, description="Seed of the tie draws under eval.ties: random.")
+    truncate: bool = Field(
+        True, description="Keep the last tokens of an input longer than the model's positions (lm-eval, BabyLM 2023/2024); false = "
+        "never cut when the model can read further (BabyLM 2025/2026), with a note in the result (protocol default)."
+    )
+    ewok_pairing: Literal["targets", "contexts"] = Field(
+        "targets", description="EWoK candidates: 'targets' = Context1+Target1 vs Context1+Target2 (BabyLM 2024/2025), 'contexts' = "
+        "Context1+Target1 vs Context2+Target1 (BabyLM 2026) (protocol default)."
+    )
+    entity_skip_nothing: bool = Field(
+        False, description="Leave out entity-tracking items with an option containing \"nothing\", as BabyLM 2026 does (protocol default)."
+    )
     aggregation: Literal["phenomena", "paradigms"] = Field(
         "phenomena", description="BLiMP headline: unweighted mean over phenomena or over paradigms (protocol default)."
     )
-    context_prefix: Literal["eos", "bos", "none"] = Field(
-        "eos", description="Token before the context of EWoK / entity tracking / COMPS items (protocol default; official: none)."
+    context_prefix: Literal["eos", "bos", "none", "tokenizer"] = Field(
+        "eos", description="Token before the context of EWoK / entity tracking / COMPS / GlobalPIQA items (protocol default; official: "
+        "none in 2023/2024, the tokenizer's own special tokens in 2025/2026)."
     )
     batch_size: int = Field(64, ge=1, description="Sentences per forward pass when scoring.")
     perplexity: bool = Field(True, description="Compute dev cross-entropy / perplexity for every model.")
@@ -340,8 +365,6 @@ class EvalConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_protocol(cls, data: Any) -> Any:
-        from babyllama.evaluate.protocols import apply_protocol
-
         return apply_protocol(data)
 
     @model_validator(mode="after")
@@ -472,6 +495,10 @@ class Config(Section):
 
     def checkpoint_dir(self, name: str) -> Path:
         return self.out / "checkpoints" / name
+
+    def words_checkpoint_dir(self, name: str) -> Path:
+        """Where ``train.save_at_words`` keeps model ``name``'s HF folders, one per word count (learning curves)."""
+        return self.checkpoint_dir(name) / AT_WORDS_DIR
 
     def models(self) -> list[ModelConfig]:
         """Every model of the experiment: teachers, then the student and (if enabled) the control."""

@@ -26,13 +26,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from babyllama import identity
+from babyllama import distributed, identity
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json
 from babyllama.roles import EVALUATE, PREPARE, REPORT, Role, members
 from babyllama.runtime import training_device
-from babyllama.train import distributed
 
 STATE_FILE = "run_state.json"
 

@@ -25,9 +25,9 @@ from typing import Any
 from babyllama import threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.protocols import implied_settings
 from babyllama.evaluate.registry import headline_scores, jobs
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.protocols import implied_settings
 from babyllama.roles import Role, members, stage_order
 
 # -- gathering -----------------------------------------------------------------------------------------

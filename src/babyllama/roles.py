@@ -1,8 +1,7 @@
 """Who is who in an experiment: every model's role and the stage that trains it, in pipeline order.
 
-`babyllama run` plans its stages from these (prepare → a stage per model → evaluate → report) and the
-report reads roles and stage order from here too, so neither repeats the other's list or matches
-role names as strings.
+`babyllama run` plans one training stage per member, in this order (prepare → the models → evaluate →
+report), and the report lists its models and stages from here.
 """
 
 from __future__ import annotations

@@ -73,6 +73,7 @@ from babyllama.distill.loss import (
     SparseTeachers,
     TeacherSource,
 )
+from babyllama.distributed import barrier, rank, world_size
 from babyllama.errors import UserError
 from babyllama.io import (
     atomic_path,
@@ -82,7 +83,6 @@ from babyllama.io import (
     read_json,
     stable_hash,
 )
-from babyllama.train.distributed import barrier, rank, world_size
 
 CACHE_VERSION = 2
 SPEC_FILE = "spec.json"

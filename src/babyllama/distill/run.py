@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from babyllama import distributed as dist
 from babyllama.config import Config
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import num_fixed_windows
@@ -16,7 +17,6 @@ from babyllama.distill.objective import DistillObjective, distill_fingerprint
 from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
 from babyllama.errors import UserError
 from babyllama.runtime import training_device
-from babyllama.train import distributed as dist
 from babyllama.train.loop import fit
 
 #: Positions per teacher forward pass while building the cache.

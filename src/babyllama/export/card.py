@@ -165,7 +165,8 @@ def _evaluation(rec: ModelRecord) -> list[str]:
                          f"(over paradigms {100 * b.get('macro_paradigms', float('nan')):.1f}%, all pairs "
                          f"{100 * b.get('accuracy', float('nan')):.1f}%) on {b.get('n_pairs', '?'):,} pairs; protocol: "
                          f"prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, sentence score = "
-                         f"{p.get('reduction')} of token log-probs, ties counted {'correct' if p.get('ties_correct') else 'wrong'}.")
+                         f"{p.get('reduction')} of token log-probs, ties counted "
+                         f"{p.get('ties') or ('correct' if p.get('ties_correct') else 'wrong')}.")
     for task, r in rec.finetune.items():
         where = "the validation file itself" if r.get("selected_on") == "validation" else "a hold-out of train"
         lines.append(f"- **{task}** (fine-tuned, selected on {where}, scored on validation): "

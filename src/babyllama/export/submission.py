@@ -27,9 +27,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from babyllama.config import STRICT_SMALL_BUDGET
+from babyllama.config import AT_WORDS_DIR, STRICT_SMALL_BUDGET
 from babyllama.errors import UserError
-from babyllama.evaluate.protocols import BABYLM_2025_TASKS
 from babyllama.export.babylm_layout import (
     BACKEND,
     MANIFEST,
@@ -43,6 +42,7 @@ from babyllama.export.record import ModelRecord, load_record
 from babyllama.export.submission_card import render_submission_card
 from babyllama.export.submission_check import check_submission
 from babyllama.io import atomic_path, atomic_write_json, read_json
+from babyllama.protocols import BABYLM_2025_TASKS
 
 # -- predictions in the official format -------------------------------------------------------------------
 
@@ -70,7 +70,9 @@ def completion_predictions(task: str, result: dict[str, Any]) -> dict[str, dict[
     """{group: {"predictions": [{"id", "pred": chosen completion}]}} from the data and the result's ``chosen``."""
     from babyllama.evaluate.completions import load_items
 
-    items = load_items(task, result["data"])
+    proto = result.get("protocol") or {}
+    items, _ = load_items(task, result["data"], ewok_pairing=proto.get("ewok_pairing", "targets"),
+                          skip_nothing=bool(proto.get("entity_skip_nothing", False)))
     chosen = result.get("chosen")
     if not isinstance(chosen, list) or len(chosen) != len(items):
         raise UserError(f"{result['data']}: the {task} result has no per-item choices for these {len(items)} items; "
@@ -124,8 +126,6 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def _checkpoints(rec: ModelRecord) -> dict[str, tuple[Path, dict[str, Any]]]:
     """{revision: (checkpoint folder, {task: result})} of the official-schedule checkpoints the run kept."""
-    from babyllama.train.loop import AT_WORDS_DIR
-
     assert rec.run_dir is not None
     folder = rec.run_dir / "checkpoints" / rec.name / AT_WORDS_DIR
     curve = _read(rec.run_dir / "eval" / rec.name / "curve.json") or {}

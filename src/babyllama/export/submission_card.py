@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import babyllama
-from babyllama.evaluate.protocols import PIPELINES
 from babyllama.export.babylm_layout import ZERO_SHOT
 from babyllama.export.record import ModelRecord
+from babyllama.protocols import PIPELINES
 
 
 def _n(result: dict[str, Any]) -> str:

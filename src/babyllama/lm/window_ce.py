@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from babyllama import distributed as dist
 from babyllama.data.windows import gather_windows, window_starts
 from babyllama.runtime import autocast
-from babyllama.train import distributed as dist
 
 
 @torch.no_grad()

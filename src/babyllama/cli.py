@@ -41,8 +41,10 @@ def _lock(args: argparse.Namespace, out: Path) -> None:
 def _load(args: argparse.Namespace, lock: bool = True):
     from babyllama.config import load_config, save_resolved
     from babyllama.distributed import is_main_process
+    from babyllama.existing import check_sources
 
     cfg = load_config(args.config, args.overrides)
+    check_sources(cfg)  # existing models named by `from`: vetted before anything is written
     if lock:
         _lock(args, cfg.out)
     if is_main_process():

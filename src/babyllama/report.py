@@ -26,7 +26,9 @@ from babyllama import threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.registry import headline_scores, jobs
-from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from babyllama.ledger import LEDGER_FILE, verdict_lines
+from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
 from babyllama.roles import Role, members, stage_order
 
@@ -122,6 +124,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "approximations": approximations(models, out_dir),
         "stages": _stage_seconds(state, stage_order(cfg)),
         "ledger": manifest.get("ledger"),
+        "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
     }
 
@@ -441,6 +444,10 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
     ]
     if summary.get("approximations"):
         blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
+    compliance = summary.get("compliance")
+    if compliance and compliance.get("verdicts"):
+        title = f"Rules: {compliance['rules']}" + (" (this run BREAKS a rule)" if compliance.get("breaks_rules") else "")
+        blocks.insert(1, (title, "list", verdict_lines(compliance)))
     if summary.get("protocol"):
         blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
     curves = _curve_rows(summary)
@@ -460,12 +467,27 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         rows.append(["**total**", f"{ledger.get('total_words', 0):,}"])
         rows.append(["budget", f"{ledger.get('budget', 0):,}"])
         blocks.append(("Word-budget ledger (training words)", "table", (["source", "words"], rows)))
+    if compliance:
+        blocks.append(("Words seen per model (ledger.json)", "table", _exposure_rows(compliance)))
     env = summary["environment"]
     env_rows = [["python", env["python"]], ["platform", env["platform"]], ["cpu", f"{env['cpu']} ({env['cpu_count']} cores)"],
                 ["gpus", ", ".join(env["gpus"]) or "none"], ["CPU threads", _threads_cell(env.get("threads"))]]
     env_rows += [[k, v or "–"] for k, v in env["packages"].items()]
     blocks.append(("Environment", "table", (["what", "value"], env_rows)))
     return blocks
+
+
+def _exposure_rows(compliance: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Words in the pool, words seen and epochs per model; the student's second reading last."""
+    rows = []
+    for name, m in compliance["models"].items():
+        seen = "not known (trained elsewhere)" if m["role"] == "external teacher" else _fmt(m.get("words_seen"), "int")
+        rows.append([name, m["role"], _fmt(m.get("pool_words"), "int"), seen + (" (planned)" if m.get("planned") else ""),
+                     "–" if m.get("epochs") is None else f"{m['epochs']:.2f}"])
+    if compliance.get("student_with_teachers_words") is not None:
+        rows.append(["student + teachers", "second reading of the cap", "", _fmt(compliance["student_with_teachers_words"],
+                                                                                 "int"), ""])
+    return ["model", "role", "words in pool", "words seen", "epochs"], rows
 
 
 def _threads_cell(t: dict | None) -> str:
@@ -532,4 +554,5 @@ def build_report(out_dir: Path) -> list[Path]:
     atomic_write_text(md_path, render_markdown(summary, plots, out_dir))
     atomic_write_text(html_path, render_html(summary, plots))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_json(out_dir / LEDGER_FILE, summary["compliance"])
     return [md_path, html_path]

@@ -237,7 +237,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
     """Data, teachers (trained, evaluated), the teacher cache, and the member's links to them."""
     from babyllama.pipeline import STATE_FILE, evaluate_all, run_pipeline
 
-    teachers = [f"teacher:{t.name}" for t in home.teachers]
+    teachers = [f"teacher:{t.name}" for t in home.trained_teachers]
     if home.out != base.out:
         run_pipeline(base, only=["prepare"])
         _link(home.data_dir, base.data_dir)
@@ -248,12 +248,12 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
     if main:
         _link(mcfg.data_dir, base.data_dir)
         _link(mcfg.out / "cache", base.out / "cache")
-        for t in mcfg.teachers:
+        for t in mcfg.trained_teachers:
             _link(mcfg.model_dir(t.name), home.model_dir(t.name))
             _link(mcfg.checkpoint_dir(t.name), home.checkpoint_dir(t.name))
             _link(mcfg.out / "eval" / t.name, home.out / "eval" / t.name)
         home_state, state = _state(home), _state(mcfg)
-        for stage in ["prepare", *(f"teacher:{t.name}" for t in mcfg.teachers)]:
+        for stage in ["prepare", *(f"teacher:{t.name}" for t in mcfg.trained_teachers)]:
             if state.get(stage, {}).get("fingerprint") != home_state[stage]["fingerprint"]:
                 state[stage] = home_state[stage]
         atomic_write_json(mcfg.out / STATE_FILE, state)
@@ -266,7 +266,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
         build_teacher_cache(mcfg)
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
         home_state = _state(home)
-        evaluate_all(mcfg, {t.name: home_state[f"teacher:{t.name}"]["fingerprint"] for t in mcfg.teachers})
+        evaluate_all(mcfg, {t.name: home_state[f"teacher:{t.name}"]["fingerprint"] for t in mcfg.trained_teachers})
 
 
 def adopt_identical(base: Config, mcfg: Config) -> None:

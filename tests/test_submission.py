@@ -31,7 +31,8 @@ def run_dir(tmp_path_factory) -> Path:
                                              "num_heads": 2, "intermediate_size": 32,
                                              "train": {"save_at_words": "babylm"}},
             "teachers": [], "eval": {"protocol": "babylm-2025", "perplexity": False, "blimp": str(FIX / "blimp_2024"),
-                                     "ewok": str(FIX / "ewok")}}
+                                     "ewok": str(FIX / "ewok"),
+                                     "finetune": ["sst2"], "finetune_data": str(FIX / "glue_2024")}}
     cfg_path = root / "exp.yaml"
     cfg_path.write_text(yaml.safe_dump(tree))
     for words in (M, 2 * M):

@@ -41,7 +41,7 @@ from babyllama.export.babylm_layout import (
 from babyllama.export.record import ModelRecord, load_record
 from babyllama.export.submission_card import render_submission_card
 from babyllama.export.submission_check import check_submission
-from babyllama.io import atomic_path, atomic_write_json, read_json
+from babyllama.io import atomic_path, atomic_write_json
 from babyllama.protocols import BABYLM_2025_TASKS
 
 # -- predictions in the official format -------------------------------------------------------------------
@@ -114,21 +114,11 @@ def finetune_files(task: str, result: dict[str, Any]) -> tuple[dict[str, Any], s
 # -- gathering what the run recorded ----------------------------------------------------------------------
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = read_json(path)
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
-    return data if isinstance(data, dict) else None
-
-
 def _checkpoints(rec: ModelRecord) -> dict[str, tuple[Path, dict[str, Any]]]:
     """{revision: (checkpoint folder, {task: result})} of the official-schedule checkpoints the run kept."""
     assert rec.run_dir is not None
     folder = rec.run_dir / "checkpoints" / rec.name / AT_WORDS_DIR
-    curve = _read(rec.run_dir / "eval" / rec.name / "curve.json") or {}
+    curve = rec.results.get("curve") or {}
     by_words = {int(p.get("words", -1)): p.get("results") or {} for p in curve.get("points") or []}
     out = {}
     for ck in sorted((p for p in folder.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)) if folder.is_dir() else []:
@@ -143,15 +133,14 @@ def gather(rec: ModelRecord) -> dict[str, Any]:
     if rec.run_dir is None:
         raise UserError(f"{rec.model_dir}: not inside a babyllama run (<out_dir>/models/<name>/ with <out_dir>/config.yaml); "
                         "a submission needs the run's evaluation results")
-    cfg = rec.run_config or {}
-    budget = int((cfg.get("data") or {}).get("word_budget", STRICT_SMALL_BUDGET))
+    if rec.config_problem:
+        raise UserError(f"{rec.run_dir / 'config.yaml'}: {rec.config_problem}")
+    budget = int(((rec.run_config or {}).get("data") or {}).get("word_budget", STRICT_SMALL_BUDGET))
     words = float((rec.training or {}).get("words_seen", 0))
-    eval_dir = rec.run_dir / "eval" / rec.name
-    zero = {t: r for t in ZERO_SHOT if (r := _read(eval_dir / f"{t}.json")) is not None and "headline" in r}
-    fine = {p.stem: r for p in sorted((eval_dir / "finetune").glob("*.json"))
-            if (r := _read(p)) is not None and "score" in r}
-    return {"name": rec.name, "protocol": (cfg.get("eval") or {}).get("protocol", "babyllama"), "word_budget": budget,
-            "track": track(budget), "words_seen": words, "zero_shot": zero, "finetune": fine,
+    zero = {t: rec.results[t] for t in ZERO_SHOT if t in rec.results and t in rec.headlines}
+    fine = {k.removeprefix("finetune/"): r for k, r in rec.results.items() if k.startswith("finetune/") and "score" in r}
+    return {"name": rec.name, "protocol": rec.protocol or "babyllama", "word_budget": budget, "track": track(budget),
+            "words_seen": words, "zero_shot": zero, "headlines": rec.headlines, "finetune": fine,
             "checkpoints": _checkpoints(rec), "required": required_revisions(budget, words)}
 
 

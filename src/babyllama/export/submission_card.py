@@ -23,7 +23,7 @@ def _n(result: dict[str, Any]) -> str:
 def _final_rows(g: dict[str, Any]) -> list[str]:
     rows = ["| task | score % | items | set scored (data) |", "|---|---|---|---|"]
     for task, r in g["zero_shot"].items():
-        rows.append(f"| {task} | {100 * r['headline']:.2f} | {_n(r)} | full: `{r.get('data')}` |")
+        rows.append(f"| {task} | {100 * g['headlines'][task]:.2f} | {_n(r)} | full: `{r.get('data')}` |")
     for task, r in g["finetune"].items():
         rows.append(f"| {task} (fine-tuned) | {100 * r['score']:.2f} {r.get('metric')} | {r.get('n_eval', '?')} | "
                     f"validation: `{r.get('eval_file')}` |")

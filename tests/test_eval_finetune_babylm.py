@@ -3,7 +3,6 @@ the accuracy headline and 10k subsampling; 2024's mnli-mm scored with the MNLI m
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -104,7 +103,7 @@ def test_2024_mnli_mm_is_the_mnli_model_scored_on_mismatched(llama_dir):
 
 
 def test_2024_run_reuses_the_mnli_model_for_mnli_mm(llama_dir, tmp_path):
-    from babyllama.evaluate.registry import jobs
+    from babyllama.evaluate.registry import current_inputs, jobs, write_result
 
     cfg = load_config(None, ["eval.protocol=babylm-2024", *TINY, f"out_dir={tmp_path}",
                              "eval.finetune=[mnli-mm, mnli]", f"eval.finetune_data={FIX / 'glue_2023'}"])
@@ -115,9 +114,8 @@ def test_2024_run_reuses_the_mnli_model_for_mnli_mm(llama_dir, tmp_path):
     model_dir.symlink_to(llama_dir, target_is_directory=True)
     results = {}
     for job in todo:
+        inputs = current_inputs(cfg, "m", job)
         results[job.file] = job.run(model_dir)
-        path = tmp_path / "eval" / "m" / job.file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(results[job.file]))
+        write_result(cfg, "m", job, inputs, results[job.file])
     mm = results["finetune/mnli-mm.json"]
     assert mm["from_mnli_model"].endswith("mnli.json") and mm["score"] == results["finetune/mnli.json"]["mismatched"]["score"]

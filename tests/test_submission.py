@@ -10,11 +10,10 @@ import pytest
 import yaml
 
 from babyllama.cli import main
-from babyllama.config import FinetuneConfig, load_config
+from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.blimp import load_pairs
-from babyllama.evaluate.finetune import finetune_task
-from babyllama.evaluate.registry import score_blimp
+from babyllama.evaluate.registry import current_inputs, jobs, write_result
 from babyllama.export.submission_check import check_submission
 from fixtures.eval.tiny_models import make_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -32,7 +31,8 @@ def run_dir(tmp_path_factory) -> Path:
                                              "train": {"save_at_words": "babylm"}},
             "teachers": [], "eval": {"protocol": "babylm-2025", "perplexity": False, "blimp": str(FIX / "blimp_2024"),
                                      "ewok": str(FIX / "ewok"),
-                                     "finetune": ["sst2"], "finetune_data": str(FIX / "glue_2024")}}
+                                     "finetune": ["sst2"], "finetune_data": str(FIX / "glue_2024"),
+                                     "finetune_defaults": {"lr": 1e-3, "batch_size": 4, "epochs": 1, "seed": 1}}}
     cfg_path = root / "exp.yaml"
     cfg_path.write_text(yaml.safe_dump(tree))
     for words in (M, 2 * M):
@@ -40,12 +40,11 @@ def run_dir(tmp_path_factory) -> Path:
     assert main(["evaluate", "curve", str(cfg_path)]) == 0  # also writes <out>/config.yaml (the resolved config)
     model = make_model_dir(out / "models" / "student", "llama", seed=7)
     (model / "training_summary.json").write_text(json.dumps({"words_seen": 2.5 * M, "params": 1}))
-    ev = load_config(cfg_path).eval
-    (out / "eval" / "student" / "finetune").mkdir(parents=True)
-    (out / "eval" / "student" / "blimp.json").write_text(json.dumps(score_blimp(model, ev.blimp, ev)))
-    hp = FinetuneConfig(lr=1e-3, batch_size=4, epochs=1, eval_every=0, seed=1, report_metric="accuracy")
-    ft = finetune_task(model, FIX / "glue_2024", "sst2", hp, device="cpu")
-    (out / "eval" / "student" / "finetune" / "sst2.json").write_text(json.dumps(ft))
+    cfg = load_config(cfg_path)
+    for _, job in jobs(cfg):  # the final model's results, written as the run's evaluate stage writes them
+        if job.file in ("blimp.json", "finetune/sst2.json"):
+            inputs = current_inputs(cfg, "student", job)
+            write_result(cfg, "student", job, inputs, job.run(model))
     return out
 
 

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from babyllama.errors import UserError
-from babyllama.evaluate.formats import LOAD_ERRORS, check_causal_lm_dir, load_tokenizer, special_token_id
+from babyllama.evaluate.formats import LOAD_ERRORS, check_model_files, load_tokenizer, special_token_id
 from babyllama.hf_logging import quiet_transformers
 
 #: The official head's dropout and LayerNorm epsilon (the pipeline's argument defaults).
@@ -69,7 +69,7 @@ def _build(model_dir: Path, num_labels: int, head: str) -> Any:
 def load_classifier(model_dir: Path, num_labels: int, device: torch.device,
                     head: str = "last_token") -> tuple[Any, Any, int, int | None]:
     """Sequence classifier from a causal checkpoint: (model, tokenizer, pad id, separator id)."""
-    check_causal_lm_dir(model_dir)
+    check_model_files(model_dir)
     tokenizer = load_tokenizer(model_dir)
     with quiet_transformers():
         try:

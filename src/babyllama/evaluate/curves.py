@@ -12,12 +12,17 @@ from pathlib import Path
 
 from babyllama.config import Config
 from babyllama.errors import UserError
-from babyllama.io import atomic_write_json
 
 
 def evaluate_curves(cfg: Config) -> dict[str, Path]:
     """{model: curve.json written} for every model with kept checkpoints (UserError when none has any)."""
-    from babyllama.evaluate.registry import curve_checkpoints, evaluator
+    from babyllama.evaluate.registry import (
+        current_inputs,
+        curve_checkpoints,
+        evaluator,
+        result_path,
+        write_result,
+    )
 
     job = next(iter(evaluator("curves").jobs(cfg)), None)
     if job is None:
@@ -27,9 +32,9 @@ def evaluate_curves(cfg: Config) -> dict[str, Path]:
         if not curve_checkpoints(cfg, m.name):
             continue
         print(f"[curve] {m.name}: {len(curve_checkpoints(cfg, m.name))} checkpoints", flush=True)
-        path = cfg.out / "eval" / m.name / job.file
-        atomic_write_json(path, job.run(cfg.model_dir(m.name)))
-        written[m.name] = path
+        inputs = current_inputs(cfg, m.name, job)  # before computing: what the result is computed from
+        write_result(cfg, m.name, job, inputs, job.run(cfg.model_dir(m.name)))
+        written[m.name] = result_path(cfg, m.name, job)
     if not written:
         raise UserError(f"evaluate curve: no checkpoints under {cfg.out / 'checkpoints'}/<model>/at_words/ yet "
                         "(train first, with train.save_at_words)")

@@ -504,6 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"argument {bad!r} holds a control character; names and paths must be plain text", EXIT_USER)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    _expand_paths(args)
     _quiet_libraries()
     try:
         threads.apply(args.threads, log=args.verb != "config")
@@ -522,6 +523,20 @@ def main(argv: list[str] | None = None) -> int:
         print("babyllama: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+#: Command-line options that name a file or folder (``~`` expanded, as in every path of the config).
+PATH_ARGS = ("config", "model", "data", "out", "to", "model_dir", "out_dir", "data_dir")
+
+
+def _expand_paths(args: argparse.Namespace) -> None:
+    """``~`` in a path option is the home folder even where the shell does not expand it (``--to=~/x``)."""
+    import os
+
+    for key in PATH_ARGS:
+        value = getattr(args, key, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
 
 
 def _fail(message: str, code: int) -> int:

@@ -25,7 +25,7 @@ from typing import Any
 from babyllama import threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import headline_scores, jobs
+from babyllama.evaluate.registry import headline_columns, model_headlines, model_results
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
@@ -76,7 +76,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     if not (out_dir / "config.yaml").exists():
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
-    models = []
+    models, columns = [], headline_columns(cfg)
     for member in members(cfg):
         name = member.name
         model_dir = cfg.model_dir(name)
@@ -86,11 +86,8 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
         # Dev lines carry the step only; every optimizer step sees the same number of tokens.
         per_step = last["tokens_seen"] / last["step"] if last.get("tokens_seen") and last.get("step") else None
-        ev = out_dir / "eval" / name
-        ppl = _read_json_or_none(ev / "perplexity.json") or {}
-        blimp = _read_json_or_none(ev / "blimp.json")
-        supp = _read_json_or_none(ev / "supplement.json")
-        scores = headline_scores(cfg, ev, _read_json_or_none)
+        results, headlines = model_results(cfg, name), model_headlines(cfg, name)
+        ppl = results.get("perplexity", {})
         models.append({
             "name": name,
             "role": member.role.value,
@@ -102,10 +99,11 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "dev_ce": ppl.get("ce_nats_per_token", dev_rows[-1]["dev_loss"] if dev_rows else None),
             "dev_perplexity": ppl.get("perplexity"),
             "bits_per_word": ppl.get("bits_per_word"),
-            "blimp": blimp,
-            "supplement": supp,
-            "scores": scores,  # {report column: headline}, one per result file the registry names
-            "curve": (_read_json_or_none(ev / "curve.json") or {}).get("points", []),  # train.save_at_words
+            "blimp": results.get("blimp"),
+            "supplement": results.get("supplement"),
+            "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
+            "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
+            "curve": results.get("curve", {}).get("points", []),  # train.save_at_words
             "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
@@ -118,7 +116,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "out_dir": str(out_dir),
         "config": cfg.model_dump(mode="json"),
         "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
-        "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
+        "columns": list(columns.values()),
         "models": models,
         "verdict": verdict(models),
         "approximations": approximations(models, out_dir),
@@ -222,11 +220,6 @@ def environment() -> dict[str, Any]:
 # -- the answer to the paper's question -------------------------------------------------------------
 
 
-def _blimp_macro(result: dict[str, Any] | None) -> float | None:
-    """The protocol's BLiMP headline (older result files: the mean over phenomena)."""
-    return None if not result else result.get("headline", result.get("macro_phenomena"))
-
-
 def verdict(models: list[dict[str, Any]]) -> list[str]:
     """Plain sentences comparing the distilled student with the control and each teacher, signs included."""
     student = _with_role(models, Role.STUDENT)
@@ -239,11 +232,11 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
         better = "beat" if d_ce < 0 else ("tied with" if d_ce == 0 else "did NOT beat")
         text = (f"Dev CE: the distilled student {better} the {other['role']} `{other['name']}` "
                 f"({student['dev_ce']:.4f} vs {other['dev_ce']:.4f} nats/token, difference {d_ce:+.4f}; lower is better).")
-        sb, ob = _blimp_macro(student["blimp"]), _blimp_macro(other["blimp"])
+        sb, ob = student["headlines"].get("blimp"), other["headlines"].get("blimp")
         if sb is not None and ob is not None:
             d_b = 100 * (sb - ob)
             word = "higher" if d_b > 0 else ("equal" if d_b == 0 else "LOWER")
-            text += f" BLiMP macro accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
+            text += f" BLiMP headline accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
         lines.append(text)
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]

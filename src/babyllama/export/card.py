@@ -122,6 +122,15 @@ def _architecture(rec: ModelRecord) -> list[str]:
         f"| {k} | {v} |" for k, v in rows if v is not None]
 
 
+def _cache_words(cache: dict[str, Any]) -> str:
+    """How the student read its teachers: live, the sampled cache, or the top-k cache."""
+    if not cache.get("enabled"):
+        return ", teachers run live."
+    if cache.get("mode") == "sample":
+        return f", teacher logits from the sampled cache ({cache.get('samples')} tokens drawn per position)."
+    return f", teacher logits from the top-{cache.get('top_k')} cache."
+
+
 def _training(rec: ModelRecord) -> list[str]:
     t = rec.training
     if not t:
@@ -134,8 +143,7 @@ def _training(rec: ModelRecord) -> list[str]:
         lines += ["", f"Distilled from the ensemble of {teachers}: loss = α·CE + (1−α)·T²·KD with α = {obj.get('alpha')}, "
                       f"T = {obj.get('temperature')}, ensemble `{obj.get('ensemble')}` (weights {obj.get('weights')}), "
                       f"divergence `{obj.get('divergence')}`, reduction `{obj.get('reduction')}`"
-                      + (f", teacher logits from the top-{cache.get('top_k')} cache." if cache.get("enabled") else
-                         ", teachers run live.")]
+                      + _cache_words(cache)]
     else:
         lines += ["", "Trained from scratch with the plain next-token cross-entropy: control: no distillation."
                   if rec.run_role is Role.CONTROL else "Trained from scratch with the plain next-token cross-entropy."]

@@ -59,8 +59,8 @@ def _timed(fn) -> float:
 def run(out: Path, args: argparse.Namespace) -> dict:
     from babyllama.data.prepare import prepare
     from babyllama.distill.cache import fidelity
-    from babyllama.distill.run import build_teacher_cache, distill
-    from babyllama.train.pretrain import train_model
+    from babyllama.distill.run import build_teacher_cache
+    from babyllama.training import distill, train_model
 
     cfg = _config(out, args, [])
     prepare(cfg)

@@ -14,12 +14,12 @@ from babyllama.data.tokens import read_manifest
 from babyllama.distill.cache import draw_samples, fidelity, noise_ratio, systematic_noise
 from babyllama.distill.loss import ensemble_log_probs, normalised_weights
 from babyllama.distill.objective import DistillObjective
-from babyllama.distill.run import _teachers, build_teacher_cache, cache_spec, distillation_fingerprint
+from babyllama.distill.run import _teachers, build_teacher_cache, cache_spec, distill_objective
 from babyllama.distill.teachers import TeacherEnsemble
 from babyllama.models import build_model
 from babyllama.train.checkpoint import MANIFEST_FILE
 from babyllama.train.objective import Batch
-from babyllama.train.pretrain import train_model
+from babyllama.training import train_model
 from test_distill_cache import N_WINDOWS, L, _build, _spec
 
 K = 24  # caches (seeds) averaged in the gradient test
@@ -101,6 +101,10 @@ def test_caches_of_many_seeds_average_to_the_live_gradient(teachers_cfg: Config)
     assert float(((mean - wrong)[used] / se[used]).square().mean()) > 3 * chi2
 
 
+def _key(cfg: Config) -> str:
+    return distill_objective(cfg)[0].fingerprint()["cache"]["key"]
+
+
 def _window(cfg: Config, w: int) -> np.ndarray:
     from babyllama.data.tokens import load_tokens
 
@@ -119,10 +123,10 @@ def test_draws_follow_the_students_seed_and_the_key_covers_configs_and_versions(
     assert other.seed == 99 and other.sets == 3 and other.key() != spec.key()
     for change in [dict(teacher_configs=("x", "y")), dict(libraries="torch 0, transformers 0"), dict(sets=2)]:
         assert dataclasses.replace(spec, **change).key() != spec.key()
-    before = distillation_fingerprint(cfg)["cache"]["key"]
+    before = _key(cfg)
     config_json = dirs[0] / "config.json"
     config_json.write_text(config_json.read_text().replace("{", '{\n  "babyllama_note": 1,', 1))
-    assert distillation_fingerprint(cfg)["cache"]["key"] != before
+    assert _key(cfg) != before
 
 
 def test_each_epoch_reads_fresh_draws_and_the_build_measures_their_noise(tmp_path):
@@ -161,10 +165,10 @@ def test_counts_never_wrap(tmp_path):
 
 def test_auto_samples_are_planned_once_from_the_teachers(teachers_cfg: Config, capsys):
     loose, tight = _with(teachers_cfg, samples="auto", noise_target=2.0), _with(teachers_cfg, samples="auto", noise_target=0.05)
-    assert distillation_fingerprint(loose)["cache"]["key"] == "unplanned"  # nothing built, nothing claimed
-    cache = build_teacher_cache(loose)
+    key = _key(loose)  # plans (the teachers score a few windows) and keeps the plan
     assert "samples: auto ->" in capsys.readouterr().out
-    assert distillation_fingerprint(loose)["cache"]["key"] == cache.key  # the plan is kept
+    cache = build_teacher_cache(loose)
+    assert "samples: auto ->" not in capsys.readouterr().out and cache.key == key == _key(loose)
     planned = cache.spec.samples
     assert 1 <= planned < build_teacher_cache(tight).spec.samples <= 255
     assert fidelity(cache.root)["samples"] == planned

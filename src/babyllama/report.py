@@ -31,6 +31,7 @@ from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
 from babyllama.roles import Role, members, stage_order
+from babyllama.run_state import RunState
 
 # -- gathering -----------------------------------------------------------------------------------------
 
@@ -76,7 +77,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     if not (out_dir / "config.yaml").exists():
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
-    state = _read_json_or_none(out_dir / "run_state.json") or {}
+    state = RunState(out_dir).read_or_empty()
     models, withheld = [], []
     for member in members(cfg):
         model, notes = _model_summary(cfg, member, state)
@@ -92,7 +93,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "verdict": verdict(models),
         "approximations": approximations(models, out_dir),
         "withheld": withheld,
-        "stages": _stage_seconds(state, stage_order(cfg)),
+        "stages": RunState(out_dir).seconds(stage_order(cfg)),
         "ledger": manifest.get("ledger"),
         "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
@@ -209,13 +210,6 @@ def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     if student and control:
         lines.append(_data_stream_line(student, control))
     return lines
-
-
-def _stage_seconds(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """Seconds per recorded stage, in the pipeline's order (stages it no longer plans last, by name)."""
-    rank = {name: i for i, name in enumerate(order)}
-    names = sorted((k for k, v in state.items() if isinstance(v, dict)), key=lambda k: (rank.get(k, len(order)), k))
-    return {k: state[k].get("seconds") for k in names}
 
 
 def _with_role(models: list[dict[str, Any]], role: Role) -> dict[str, Any] | None:
@@ -423,21 +417,29 @@ def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
     return plots
 
 
+#: Curve panels: dev CE, then each fast-suite task a curve point may carry (registry FAST_SETS).
+CURVE_PANELS = (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP %"), ("supplement", "supplement %"),
+                ("ewok", "EWoK %"), ("entity_tracking", "entity tracking %"))
+
+
 def _curve_figure(plt: Any, models: list[dict[str, Any]]) -> Any:
-    """Dev CE and BLiMP against words seen, one line per model (train.save_at_words checkpoints)."""
-    panels = [(k, label) for k, label in (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP headline %"))
-              if any(k in p for m in models for p in m["curve"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    """Dev CE and every fast-suite score against words seen (train.save_at_words checkpoints): one panel per
+    metric; the student (solid) and its control (dashed) side by side in each, teachers thin and grey."""
+    panels = [(k, label) for k, label in CURVE_PANELS if any(k in p for m in models for p in m["curve"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    style = {Role.STUDENT.value: {"linestyle": "-", "linewidth": 2}, Role.CONTROL.value: {"linestyle": "--", "linewidth": 2}}
     for ax, (key, label) in zip(axes[0], panels, strict=True):
         for m in models:
-            pts = [(p["words"], p[key] * (100 if key == "blimp" else 1)) for p in m["curve"] if p.get(key) is not None]
+            pts = [(p["words"], p[key] * (1 if key == "dev_ce" else 100)) for p in m["curve"] if p.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{m['name']} ({m['role']})")
+                look = style.get(m["role"], {"linestyle": ":", "linewidth": 1, "color": "grey"})
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{m['name']} ({m['role']})", **look)
+        ax.set_xscale("log")
         ax.set_xlabel("words seen")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("Learning curves: where in training does distillation help?")
+    fig.suptitle("Learning curves: student vs control at each checkpoint")
     return fig
 
 

@@ -1,4 +1,8 @@
-"""`babyllama distill CONFIG`: train the student from the teachers' ensemble with the one training loop."""
+"""The student's objective: the teachers' ensemble, live or from the teacher-logit cache.
+
+babyllama.training fits it with the one training loop and fingerprints the same object, so the
+distillation identity is ``DistillObjective.fingerprint`` and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import num_fixed_windows
 from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, plan_samples, weights_hash
 from babyllama.distill.loss import normalised_weights
-from babyllama.distill.objective import DistillObjective, distill_fingerprint
+from babyllama.distill.objective import DistillObjective
 from babyllama.distill.span import SideTokenizer, SpanAligner
 from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
 from babyllama.errors import UserError
@@ -23,7 +27,6 @@ from babyllama.existing import model_info
 from babyllama.identity import model_seed
 from babyllama.io import atomic_write_json, file_sha256, read_json, stable_hash
 from babyllama.runtime import training_device
-from babyllama.train.loop import fit
 
 #: Positions per teacher forward pass while building the cache.
 BUILD_TOKENS = 4096
@@ -54,9 +57,6 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
     the mode with its k or sample count, seed and sets, the dtype and device kind the teachers compute in,
     and the torch/transformers versions. ``samples`` resolves distill.cache.samples: auto."""
     opts = cfg.distill
-    if opts.cache.mode == "sample" and opts.divergence != "forward_kl":
-        raise UserError(f"distill.divergence: {opts.divergence!r} cannot be estimated from sampled tokens (the 'sample' "
-                        "cache is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")
     device = training_device()
     sample = opts.cache.mode == "sample"
     return CacheSpec(
@@ -98,10 +98,10 @@ def _log(msg: str) -> None:
 
 
 def resolved_spec(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[tuple[str, str]], n_tokens: int,
-                  tokens: np.ndarray | None = None) -> CacheSpec | None:
+                  plan: bool = False) -> CacheSpec | None:
     """cache_spec with distill.cache.samples: auto resolved by :func:`plan_samples` (its plan is kept under
-    <out_dir>/cache/plan-<hash>.json, so it is made once). Without ``tokens`` an unplanned 'auto' gives None
-    (nothing built yet); with them the teachers are loaded and the plan is made."""
+    <out_dir>/cache/plan-<hash>.json, so it is made once). An unplanned 'auto' gives None unless ``plan``:
+    then the teachers are loaded and score a few windows (the one time the objective reads weights early)."""
     opts = cfg.distill.cache
     if opts.mode != "sample" or opts.samples != "auto":
         return cache_spec(cfg, manifest, teachers, n_tokens, dirs)
@@ -109,9 +109,10 @@ def resolved_spec(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[
     plan_path = cfg.out / "cache" / f"plan-{stable_hash({**draft.as_dict(), 'samples': 'auto', 'target': opts.noise_target})[:20]}.json"
     if plan_path.is_file():
         plan = read_json(plan_path)
-    elif tokens is None:
+    elif not plan:
         return None
     else:
+        tokens = load_tokens(cfg.data_dir, "train")
         device = training_device()
         ensemble = TeacherEnsemble.load(dirs, device, getattr(torch, draft.compute_dtype))
         plan = plan_samples(draft, tokens, ensemble, device, opts.noise_target)
@@ -129,7 +130,7 @@ def build_teacher_cache(cfg: Config) -> TeacherCache:
     """Build (or verify and open) the teacher-logit cache for ``cfg``, whatever distill.cache.enabled says."""
     manifest, dirs, teachers = _teachers(cfg)
     tokens = load_tokens(cfg.data_dir, "train")
-    spec = resolved_spec(cfg, manifest, dirs, teachers, len(tokens), tokens)
+    spec = resolved_spec(cfg, manifest, dirs, teachers, len(tokens), plan=True)
     assert spec is not None
     return _ensure(cfg, spec, dirs, tokens, training_device())
 
@@ -153,38 +154,25 @@ def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, 
                         progress=cfg.logging.progress and dist.is_main_process())
 
 
-def distillation_fingerprint(cfg: Config) -> dict:
-    """The objective fingerprint `distill` would train with (for checking whether the student is done);
-    reads only hashes and manifests, never the teachers' weights."""
-    manifest, dirs, teachers = _teachers(cfg)
-    weights = normalised_weights(cfg.distill.weights, len(teachers))
-    key = None
-    if cfg.distill.cache.enabled:
-        n_tokens = int(manifest["splits"]["train"]["tokens"])
-        spec = resolved_spec(cfg, manifest, dirs, teachers, n_tokens)
-        key = "unplanned" if spec is None else spec.key()  # 'auto' not planned yet: no student was made with it
-    return distill_fingerprint(cfg.distill, teachers, weights, key)
-
-
-def distill(cfg: Config, resume: bool = False) -> Path:
-    """Train cfg.student from the ensemble of cfg.teachers; return its HF folder <out_dir>/models/<student>.
+def distill_objective(cfg: Config) -> tuple[DistillObjective, str]:
+    """The student's objective and how the run describes it. Reads manifests, weight hashes and tokenizers
+    only: the teachers (or the cache) are loaded when the loop sets the objective up.
 
     With distill.cache.enabled the ensemble is scored once (sampled tokens or top-k, cached under
     <out_dir>/cache/) and the student trains on the fixed windows the cache covers; otherwise the
-    teachers run live. Either way the control trains on the same windows (Config.student_windows).
+    teachers run live.
     """
     student = _student(cfg)
     manifest, dirs, teachers = _teachers(cfg)
     weights = normalised_weights(cfg.distill.weights, len(teachers))
     names = ", ".join(name for name, _ in teachers)
     if cfg.distill.cache.enabled:
-        tokens = load_tokens(cfg.data_dir, "train")
-        spec = resolved_spec(cfg, manifest, dirs, teachers, len(tokens), tokens)
+        spec = resolved_spec(cfg, manifest, dirs, teachers, int(manifest["splits"]["train"]["tokens"]), plan=True)
         assert spec is not None
-        objective = DistillObjective(cfg.distill, teachers, weights, cache_key=spec.key(), fused=student.train.fused_loss,
-                                     open_cache=lambda device: _ensure(cfg, spec, dirs, tokens, device))
-        return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
-                   description=f"student {student.name} distilled from {names} (cache: {spec.describe()})")
+        objective = DistillObjective(
+            cfg.distill, teachers, weights, cache_key=spec.key(), fused=student.train.fused_loss,
+            open_cache=lambda device: _ensure(cfg, spec, dirs, load_tokens(cfg.data_dir, "train"), device))
+        return objective, f"student {student.name} distilled from {names} (cache: {spec.describe()})"
 
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)
@@ -193,8 +181,7 @@ def distill(cfg: Config, resume: bool = False) -> Path:
     objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load, aligners=aligners,
                                  fused=student.train.fused_loss and aligners is None)
     how = " (span-aligned on the text)" if aligners else ""
-    return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
-               description=f"student {student.name} distilled from {names}{how}")
+    return objective, f"student {student.name} distilled from {names}{how}"
 
 
 def span_aligners(cfg: Config, manifest: dict, dirs: list[Path]) -> list[SpanAligner]:

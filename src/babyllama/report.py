@@ -31,6 +31,7 @@ from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
 from babyllama.roles import Role, members, stage_order
+from babyllama.run_state import RunState
 
 # -- gathering -----------------------------------------------------------------------------------------
 
@@ -76,7 +77,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     if not (out_dir / "config.yaml").exists():
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
-    state = _read_json_or_none(out_dir / "run_state.json") or {}
+    state = RunState(out_dir).read_or_empty()
     models, withheld = [], []
     for member in members(cfg):
         model, notes = _model_summary(cfg, member, state)
@@ -92,7 +93,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "verdict": verdict(models) + chance_lines(cfg, models),
         "approximations": approximations(models, out_dir),
         "withheld": withheld,
-        "stages": _stage_seconds(state, stage_order(cfg)),
+        "stages": RunState(out_dir).seconds(stage_order(cfg)),
         "ledger": manifest.get("ledger"),
         "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
@@ -205,13 +206,6 @@ def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     if student and control:
         lines.append(_data_stream_line(student, control))
     return lines
-
-
-def _stage_seconds(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """Seconds per recorded stage, in the pipeline's order (stages it no longer plans last, by name)."""
-    rank = {name: i for i, name in enumerate(order)}
-    names = sorted((k for k, v in state.items() if isinstance(v, dict)), key=lambda k: (rank.get(k, len(order)), k))
-    return {k: state[k].get("seconds") for k in names}
 
 
 def _with_role(models: list[dict[str, Any]], role: Role) -> dict[str, Any] | None:

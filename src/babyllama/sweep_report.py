@@ -20,6 +20,7 @@ import numpy as np
 
 from babyllama import stats
 from babyllama.config import Config
+<<<<<<< HEAD
 from babyllama.evaluate.registry import (
     chance_rates,
     headline_columns,
@@ -28,6 +29,19 @@ from babyllama.evaluate.registry import (
     pair_items,
 )
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+=======
+from babyllama.errors import UserError
+from babyllama.evaluate.registry import (
+    headline_columns,
+    model_headlines,
+    model_result_files,
+    pair_items,
+    result_key,
+)
+from babyllama.io import atomic_write_bytes, atomic_write_text
+from babyllama.roles import EVALUATE, Role, members
+from babyllama.run_state import RunState
+>>>>>>> main
 from babyllama.sweep import SweepMember, member_config, sweep_dir
 
 #: Family-wise error rate of the verdict lines (Holm's adjustment over every comparison of a sweep).
@@ -45,35 +59,26 @@ def sweep_metrics(cfg: Config) -> dict[str, tuple[str, str, bool, int, float]]:
     return out
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return read_json(path) if path.exists() else {}
-    except ValueError:
-        return {}
-
-
 def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
     """({model: {role, dev_ce, <headline key>: value}}, {model: {<headline key>: items}}), or why the member
     cannot be counted: unfinished, run under another config, or a result the registry's reader does not
     verify (missing, damaged or stale). A member is counted whole or not at all, so no seed drops silently
     out of an interval."""
-    from babyllama.errors import UserError
-    from babyllama.evaluate.registry import model_result_files, result_key
-    from babyllama.pipeline import STATE_FILE, outdated_stage
+    from babyllama.pipeline import outdated_stage
 
-    if not _json(mcfg.out / STATE_FILE).get("evaluate", {}).get("done"):
-        return "not finished"
+    try:
+        if RunState(mcfg.out).finished_with(EVALUATE) is None:
+            return "not finished"
+    except UserError as e:
+        return str(e)
     try:
         outdated = outdated_stage(mcfg)
     except (UserError, OSError) as e:
         outdated = f"its run cannot be checked ({e})"
     if outdated:
         return outdated
-    roles = {t.name: "teacher" for t in mcfg.trained_teachers}  # external teachers are not evaluated here
-    assert mcfg.student is not None
-    roles[mcfg.student.name] = "student"
-    if mcfg.control:
-        roles[mcfg.control_name] = "control"
+    # external teachers are not evaluated here
+    roles = {m.name: m.role.kind for m in members(mcfg) if m.role is not Role.EXTERNAL_TEACHER}
     numbers, items = {}, {}
     keys = headline_columns(mcfg)
     for name, role in roles.items():

@@ -72,14 +72,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from babyllama.train.pretrain import train_model
+    from babyllama.training import train_model
 
     cfg = _load(args)
     train_model(cfg, args.model, resume=args.resume)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from babyllama.distill.run import distill
+    from babyllama.training import distill
 
     distill(_load(args), resume=args.resume)
 

@@ -746,7 +746,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _apply_override(tree: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+def apply_override(tree: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+    """Set ``value`` at the dotted path ``parts`` of a raw config tree (list entries by index or name);
+    ``item`` is how a mistake names the override (``--set k=v``, a sweep grid point)."""
     node: Any = tree
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -841,7 +843,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         tree = loaded
     for item in overrides or []:
         parts, value = _parse_override(item)
-        _apply_override(tree, parts, value, item)
+        apply_override(tree, parts, value, item)
+    return validate_tree(tree, source)
+
+
+def validate_tree(tree: dict[str, Any], source: str) -> Config:
+    """A raw config tree as a Config; a mistake is one UserError line naming ``source`` and the key."""
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -42,6 +42,7 @@ class Evaluator:
     percent: bool = True
     cli_data: bool = False  # `babyllama evaluate <name> --model DIR --data PATH` scores a data file
     aliases: list[str] = field(default_factory=list)
+    chance: float | None = None  # a guessing model's headline (two-way choices: 0.5); None when it varies
 
 
 # -- declarations ------------------------------------------------------------------------------------
@@ -314,12 +315,13 @@ def _pairs_headline(result: dict[str, Any], ev: EvalConfig) -> float | None:
 
 REGISTRY: list[Evaluator] = [
     Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False),
-    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline),
-    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline),
-    Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True),
+    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline, chance=0.5),
+    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline, chance=0.5),
+    Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True, chance=0.5),
     Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
               _get("headline"), cli_data=True, aliases=["entity-tracking"]),
-    Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True),
+    Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True,
+              chance=0.5),
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
               cli_data=True, aliases=["global-piqa"]),
     # The reading scores are already percentages (of the R² left to explain); the report's columns take fractions.
@@ -477,3 +479,14 @@ def pair_items(result: dict[str, Any], ev: EvalConfig) -> dict[str, str] | None:
     """Per-pair outcomes grouped as the headline averages them (for paired bootstraps); None when the file
     does not carry them in that grouping (items are kept per phenomenon)."""
     return result.get("items") if ev.aggregation == "phenomena" else None
+
+
+def chance_rates(cfg: Config) -> dict[str, float]:
+    """{result key: chance headline} of the headlines a guessing model would score at a known rate."""
+    return {result_key(j): e.chance for e, j in jobs(cfg) if e.chance is not None and j.column is not None}
+
+
+def item_count(result: dict[str, Any]) -> int | None:
+    """How many items a zero-shot result scored (pairs or completion items)."""
+    n = result.get("n_pairs", result.get("n_items"))
+    return n if isinstance(n, int) else None

@@ -22,10 +22,10 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from babyllama import threads
+from babyllama import stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import headline_columns, model_headlines
+from babyllama.evaluate.registry import chance_rates, headline_columns, item_count, model_headlines
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
@@ -90,7 +90,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
         "columns": list(headline_columns(cfg).values()),
         "models": models,
-        "verdict": verdict(models),
+        "verdict": verdict(models) + chance_lines(cfg, models),
         "approximations": approximations(models, out_dir),
         "withheld": withheld,
         "stages": RunState(out_dir).seconds(stage_order(cfg)),
@@ -140,6 +140,7 @@ def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[s
         "blimp": results.get("blimp"),
         "supplement": results.get("supplement"),
         "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
+        "n_items": {k: item_count(v) for k, v in results.items() if k in headlines},  # for the at-chance check
         "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
         "eval_notes": result_notes(cfg, name, results),  # ties, long inputs, items left out
         "curve": (results.get("curve") or {}).get("points", []),  # train.save_at_words
@@ -275,6 +276,21 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
         else:
             lines.append(f"Condition NOT met: no teacher is better than the control (best teacher {-gap:.4f} nats/token "
                          "worse). Distillation cannot be expected to help; train the teachers bigger or longer.")
+    return lines
+
+
+def chance_lines(cfg: Any, models: list[dict[str, Any]]) -> list[str]:
+    """A line for each task on which every model is within noise of the chance rate: a difference there,
+    however it reads, is not evidence (EWoK sits near 50% for text-only models at this scale)."""
+    lines = []
+    columns = headline_columns(cfg)
+    for key, rate in chance_rates(cfg).items():
+        scores = [(m["headlines"][key], m["n_items"][key]) for m in models
+                  if key in m["headlines"] and (m.get("n_items") or {}).get(key)]
+        if scores and stats.at_chance(scores, rate):
+            band = max(stats.chance_band(rate, n) for _, n in scores)
+            lines.append(f"{columns.get(key, key).removesuffix(' %')}: at chance — every model scores within noise of "
+                         f"{100 * rate:.0f}% (±{100 * band:.1f} points at 95% on its items); its differences are not evidence.")
     return lines
 
 

@@ -81,10 +81,10 @@ def test_weighting_is_a_sweep_axis(tiny_cfg: Config) -> None:
 
 def test_the_cache_stores_the_per_token_weighted_ensemble(prepared_cfg: Config) -> None:
     import numpy as np
-    from babyllama.train.pretrain import train_model
 
     from babyllama.data.tokens import load_tokens
     from babyllama.distill.run import build_teacher_cache, teacher_dirs
+    from babyllama.training import train_model
 
     cfg = prepared_cfg
     for t in cfg.teachers:

@@ -20,19 +20,11 @@ import numpy as np
 
 from babyllama import stats
 from babyllama.config import Config
-<<<<<<< HEAD
+from babyllama.errors import UserError
 from babyllama.evaluate.registry import (
     chance_rates,
     headline_columns,
     item_count,
-    model_headlines,
-    pair_items,
-)
-from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
-=======
-from babyllama.errors import UserError
-from babyllama.evaluate.registry import (
-    headline_columns,
     model_headlines,
     model_result_files,
     pair_items,
@@ -41,7 +33,6 @@ from babyllama.evaluate.registry import (
 from babyllama.io import atomic_write_bytes, atomic_write_text
 from babyllama.roles import EVALUATE, Role, members
 from babyllama.run_state import RunState
->>>>>>> main
 from babyllama.sweep import SweepMember, member_config, sweep_dir
 
 #: Family-wise error rate of the verdict lines (Holm's adjustment over every comparison of a sweep).

@@ -476,6 +476,14 @@ class EvalConfig(Section):
         None, description="BabyLM reading task data (reading_data.csv: surprisal against eye-tracking and self-paced reading "
         "times, 2025/2026); null = skip."
     )
+    wug_adj: str | None = Field(
+        None, description="BabyLM 2025 WUG adjective nominalisation data (wug_adj_nominalization folder or .jsonl: fields "
+        "sentences, ratio; Spearman against human ratios); not scored under babylm-2026 (dropped upstream); null = skip."
+    )
+    wug_past: str | None = Field(
+        None, description="BabyLM 2025 WUG past-tense data (wug_past_tense folder or .jsonl, same format); not scored under "
+        "babylm-2026 (dropped upstream); null = skip."
+    )
     prefix: Literal["eos", "bos", "none", "tokenizer"] = Field(
         "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; 'tokenizer' = "
         "the tokenizer's own special tokens, as BabyLM 2025/2026; protocol default)."
@@ -522,7 +530,7 @@ class EvalConfig(Section):
     finetune_defaults: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Hyperparameters for every task.")
     finetune_tasks: dict[str, FinetuneConfig] = Field(default_factory=dict, description="Per-task hyperparameter overrides.")
 
-    @field_validator("blimp", "supplement", "ewok", "entity_tracking", "comps", "finetune_data")
+    @field_validator("blimp", "supplement", "ewok", "entity_tracking", "comps", "wug_adj", "wug_past", "finetune_data")
     @classmethod
     def _expand(cls, v: str | None) -> str | None:
         return expand_path(v)

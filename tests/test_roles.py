@@ -29,6 +29,7 @@ def test_the_verdict_finds_models_by_role():
         return {"name": name, "role": role.value, "dev_ce": ce, "blimp": None}
 
     lines = verdict([model("t", Role.TEACHER, 3.0), model("s", Role.STUDENT, 3.5), model("c", Role.CONTROL, 4.0)])
-    assert lines[0].startswith("Dev CE: the distilled student did NOT beat the teacher `t`")
-    assert lines[1].startswith("Dev CE: the distilled student beat the control (no distillation) `c`")
+    # the control first (the question the run answers), then the teachers; no per-window record: untested
+    assert lines[0].startswith("Dev CE, student vs the control (no distillation) `c`: the distilled student is ahead")
+    assert lines[1].startswith("Dev CE, student vs the teacher `t`: the distilled student is behind it, untested")
     assert lines[2].startswith("Condition: the best teacher is 1.0000 nats/token below the control")

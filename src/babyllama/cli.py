@@ -177,7 +177,9 @@ def cmd_download_blimp(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from babyllama.pipeline import run_pipeline
 
-    run_pipeline(_load(args), force=args.force or [])
+    # the closing hint names the config as typed, unless --set changed it (then the resolved copy in out_dir)
+    cfg = _load(args)
+    run_pipeline(cfg, force=args.force or [], config_arg=args.config if not args.overrides else str(cfg.out / "config.yaml"))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:

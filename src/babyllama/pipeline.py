@@ -26,7 +26,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from babyllama import identity
+from babyllama import identity, progress
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json
@@ -144,10 +144,12 @@ def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[
     return roots, _dependents(stages, roots)
 
 
-def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; print times per stage and the final table.
+def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | None = None,
+                 config_arg: str | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; print times per stage, the final table and the verdict.
 
     ``only`` restricts the run to the named stages (e.g. a sweep preparing the data and shared teachers).
+    ``config_arg``: the config as the user named it, for the closing `babyllama sweep` hint.
     """
     stages = plan(cfg)
     if only is not None:
@@ -164,7 +166,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
             timings[stage.name] = 0.0
             continue
         timings[stage.name] = _run_stage(stage, state_path, main)
-    return _print_summary(cfg, timings) if main and only is None else {}
+    return _print_summary(cfg, timings, config_arg) if main and only is None else {}
 
 
 def _skip_or_start(stage: Stage, state_path: Path, forced: bool, redo: bool) -> bool:
@@ -217,7 +219,8 @@ def _run_stage(stage: Stage, state_path: Path, main: bool) -> float:
     return seconds
 
 
-def _print_summary(cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
+def _print_summary(cfg: Config, timings: dict[str, float], config_arg: str | None = None) -> dict[str, Any]:
+    """The run's ending on the console: the table, the time per stage, the verdict and where the report is."""
     from babyllama.report import comparison_table, summarize
 
     summary = summarize(cfg.out)
@@ -227,8 +230,25 @@ def _print_summary(cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
     print("Time per stage (this invocation):")
     for name, seconds in timings.items():
         print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
+    print("\nVerdict (student − other model; 95% intervals paired over dev windows and BLiMP items):")
+    for line in verdict_lines(summary["verdict"]):
+        print(line)
+    if config_arg:  # `babyllama run`, not a sweep's member
+        print(f"\nOne seed: these intervals cover the dev windows and BLiMP items, not training noise; for an interval "
+              f"over seeds run `babyllama sweep {config_arg} --seeds 3`.")
     print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
     return summary
+
+
+def verdict_lines(sentences: list[str], width: int | None = None) -> list[str]:
+    """Each verdict sentence as a bullet wrapped to the terminal (at most 100 columns), for reading in a console."""
+    import textwrap
+
+    width = width or min(100, shutil.get_terminal_size((100, 24)).columns)
+    out = []
+    for s in sentences:
+        out += textwrap.wrap(s.replace("`", ""), width, initial_indent="  - ", subsequent_indent="    ")
+    return out
 
 
 def _damaged(stage: Stage) -> bool:
@@ -282,8 +302,10 @@ def evaluate_all(cfg: Config, model_fps: dict[str, str]) -> None:
                         continue
                 except ValueError:
                     pass
-            print(f"[run] evaluate {name}: {job.file.removesuffix('.json')}", flush=True)
-            result = job.run(model_dir)
+            what = job.file.removesuffix(".json")
+            print(f"[run] evaluate {name}: {what}", flush=True)
+            with progress.current(f"{name} {what.replace('finetune/', '')}"):
+                result = job.run(model_dir)
             result["_fingerprint"] = fp
             atomic_write_json(path, result)
 

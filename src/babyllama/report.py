@@ -19,16 +19,19 @@ import html
 import json
 import math
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
-from babyllama import threads
+import numpy as np
+
+from babyllama import stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.protocols import implied_settings
-from babyllama.evaluate.registry import headline_scores, jobs
+from babyllama.evaluate.registry import evaluator, headline_scores, jobs
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
-from babyllama.roles import Role, members, stage_order
+from babyllama.roles import REPORT, Role, members, stage_order
 
 # -- gathering -----------------------------------------------------------------------------------------
 
@@ -100,6 +103,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "dev_ce": ppl.get("ce_nats_per_token", dev_rows[-1]["dev_loss"] if dev_rows else None),
             "dev_perplexity": ppl.get("perplexity"),
             "bits_per_word": ppl.get("bits_per_word"),
+            "dev_scored": {k: ppl.get(k) for k in ("windows", "seq_len", "tokens_scored")} if ppl else None,
             "blimp": blimp,
             "supplement": supp,
             "scores": scores,  # {report column: headline}, one per result file the registry names
@@ -112,13 +116,23 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         })
     state = _read_json_or_none(out_dir / "run_state.json") or {}
     manifest = _read_json_or_none(out_dir / "data" / "manifest.json") or {}
+    tests = differences(models, out_dir)
+    found = evaluations(models)
+    lines = verdict(models, tests, found)
+    for m in models:  # the item records fed the tests above; summary.json keeps the aggregates only
+        for key, _ in PAIR_TASKS:
+            if m[key]:
+                m[key] = {k: v for k, v in m[key].items() if k not in ("items", "paradigm_items")}
     return {
         "out_dir": str(out_dir),
         "config": cfg.model_dump(mode="json"),
-        "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
+        "protocol": {"name": cfg.eval.protocol, "finetune": bool(cfg.eval.finetune),
+                     "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
         "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
         "models": models,
-        "verdict": verdict(models),
+        "evaluations": found,
+        "differences": tests,
+        "verdict": lines,
         "approximations": approximations(models, out_dir),
         "stages": _stage_seconds(state, stage_order(cfg)),
         "ledger": manifest.get("ledger"),
@@ -219,29 +233,97 @@ def environment() -> dict[str, Any]:
 # -- the answer to the paper's question -------------------------------------------------------------
 
 
-def _blimp_macro(result: dict[str, Any] | None) -> float | None:
-    """The protocol's BLiMP headline (older result files: the mean over phenomena)."""
-    return None if not result else result.get("headline", result.get("macro_phenomena"))
+PAIR_TASKS = (("blimp", "BLiMP"), ("supplement", "BLiMP supplement"))
 
 
-def verdict(models: list[dict[str, Any]]) -> list[str]:
-    """Plain sentences comparing the distilled student with the control and each teacher, signs included."""
+def _item_bits(result: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+    """Per-item correctness grouped as the headline groups it (paradigms or phenomena), or None if unrecorded."""
+    if not result:
+        return None
+    groups = result.get("paradigm_items") if result.get("aggregation") == "paradigms" else result.get("items")
+    if not groups:
+        return None
+    return {g: np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1") for g, bits in groups.items()}
+
+
+def _dev_windows(out_dir: Path, name: str) -> list[float] | None:
+    return (_read_json_or_none(out_dir / "eval" / name / "perplexity.json") or {}).get("window_ce")
+
+
+def differences(models: list[dict[str, Any]], out_dir: Path | None) -> list[dict[str, Any]]:
+    """The student against every other model: dev CE paired over dev windows, minimal pairs paired over items.
+
+    Each entry is ``student - other`` (one sign convention everywhere: negative dev CE and positive
+    accuracy favour the student), with its 95% interval; a test needs both models' item-level records
+    (per-window dev CE is read from ``out_dir``)."""
+    student = _with_role(models, Role.STUDENT)
+    if student is None:
+        return []
+    out = []
+    for other in (m for m in models if m is not student):
+        windows_a, windows_b = ((_dev_windows(out_dir, student["name"]), _dev_windows(out_dir, other["name"]))
+                                if out_dir else (None, None))
+        if student["dev_ce"] is not None and other["dev_ce"] is not None:
+            test = stats.paired_values(windows_a, windows_b) if windows_a and windows_b else None
+            out.append({"metric": "dev_ce", "other": other["name"], "role": other["role"],
+                        "a": student["dev_ce"], "b": other["dev_ce"], "test": test})
+        for key, _ in PAIR_TASKS:
+            a, b = student.get(key), other.get(key)
+            head_a, head_b = (evaluator(key).headline(r) if r else None for r in (a, b))
+            if head_a is None or head_b is None:
+                continue
+            bits_a, bits_b = _item_bits(a), _item_bits(b)
+            same = bits_a and bits_b and bits_a.keys() == bits_b.keys() and all(
+                len(bits_a[g]) == len(bits_b[g]) for g in bits_a)
+            test = stats.paired_items(bits_a, bits_b) if same else None
+            out.append({"metric": key, "other": other["name"], "role": other["role"],
+                        "a": head_a, "b": head_b, "test": test})
+    return out
+
+
+def difference_sentence(d: dict[str, Any], evaluations_: dict[str, str] | None = None) -> str:
+    """One line: who won on which metric, or 'no detectable difference' when the paired interval spans 0.
+
+    The difference is student − other with its sign, as everywhere in babyllama's reports."""
+    short = d["role"].split()[0]
+    dev = d["metric"] == "dev_ce"
+    scale, digits, unit = (1.0, 4, "nats/token") if dev else (100.0, 1, "points")
+    diff, test = scale * (d["a"] - d["b"]), d["test"] or {}
+    if dev:
+        head = "Dev CE"
+        values = f"{d['a']:.4f} vs {d['b']:.4f}, lower is better"
+        how = f"paired over {test['n']:,} dev windows" if test.get("n") else ""
+    else:
+        head = f"{dict(PAIR_TASKS)[d['metric']]} ({(evaluations_ or {}).get(d['metric'] + ':short', 'minimal pairs')})"
+        values = f"{100 * d['a']:.1f}% vs {100 * d['b']:.1f}%, higher is better"
+        how = (f"paired item bootstrap; {test['only_a']:,} pairs right for the student only, {test['only_b']:,} for the "
+               f"{short} only, McNemar exact p = {test['mcnemar_p']:.2g}") if test else ""
+    signed = f"student − {short} = {diff:+.{digits}f} {unit}"
+    ahead = diff < 0 if dev else diff > 0
+    if not test.get("ci"):
+        outcome = (f"the distilled student is {'ahead of' if ahead else 'behind'} it, untested (no item-level record; "
+                   "rerun `babyllama run` to score it again)")
+        return f"{head}, student vs the {d['role']} `{d['other']}`: {outcome}: {signed} ({values})."
+    lo, hi = (scale * x for x in test["ci"])
+    signed += f", 95% interval [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    if lo <= 0 <= hi:
+        outcome = "no detectable difference (the interval spans 0)"
+    else:
+        outcome = "the distilled student beat it" if ahead else "the distilled student did NOT beat it"
+    return f"{head}, student vs the {d['role']} `{d['other']}`: {outcome}: {signed} ({values}; {how})."
+
+
+def verdict(models: list[dict[str, Any]], tests: list[dict[str, Any]] | None = None,
+            evaluations_: dict[str, str] | None = None) -> list[str]:
+    """Plain sentences comparing the distilled student with the control and each teacher, each with its interval."""
     student = _with_role(models, Role.STUDENT)
     if student is None or student["dev_ce"] is None:
         return ["The distilled student has not been trained and evaluated yet: no comparison possible."]
-    lines = []
+    tests = differences(models, None) if tests is None else tests
+    evaluations_ = evaluations_ if evaluations_ is not None else evaluations(models)
+    order = {Role.CONTROL.value: 0, Role.TEACHER.value: 1}
+    lines = [difference_sentence(d, evaluations_) for d in sorted(tests, key=lambda d: order.get(d["role"], 2))]
     others = [m for m in models if m is not student and m["dev_ce"] is not None]
-    for other in others:
-        d_ce = student["dev_ce"] - other["dev_ce"]
-        better = "beat" if d_ce < 0 else ("tied with" if d_ce == 0 else "did NOT beat")
-        text = (f"Dev CE: the distilled student {better} the {other['role']} `{other['name']}` "
-                f"({student['dev_ce']:.4f} vs {other['dev_ce']:.4f} nats/token, difference {d_ce:+.4f}; lower is better).")
-        sb, ob = _blimp_macro(student["blimp"]), _blimp_macro(other["blimp"])
-        if sb is not None and ob is not None:
-            d_b = 100 * (sb - ob)
-            word = "higher" if d_b > 0 else ("equal" if d_b == 0 else "LOWER")
-            text += f" BLiMP macro accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
-        lines.append(text)
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]
     if control and teachers:
@@ -255,6 +337,32 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def evaluations(models: list[dict[str, Any]]) -> dict[str, str]:
+    """{task: what it was scored on, with its size and headline}, from the first model that has the result."""
+    out = {}
+    dev = next((m["dev_scored"] for m in models if m.get("dev_scored") and m["dev_scored"].get("windows")), None)
+    if dev:
+        out["dev_ce"] = (f"the run's dev split, all {dev['windows']:,} non-overlapping windows of {dev['seq_len']} tokens "
+                         f"({dev['tokens_scored']:,} tokens predicted); mean next-token cross-entropy")
+    for key, label in PAIR_TASKS:
+        result = next((m[key] for m in models if m.get(key)), None)
+        if result:
+            out[key] = pairs_dataset(result, label)
+            out[f"{key}:short"] = pairs_dataset(result, label, short=True)
+    return out
+
+
+def pairs_dataset(result: dict[str, Any], label: str, short: bool = False) -> str:
+    """'embedded BLiMP subset, 6,700 pairs; mean over phenomena' — the data set, its size and the headline's groups."""
+    data = str(result.get("data", "?"))
+    embedded = data.startswith("embedded:")
+    n = f"{result.get('n_pairs', 0):,} pairs"
+    if short:
+        return f"{'embedded subset' if embedded else Path(data).name}, {n}"
+    where = "embedded BLiMP subset (first 100 pairs of each paradigm)" if embedded else f"{label} at {data}"
+    return f"{where}, {n}; headline = mean over {result.get('aggregation', 'phenomena')}"
+
+
 # -- tables ----------------------------------------------------------------------------------------------
 
 
@@ -262,7 +370,7 @@ def _fmt(v: Any, kind: str = "") -> str:
     if v is None:
         return "–"
     if kind == "int":
-        return f"{int(v):,}"
+        return f"{round(v):,}"  # as the model card rounds: one words-seen figure everywhere
     if kind == "pct":
         return f"{100 * v:.1f}"
     if isinstance(v, float):
@@ -285,7 +393,12 @@ def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _protocol_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Every setting the evaluation protocol implies, and where the config overrides it."""
-    rows = [[k, str(v), "" if v == p else f"overridden (protocol: {p})"] for k, v, p in summary["protocol"]["settings"]]
+    settings = summary["protocol"]["settings"]
+    if not summary["protocol"].get("finetune", True):  # no fine-tuning ran: its settings would only mislead
+        settings = [s for s in settings if not s[0].startswith("eval.finetune")]
+    rows = [[k, str(v), "" if v == p else f"overridden (protocol: {p})"] for k, v, p in settings]
+    if not summary["protocol"].get("finetune", True):
+        rows.append(["fine-tuning", "not run", "eval.finetune is empty; its settings are left out"])
     return ["setting", "value", "note"], rows
 
 
@@ -312,8 +425,14 @@ def _phenomena_table(summary: dict[str, Any], key: str, group: str) -> tuple[lis
 # -- plots -----------------------------------------------------------------------------------------------
 
 
+FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+        "xtick.labelsize": 10, "ytick.labelsize": 10}  # readable when a 1280 px page shows the figure at ~1000 px
+
+
 def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
-    """PNG plots: loss curves, the student's CE/KD parts, BLiMP per phenomenon. Written atomically."""
+    """PNG plots, each showing comparable quantities on one axis: every model's CE (the student's CE part,
+    not its combined loss), the student against the control on dev CE, the student's KD part on its own,
+    BLiMP per phenomenon. Written atomically."""
     import io
 
     import matplotlib
@@ -325,71 +444,119 @@ def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
 
     def save(fig: Any, name: str) -> None:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         path = plot_dir / f"{name}.png"
         atomic_write_bytes(path, buf.getvalue())
         plots[name] = path
 
-    trained = [m for m in summary["models"] if m["curves"]["train"]]
-    if trained:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for i, m in enumerate(trained):
-            color = f"C{i}"
-            tr = [(t, loss) for t, loss, _, _ in m["curves"]["train"] if t is not None and loss is not None]
-            if tr:
-                ax.plot(*zip(*tr, strict=True), color=color, alpha=0.6, label=f"{m['name']} train loss")
-            dev = [(t, d) for t, d in m["curves"]["dev"] if t is not None]
-            if dev:
-                ax.plot(*zip(*dev, strict=True), color=color, marker="o", linestyle="--", label=f"{m['name']} dev CE")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("nats / token")
-        ax.set_title("Training and dev loss (the student's train loss is its combined distillation loss)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        save(fig, "loss_curves")
-
-    student = _with_role(summary["models"], Role.STUDENT)
-    if student and any(ce is not None for _, _, ce, _ in student["curves"]["train"]):
-        fig, ax = plt.subplots(figsize=(8, 4))
-        rows = [(t, ce, kd) for t, _, ce, kd in student["curves"]["train"] if t is not None and ce is not None]
-        ts, ces, kds = zip(*rows, strict=True)
-        ax.plot(ts, ces, label="CE part")
-        if any(k is not None for k in kds):
-            ax.plot(ts, [k if k is not None else float("nan") for k in kds], label="KD part (T² · divergence)")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("loss")
-        ax.set_title(f"Distillation loss parts of {student['name']}")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, "distill_parts")
-
-    curved = [m for m in summary["models"] if m.get("curve")]
-    if curved:
-        save(_curve_figure(plt, curved), "learning_curves")
-
-    table = _phenomena_table(summary, "blimp", "phenomena")
-    if table:
-        header, rows = table
-        names = header[1:]
-        fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
-        width = 0.8 / len(names)
-        for j, name in enumerate(names):
-            vals = [float(r[j + 1]) if r[j + 1] != "–" else 0.0 for r in rows]
-            ax.bar([i + j * width for i in range(len(rows))], vals, width=width, label=name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
-        ax.set_xticklabels([r[0] for r in rows], rotation=45, ha="right", fontsize=8)
-        ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_ylabel("accuracy %")
-        ax.set_ylim(0, 100)
-        ax.set_title("BLiMP accuracy per phenomenon")
-        ax.legend(fontsize=7)
-        save(fig, "blimp_phenomena")
+    with plt.rc_context(FONT):
+        for name, figure in (("loss_curves", _ce_figure), ("student_vs_control", _student_control_figure),
+                             ("distill_parts", _distill_figure), ("learning_curves", _curve_figure),
+                             ("blimp_phenomena", _phenomena_figure)):
+            fig = figure(plt, summary)
+            if fig is not None:
+                save(fig, name)
     return plots
 
 
-def _curve_figure(plt: Any, models: list[dict[str, Any]]) -> Any:
+def _train_ce(m: dict[str, Any]) -> list[tuple[float, float]]:
+    """(tokens seen, training CE): the student's CE part, everyone else's loss (their loss is CE)."""
+    distilled = any(ce is not None for _, _, ce, _ in m["curves"]["train"])
+    return [(t, ce if distilled else loss) for t, loss, ce, _ in m["curves"]["train"]
+            if t is not None and (ce if distilled else loss) is not None]
+
+
+def _ce_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    trained = [m for m in summary["models"] if m["curves"]["train"]]
+    if not trained:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for i, m in enumerate(trained):
+        if tr := _train_ce(m):
+            ax.plot(*zip(*tr, strict=True), color=f"C{i}", alpha=0.6, label=f"{m['name']} train CE")
+        if dev := [(t, d) for t, d in m["curves"]["dev"] if t is not None]:
+            ax.plot(*zip(*dev, strict=True), color=f"C{i}", marker="o", linestyle="--", label=f"{m['name']} dev CE")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("Cross-entropy while training (the student's CE part; its KD part is plotted separately)")
+    ax.legend(ncols=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _student_control_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    """The two models the verdict compares, on their own axis: dev CE while training, the final value marked."""
+    pair = [m for m in (_with_role(summary["models"], Role.STUDENT), _with_role(summary["models"], Role.CONTROL))
+            if m and m["curves"]["dev"]]
+    if len(pair) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for m, color in zip(pair, ("C0", "C3"), strict=True):
+        dev = [(t, d) for t, d in m["curves"]["dev"] if t is not None]
+        if dev:
+            ax.plot(*zip(*dev, strict=True), color=color, marker="o", label=f"{m['name']} ({m['role']}) dev CE")
+        if m["dev_ce"] is not None:
+            ax.axhline(m["dev_ce"], color=color, linestyle=":", linewidth=1,
+                       label=f"{m['name']} evaluated: {m['dev_ce']:.4f}")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("dev CE (nats/token)")
+    ax.set_title("Student against control on dev CE (lower is better)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _distill_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    """The student's loss parts, each on its own axis: CE (nats/token) and the KD term (T²·divergence)."""
+    student = _with_role(summary["models"], Role.STUDENT)
+    if not student:
+        return None
+    rows = [(t, ce, kd) for t, _, ce, kd in student["curves"]["train"] if t is not None and ce is not None]
+    if not rows:
+        return None
+    ts, ces, kds = zip(*rows, strict=True)
+    has_kd = any(k is not None for k in kds)
+    fig, axes = plt.subplots(1, 2 if has_kd else 1, figsize=(10, 3.8), squeeze=False)
+    axes[0][0].plot(ts, ces, color="C0")
+    axes[0][0].set_title("CE part (nats/token)")
+    if has_kd:
+        axes[0][1].plot(ts, [k if k is not None else float("nan") for k in kds], color="C1")
+        axes[0][1].set_title("KD part (T² · divergence)")
+    for ax in axes[0]:
+        ax.set_xlabel("tokens seen")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Distillation loss parts of {student['name']}")
+    fig.tight_layout()
+    return fig
+
+
+def _phenomena_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    table = _phenomena_table(summary, "blimp", "phenomena")
+    if not table:
+        return None
+    header, rows = table
+    names = header[1:]
+    fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.9), 5))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        vals = [float(r[j + 1]) if r[j + 1] != "–" else 0.0 for r in rows]
+        ax.bar([i + j * width for i in range(len(rows))], vals, width=width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([r[0] for r in rows], rotation=45, ha="right")
+    ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylabel("accuracy %")
+    ax.set_ylim(0, 100)
+    ax.set_title("BLiMP accuracy per phenomenon (dotted: chance)")
+    ax.legend()
+    return fig
+
+
+def _curve_figure(plt: Any, summary: dict[str, Any]) -> Any:
     """Dev CE and BLiMP against words seen, one line per model (train.save_at_words checkpoints)."""
+    models = [m for m in summary["models"] if m.get("curve")]
+    if not models:
+        return None
     panels = [(k, label) for k, label in (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP headline %"))
               if any(k in p for m in models for p in m["curve"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
@@ -401,7 +568,7 @@ def _curve_figure(plt: Any, models: list[dict[str, Any]]) -> Any:
         ax.set_xlabel("words seen")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend()
     fig.suptitle("Learning curves: where in training does distillation help?")
     return fig
 
@@ -431,6 +598,10 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         ("Does distillation help?", "list", summary["verdict"]),
         ("Comparison", "table", _table_rows(summary)),
     ]
+    if summary.get("evaluations"):
+        names = {"dev_ce": "dev CE", **dict(PAIR_TASKS)}
+        blocks.append(("What each column was scored on", "list",
+                       [f"{names.get(k, k)}: {v}." for k, v in summary["evaluations"].items() if ":" not in k]))
     if summary.get("approximations"):
         blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
     if summary.get("protocol"):
@@ -444,7 +615,8 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         if t:
             blocks.append((title, "table", t))
     if summary["stages"]:
-        rows = [[k, f"{v:.1f}" if v is not None else "–"] for k, v in summary["stages"].items()]
+        rows = [[k if k != REPORT else f"{k} (this build)", f"{v:.1f}" if v is not None else "–"]
+                for k, v in summary["stages"].items()]
         blocks.append(("Wall time per stage (s, all invocations)", "table", (["stage", "seconds"], rows)))
     ledger = summary.get("ledger")
     if ledger:
@@ -518,8 +690,11 @@ def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
 def build_report(out_dir: Path) -> list[Path]:
     """Rebuild report.md, report.html and plots/ from what is on disk."""
     out_dir = Path(out_dir)
+    start = time.perf_counter()
     summary = summarize(out_dir)
     plots = make_plots(summary, out_dir / "plots")
+    # Its own time, measured now: run_state.json records the report stage only after this returns.
+    summary["stages"][REPORT] = time.perf_counter() - start
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md_path, render_markdown(summary, plots, out_dir))
     atomic_write_text(html_path, render_html(summary, plots))

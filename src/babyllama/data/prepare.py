@@ -45,8 +45,8 @@ from pathlib import Path
 
 import numpy as np
 import tokenizers
-from tqdm import tqdm
 
+from babyllama import progress as bars
 from babyllama.config import Config
 from babyllama.data.cleaning import CLEANERS, CLEANING_VERSION, cleaner_name
 from babyllama.data.corpora import Corpus, SourceFile, read_source, resolve_corpus
@@ -128,8 +128,8 @@ def prepare(cfg: Config) -> dict:
     progress = cfg.logging.progress
     n_train_lines = sum(len(s.lines) for s in train)
     tok = train_tokenizer(
-        tqdm(_training_text(train, data.separator), total=-(-n_train_lines // _BATCH), desc="tokenizer", unit="batch",
-             disable=not progress),
+        bars.iterate(_training_text(train, data.separator), "prepare tokenizer", "batch", enabled=progress,
+                     total=-(-n_train_lines // _BATCH)),
         cfg.tokenizer.vocab_size,
         cfg.tokenizer.min_frequency,
         length=n_train_lines,
@@ -319,8 +319,7 @@ def _training_text(train: list[Source], separator: str):
 def encode(tok, sources: list[Source], separator: str, dtype: np.dtype, progress: bool) -> np.ndarray:
     """One split's token stream; also records each source's token count."""
     parts: list[np.ndarray] = []
-    bar = tqdm(total=sum(len(s.lines) for s in sources), desc=f"encode {sources[0].split}", unit="line",
-               disable=not progress)
+    bar = bars.bar(sum(len(s.lines) for s in sources), f"prepare encode {sources[0].split}", "line", enabled=progress)
     if separator == "none":
         # whole files are the units; a few at a time keeps every core busy and the bar moving
         for group in batched(sources, os.cpu_count() or 1):

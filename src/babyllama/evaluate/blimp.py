@@ -45,7 +45,8 @@ Result JSON (what ``babyllama evaluate blimp --out`` writes; the report stage re
      "aggregation": "phenomena"|"paradigms", "headline": float,   # the macro the protocol reports
      "accuracy": float,                  # pooled over all pairs
      "n_pairs": int, "ties": int,
-     "items": {linguistics_term: "0110..."}}  # per pair, in data order: 1 = correct (paired bootstraps)
+     "items": {linguistics_term: "0110..."},  # per pair, in data order: 1 = correct (paired bootstraps)
+     "paradigm_items": {uid: "0110..."}}  # the same, grouped by paradigm (the babylm-2024/2025 headline groups)
 
 Accuracies are fractions in [0, 1].
 """
@@ -58,8 +59,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from babyllama import progress as progress_bars
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import (
     load_causal_lm,
@@ -198,7 +199,7 @@ def score_sequences(
     order = sorted(inputs, key=lambda k: len(inputs[k]), reverse=True)
     scores: dict[tuple[int, ...], float] = {}
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="scoring", unit="batch", disable=None if progress else True):
+    for start in progress_bars.iterate(batches, "scoring", "batch", enabled=progress):
         keys = order[start : start + batch_size]
         rows = [inputs[k] for k in keys]
         width = max(len(r) for r in rows)
@@ -247,10 +248,13 @@ def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties_corre
     groups: dict[str, dict[str, list[int]]] = {"paradigms": {}, "phenomena": {}, "fields": {}}
     total = [0, 0, 0]  # correct, n, ties
     items: dict[str, list[str]] = {}
+    paradigm_items: dict[str, list[str]] = {}
     for p, g, b in zip(pairs, good, bad, strict=True):
         tie = g == b
         ok = g > b or (tie and ties_correct)
         items.setdefault(p.phenomenon, []).append("1" if ok else "0")
+        if p.paradigm is not None:
+            paradigm_items.setdefault(p.paradigm, []).append("1" if ok else "0")
         for kind, name in (("paradigms", p.paradigm), ("phenomena", p.phenomenon), ("fields", p.field)):
             if name is None:
                 continue
@@ -268,7 +272,9 @@ def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties_corre
     out["accuracy"] = total[0] / total[1] if total[1] else 0.0
     out["n_pairs"] = total[1]
     out["ties"] = total[2]
+    # per-item correctness (1/0) in data order, grouped both ways: a paired test follows the headline's groups
     out["items"] = {k: "".join(v) for k, v in sorted(items.items())}
+    out["paradigm_items"] = {k: "".join(v) for k, v in sorted(paradigm_items.items())}
     return out
 
 

@@ -51,13 +51,12 @@ def test_report_states_losses_plainly(tiny_cfg: Config) -> None:
 
     paths = build_report(tiny_cfg.out)
     md = paths[0].read_text()
-    assert ("Dev CE, student vs the control (no distillation) `student-control`: the distilled student did NOT beat it: "
-            "student − control = +0.1000 nats/token, 95% interval [+0.1000, +0.1000]") in md
+    assert ("Dev CE vs control `student-control`: the distilled student did NOT beat it, "
+            "student - control = +0.1000 nats/token [+0.1000, +0.1000]") in md
     assert "paired over 40 dev windows" in md
-    assert "Dev CE, student vs the teacher `t-llama`: the distilled student did NOT beat it" in md
+    assert "Dev CE vs teacher `t-llama`: the distilled student did NOT beat it" in md
     # no item records: the BLiMP difference is given with its sign, and said to be untested
-    assert ("BLiMP (embedded subset, 20 pairs), student vs the teacher `t-llama`: the distilled student is behind it, "
-            "untested") in md
+    assert "BLiMP (embedded subset, 20 pairs) vs teacher `t-llama`: the student is behind, untested" in md
     assert "BLiMP: embedded BLiMP subset (first 100 pairs of each paradigm), 20 pairs; headline = mean over phenomena." in md
     assert "Condition: the best teacher is 0.2000 nats/token below the control" in md
     assert "| t-llama | teacher | 1,000 | 320 | 250 | 3.0000 |" in md
@@ -80,7 +79,7 @@ def test_a_difference_inside_the_item_interval_reads_no_detectable_difference(ti
     lines = summarize(tiny_cfg.out)["verdict"]
     blimp = next(v for v in lines if v.startswith("BLiMP") and "control" in v)
     assert "no detectable difference (the interval spans 0)" in blimp
-    assert "0 pairs right for the student only, 2 for the control only, McNemar exact p = 0.5" in blimp
+    assert "0 pairs right for the student only, 2 for the control only" in blimp
     # the control has no per-window record: its dev CE difference is shown, untested
     dev = next(v for v in lines if v.startswith("Dev CE") and "control" in v)
     assert "untested" in dev and "+0.0000 nats/token" in dev

@@ -30,6 +30,6 @@ def test_the_verdict_finds_models_by_role():
 
     lines = verdict([model("t", Role.TEACHER, 3.0), model("s", Role.STUDENT, 3.5), model("c", Role.CONTROL, 4.0)])
     # the control first (the question the run answers), then the teachers; no per-window record: untested
-    assert lines[0].startswith("Dev CE, student vs the control (no distillation) `c`: the distilled student is ahead")
-    assert lines[1].startswith("Dev CE, student vs the teacher `t`: the distilled student is behind it, untested")
+    assert lines[0].startswith("Dev CE vs control `c`: the student is ahead, untested")
+    assert lines[1].startswith("Dev CE vs teacher `t`: the student is behind, untested")
     assert lines[2].startswith("Condition: the best teacher is 1.0000 nats/token below the control")

@@ -245,7 +245,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from babyllama.export import export_model
 
     for path in export_model(args.model_dir, args.to, fmt=args.format, quant=args.quant,
-                             license_=args.license, language=args.language):
+                             license_=args.license, language=args.language, base_model=args.base_model):
         print(f"wrote {path}")
 
 
@@ -380,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quant", default=None, help="GGUF weight type: f16 (default), f32 or q8_0")
     p.add_argument("--license", default="apache-2.0", help="licence id for the model card (default: apache-2.0)")
     p.add_argument("--language", default="en", help="language code for the model card (default: en)")
+    p.add_argument("--base-model", default=None, metavar="OWNER/NAME",
+                   help="GGUF: the Hub id of the original (the --format hf upload); the card declares the GGUF a "
+                        "quantization of it (base_model, base_model_relation: quantized)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("config", help="show a resolved config, or document every key")

@@ -230,24 +230,27 @@ def _print_summary(cfg: Config, timings: dict[str, float], config_arg: str | Non
     print("Time per stage (this invocation):")
     for name, seconds in timings.items():
         print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
-    print("\nVerdict (student − other model; 95% intervals paired over dev windows and BLiMP items):")
+    print("\nVerdict (student - other model, one seed):")
     for line in verdict_lines(summary["verdict"]):
         print(line)
     if config_arg:  # `babyllama run`, not a sweep's member
-        print(f"\nOne seed: these intervals cover the dev windows and BLiMP items, not training noise; for an interval "
-              f"over seeds run `babyllama sweep {config_arg} --seeds 3`.")
+        print()
+        print("\n".join(verdict_lines([
+            f"One seed: these intervals cover the dev windows and BLiMP items, not training noise; for an interval "
+            f"over seeds run `babyllama sweep {config_arg} --seeds 3`."], bullet="")))
     print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
     return summary
 
 
-def verdict_lines(sentences: list[str], width: int | None = None) -> list[str]:
-    """Each verdict sentence as a bullet wrapped to the terminal (at most 100 columns), for reading in a console."""
+def verdict_lines(sentences: list[str], width: int | None = None, bullet: str = "  - ") -> list[str]:
+    """Each sentence wrapped to the terminal (at most 100 columns), as a bullet, for reading in a console."""
     import textwrap
 
     width = width or min(100, shutil.get_terminal_size((100, 24)).columns)
     out = []
     for s in sentences:
-        out += textwrap.wrap(s.replace("`", ""), width, initial_indent="  - ", subsequent_indent="    ")
+        out += textwrap.wrap(s.replace("`", ""), width, initial_indent=bullet, subsequent_indent=" " * len(bullet),
+                             break_on_hyphens=False)
     return out
 
 

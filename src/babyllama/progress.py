@@ -23,7 +23,7 @@ from typing import IO, Any
 
 from tqdm import tqdm
 
-LABEL_WIDTH = 28
+LABEL_WIDTH = 32
 LOG_INTERVAL_S = 60.0
 
 _CONTEXT: ContextVar[str | None] = ContextVar("babyllama_progress_label", default=None)

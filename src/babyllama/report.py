@@ -29,7 +29,7 @@ from babyllama import stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.protocols import implied_settings
-from babyllama.evaluate.registry import evaluator, headline_scores, jobs
+from babyllama.evaluate.registry import evaluator, headline_scores, jobs, pairs_dataset
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
 from babyllama.roles import REPORT, Role, members, stage_order
 
@@ -284,33 +284,32 @@ def differences(models: list[dict[str, Any]], out_dir: Path | None) -> list[dict
 def difference_sentence(d: dict[str, Any], evaluations_: dict[str, str] | None = None) -> str:
     """One line: who won on which metric, or 'no detectable difference' when the paired interval spans 0.
 
-    The difference is student − other with its sign, as everywhere in babyllama's reports."""
+    The difference is student - other with its sign, as everywhere in babyllama's reports (the sweep too)."""
     short = d["role"].split()[0]
     dev = d["metric"] == "dev_ce"
     scale, digits, unit = (1.0, 4, "nats/token") if dev else (100.0, 1, "points")
     diff, test = scale * (d["a"] - d["b"]), d["test"] or {}
     if dev:
-        head = "Dev CE"
-        values = f"{d['a']:.4f} vs {d['b']:.4f}, lower is better"
-        how = f"paired over {test['n']:,} dev windows" if test.get("n") else ""
+        head, values = "Dev CE", f"{d['a']:.4f} vs {d['b']:.4f}; lower is better"
+        how = f"95% interval paired over {test['n']:,} dev windows" if test.get("n") else ""
     else:
         head = f"{dict(PAIR_TASKS)[d['metric']]} ({(evaluations_ or {}).get(d['metric'] + ':short', 'minimal pairs')})"
-        values = f"{100 * d['a']:.1f}% vs {100 * d['b']:.1f}%, higher is better"
-        how = (f"paired item bootstrap; {test['only_a']:,} pairs right for the student only, {test['only_b']:,} for the "
-               f"{short} only, McNemar exact p = {test['mcnemar_p']:.2g}") if test else ""
-    signed = f"student − {short} = {diff:+.{digits}f} {unit}"
+        values = f"{100 * d['a']:.1f}% vs {100 * d['b']:.1f}%; higher is better"
+        how = (f"95% paired item bootstrap; {test['only_a']:,} pairs right for the student only, {test['only_b']:,} "
+               f"for the {short} only") if test else ""
+    head += f" vs {short} `{d['other']}`"
+    signed = f"student - {short} = {diff:+.{digits}f} {unit}"
     ahead = diff < 0 if dev else diff > 0
     if not test.get("ci"):
-        outcome = (f"the distilled student is {'ahead of' if ahead else 'behind'} it, untested (no item-level record; "
-                   "rerun `babyllama run` to score it again)")
-        return f"{head}, student vs the {d['role']} `{d['other']}`: {outcome}: {signed} ({values})."
+        return (f"{head}: the student is {'ahead' if ahead else 'behind'}, untested (no item-level record; rerun "
+                f"the evaluation to get one): {signed} ({values}).")
     lo, hi = (scale * x for x in test["ci"])
-    signed += f", 95% interval [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    signed += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
     if lo <= 0 <= hi:
         outcome = "no detectable difference (the interval spans 0)"
     else:
         outcome = "the distilled student beat it" if ahead else "the distilled student did NOT beat it"
-    return f"{head}, student vs the {d['role']} `{d['other']}`: {outcome}: {signed} ({values}; {how})."
+    return f"{head}: {outcome}, {signed} ({values}; {how})."
 
 
 def verdict(models: list[dict[str, Any]], tests: list[dict[str, Any]] | None = None,
@@ -350,17 +349,6 @@ def evaluations(models: list[dict[str, Any]]) -> dict[str, str]:
             out[key] = pairs_dataset(result, label)
             out[f"{key}:short"] = pairs_dataset(result, label, short=True)
     return out
-
-
-def pairs_dataset(result: dict[str, Any], label: str, short: bool = False) -> str:
-    """'embedded BLiMP subset, 6,700 pairs; mean over phenomena' — the data set, its size and the headline's groups."""
-    data = str(result.get("data", "?"))
-    embedded = data.startswith("embedded:")
-    n = f"{result.get('n_pairs', 0):,} pairs"
-    if short:
-        return f"{'embedded subset' if embedded else Path(data).name}, {n}"
-    where = "embedded BLiMP subset (first 100 pairs of each paradigm)" if embedded else f"{label} at {data}"
-    return f"{where}, {n}; headline = mean over {result.get('aggregation', 'phenomena')}"
 
 
 # -- tables ----------------------------------------------------------------------------------------------

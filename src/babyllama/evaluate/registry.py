@@ -136,6 +136,20 @@ def _curve_jobs(cfg: Config) -> list[Job]:
     return [Job("curve.json", None, settings, run)]
 
 
+def pairs_dataset(result: dict[str, Any], label: str = "BLiMP", short: bool = False) -> str:
+    """What a minimal-pair result was scored on, its size and what its headline averages, in words:
+    'embedded BLiMP subset (first 100 pairs of each paradigm), 6,700 pairs; headline = mean over phenomena'."""
+    from babyllama.evaluate.blimp import EMBEDDED
+
+    data = str(result.get("data", "?"))
+    embedded = data.startswith("embedded:") or Path(data) in EMBEDDED.values()
+    n = f"{result.get('n_pairs', 0):,} pairs"
+    if short:
+        return f"{'embedded subset' if embedded else Path(data).name}, {n}"
+    where = f"embedded {label} subset (first 100 pairs of each paradigm)" if embedded else f"{label} at {data}"
+    return f"{where}, {n}; headline = mean over {result.get('aggregation', 'phenomena')}"
+
+
 def _data_id(data: str) -> str:
     return data if data.startswith("embedded:") else str(Path(data).expanduser())
 

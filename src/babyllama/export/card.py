@@ -14,9 +14,11 @@ import yaml
 from safetensors import safe_open
 
 import babyllama
+from babyllama.evaluate.registry import evaluator, pairs_dataset
 from babyllama.export.record import ModelRecord
 
 ARCH_NAMES = {"llama": "LLaMA", "gpt2": "GPT-2"}
+PAIR_LABELS = (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement"))
 
 
 def parameter_count(rec: ModelRecord) -> int:
@@ -62,13 +64,16 @@ def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
                 _metric("perplexity", ppl["perplexity"], "dev perplexity (per token)"),
             ] + ([_metric("bits_per_word", ppl["bits_per_word"], "dev bits per word")] if "bits_per_word" in ppl else []),
         })
-    for kind, label in (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement")):
-        if b := rec.evals.get(kind):
+    protocol = ((rec.run_config or {}).get("eval") or {}).get("protocol")
+    for kind, label in PAIR_LABELS:
+        if (b := rec.evals.get(kind)) and (value := evaluator(kind).headline(b)) is not None:
+            subset = str(b.get("data", "")).startswith("embedded:")
             results.append({
                 "task": {"type": "text-generation", "name": f"{label} minimal pairs (zero-shot)"},
-                "dataset": {"name": label, "type": kind},
-                "metrics": [_metric("accuracy", 100 * b["macro_phenomena"], "macro accuracy over phenomena (%)",
-                                    {**b.get("protocol", {}), "n_pairs": b.get("n_pairs")})],
+                "dataset": {"name": f"{label} ({pairs_dataset(b, label, short=True)})",
+                            "type": f"{kind}-embedded-subset" if subset else kind},
+                "metrics": [_metric("accuracy", 100 * value, f"macro accuracy over {b.get('aggregation', 'phenomena')} (%)",
+                                    {"protocol": protocol, **b.get("protocol", {}), "n_pairs": b.get("n_pairs")})],
             })
     for task, r in rec.finetune.items():
         results.append({
@@ -79,10 +84,16 @@ def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
     return [{"name": rec.name, "results": results}] if results else []
 
 
-def front_matter(rec: ModelRecord, license_: str, language: str, extra_tags: list[str]) -> dict[str, Any]:
+def front_matter(rec: ModelRecord, license_: str, language: str, extra_tags: list[str], *, gguf: bool = False,
+                 base_model: str | None = None) -> dict[str, Any]:
+    """The Hub's metadata block; a GGUF card names its library as gguf and, given ``base_model``, the
+    original it quantizes (so the Hub lists it under the original's quantizations)."""
     tags = ["babylm", "babyllama", "distillation", rec.arch, *extra_tags]
-    fm: dict[str, Any] = {"language": [language], "license": license_, "library_name": "transformers",
+    fm: dict[str, Any] = {"language": [language], "license": license_, "library_name": "gguf" if gguf else "transformers",
                           "pipeline_tag": "text-generation", "tags": tags}
+    if gguf and base_model:
+        fm["base_model"] = base_model
+        fm["base_model_relation"] = "quantized"
     if datasets := _datasets(rec):
         fm["datasets"] = datasets
     if index := _model_index(rec):
@@ -119,8 +130,7 @@ def _training(rec: ModelRecord) -> list[str]:
         lines += ["", f"Distilled from the ensemble of {teachers}: loss = α·CE + (1−α)·T²·KD with α = {obj.get('alpha')}, "
                       f"T = {obj.get('temperature')}, ensemble `{obj.get('ensemble')}` (weights {obj.get('weights')}), "
                       f"divergence `{obj.get('divergence')}`, reduction `{obj.get('reduction')}`"
-                      + (f", teacher logits from the top-{cache.get('top_k')} cache." if cache.get("enabled") else
-                         ", teachers run live.")]
+                      + _teacher_source(cache)]
     else:
         lines += ["", "Trained from scratch with the plain next-token cross-entropy: control: no distillation."
                   if rec.role.startswith("control") else "Trained from scratch with the plain next-token cross-entropy."]
@@ -133,6 +143,16 @@ def _training(rec: ModelRecord) -> list[str]:
         if t.get(key) is not None:
             lines.append(f"| {label} | {fmt.format(t[key])} |")
     return lines
+
+
+def _teacher_source(cache: dict[str, Any]) -> str:
+    """How the student read its teachers, as the training record says (live, sampled cache or top-k cache)."""
+    if not cache.get("enabled"):
+        return ", teachers run live."
+    if cache.get("mode") == "sample":
+        return (f", teachers read from the sampled cache ({cache.get('samples')} draws per position from the tempered "
+                "ensemble; an unbiased estimate of the KD gradient).")
+    return f", teachers read from the top-{cache.get('top_k')} cache (the top-k log-probs plus one tail bucket)."
 
 
 def _data(rec: ModelRecord) -> list[str]:
@@ -158,14 +178,18 @@ def _evaluation(rec: ModelRecord) -> list[str]:
                   + (f", {ppl['bits_per_word']:.3f} bits/word" if "bits_per_word" in ppl else "")
                   + f"): {ppl.get('tokens_scored', '?'):,} tokens in {ppl.get('windows', '?')} non-overlapping windows of "
                   f"{ppl.get('seq_len')} tokens of the run's dev split."]
-    for kind, label in (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement")):
-        if b := rec.evals.get(kind):
+    protocol = ((rec.run_config or {}).get("eval") or {}).get("protocol")
+    for kind, label in PAIR_LABELS:
+        if (b := rec.evals.get(kind)) and (value := evaluator(kind).headline(b)) is not None:
             p = b.get("protocol", {})
-            lines.append(f"- **{label}** macro accuracy over phenomena {100 * b['macro_phenomena']:.1f}% "
-                         f"(over paradigms {100 * b.get('macro_paradigms', float('nan')):.1f}%, all pairs "
-                         f"{100 * b.get('accuracy', float('nan')):.1f}%) on {b.get('n_pairs', '?'):,} pairs; protocol: "
-                         f"prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, sentence score = "
-                         f"{p.get('reduction')} of token log-probs, ties counted {'correct' if p.get('ties_correct') else 'wrong'}.")
+            agg = b.get("aggregation", "phenomena")
+            other = "paradigms" if agg == "phenomena" else "phenomena"
+            lines.append(f"- **{label}** {100 * value:.1f}% (the headline: macro accuracy over {agg}; over {other} "
+                         f"{100 * b.get(f'macro_{other}', float('nan')):.1f}%, all pairs "
+                         f"{100 * b.get('accuracy', float('nan')):.1f}%) on the {pairs_dataset(b, label)}; protocol "
+                         f"`{protocol or '?'}`: prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, "
+                         f"sentence score = {p.get('reduction')} of token log-probs, ties counted "
+                         f"{'correct' if p.get('ties_correct') else 'wrong'}.")
     for task, r in rec.finetune.items():
         lines.append(f"- **{task}** (fine-tuned, selected on a hold-out of train, scored on validation): "
                      f"{r.get('metric')} {100 * r['score']:.1f} on {r.get('n_eval', '?')} examples.")
@@ -208,9 +232,10 @@ def _tokenizer_note(rec: ModelRecord) -> list[str]:
 
 
 def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: list[str] | None = None,
-                source_sha256: str | None = None) -> str:
+                source_sha256: str | None = None, base_model: str | None = None) -> str:
     gguf_files = gguf_files or []
-    fm = front_matter(rec, license_, language, ["gguf"] if gguf_files else [])
+    fm = front_matter(rec, license_, language, ["gguf"] if gguf_files else [], gguf=bool(gguf_files),
+                      base_model=base_model)
     desc = (rec.training or {}).get("description")
     parts = ["---", yaml.safe_dump(fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {rec.name}", "",
@@ -223,7 +248,11 @@ def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: l
              "## Data", "", *_data(rec), "", "## Evaluation", "", *_evaluation(rec), "",
              "## Environment", "", *_environment(rec), "", "## How to load", "", *_usage(rec, gguf_files), ""]
     if gguf_files:
-        parts += ["## Files", "", *[f"- `{f}`" for f in gguf_files], ""]
+        parts += ["## Files", "", "One file per quant, all from the same weights:", "",
+                  *[f"- `{f}`" for f in gguf_files], ""]
+        if base_model:
+            parts[parts.index("## Files") + 1:parts.index("## Files") + 1] = [
+                "", f"Quantized from [{base_model}](https://huggingface.co/{base_model})."]
     parts += [f"Exported by babyllama {babyllama.__version__}"
               + (f" from weights with sha256 {source_sha256}" if source_sha256 else "") + ".", ""]
     return "\n".join(parts)

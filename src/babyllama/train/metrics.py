@@ -66,7 +66,7 @@ class MetricsLogger:
         if logging.progress:
             # A short label keeps room for the percentage, rate and ETA; the description gets its own line.
             self._bar = progress.bar(total_steps, label or run_name, "step", initial=start_step,
-                                     detail=description if description and description != label else None)
+                                     detail=description if len(description) > progress.LABEL_WIDTH else None)
         if logging.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

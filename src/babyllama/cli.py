@@ -89,6 +89,13 @@ def _eval_settings(args: argparse.Namespace, keys: tuple[str, ...]):
         raise UserError(f"evaluate: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
 
 
+def _model_arg(model: str) -> Path:
+    """--model: a folder, or a model id present in the local Hugging Face cache (no network)."""
+    from babyllama.evaluate.formats import resolve_model_dir
+
+    return resolve_model_dir(model)
+
+
 def _write_result(result: dict, out: str | None) -> None:
     from babyllama.io import atomic_write_json
 
@@ -103,7 +110,7 @@ def cmd_eval_blimp(args: argparse.Namespace) -> None:
 
     _check_out_file(args.out)
     ev = _eval_settings(args, ("prefix", "leading_space", "reduction", "ties_correct", "aggregation"))
-    result = score_blimp(Path(args.model), args.data, ev, device=args.device)
+    result = score_blimp(_model_arg(args.model), args.data, ev, device=args.device)
     print(format_blimp_table(result))
     _write_result(result, args.out)
 
@@ -114,7 +121,7 @@ def cmd_eval_completion(args: argparse.Namespace) -> None:
 
     _check_out_file(args.out)
     ev = _eval_settings(args, ("context_prefix", "ties_correct"))
-    result = SCORERS[args.task](Path(args.model), args.data, ev, device=args.device)
+    result = SCORERS[args.task](_model_arg(args.model), args.data, ev, device=args.device)
     print(format_completion_table(result))
     _write_result(result, args.out)
 
@@ -133,7 +140,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
         cfg = _load(args) if args.config else None
         data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir
         seq_len = args.seq_len or (cfg.data.seq_len if cfg else 128)
-        results = {Path(args.model).name: evaluate_perplexity(args.model, data_dir, seq_len=seq_len, device=args.device,
+        results = {Path(args.model).name: evaluate_perplexity(_model_arg(args.model), data_dir, seq_len=seq_len,
+                                                              device=args.device,
                                                               allow_unchecked_tokenizer=args.allow_unchecked_tokenizer)}
     else:
         if not args.config:
@@ -163,7 +171,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         raise UserError(f"finetune: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out}: is a file, expected a folder (for result.json, predictions.json, model/)")
-    result = finetune_task(args.model, args.data, args.task, hp, out=args.out, device=args.device, missing="error")
+    result = finetune_task(_model_arg(args.model), args.data, args.task, hp, out=args.out, device=args.device,
+                           missing="error")
     print(json.dumps(result, indent=2))
 
 
@@ -262,7 +271,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 def _add_scoring_args(p: argparse.ArgumentParser, data_help: str) -> None:
     """What every zero-shot scorer takes: the model, its data, where to write, and the protocol."""
-    p.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
+    p.add_argument("--model", required=True, help="Hugging Face causal-LM folder, or a model id in the local Hugging Face cache")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", help="write the result JSON here")
     _add_protocol_args(p)
@@ -336,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_eval_perplexity)
 
     p = sub.add_parser("finetune", help="fine-tune on a (Super)GLUE or MSGS task in BabyLM's format")
-    p.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
+    p.add_argument("--model", required=True, help="Hugging Face causal-LM folder, or a model id in the local Hugging Face cache")
     p.add_argument("--data", required=True, help="folder with {task}.train.json(l) and validation files")
     p.add_argument("--task", required=True, help="cola, sst2, mrpc, qqp, mnli, mnli-mm, qnli, rte, boolq, multirc, wsc, or an MSGS task")
     p.add_argument("--out", help="folder for the results (result.json, predictions.json) and the selected model (model/)")

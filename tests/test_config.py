@@ -89,7 +89,7 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 def test_docs_cover_every_key() -> None:
     docs = config_docs()
     for key in ["out_dir", "data.corpus", "data.seq_len", "tokenizer.vocab_size", "teachers[].train.lr",
-                "student.arch", "distill.cache.top_k", "eval.ties_correct", "eval.finetune_defaults.lr"]:
+                "student.arch", "distill.cache.top_k", "eval.ties", "eval.seed", "eval.global_piqa", "eval.finetune_defaults.lr"]:
         assert f"`{key}`" in docs
 
 

@@ -103,7 +103,7 @@ def test_batched_scores_equal_one_at_a_time(arch, llama_dir, gpt2_dir):
 def test_result_schema_ties_and_table(llama_dir):
     r = evaluate_blimp(llama_dir, FIX / "blimp_original", device="cpu")
     assert r["protocol"] == {"prefix": "eos", "prefix_token_id": 1, "leading_space": True, "reduction": "sum",
-                             "ties_correct": False}
+                             "ties": "wrong", "seed": 0, "ties_correct": False, "truncate": True}
     assert set(r["paradigms"]) == {"adjunct_island", "anaphor_gender_agreement", "determiner_noun_agreement_1"}
     assert set(r["fields"]) == {"syntax", "morphology"} and r["n_pairs"] == 7
     for kind in ("paradigms", "phenomena", "fields"):
@@ -111,9 +111,13 @@ def test_result_schema_ties_and_table(llama_dir):
             assert set(stats) == {"accuracy", "n", "ties"} and 0 <= stats["accuracy"] <= 1
     # The identical pair in determiner_noun_agreement_1 is a tie: wrong by default, right on request.
     assert r["paradigms"]["determiner_noun_agreement_1"]["ties"] == 1 and r["ties"] == 1
-    r2 = evaluate_blimp(llama_dir, FIX / "blimp_original", ties_correct=True, device="cpu")
+    r2 = evaluate_blimp(llama_dir, FIX / "blimp_original", ties="correct", device="cpu")
     d1, d2 = r["paradigms"]["determiner_noun_agreement_1"], r2["paradigms"]["determiner_noun_agreement_1"]
     assert d2["accuracy"] == pytest.approx(d1["accuracy"] + 0.5)
+    r3 = evaluate_blimp(llama_dir, FIX / "blimp_original", ties="expected", device="cpu")
+    assert r3["paradigms"]["determiner_noun_agreement_1"]["accuracy"] == pytest.approx(d1["accuracy"] + 0.25)
+    assert r["headline_by_ties"] == r2["headline_by_ties"] == r3["headline_by_ties"]
+    assert r3["headline"] == r["headline_by_ties"]["expected"] and r2["headline"] == r["headline_by_ties"]["correct"]
     accs = [s["accuracy"] for s in r["paradigms"].values()]
     assert r["macro_paradigms"] == pytest.approx(sum(accs) / 3)
     morph = r["fields"]["morphology"]

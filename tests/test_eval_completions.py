@@ -32,15 +32,15 @@ def _logp_of_completion(model, tok, context: str, completion: str) -> float:
 
 
 def test_items_follow_the_official_formats() -> None:
-    ewok = load_items("ewok", FIX / "ewok")
+    ewok, _ = load_items("ewok", FIX / "ewok")
     assert len(ewok) == 6 and {i.group for i in ewok} == {"physical-relations", "social-relations"}
     first = ewok[0]
     assert first.options[0] == ("The ball is in the little house. The ball is inside.", " The ball is inside.")
     assert ewok[1].options[0][0].startswith("The ball is in the old garden.")  # the swapped copy
-    et = load_items("entity_tracking", FIX / "entity_tracking")
+    et, _ = load_items("entity_tracking", FIX / "entity_tracking")
     assert {i.group for i in et} == {"ambiref_0_ops", "move_contents_1_ops", "regular_0_ops", "regular_1_ops"}
     assert len(et[-1].options) == 3
-    comps = load_items("comps", FIX / "comps")
+    comps, _ = load_items("comps", FIX / "comps")
     assert {i.group for i in comps} == {"base", "wugs"}
     assert comps[0].options[1] == ("A house can see the dog.", "can see the dog.")
 
@@ -50,7 +50,7 @@ def test_completion_tokens_and_scores(llama_dir) -> None:
     text, completion = "The cat sees the dog. The cat likes the dog.", " The cat likes the dog."
     ids, counts = completion_lengths(tok, [(text, completion)])
     assert counts[0] == len(tok(completion, add_special_tokens=False)["input_ids"]) and counts[0] < len(ids[0])
-    r = evaluate_completions("ewok", llama_dir, FIX / "ewok" / "physical-relations.jsonl", ties_correct=True)
+    r = evaluate_completions("ewok", llama_dir, FIX / "ewok" / "physical-relations.jsonl", ties="correct")
     item_scores = []
     for ctx, t1, t2 in (("The ball is in the little house.", " The ball is inside.", " The ball is outside."),
                         ("The ball is in the old garden.", " The ball is outside.", " The ball is inside.")):

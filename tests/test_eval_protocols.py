@@ -30,22 +30,25 @@ def _ev(protocol: str, **explicit) -> EvalConfig:
 
 
 @pytest.mark.parametrize("protocol, zero_shot, finetune", [
-    ("babyllama", ("eos", True, False, "phenomena", "eos"),
+    ("babyllama", ("eos", True, "wrong", "phenomena", "eos"),
      dict(lr=5e-5, batch_size=64, epochs=10, patience=10, eval_every=200, seed=12, max_seq_length=128,
           select_on="holdout", select_metric="task", pair_join="eos", schedule="linear")),
-    ("babylm-2023", ("eos", True, True, "phenomena", "none"),
+    ("babylm-2023", ("eos", True, "correct", "phenomena", "none"),
      dict(lr=5e-5, batch_size=64, epochs=10, patience=10, eval_every=200, seed=12, max_seq_length=128,
           select_on="validation", select_metric="f1_if_binary", pair_join="concat", schedule="linear")),
-    ("babylm-2024", ("bos", True, True, "paradigms", "none"),
+    ("babylm-2024", ("bos", True, "correct", "paradigms", "none"),
      dict(lr=5e-5, batch_size=64, epochs=10, patience=3, eval_every=0, seed=12, max_seq_length=128,
           select_on="validation", select_metric="f1_if_binary", pair_join="concat", schedule="linear")),
-    ("babylm-2025", ("none", False, True, "paradigms", "none"),
+    ("babylm-2025", ("tokenizer", False, "correct", "paradigms", "tokenizer"),
+     dict(lr=3e-5, batch_size=32, epochs=10, eval_every=0, seed=42, max_seq_length=512, select_on="validation",
+          select_metric="task", pair_join="concat", weight_decay=0.01, warmup_fraction=0.06, schedule="cosine")),
+    ("babylm-2026", ("tokenizer", False, "random", "paradigms", "tokenizer"),
      dict(lr=3e-5, batch_size=32, epochs=10, eval_every=0, seed=42, max_seq_length=512, select_on="validation",
           select_metric="task", pair_join="concat", weight_decay=0.01, warmup_fraction=0.06, schedule="cosine")),
 ])
 def test_each_protocol_pins_its_settings(protocol, zero_shot, finetune) -> None:
     ev = _ev(protocol)
-    assert (ev.prefix, ev.leading_space, ev.ties_correct, ev.aggregation, ev.context_prefix) == zero_shot
+    assert (ev.prefix, ev.leading_space, ev.ties, ev.aggregation, ev.context_prefix) == zero_shot
     hp = ev.finetune_hparams("rte")
     assert {k: getattr(hp, k) for k in finetune} == finetune
 
@@ -56,12 +59,12 @@ def test_2025_per_task_settings_and_explicit_keys_override() -> None:
     assert ev.finetune_hparams("wsc").epochs == 30 and ev.finetune_hparams("wsc").lr == 3e-5
     ev = load_config(None, ["eval.protocol=babylm-2024", "eval.prefix=eos", "eval.finetune_defaults.patience=5",
                             "eval.ties_correct=false"]).eval
-    assert (ev.prefix, ev.ties_correct, ev.aggregation) == ("eos", False, "paradigms")
+    assert (ev.prefix, ev.ties, ev.aggregation) == ("eos", "wrong", "paradigms")
     assert ev.finetune_defaults.patience == 5 and ev.finetune_defaults.select_on == "validation"
     ev = load_config(None, ["eval.protocol=babylm-2025", "eval.finetune_tasks.wsc.lr=1e-5"]).eval
     assert ev.finetune_hparams("wsc").lr == 1e-5 and ev.finetune_hparams("wsc").epochs == 30
     ev.blimp = "embedded:blimp"  # assigning a field keeps what the protocol set
-    assert ev.prefix == "none" and ev.finetune_hparams("wsc").epochs == 30 and ev.finetune_hparams("boolq").batch_size == 16
+    assert ev.prefix == "tokenizer" and ev.finetune_hparams("wsc").epochs == 30 and ev.finetune_hparams("boolq").batch_size == 16
 
 
 def test_presets_use_their_years_protocol() -> None:
@@ -84,6 +87,8 @@ def test_tie_counts_correct_under_every_babylm_protocol(llama_dir, tmp_path) -> 
     for protocol, expected in (("babyllama", 0.0), ("babylm-2023", 1.0), ("babylm-2024", 1.0), ("babylm-2025", 1.0)):
         r = score_blimp(llama_dir, str(tie), _ev(protocol))
         assert r["ties"] == 1 and r["accuracy"] == expected
+    r = score_blimp(llama_dir, str(tie), _ev("babylm-2026"))  # drawn: either, and the expected half beside it
+    assert r["ties"] == 1 and r["accuracy"] in (0.0, 1.0) and r["headline_by_ties"]["expected"] == 0.5
 
 
 def test_prefix_and_leading_space_follow_the_protocol(llama_dir) -> None:
@@ -103,7 +108,7 @@ def test_prefix_and_leading_space_follow_the_protocol(llama_dir) -> None:
                 with torch.no_grad():
                     logp = torch.log_softmax(model(torch.tensor([x])).logits[0, :-1].float(), -1)
                 scores.append(sum(logp[i, x[i + 1]].item() for i in range(len(x) - 1)))
-            correct += scores[0] > scores[1] or (scores[0] == scores[1] and ev.ties_correct)
+            correct += scores[0] > scores[1] or (scores[0] == scores[1] and ev.ties == "correct")
         assert correct == round(r["accuracy"] * r["n_pairs"])
     # 2025 scores the bare sentence: the first token is not scored and there is no leading space.
     bare = encode(tok, ["The cat sees the dog."], False)

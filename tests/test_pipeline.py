@@ -52,7 +52,7 @@ def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_c
     report = (out / "report.md").read_text()
     assert "## Does distillation help?" in report and "| student | distilled student |" in report
     assert "| BLiMP % | EWoK % | entity tracking % | COMPS % |" in report
-    assert "## Evaluation protocol: babyllama" in report and "| eval.ties_correct | False |" in report
+    assert "## Evaluation protocol: babyllama" in report and "| eval.ties | wrong |" in report
     for name in ("student", "student-control"):
         assert sorted(p.name for p in (out / "checkpoints" / name / "at_words").iterdir()) == ["120", "40"]
         points = json.loads((out / "eval" / name / "curve.json").read_text())["points"]

@@ -109,7 +109,7 @@ def cmd_eval_blimp(args: argparse.Namespace) -> None:
     from babyllama.evaluate.registry import score_blimp
 
     _check_out_file(args.out)
-    ev = _eval_settings(args, ("prefix", "leading_space", "reduction", "ties_correct", "aggregation"))
+    ev = _eval_settings(args, ("prefix", "leading_space", "reduction", "ties", "seed", "aggregation", "truncate"))
     result = score_blimp(_model_arg(args.model), args.data, ev, device=args.device)
     print(format_blimp_table(result))
     _write_result(result, args.out)
@@ -120,7 +120,7 @@ def cmd_eval_completion(args: argparse.Namespace) -> None:
     from babyllama.evaluate.registry import SCORERS
 
     _check_out_file(args.out)
-    ev = _eval_settings(args, ("context_prefix", "ties_correct"))
+    ev = _eval_settings(args, ("context_prefix", "ties", "seed", "truncate", "ewok_pairing", "entity_skip_nothing"))
     result = SCORERS[args.task](_model_arg(args.model), args.data, ev, device=args.device)
     print(format_completion_table(result))
     _write_result(result, args.out)
@@ -278,11 +278,18 @@ def _add_scoring_args(p: argparse.ArgumentParser, data_help: str) -> None:
 
 
 def _add_protocol_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--protocol", choices=["babyllama", "babylm-2023", "babylm-2024", "babylm-2025"], default="babyllama",
+    from babyllama.evaluate.protocols import PROTOCOLS
+
+    p.add_argument("--protocol", choices=list(PROTOCOLS), default="babyllama",
                    help="settings preset (docs/config.md, eval.protocol); the flags below override it")
-    p.add_argument("--ties-correct", dest="ties_correct", action="store_const", const=True, default=None,
-                   help="count ties as correct, as the BabyLM pipelines do")
-    p.add_argument("--ties-wrong", dest="ties_correct", action="store_const", const=False, help="count ties as wrong")
+    p.add_argument("--ties", choices=["correct", "wrong", "random", "expected"], default=None,
+                   help="a tie for the top score: correct (BabyLM 2023-2025), wrong (ours), random (BabyLM 2026, seeded by "
+                   "--seed) or expected (1/k credit); default: the protocol's")
+    p.add_argument("--ties-correct", dest="ties", action="store_const", const="correct", help="same as --ties correct")
+    p.add_argument("--ties-wrong", dest="ties", action="store_const", const="wrong", help="same as --ties wrong")
+    p.add_argument("--seed", type=int, default=None, help="seed of the tie draws under --ties random (eval.seed)")
+    p.add_argument("--no-truncate", dest="truncate", action="store_const", const=False, default=None,
+                   help="never cut an input longer than the model's positions (BabyLM 2025/2026; default: the protocol's)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
 
@@ -315,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = esub.add_parser("blimp", help="BLiMP-style minimal pairs: original, BabyLM 2023/2024 filtered, supplement")
     _add_scoring_args(b, "folder or file of minimal pairs")
-    b.add_argument("--prefix", choices=["eos", "bos", "none"], default=None,
+    b.add_argument("--prefix", choices=["eos", "bos", "none", "tokenizer"], default=None,
                    help="token each sentence is conditioned on (default: the protocol's)")
     b.add_argument("--no-leading-space", dest="leading_space", action="store_const", const=False, default=None,
                    help="do not prepend a space to each sentence")
@@ -329,8 +336,15 @@ def build_parser() -> argparse.ArgumentParser:
         c = esub.add_parser(e.name.replace("_", "-"), aliases=[e.name] if "_" in e.name else [],
                             help=f"{e.name.replace('_', ' ')} zero-shot, in the BabyLM pipelines' format ({e.switch})")
         _add_scoring_args(c, "folder or file in the official format")
-        c.add_argument("--context-prefix", choices=["eos", "bos", "none"], default=None,
-                       help="token before each context (default: the protocol's; official pipelines: none)")
+        c.add_argument("--context-prefix", choices=["eos", "bos", "none", "tokenizer"], default=None,
+                       help="token before each context (default: the protocol's; official pipelines: none, or the "
+                       "tokenizer's own special tokens from 2025 on)")
+        if e.name == "ewok":
+            c.add_argument("--ewok-pairing", choices=["targets", "contexts"], default=None,
+                           help="targets: one context, two targets (2024/2025); contexts: two contexts, one target (2026)")
+        if e.name == "entity_tracking":
+            c.add_argument("--skip-nothing", dest="entity_skip_nothing", action="store_const", const=True, default=None,
+                           help="leave out items with an option containing \"nothing\" (2026)")
         c.set_defaults(func=cmd_eval_completion, task=e.name)
     q = esub.add_parser("perplexity", help="dev cross-entropy, perplexity and bits per word")
     q.add_argument("config", nargs="?", help="experiment YAML: evaluate every model of it")

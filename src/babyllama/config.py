@@ -263,10 +263,10 @@ FINETUNE_TASKS = GLUE_TASKS + MSGS_TASKS
 class EvalConfig(Section):
     """Evaluation. ``protocol`` fills every key it implies that the config leaves unset (see docs/config.md)."""
 
-    protocol: Literal["babyllama", "babylm-2023", "babylm-2024", "babylm-2025"] = Field(
+    protocol: Literal["babyllama", "babylm-2023", "babylm-2024", "babylm-2025", "babylm-2026"] = Field(
         "babyllama",
         description="Settings preset: 'babyllama' (ours: held-out selection, ties wrong) or a BabyLM year's official pipeline "
-        "(prefix, ties, aggregation, fine-tuning); explicit keys override it.",
+        "(prefix, ties, aggregation, EWoK pairing, truncation, fine-tuning); explicit keys override it.",
     )
     blimp: str | None = Field(
         None, description="BLiMP data (folder or file, any supported format), or 'embedded:blimp' (100 pairs per paradigm, shipped); null = skip."
@@ -275,17 +275,39 @@ class EvalConfig(Section):
     ewok: str | None = Field(None, description="EWoK data (BabyLM ewok_filtered folder of <Domain>.jsonl); null = skip.")
     entity_tracking: str | None = Field(None, description="Entity-tracking data (BabyLM 2025 entity_tracking folder); null = skip.")
     comps: str | None = Field(None, description="COMPS data (BabyLM 2025 comps folder); null = skip.")
-    prefix: Literal["eos", "bos", "none"] = Field(
-        "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; protocol default)."
+    global_piqa: str | None = Field(
+        None, description="GlobalPIQA (English) data: the BabyLM 2026 evaluation folder holding global_piqa_parallel/ and "
+        "global_piqa_nonparallel/, or one set's eng_latn.jsonl; null = skip."
+    )
+    prefix: Literal["eos", "bos", "none", "tokenizer"] = Field(
+        "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; 'tokenizer' = "
+        "the tokenizer's own special tokens, as BabyLM 2025/2026; protocol default)."
     )
     leading_space: bool = Field(True, description="Prepend a space to each BLiMP sentence before tokenizing (protocol default).")
     reduction: Literal["sum", "mean"] = Field("sum", description="Sentence score: sum or mean of token log-probabilities.")
-    ties_correct: bool = Field(False, description="Count ties as correct, as every BabyLM pipeline does (protocol default).")
+    ties: Literal["correct", "wrong", "random", "expected"] = Field(
+        "wrong", description="A tie for the top score: 'correct' if it includes the right answer (BabyLM 2023-2025), 'wrong', "
+        "'random' (BabyLM 2026, seeded here by eval.seed) or 'expected' (1/k credit, deterministic); results report all four "
+        "headlines. The old key eval.ties_correct: true/false still means correct/wrong (protocol default)."
+    )
+    seed: int = Field(0, description="Seed of the tie draws under eval.ties: random.")
+    truncate: bool = Field(
+        True, description="Keep the last tokens of an input longer than the model's positions (lm-eval, BabyLM 2023/2024); false = "
+        "never cut when the model can read further (BabyLM 2025/2026), with a note in the result (protocol default)."
+    )
+    ewok_pairing: Literal["targets", "contexts"] = Field(
+        "targets", description="EWoK candidates: 'targets' = Context1+Target1 vs Context1+Target2 (BabyLM 2024/2025), 'contexts' = "
+        "Context1+Target1 vs Context2+Target1 (BabyLM 2026) (protocol default)."
+    )
+    entity_skip_nothing: bool = Field(
+        False, description="Leave out entity-tracking items with an option containing \"nothing\", as BabyLM 2026 does (protocol default)."
+    )
     aggregation: Literal["phenomena", "paradigms"] = Field(
         "phenomena", description="BLiMP headline: unweighted mean over phenomena or over paradigms (protocol default)."
     )
-    context_prefix: Literal["eos", "bos", "none"] = Field(
-        "eos", description="Token before the context of EWoK / entity tracking / COMPS items (protocol default; official: none)."
+    context_prefix: Literal["eos", "bos", "none", "tokenizer"] = Field(
+        "eos", description="Token before the context of EWoK / entity tracking / COMPS / GlobalPIQA items (protocol default; official: "
+        "none in 2023/2024, the tokenizer's own special tokens in 2025/2026)."
     )
     batch_size: int = Field(64, ge=1, description="Sentences per forward pass when scoring.")
     perplexity: bool = Field(True, description="Compute dev cross-entropy / perplexity for every model.")

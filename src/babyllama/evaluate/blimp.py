@@ -7,7 +7,7 @@ Data (auto-detected, a folder of files or one file):
 - BabyLM 2024 ``supplement_filtered``: sentence_good / sentence_bad plus context fields we ignore
   (sentences may span several lines, e.g. turn-taking dialogues);
 - BabyLM 2023 filtered, ``<phenomenon>.json``: one file per phenomenon, rows with sentence_good /
-  sentence_bad;
+  sentence_bad; grouped by file whatever the rows say (the 2023 code scores one task per file);
 - ``embedded:blimp``: the first 100 pairs of each original paradigm, shipped in the package
   (evaluate/data/README.md). Files may be gzipped (``.jsonl.gz``).
 
@@ -20,13 +20,16 @@ conditioned on everything before it and on one prefix token:
 - ``prefix="eos"`` (default): one ``</s>``, the BabyLM 2023 pipeline's stand-in for BOS; it is also
   our training separator (every line is followed by ``</s>``), so for our models it is a sentence start;
 - ``prefix="bos"``: the tokenizer's BOS token;
-- ``prefix="none"``: no prefix, so the first token is conditioned on nothing and left unscored (the
-  BabyLM 2025 pipeline, for tokenizers that add no special tokens).
+- ``prefix="none"``: no prefix, so the first token is conditioned on nothing and left unscored;
+- ``prefix="tokenizer"``: the tokenizer's own special tokens, as the BabyLM 2025/2026 pipelines tokenize
+  (``official_inputs``; the same as ``none`` for a tokenizer that adds none, such as ours).
 
-``leading_space`` prepends " " to each sentence before tokenizing, as the pipeline does (its target
-separator). Inputs longer than the model's positions are truncated from the left, as the pipeline does.
-A pair is correct when score(good) > score(bad). Equal scores are ties: counted, and wrong unless
-``ties_correct`` (the BabyLM pipelines' argmax picks the first choice, so they count ties as correct).
+``leading_space`` prepends " " to each sentence before tokenizing, as the 2023/2024 pipelines do (their
+target separator). Inputs longer than the model's positions are truncated from the left when
+``truncate`` is on (lm-eval's practice); the 2025/2026 pipelines never truncate, and the result's
+``notes`` say what happened to a longer input (``length_note``). A pair is correct when
+score(good) > score(bad); equal scores (and NaN, read as minus infinity) are settled by ``ties``
+(evaluate/decide.py: correct, wrong, seeded random, or expected credit).
 
 Sentences are scored in batches sorted by length, right-padded, with an attention mask and explicit
 position ids, so a sentence's score does not depend on what it is batched with.
@@ -34,9 +37,11 @@ position ids, so a sentence's score does not depend on what it is batched with.
 Result JSON (what ``babyllama evaluate blimp --out`` writes; the report stage reads it)::
 
     {"model": str, "data": str,
-     "protocol": {"prefix": "eos"|"bos"|"none", "prefix_token_id": int|null, "leading_space": bool,
-                  "reduction": "sum"|"mean", "ties_correct": bool},
+     "protocol": {"prefix": "eos"|"bos"|"none"|"tokenizer", "prefix_token_id": int|null, "leading_space": bool,
+                  "reduction": "sum"|"mean", "ties": "correct"|"wrong"|"random"|"expected", "seed": int,
+                  "ties_correct": bool, "truncate": bool},   # ties_correct: ties == "correct" (older readers)
      "formats": [str, ...],              # detected data formats
+     "notes": [str, ...],                # e.g. inputs longer than the model's positions, and what was done
      "paradigms": {UID: {"accuracy": float, "n": int, "ties": int}},
      "phenomena": {linguistics_term: {"accuracy": float, "n": int, "ties": int}},
      "fields": {field: {"accuracy": float, "n": int, "ties": int}},
@@ -44,8 +49,11 @@ Result JSON (what ``babyllama evaluate blimp --out`` writes; the report stage re
      "macro_phenomena": float,           # unweighted mean over phenomena
      "aggregation": "phenomena"|"paradigms", "headline": float,   # the macro the protocol reports
      "accuracy": float,                  # pooled over all pairs
-     "n_pairs": int, "ties": int,
-     "items": {linguistics_term: "0110..."},  # per pair, in data order: 1 = correct (paired bootstraps)
+     "n_pairs": int, "ties": int,        # ties: pairs whose two scores are equal
+     "by_ties": {rule: {"paradigms", "phenomena", "pooled": float}},   # the macros under every tie rule
+     "headline_by_ties": {rule: float},  # the headline under every tie rule (random: seeded by "seed")
+     "items": {linguistics_term: "0110..."},  # per pair, in data order: 1 = correct (paired bootstraps;
+                                              # under random/expected the seeded draw decides a tie)
      "paradigm_items": {uid: "0110..."}}  # the same, grouped by paradigm (the babylm-2024/2025 headline groups)
 
 Accuracies are fractions in [0, 1].
@@ -62,6 +70,7 @@ import torch.nn.functional as F
 
 from babyllama import progress as progress_bars
 from babyllama.errors import UserError
+from babyllama.evaluate.decide import TIE_RULES, decide
 from babyllama.evaluate.formats import (
     load_causal_lm,
     max_positions,
@@ -144,7 +153,9 @@ def load_pairs(data: str | Path) -> tuple[list[Pair], list[str]]:
         rows = read_json_rows(path)
         if not rows:
             raise UserError(f"{path}: no minimal pairs in this file")
-        formats.add(_detect_format(path, rows[0][1]))
+        fmt = _detect_format(path, rows[0][1])
+        formats.add(fmt)
+        by_file = fmt == "babylm-2023-filtered"  # the 2023 code scores one task per file: its phenomenon
         for loc, row in rows:
             good = text_field(path, loc, row, "sentence_good")
             bad = text_field(path, loc, row, "sentence_bad")
@@ -152,7 +163,7 @@ def load_pairs(data: str | Path) -> tuple[list[Pair], list[str]]:
                 good=good,
                 bad=bad,
                 paradigm=_group(path, loc, row, "UID") or _stem(path),
-                phenomenon=_group(path, loc, row, "linguistics_term") or _stem(path),
+                phenomenon=_stem(path) if by_file else _group(path, loc, row, "linguistics_term") or _stem(path),
                 field=_group(path, loc, row, "field"),
             ))
     return pairs, sorted(formats)
@@ -167,6 +178,21 @@ def encode(tokenizer: Any, sentences: list[str], leading_space: bool) -> list[li
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def _input(s: list[int], span: tuple[int, int] | None, prefix_id: int | None, cut_at: int | None) -> tuple[list[int], int, int]:
+    """The model input of one sequence and the [first, stop) positions whose tokens are scored.
+
+    Position 0 is never scored (nothing predicts it); ``cut_at`` keeps only the last that many tokens.
+    """
+    head = [prefix_id] if prefix_id is not None else []
+    x = head + list(s)
+    start, stop = span if span is not None else (0, len(s))
+    first, stop = max(1, start + len(head)), stop + len(head)
+    if cut_at and len(x) > cut_at:
+        cut = len(x) - cut_at
+        x, first, stop = x[cut:], max(1, first - cut), stop - cut
+    return x, first, stop
+
+
 @torch.no_grad()
 def score_sequences(
     model: Any,
@@ -177,42 +203,45 @@ def score_sequences(
     batch_size: int = 64,
     progress: bool = False,
     scored: list[int] | None = None,
+    spans: list[tuple[int, int]] | None = None,
+    truncate: bool = True,
 ) -> list[float]:
     """Score of each token sequence: sum/mean of log p(token | prefix, earlier tokens).
 
     With ``prefix_id`` None the first token has no context and is not scored. ``scored[i]``, when
-    given, limits sequence i's score to its last ``scored[i]`` tokens (a completion after a context).
-    Identical inputs are scored once. A sequence with nothing to score gets 0.
+    given, limits sequence i's score to its last ``scored[i]`` tokens (a completion after a context);
+    ``spans[i] = (start, stop)`` limits it to tokens start..stop-1 of the sequence instead. A sequence
+    longer than the model's positions keeps its last tokens when ``truncate`` is on, or when the model
+    cannot read past its positions (learned absolute positions); otherwise it is scored whole
+    (`length_note` says which). Identical inputs are scored once. A sequence with nothing to score gets 0.
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
     device = next(model.parameters()).device
     limit = max_positions(model.config)
-    counts = scored if scored is not None else [None] * len(seqs)
-    inputs: dict[tuple[Any, ...], list[int]] = {}
-    for s, n in zip(seqs, counts, strict=True):
-        key = (*s, n)
-        if key not in inputs:
-            x = ([prefix_id] if prefix_id is not None else []) + list(s)
-            inputs[key] = x[-limit:] if limit and len(x) > limit else x
+    cut_at = limit if truncate or not reads_past_positions(model.config) else None
+    if spans is None:
+        spans = [(len(s) - n, len(s)) for s, n in zip(seqs, scored, strict=True)] if scored is not None else [None] * len(seqs)
+    keys = [(*s, span) for s, span in zip(seqs, spans, strict=True)]
+    inputs = {k: _input(s, span, prefix_id, cut_at) for k, s, span in zip(keys, seqs, spans, strict=True)}
     # Longest first: the first batch is the biggest, so an out-of-memory error shows up at once.
-    order = sorted(inputs, key=lambda k: len(inputs[k]), reverse=True)
-    scores: dict[tuple[int, ...], float] = {}
+    order = sorted(inputs, key=lambda k: len(inputs[k][0]), reverse=True)
+    scores: dict[tuple[Any, ...], float] = {}
     batches = range(0, len(order), batch_size)
     for start in progress_bars.iterate(batches, "scoring", "batch", enabled=progress):
-        keys = order[start : start + batch_size]
-        rows = [inputs[k] for k in keys]
+        chunk = order[start : start + batch_size]
+        rows = [inputs[k][0] for k in chunk]
         width = max(len(r) for r in rows)
         if width < 2:  # nothing is predicted in any of these
-            scores.update({k: 0.0 for k in keys})
+            scores.update({k: 0.0 for k in chunk})
             continue
         ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-        # Target t (the token at position t + 1) counts when it is among the row's last n tokens.
-        first = torch.tensor([1 if k[-1] is None else max(1, len(r) - k[-1]) for k, r in zip(keys, rows, strict=True)],
-                             device=device)
+        # Target t (the token at position t + 1) counts when t + 1 lies in the row's [first, stop).
+        first = torch.tensor([inputs[k][1] for k in chunk], device=device)
+        stop = torch.tensor([inputs[k][2] for k in chunk], device=device)
         target = torch.arange(1, width, device=device)
-        counted = (target >= first[:, None]) & (target < mask.sum(-1, keepdim=True))
+        counted = (target >= first[:, None]) & (target < stop[:, None])
         positions = torch.arange(width, device=device).expand(len(rows), width)
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -221,72 +250,133 @@ def score_sequences(
         total = (token_logp * weight).sum(-1)
         if reduction == "mean":
             total = total / weight.sum(-1).clamp(min=1)
-        scores.update(zip(keys, total.tolist(), strict=True))
-    return [scores[(*s, n)] for s, n in zip(seqs, counts, strict=True)]
+        scores.update(zip(chunk, total.tolist(), strict=True))
+    return [scores[k] for k in keys]
+
+
+def reads_past_positions(config: Any) -> bool:
+    """Whether the model can score inputs longer than its positions: rotary positions can, learned ones cannot."""
+    return any(getattr(config, key, None) is not None for key in ("rope_theta", "rope_parameters", "rope_scaling"))
+
+
+def length_note(config: Any, lengths: list[int], truncate: bool) -> str | None:
+    """One line for the result when some inputs are longer than the model's positions, else None."""
+    limit = max_positions(config)
+    over = sum(n > limit for n in lengths) if limit else 0
+    if not over:
+        return None
+    head = f"{over} of {len(lengths)} inputs are longer than the model's {limit} positions"
+    if truncate:
+        return f"{head}; each keeps its last {limit} tokens (eval.truncate)"
+    if reads_past_positions(config):
+        return f"{head}; scored whole, past the positions the model was trained on, as the official code does"
+    return (f"{head}; the model has learned positions and cannot read past them, so each keeps its last {limit} tokens "
+            "(the official code fails on these items)")
 
 
 def prefix_token_id(tokenizer: Any, config: Any, prefix: str, model_dir: str | Path) -> int | None:
-    if prefix == "none":
+    """The token the scorer puts before every text: None for ``none`` and ``tokenizer`` (the tokenizer adds its own)."""
+    if prefix in ("none", "tokenizer"):
         return None
     if prefix not in ("eos", "bos"):
-        raise UserError(f"prefix must be eos, bos or none, got {prefix!r}")
+        raise UserError(f"prefix must be eos, bos, none or tokenizer, got {prefix!r}")
     tid = special_token_id(tokenizer, config, prefix)
     if tid is None:
         raise UserError(f"{model_dir}: the tokenizer and config define no {prefix} token; use --prefix none or the other one")
     return int(tid)
 
 
+def official_inputs(tokenizer: Any, texts: list[str], completions: list[str]) -> tuple[list[list[int]], list[tuple[int, int]]]:
+    """Token ids and scored span of each text, built as the BabyLM 2025/2026 causal scorer builds them.
+
+    The text is tokenized with the tokenizer's own special tokens (a ``<s>`` it adds is context; an
+    end token it appends has an empty character span and is not scored). The scored tokens are those
+    whose character span ends after the completion's first character (the completion is the text's
+    tail; for a minimal pair it is the whole sentence), except the first token, which nothing predicts.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError("prefix 'tokenizer' needs a fast tokenizer (tokenizer.json) to locate the scored tokens")
+    enc = tokenizer(texts, return_offsets_mapping=True)
+    ids, spans = [], []
+    for text, completion, row, offsets in zip(texts, completions, enc["input_ids"], enc["offset_mapping"], strict=True):
+        start = len(text) - len(completion) + (offsets[0][0] if offsets else 0)
+        hit = [i for i, (_, end) in enumerate(offsets) if end > start and i > 0]
+        ids.append(list(row))
+        spans.append((hit[0], hit[-1] + 1) if hit else (0, 0))
+    return ids, spans
+
+
 # -- evaluation ----------------------------------------------------------------------------------------
 
 
-def _stats(correct: int, n: int, ties: int) -> dict[str, Any]:
-    return {"accuracy": correct / n if n else 0.0, "n": n, "ties": ties}
+def _stats(credit: float, n: int, ties: int) -> dict[str, Any]:
+    return {"accuracy": credit / n if n else 0.0, "n": n, "ties": ties}
 
 
-def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties_correct: bool) -> dict[str, Any]:
-    """Accuracies per paradigm, phenomenon and field, their macro means, and pooled totals."""
-    groups: dict[str, dict[str, list[int]]] = {"paradigms": {}, "phenomena": {}, "fields": {}}
-    total = [0, 0, 0]  # correct, n, ties
+def _macro(stats: dict[str, dict[str, Any]]) -> float:
+    accs = [s["accuracy"] for s in stats.values()]
+    return sum(accs) / len(accs) if accs else 0.0
+
+
+def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties: str = "wrong", seed: int = 0) -> dict[str, Any]:
+    """Accuracies per paradigm, phenomenon and field, their macro means, pooled totals, and the headline
+    macros under every tie rule (``by_ties``: {rule: {"paradigms": .., "phenomena": ..}})."""
+    if ties not in TIE_RULES:
+        raise UserError(f"ties must be one of {', '.join(TIE_RULES)}, got {ties!r}")
+    d = decide([[g, b] for g, b in zip(good, bad, strict=True)], [0] * len(pairs), seed)
+    by_ties: dict[str, dict[str, float]] = {}
+    out: dict[str, Any] = {}
+    for rule in TIE_RULES:
+        groups: dict[str, dict[str, list[float]]] = {"paradigms": {}, "phenomena": {}, "fields": {}}
+        for p, credit, tie in zip(pairs, d.credit[rule], d.tie, strict=True):
+            for kind, name in (("paradigms", p.paradigm), ("phenomena", p.phenomenon), ("fields", p.field)):
+                if name is not None:
+                    c = groups[kind].setdefault(name, [0.0, 0, 0])
+                    c[0], c[1], c[2] = c[0] + credit, c[1] + 1, c[2] + tie
+        stats = {kind: {k: _stats(*v) for k, v in sorted(g.items())} for kind, g in groups.items()}
+        by_ties[rule] = {"paradigms": _macro(stats["paradigms"]), "phenomena": _macro(stats["phenomena"]),
+                         "pooled": sum(d.credit[rule]) / len(pairs) if pairs else 0.0}
+        if rule == ties:
+            out.update(stats)
+    out["macro_paradigms"], out["macro_phenomena"] = by_ties[ties]["paradigms"], by_ties[ties]["phenomena"]
+    out["accuracy"] = by_ties[ties]["pooled"]
+    out["n_pairs"] = len(pairs)
+    out["ties"] = sum(d.tie)
+    # 0/1 per pair for paired bootstraps: under random and expected, the seeded draw decides a tie.
+    decided = d.credit["random" if ties in ("random", "expected") else ties]
     items: dict[str, list[str]] = {}
     paradigm_items: dict[str, list[str]] = {}
-    for p, g, b in zip(pairs, good, bad, strict=True):
-        tie = g == b
-        ok = g > b or (tie and ties_correct)
-        items.setdefault(p.phenomenon, []).append("1" if ok else "0")
+    for p, credit in zip(pairs, decided, strict=True):
+        items.setdefault(p.phenomenon, []).append("1" if credit else "0")
         if p.paradigm is not None:
-            paradigm_items.setdefault(p.paradigm, []).append("1" if ok else "0")
-        for kind, name in (("paradigms", p.paradigm), ("phenomena", p.phenomenon), ("fields", p.field)):
-            if name is None:
-                continue
-            c = groups[kind].setdefault(name, [0, 0, 0])
-            c[0] += ok
-            c[1] += 1
-            c[2] += tie
-        total[0] += ok
-        total[1] += 1
-        total[2] += tie
-    out: dict[str, Any] = {kind: {k: _stats(*v) for k, v in sorted(g.items())} for kind, g in groups.items()}
-    for kind, key in (("paradigms", "macro_paradigms"), ("phenomena", "macro_phenomena")):
-        accs = [s["accuracy"] for s in out[kind].values()]
-        out[key] = sum(accs) / len(accs) if accs else 0.0
-    out["accuracy"] = total[0] / total[1] if total[1] else 0.0
-    out["n_pairs"] = total[1]
-    out["ties"] = total[2]
-    # per-item correctness (1/0) in data order, grouped both ways: a paired test follows the headline's groups
+            paradigm_items.setdefault(p.paradigm, []).append("1" if credit else "0")
+    # grouped both ways: a paired test follows the headline's groups
     out["items"] = {k: "".join(v) for k, v in sorted(items.items())}
     out["paradigm_items"] = {k: "".join(v) for k, v in sorted(paradigm_items.items())}
+    out["by_ties"] = by_ties
     return out
+
+
+def _encode_pairs(tokenizer: Any, pairs: list[Pair], prefix: str, leading_space: bool) -> tuple[list[list[int]], list | None]:
+    """Token ids (good sentences, then bad) and, for ``prefix='tokenizer'``, their scored spans."""
+    sentences = [p.good for p in pairs] + [p.bad for p in pairs]
+    if prefix != "tokenizer":
+        return encode(tokenizer, sentences, leading_space), None
+    texts = [(" " + s) if leading_space else s for s in sentences]
+    return official_inputs(tokenizer, texts, texts)
 
 
 def evaluate_blimp(
     model_dir: str | Path,
     data: str | Path,
     *,
-    prefix: Literal["eos", "bos", "none"] = "eos",
+    prefix: Literal["eos", "bos", "none", "tokenizer"] = "eos",
     leading_space: bool = True,
     reduction: Literal["sum", "mean"] = "sum",
-    ties_correct: bool = False,
+    ties: str = "wrong",
+    seed: int = 0,
     aggregation: Literal["phenomena", "paradigms"] = "phenomena",
+    truncate: bool = True,
     batch_size: int = 64,
     device: str | None = None,
 ) -> dict[str, Any]:
@@ -298,20 +388,23 @@ def evaluate_blimp(
     pairs, formats = load_pairs(data)
     model, tokenizer = load_causal_lm(model_dir, resolve_device(device))
     pid = prefix_token_id(tokenizer, model.config, prefix, model_dir)
-    good = encode(tokenizer, [p.good for p in pairs], leading_space)
-    bad = encode(tokenizer, [p.bad for p in pairs], leading_space)
-    scores = score_sequences(model, good + bad, prefix_id=pid, reduction=reduction, batch_size=batch_size,
-                             progress=True)
+    seqs, spans = _encode_pairs(tokenizer, pairs, prefix, leading_space)
+    scores = score_sequences(model, seqs, prefix_id=pid, reduction=reduction, batch_size=batch_size,
+                             progress=True, spans=spans, truncate=truncate)
+    note = length_note(model.config, [len(s) + (pid is not None) for s in seqs], truncate)
     result = {
         "model": str(model_dir),
         "data": str(data),
         "protocol": {"prefix": prefix, "prefix_token_id": pid, "leading_space": leading_space,
-                     "reduction": reduction, "ties_correct": ties_correct},
+                     "reduction": reduction, "ties": ties, "seed": seed, "ties_correct": ties == "correct",
+                     "truncate": truncate},
         "formats": formats,
+        "notes": [note] if note else [],
     }
-    result.update(aggregate(pairs, scores[: len(pairs)], scores[len(pairs) :], ties_correct))
+    result.update(aggregate(pairs, scores[: len(pairs)], scores[len(pairs) :], ties, seed))
     result["aggregation"] = aggregation
     result["headline"] = result[f"macro_{aggregation}"]
+    result["headline_by_ties"] = {rule: v[aggregation] for rule, v in result["by_ties"].items()}
     return result
 
 
@@ -321,7 +414,8 @@ def format_blimp_table(result: dict[str, Any]) -> str:
     lines = [
         f"BLiMP: {result['model']} on {result['data']}",
         f"(prefix {proto.get('prefix', proto['prefix_token_id'])}, leading space {'on' if proto['leading_space'] else 'off'}, "
-        f"{proto['reduction']} of log-probs, ties {'correct' if proto['ties_correct'] else 'wrong'})",
+        f"{proto['reduction']} of log-probs, ties {tie_rule(proto)})",
+        *result.get("notes", []),
         "",
     ]
     for kind, title in (("phenomena", "phenomenon"), ("fields", "field")):
@@ -337,4 +431,20 @@ def format_blimp_table(result: dict[str, Any]) -> str:
         lines.append(f"| all {result.get('n_pairs', '')} pairs pooled | {100 * result['accuracy']:.1f} |")
     if "headline" in result:
         lines.append(f"| **headline** (mean over {result['aggregation']}) | {100 * result['headline']:.1f} |")
+    lines += tie_lines(result)
     return "\n".join(lines)
+
+
+def tie_rule(proto: dict[str, Any]) -> str:
+    """How a result settled ties, from its protocol block (results written before eval.ties say ties_correct)."""
+    rule = proto.get("ties") or ("correct" if proto.get("ties_correct") else "wrong")
+    return f"{rule}, seed {proto.get('seed', 0)}" if rule == "random" else rule
+
+
+def tie_lines(result: dict[str, Any]) -> list[str]:
+    """Table rows: the headline under the seeded draw and under expected credit, when any item tied."""
+    by = result.get("headline_by_ties")
+    if not by or not result.get("ties"):
+        return []
+    return [f"| headline, ties by seeded draw / expected credit ({result['ties']} ties) | "
+            f"{100 * by['random']:.1f} / {100 * by['expected']:.1f} |"]

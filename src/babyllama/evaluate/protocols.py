@@ -18,13 +18,21 @@ Each ``babylm-YYYY`` value sets what that year's official pipeline does, read fr
   67 paradigm tasks (supplement: its 5 files). Fine-tuning as 2023 but evaluated every epoch with
   patience 3.
 - 2025 (``babylm/evaluation-pipeline-2025``): the bare sentence is tokenized with the tokenizer's own
-  special tokens (ours add none) and its first token is not scored; first argmax; mean over paradigms
-  (``UID``). Fine-tuning: lr 3e-5, batch 32 (16 for BoolQ and MultiRC), 10 epochs (WSC 30), 512 tokens,
+  special tokens (``prefix: tokenizer``; ours add none) and its first token is not scored; nothing is
+  truncated; first argmax; mean over paradigms (``UID``). Fine-tuning: lr 3e-5, batch 32 (16 for BoolQ and MultiRC), 10 epochs (WSC 30), 512 tokens,
   seed 42, AdamW with weight decay 0.01, 6% warmup then cosine decay to 0.1 x lr, evaluated every epoch
   and the best epoch kept (no early stopping), selected on the validation file with the task metric.
 
-EWoK, entity tracking and COMPS score a completion after a context; the official pipelines put no
-token before the context (``context_prefix: none``); ours conditions on ``</s>`` as for BLiMP.
+- 2026 (``babylm-org/babylm-eval``, ``strict/``, read at its July 2026 state): as 2025, except that a
+  tie for the top score is broken at random (``ties: random``, seeded by ``eval.seed``; unseeded there)
+  and a NaN score counts as minus infinity; EWoK pairs one target with two contexts
+  (``ewok_pairing: contexts``); entity-tracking items with an option containing "nothing" are left out
+  (``entity_skip_nothing``); GlobalPIQA is new (``eval.global_piqa``, length-normalised). Fine-tuning
+  keys are the 2025 ones until the 2026 script is ported.
+
+EWoK, entity tracking, COMPS and GlobalPIQA score a completion after a context; the 2023/2024 pipelines
+put no token before the context (``context_prefix: none``), 2025/2026 the tokenizer's own special tokens
+(``tokenizer``); ours conditions on ``</s>`` as for BLiMP.
 
 Explicit keys always win: a protocol only fills the keys a config leaves unset.
 """
@@ -33,36 +41,47 @@ from __future__ import annotations
 
 from typing import Any
 
-ZERO_SHOT_KEYS = ("prefix", "leading_space", "ties_correct", "aggregation", "context_prefix")
+ZERO_SHOT_KEYS = ("prefix", "leading_space", "ties", "aggregation", "context_prefix", "truncate", "ewok_pairing",
+                  "entity_skip_nothing")
 
-_OURS = {"prefix": "eos", "leading_space": True, "ties_correct": False, "aggregation": "phenomena",
-         "context_prefix": "eos"}
+_OURS = {"prefix": "eos", "leading_space": True, "ties": "wrong", "aggregation": "phenomena",
+         "context_prefix": "eos", "truncate": True, "ewok_pairing": "targets", "entity_skip_nothing": False}
+_LM_EVAL = {"truncate": True, "ewok_pairing": "targets", "entity_skip_nothing": False}
+_2025 = {"prefix": "tokenizer", "leading_space": False, "ties": "correct", "aggregation": "paradigms",
+         "context_prefix": "tokenizer", "truncate": False, "ewok_pairing": "targets", "entity_skip_nothing": False}
 _FT_2023 = {"lr": 5e-5, "batch_size": 64, "epochs": 10, "patience": 10, "eval_every": 200, "seed": 12,
             "max_seq_length": 128, "select_on": "validation", "select_metric": "f1_if_binary",
             "pair_join": "concat", "weight_decay": 0.0, "warmup_fraction": 0.0, "schedule": "linear"}
+
+_FT_2025 = {"lr": 3e-5, "batch_size": 32, "epochs": 10, "patience": 10, "eval_every": 0, "seed": 42,
+            "max_seq_length": 512, "select_on": "validation", "select_metric": "task",
+            "pair_join": "concat", "weight_decay": 0.01, "warmup_fraction": 0.06, "schedule": "cosine"}
+_FT_2025_TASKS = {"boolq": {"batch_size": 16}, "multirc": {"batch_size": 16}, "wsc": {"epochs": 30, "patience": 30}}
 
 #: name -> {"eval": zero-shot keys, "finetune": eval.finetune_defaults keys, "tasks": per-task keys}
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "babyllama": {"eval": dict(_OURS), "finetune": {}, "tasks": {}},
     "babylm-2023": {
-        "eval": {"prefix": "eos", "leading_space": True, "ties_correct": True, "aggregation": "phenomena",
-                 "context_prefix": "none"},
+        "eval": {"prefix": "eos", "leading_space": True, "ties": "correct", "aggregation": "phenomena",
+                 "context_prefix": "none", **_LM_EVAL},
         "finetune": dict(_FT_2023),
         "tasks": {},
     },
     "babylm-2024": {
-        "eval": {"prefix": "bos", "leading_space": True, "ties_correct": True, "aggregation": "paradigms",
-                 "context_prefix": "none"},
+        "eval": {"prefix": "bos", "leading_space": True, "ties": "correct", "aggregation": "paradigms",
+                 "context_prefix": "none", **_LM_EVAL},
         "finetune": {**_FT_2023, "patience": 3, "eval_every": 0},
         "tasks": {},
     },
     "babylm-2025": {
-        "eval": {"prefix": "none", "leading_space": False, "ties_correct": True, "aggregation": "paradigms",
-                 "context_prefix": "none"},
-        "finetune": {"lr": 3e-5, "batch_size": 32, "epochs": 10, "patience": 10, "eval_every": 0, "seed": 42,
-                     "max_seq_length": 512, "select_on": "validation", "select_metric": "task",
-                     "pair_join": "concat", "weight_decay": 0.01, "warmup_fraction": 0.06, "schedule": "cosine"},
-        "tasks": {"boolq": {"batch_size": 16}, "multirc": {"batch_size": 16}, "wsc": {"epochs": 30, "patience": 30}},
+        "eval": dict(_2025),
+        "finetune": dict(_FT_2025),
+        "tasks": dict(_FT_2025_TASKS),
+    },
+    "babylm-2026": {
+        "eval": {**_2025, "ties": "random", "ewok_pairing": "contexts", "entity_skip_nothing": True},
+        "finetune": dict(_FT_2025),
+        "tasks": dict(_FT_2025_TASKS),
     },
 }
 
@@ -79,6 +98,7 @@ def apply_protocol(data: Any) -> Any:
     if preset is None:  # the Literal field reports the bad name
         return data
     out = dict(data)
+    _map_ties_correct(out)
     for key, value in preset["eval"].items():
         out.setdefault(key, value)
     defaults = out.get("finetune_defaults")
@@ -92,6 +112,19 @@ def apply_protocol(data: Any) -> Any:
             merged[name] = {**keys, **own} if isinstance(own, dict) else own
         out["finetune_tasks"] = merged
     return out
+
+
+def _map_ties_correct(out: dict[str, Any]) -> None:
+    """The old boolean eval.ties_correct onto eval.ties (true: correct, false: wrong); both given must agree."""
+    if "ties_correct" not in out:
+        return
+    old = out.pop("ties_correct")
+    if not isinstance(old, bool):
+        out["ties"] = old  # the Literal field reports the bad value
+        return
+    mapped = "correct" if old else "wrong"
+    if out.setdefault("ties", mapped) != mapped:
+        raise ValueError(f"eval.ties_correct={str(old).lower()} (the old key) contradicts eval.ties={out['ties']}")
 
 
 def implied_settings(ev: Any) -> list[tuple[str, Any, Any]]:

@@ -49,8 +49,8 @@ def _perplexity_jobs(cfg: Config) -> list[Job]:
 
 
 def blimp_settings(ev: EvalConfig) -> dict[str, Any]:
-    return {"prefix": ev.prefix, "leading_space": ev.leading_space, "reduction": ev.reduction,
-            "ties_correct": ev.ties_correct, "aggregation": ev.aggregation, "batch_size": ev.batch_size}
+    return {"prefix": ev.prefix, "leading_space": ev.leading_space, "reduction": ev.reduction, "ties": ev.ties,
+            "seed": ev.seed, "aggregation": ev.aggregation, "truncate": ev.truncate, "batch_size": ev.batch_size}
 
 
 def score_blimp(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
@@ -69,15 +69,22 @@ def _pairs_jobs(key: str, column: str) -> Callable[[Config], list[Job]]:
     return jobs
 
 
-def completion_settings(ev: EvalConfig) -> dict[str, Any]:
-    return {"context_prefix": ev.context_prefix, "ties_correct": ev.ties_correct, "batch_size": ev.batch_size}
+def completion_settings(ev: EvalConfig, task: str) -> dict[str, Any]:
+    """The keys a completion task's score depends on (only its own: EWoK's pairing does not redo COMPS)."""
+    out = {"context_prefix": ev.context_prefix, "ties": ev.ties, "seed": ev.seed, "truncate": ev.truncate,
+           "batch_size": ev.batch_size}
+    if task == "ewok":
+        out["ewok_pairing"] = ev.ewok_pairing
+    if task == "entity_tracking":
+        out["entity_skip_nothing"] = ev.entity_skip_nothing
+    return out
 
 
 def _completion_scorer(task: str) -> Callable[..., dict[str, Any]]:
     def score(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
         from babyllama.evaluate.completions import evaluate_completions
 
-        return evaluate_completions(task, model_dir, data, device=device, **completion_settings(ev))
+        return evaluate_completions(task, model_dir, data, device=device, **completion_settings(ev, task))
     return score
 
 
@@ -86,7 +93,7 @@ def _completion_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
         data = getattr(cfg.eval, task)
         if not data:
             return []
-        return [Job(f"{task}.json", column, {"data": _data_id(data), **completion_settings(cfg.eval)},
+        return [Job(f"{task}.json", column, {"data": _data_id(data), **completion_settings(cfg.eval, task)},
                     lambda d: _completion_scorer(task)(d, data, cfg.eval))]
     return jobs
 
@@ -168,6 +175,8 @@ REGISTRY: list[Evaluator] = [
     Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
               _get("headline"), cli_data=True, aliases=["entity-tracking"]),
     Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True),
+    Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
+              cli_data=True, aliases=["global-piqa"]),
     Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
     Evaluator("curves", "eval.curves", _curve_jobs, lambda r: None),
 ]

@@ -189,7 +189,7 @@ def _evaluation(rec: ModelRecord) -> list[str]:
                          f"{100 * b.get('accuracy', float('nan')):.1f}%) on the {pairs_dataset(b, label)}; protocol "
                          f"`{protocol or '?'}`: prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, "
                          f"sentence score = {p.get('reduction')} of token log-probs, ties counted "
-                         f"{'correct' if p.get('ties_correct') else 'wrong'}.")
+                         f"{p.get('ties') or ('correct' if p.get('ties_correct') else 'wrong')}.")
     for task, r in rec.finetune.items():
         lines.append(f"- **{task}** (fine-tuned, selected on a hold-out of train, scored on validation): "
                      f"{r.get('metric')} {100 * r['score']:.1f} on {r.get('n_eval', '?')} examples.")

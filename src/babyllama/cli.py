@@ -54,6 +54,9 @@ def _check_out_file(out: str | None) -> None:
     """``--out FILE`` must name a file in a folder that exists or can be made (checked before the work)."""
     if out and Path(out).is_dir():
         raise UserError(f"--out {out}: is a folder, expected a file name (e.g. {Path(out) / 'result.json'})")
+    blocked = next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None) if out else None
+    if blocked is not None:
+        raise UserError(f"{blocked}: is a file, not a folder (needed as a folder for --out {out})")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -225,7 +228,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             for m in members:
                 sweep.run_member(cfg, m, len(members))
     if is_main_process():
-        from babyllama.sweep_report import collect, comparison_rows, markdown_table
+        from babyllama.render import markdown_table
+        from babyllama.sweep_report import collect, comparison_rows
 
         result = collect(cfg, members)
         print()

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from babyllama import stats, threads
+from babyllama import render, stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.protocols import implied_settings
@@ -260,7 +260,8 @@ def differences(models: list[dict[str, Any]], out_dir: Path | None) -> list[dict
     if student is None:
         return []
     out = []
-    for other in (m for m in models if m is not student):
+    order = {Role.CONTROL.value: 0, Role.TEACHER.value: 1}  # the control first: the question the run answers
+    for other in sorted((m for m in models if m is not student), key=lambda m: order.get(m["role"], 2)):
         windows_a, windows_b = ((_dev_windows(out_dir, student["name"]), _dev_windows(out_dir, other["name"]))
                                 if out_dir else (None, None))
         if student["dev_ce"] is not None and other["dev_ce"] is not None:
@@ -320,8 +321,7 @@ def verdict(models: list[dict[str, Any]], tests: list[dict[str, Any]] | None = N
         return ["The distilled student has not been trained and evaluated yet: no comparison possible."]
     tests = differences(models, None) if tests is None else tests
     evaluations_ = evaluations_ if evaluations_ is not None else evaluations(models)
-    order = {Role.CONTROL.value: 0, Role.TEACHER.value: 1}
-    lines = [difference_sentence(d, evaluations_) for d in sorted(tests, key=lambda d: order.get(d["role"], 2))]
+    lines = [difference_sentence(d, evaluations_) for d in tests]
     others = [m for m in models if m is not student and m["dev_ce"] is not None]
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]
@@ -390,14 +390,10 @@ def _protocol_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     return ["setting", "value", "note"], rows
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def comparison_table(summary: dict[str, Any]) -> str:
-    return _markdown_table(*_table_rows(summary))
+    return render.markdown_table(*_table_rows(summary))
 
 
 def _phenomena_table(summary: dict[str, Any], key: str, group: str) -> tuple[list[str], list[list[str]]] | None:
@@ -468,7 +464,7 @@ def _ce_figure(plt: Any, summary: dict[str, Any]) -> Any:
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title("Cross-entropy while training (the student's CE part; its KD part is plotted separately)")
-    ax.legend(ncols=2)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)  # below the axes: never over a curve
     ax.grid(alpha=0.3)
     return fig
 
@@ -489,8 +485,9 @@ def _student_control_figure(plt: Any, summary: dict[str, Any]) -> Any:
                        label=f"{m['name']} evaluated: {m['dev_ce']:.4f}")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("dev CE (nats/token)")
-    ax.set_title("Student against control on dev CE (lower is better)")
-    ax.legend()
+    ax.set_title("Student against control on dev CE, lower is better\n(dots: during training, on a subset of the "
+                 "dev windows; dotted lines: evaluated on all of them)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
     ax.grid(alpha=0.3)
     return fig
 
@@ -536,7 +533,7 @@ def _phenomena_figure(plt: Any, summary: dict[str, Any]) -> Any:
     ax.set_ylabel("accuracy %")
     ax.set_ylim(0, 100)
     ax.set_title("BLiMP accuracy per phenomenon (dotted: chance)")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.42), ncols=min(4, len(names)))
     return fig
 
 
@@ -580,18 +577,45 @@ def _curve_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]] | 
 # -- writing -----------------------------------------------------------------------------------------
 
 
+PLOTS_AFTER = "What each column was scored on"
+
+
+def _difference_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The verdict's numbers as a table: one row per (metric, other model), signed student - other."""
+    header = ["metric", "student vs", "student", "other", "student - other", "95% interval", "reading"]
+    rows = []
+    for d in summary["differences"]:
+        dev = d["metric"] == "dev_ce"
+        scale, digits = (1.0, 4) if dev else (100.0, 1)
+        ci = (d["test"] or {}).get("ci")
+        lo, hi = (scale * x for x in ci) if ci else (None, None)
+        diff = scale * (d["a"] - d["b"])
+        ahead = diff < 0 if dev else diff > 0
+        if ci is None:
+            reading = "untested"
+        elif lo <= 0 <= hi:
+            reading = "no detectable difference"
+        else:
+            reading = "student better" if ahead else "student worse"
+        value = (lambda v: f"{v:.4f}") if dev else (lambda v: f"{100 * v:.1f}%")
+        rows.append([("dev CE (nats/token)" if dev else f"{dict(PAIR_TASKS)[d['metric']]} (points)"),
+                     f"{d['role'].split()[0]} {d['other']}", value(d["a"]), value(d["b"]), f"{diff:+.{digits}f}",
+                     f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if ci else "–", reading])
+    return header, rows
+
+
 def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """(title, kind, payload) blocks shared by the Markdown and HTML writers."""
-    blocks: list[tuple[str, str, Any]] = [
-        ("Does distillation help?", "list", summary["verdict"]),
-        ("Comparison", "table", _table_rows(summary)),
-    ]
+    blocks: list[tuple[str, str, Any]] = [("Does distillation help?", "list", summary["verdict"])]
+    if summary.get("differences"):
+        blocks.append(("Differences (student - other model, 95% paired intervals)", "table", _difference_rows(summary)))
+    if summary.get("approximations"):
+        blocks.append(("What the comparison rests on", "list", summary["approximations"]))
+    blocks.append(("Comparison", "table", _table_rows(summary)))
     if summary.get("evaluations"):
         names = {"dev_ce": "dev CE", **dict(PAIR_TASKS)}
-        blocks.append(("What each column was scored on", "list",
+        blocks.append((PLOTS_AFTER, "list",
                        [f"{names.get(k, k)}: {v}." for k, v in summary["evaluations"].items() if ":" not in k]))
-    if summary.get("approximations"):
-        blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
     if summary.get("protocol"):
         blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
     curves = _curve_rows(summary)
@@ -631,47 +655,40 @@ def _threads_cell(t: dict | None) -> str:
             f"OMP_WAIT_POLICY={t['wait_policy']}")
 
 
+def _plots_after(summary: dict[str, Any]) -> str:
+    return PLOTS_AFTER if summary.get("evaluations") else "Comparison"
+
+
 def render_markdown(summary: dict[str, Any], plots: dict[str, Path], out_dir: Path) -> str:
     import yaml
 
     parts = [f"# babyllama report — `{summary['out_dir']}`", ""]
     for title, kind, payload in _sections(summary):
         parts += [f"## {title}", ""]
-        parts.append("\n".join(f"- {x}" for x in payload) if kind == "list" else _markdown_table(*payload))
+        parts.append("\n".join(f"- {x}" for x in payload) if kind == "list" else render.markdown_table(*payload))
         parts.append("")
-        if title == "Comparison" and plots:
+        if title == _plots_after(summary) and plots:
             parts += [f"![{name}]({p.relative_to(out_dir)})" for name, p in plots.items()] + [""]
     parts += ["## Resolved config", "", "```yaml", yaml.safe_dump(summary["config"], sort_keys=False).rstrip(), "```", ""]
     return "\n".join(parts)
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip('*'))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     import yaml
 
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-             "img{max-width:100%;display:block;margin:1em 0}pre{background:#f7f7f7;padding:1em;overflow:auto}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>babyllama report</title><style>{style}</style>"
-             f"</head><body><h1>babyllama report — {html.escape(summary['out_dir'])}</h1>"]
+    parts = [render.page_head("babyllama report"), f"<h1>babyllama report — {html.escape(summary['out_dir'])}</h1>"]
     for title, kind, payload in _sections(summary):
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        if kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(x).replace('`', '')}</li>" for x in payload) + "</ul>")
-        else:
-            parts.append(_html_table(*payload))
-        if title == "Comparison":
+        parts.append(render.html_list(payload) if kind == "list" else render.html_table(*payload))
+        if title == _plots_after(summary):
             for name, p in plots.items():
                 data = base64.b64encode(p.read_bytes()).decode()
-                parts.append(f"<img alt='{name}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Resolved config</h2><pre>" + html.escape(yaml.safe_dump(summary["config"], sort_keys=False)) + "</pre>")
-    parts.append("</body></html>")
+                parts.append(render.html_image(name, data))
+    parts.append("<h2>Resolved config</h2>" + render.folded(
+        "config.yaml as this run resolved it (click to show)",
+        "<pre>" + html.escape(yaml.safe_dump(summary["config"], sort_keys=False)) + "</pre>"))
+    parts.append("<p>Every figure of this report is in <code>summary.json</code> next to it (see the README, "
+                 "&ldquo;What a run writes&rdquo;).</p></body></html>")
     return "\n".join(parts)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from babyllama import stats
+from babyllama import render, stats
 from babyllama.config import Config
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
 from babyllama.sweep import Member, member_config, sweep_dir
@@ -227,7 +227,8 @@ def member_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def setting_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per setting: the teacher-control gap beside the distillation effect (does the effect follow the gap?)."""
-    header = ["setting", "teacher-control gap (nats/token)", "student - control dev CE", "95% interval", "seeds"]
+    header = ["setting", "control - best teacher dev CE (> 0: the teachers know more)", "student - control dev CE",
+              "95% interval", "seeds"]
     rows = []
     for r in result["settings"]:
         e = r["student_minus_control_dev_ce"]
@@ -237,9 +238,6 @@ def setting_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(r) + " |" for r in rows)])
 
 
 def forest_plot(result: dict[str, Any]) -> bytes | None:
@@ -292,31 +290,21 @@ def write(base: Config, result: dict[str, Any]) -> list[Path]:
           + (f" (missing: {', '.join(result['missing'])})." if result["missing"] else "."), "", "## Verdict", ""]
     md += [f"- {v}" for v in result["verdict"] + result["conditions"]] + ["", "## What the intervals are conditional on", ""]
     md += [f"- {v}" for v in result.get("conditional_on", [])] + ["", "## Comparisons (A - B, paired by seed)", ""]
-    md += [markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
-    md += ["## Effect against the teacher-control gap", "", markdown_table(*setting_rows(result)), ""]
-    md += ["## Members", "", markdown_table(*member_rows(result)), ""]
+    md += [render.markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
+    md += ["## Effect against the teacher-control gap", "", render.markdown_table(*setting_rows(result)), ""]
+    md += ["## Members", "", render.markdown_table(*member_rows(result)), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     atomic_write_text(out / "report.html", _html(result, out, finished, png))
     return [out / "sweep.json", out / "report.md", out / "report.html"]
 
 
 def _html(result: dict[str, Any], out: Path, finished: str, png: bytes | None) -> str:
-    def table(header: list[str], rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em}"
-             "th{background:#f3f3f3}img{max-width:100%}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>babyllama sweep</title><style>{style}</style>"
-             f"</head><body><h1>babyllama sweep — {html.escape(str(out))}</h1><p>{html.escape(finished)}</p>",
-             "<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in result["verdict"] + result["conditions"])
-             + "</ul>", "<h2>What the intervals are conditional on</h2><ul>"
-             + "".join(f"<li>{html.escape(v)}</li>" for v in result.get("conditional_on", [])) + "</ul>",
-             "<h2>Comparisons (A - B, paired by seed)</h2>", table(*comparison_rows(result))]
+    parts = [render.page_head("babyllama sweep"), f"<h1>babyllama sweep — {html.escape(str(out))}</h1>",
+             f"<p>Seeds {html.escape(', '.join(map(str, result['seeds'])))}; {html.escape(finished)}.</p>", "<h2>Verdict</h2>", render.html_list(result["verdict"] + result["conditions"]),
+             "<h2>What the intervals are conditional on</h2>", render.html_list(result.get("conditional_on", [])),
+             "<h2>Comparisons (A - B, paired by seed)</h2>", render.html_table(*comparison_rows(result))]
     if png:
-        parts.append(f"<img alt='forest plot' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-    parts += ["<h2>Effect against the teacher-control gap</h2>", table(*setting_rows(result)),
-              "<h2>Members</h2>", table(*member_rows(result)), "</body></html>"]
+        parts.append(render.html_image("forest plot", base64.b64encode(png).decode()))
+    parts += ["<h2>Effect against the teacher-control gap</h2>", render.html_table(*setting_rows(result)),
+              "<h2>Members</h2>", render.html_table(*member_rows(result)), "</body></html>"]
     return "\n".join(parts)

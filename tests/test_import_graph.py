@@ -64,3 +64,16 @@ def test_the_package_has_no_import_cycle():
 def test_the_cycle_finder_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def _imports_any(graph: dict[str, set[str]], module: str, prefix: str) -> list[str]:
+    return sorted(d for d in graph[module] if d == prefix or d.startswith(prefix + "."))
+
+
+def test_layers_point_one_way():
+    """Evaluation never imports training, the schema no evaluator, and the sweep runs pipelines, not loops."""
+    graph = import_graph()
+    for module in (m for m in graph if m.startswith("babyllama.evaluate")):
+        assert not _imports_any(graph, module, "babyllama.train"), module
+    assert not _imports_any(graph, "babyllama.config", "babyllama.evaluate")
+    assert not _imports_any(graph, "babyllama.sweep", "babyllama.train")

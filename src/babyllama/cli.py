@@ -31,8 +31,8 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def _lock(args: argparse.Namespace, out: Path) -> None:
     """Hold the out_dir lock until the command ends (rank 0 only: the other ranks are the same command)."""
+    from babyllama.distributed import is_main_process
     from babyllama.lock import out_dir_lock
-    from babyllama.train.distributed import is_main_process
 
     if is_main_process():
         args.held.enter_context(out_dir_lock(out, " ".join(["babyllama", *args.argv])[:200]))
@@ -40,9 +40,11 @@ def _lock(args: argparse.Namespace, out: Path) -> None:
 
 def _load(args: argparse.Namespace, lock: bool = True):
     from babyllama.config import load_config, save_resolved
-    from babyllama.train.distributed import is_main_process
+    from babyllama.distributed import is_main_process
+    from babyllama.existing import check_sources
 
     cfg = load_config(args.config, args.overrides)
+    check_sources(cfg)  # existing models named by `from`: vetted before anything is written
     if lock:
         _lock(args, cfg.out)
     if is_main_process():
@@ -196,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_sweep(args: argparse.Namespace) -> None:
     from babyllama import sweep
-    from babyllama.train.distributed import is_main_process
+    from babyllama.distributed import is_main_process
 
     # One member (a child of `sweep --jobs`, or a scheduler's array job) locks its own folder, not the
     # sweep's: members run side by side, sharing data and teachers under the sweep's own lock.
@@ -206,7 +208,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     if args.jobs < 1:
         raise UserError(f"sweep --jobs {args.jobs}: expected at least 1")
     n_seeds = args.seeds or cfg.sweep.seeds
-    members = sweep.members(cfg, n_seeds)
+    members = sweep.sweep_members(cfg, n_seeds)
     if args.plan:
         path = sweep.write_plan(cfg, members)
         for m in members:
@@ -282,7 +284,7 @@ def _add_scoring_args(p: argparse.ArgumentParser, data_help: str) -> None:
 
 
 def _add_protocol_args(p: argparse.ArgumentParser) -> None:
-    from babyllama.evaluate.protocols import PROTOCOLS
+    from babyllama.protocols import PROTOCOLS
 
     p.add_argument("--protocol", choices=list(PROTOCOLS), default="babyllama",
                    help="settings preset (docs/config.md, eval.protocol); the flags below override it")

@@ -9,19 +9,32 @@ from __future__ import annotations
 
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_text
+from babyllama.protocols import apply_protocol
+from babyllama.rules import RULE_POOLS
 
 #: Smallest vocabulary that holds the 3 special tokens and the 256 byte-level base symbols.
 MIN_VOCAB_SIZE = 3 + 256
 #: Largest vocabulary we accept: 8x the biggest common LM vocabularies (~128k-256k); token ids must fit
 #: the uint32 token files, and beyond this the embedding tables alone outgrow any child-scale model.
 MAX_VOCAB_SIZE = 1 << 21
+#: Folder under a model's checkpoints where train.save_at_words keeps one HF folder per word count.
+AT_WORDS_DIR = "at_words"
 
 
 class Section(BaseModel):
@@ -100,8 +113,17 @@ class TrainConfig(Section):
         return sorted(set(v))
 
 
+def _plain_folder_name(v: str) -> str:
+    if "/" in v or v.startswith(".") or v.strip() != v:
+        raise ValueError("must be a plain folder name (no '/', no leading '.', no surrounding spaces)")
+    return v
+
+
 class ModelConfig(Section):
-    """One model: a teacher, or the student (whose architecture the control shares)."""
+    """One model trained here: a teacher, or the student (whose architecture the control shares)."""
+
+    #: Trained here (an ExternalTeacherConfig is not).
+    external: ClassVar[bool] = False
 
     name: str = Field(..., min_length=1, description="Folder name under <out_dir>/models/.")
     arch: Literal["gpt2", "llama"] = Field(..., description="Hugging Face class: GPT2LMHeadModel or LlamaForCausalLM.")
@@ -121,9 +143,14 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, v: str) -> str:
-        if "/" in v or v.startswith(".") or v.strip() != v:
-            raise ValueError("must be a plain folder name (no '/', no leading '.', no surrounding spaces)")
-        return v
+        return _plain_folder_name(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_is_for_teachers(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("from" in data or "from_" in data):
+            raise ValueError("`from` (an existing model) is for teachers only: the student and the control are trained here")
+        return data
 
     @model_validator(mode="after")
     def _heads_divide(self) -> ModelConfig:
@@ -132,6 +159,60 @@ class ModelConfig(Section):
         if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
             raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
         return self
+
+
+#: Keys that describe a model trained here; an external teacher has none of them (see ExternalTeacherConfig).
+TRAINED_MODEL_KEYS = tuple(k for k in ModelConfig.model_fields if k != "name")
+
+
+class ExternalTeacherConfig(Section):
+    """A teacher trained elsewhere: any Hugging Face causal-LM folder (safetensors), never trained here.
+
+    Its architecture and size come from its own config.json, so the keys of a model trained here are
+    refused next to `from` (silently ignoring a `hidden_size` would hide a mistake)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, populate_by_name=True)
+    external: ClassVar[bool] = True
+
+    name: str = Field(..., min_length=1, description="The teacher's name in the ensemble, the cache and the report.")
+    from_: str = Field(
+        ..., alias="from", min_length=1,
+        description="An existing model as a teacher: a folder holding config.json + *.safetensors of any "
+        "AutoModelForCausalLM architecture (Qwen2/3, Llama, GPT-NeoX, OPT, GPT-2 ...), or a Hugging Face Hub id "
+        "already in the local HF cache (never downloaded). Loaded in the student's precision, never trained, "
+        "identified by its weights' sha256. With `from`, a teacher takes no arch, size or train keys.",
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return _plain_folder_name(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_architecture_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            given = [k for k in TRAINED_MODEL_KEYS if k in data]
+            if given:
+                raise ValueError(f"`from` takes the teacher as it is (architecture from its config.json, never trained "
+                                 f"here): remove {', '.join(given)}")
+        return data
+
+
+def _teacher_kind(v: Any) -> str:
+    """Which schema a teacher entry follows: 'external' when it names an existing model (`from`)."""
+    if isinstance(v, dict):
+        return "external" if ("from" in v or "from_" in v) else "trained"
+    return "external" if getattr(v, "external", False) else "trained"
+
+
+#: A `teachers:` entry: a model trained here, or an existing model (`from`).
+TeacherEntry = Annotated[
+    Annotated[ModelConfig, Tag("trained")] | Annotated[ExternalTeacherConfig, Tag("external")],
+    Discriminator(_teacher_kind),
+]
+#: The union's tags, which pydantic puts into error locations (hidden when naming a key).
+_UNION_TAGS = ("trained", "external")
 
 
 class DataConfig(Section):
@@ -157,12 +238,48 @@ class DataConfig(Section):
         description="'eos': each line is a document followed by </s> in the token stream; 'none': lines joined by newlines "
         "with no special token (the reference code).",
     )
-    word_budget: int = Field(10_000_000, ge=1, description="BabyLM word budget for the ledger (10M strict-small, 100M strict).")
+    word_budget: int = Field(
+        10_000_000, ge=1,
+        description="BabyLM word budget for the ledger (10M strict-small, 100M strict); unset, data.rules sets it.")
+    rules: Literal["none", "babylm-2026-strict-small", "babylm-2026-strict"] = Field(
+        "none",
+        description="The challenge rules ledger.json checks, one verdict line per rule (within / exceeds by ... / cannot "
+        "tell): word pool (10M / 100M), the 10-epoch exposure cap (the student's own reading, and a second reading "
+        "that adds what its teachers saw), approved external teachers (under 1B parameters, or the listed Llama 3.x / "
+        "Qwen 2.5-3.5 models), required checkpoints (train.save_at_words at 1M..10M, 20M..100M words). A run that "
+        "breaks a rule still runs and says so at the start, in the report and in the model card; 'none': no rules, "
+        "the ledger still counts.",
+    )
+
+    @model_validator(mode="after")
+    def _budget_from_rules(self) -> DataConfig:
+        if self.rules != "none" and "word_budget" not in self.model_fields_set:
+            pool = RULE_POOLS[self.rules]
+            if self.word_budget != pool:  # assignment validates again: set only when it changes
+                self.word_budget = pool
+        return self
 
 
 class TokenizerConfig(Section):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, populate_by_name=True)
+
     vocab_size: int = Field(16000, le=MAX_VOCAB_SIZE, description="BPE vocabulary size, special tokens included.")
     min_frequency: int = Field(2, ge=1, description="Minimum pair frequency for a BPE merge.")
+    from_: str | None = Field(
+        None, alias="from",
+        description="Take the tokenizer of an existing model instead of training one: a folder with tokenizer.json "
+        "(e.g. an external teacher's), or a Hub id in the local HF cache. The simplest exact route to an external "
+        "teacher (same token ids); the vocabulary is the model's (its config.json vocab_size when that is larger, "
+        "so the student's output matches the teacher's); vocab_size / min_frequency are then refused. The ledger "
+        "still counts words, not tokens.",
+    )
+
+    @model_validator(mode="after")
+    def _from_or_trained(self) -> TokenizerConfig:
+        given = sorted({"vocab_size", "min_frequency"} & self.model_fields_set)
+        if self.from_ is not None and given:
+            raise ValueError(f"`from` takes an existing tokenizer as it is: remove {', '.join(given)}")
+        return self
 
     @field_validator("vocab_size")
     @classmethod
@@ -203,6 +320,20 @@ class DistillConfig(Section):
     allow_unchecked_tokenizer: bool = Field(
         False, description="Accept a teacher folder with no tokenizer.json to compare (vocabulary size and special ids "
         "are still checked); by default it is refused.")
+    vocab_alignment: Literal["exact", "span"] = Field(
+        "exact",
+        description="'exact': every teacher uses the student's tokenizer (same tokenizer.json; a mismatch is refused in "
+        "one line). 'span': teachers may have their own tokenizers; teacher and student tokens are aligned on the text "
+        "by character offsets and the KD term is taken per aligned span (README, 'Distilling from teachers you did not "
+        "train here'); live teachers only.",
+    )
+    weighting: Literal["fixed", "confidence", "best_token"] = Field(
+        "fixed",
+        description="How teachers are weighted per position: 'fixed' (distill.weights, or equal); 'confidence' "
+        "(per token, softmax over teachers of log weight - entropy of the teacher's tempered distribution: a surer "
+        "teacher counts more); 'best_token' (per token, only the teacher with the lowest loss on the true next "
+        "token; ties to the first). Combined as distill.ensemble says.",
+    )
 
     @field_validator("weights")
     @classmethod
@@ -213,6 +344,12 @@ class DistillConfig(Section):
 
     @model_validator(mode="after")
     def _cache_supports_divergence(self) -> DistillConfig:
+        if self.vocab_alignment == "span" and self.weighting != "fixed":
+            raise ValueError(f"weighting {self.weighting!r} mixes teachers token by token over one vocabulary; with "
+                             "vocab_alignment 'span' each teacher has its own buckets: use weighting: fixed")
+        if self.cache.enabled and self.vocab_alignment == "span":
+            raise ValueError("vocab_alignment 'span' runs the teachers live: the cache stores distributions over the "
+                             "student's vocabulary only; set distill.cache.enabled: false")
         if self.cache.enabled and self.cache.mode == "sample" and self.divergence != "forward_kl":
             raise ValueError(f"divergence {self.divergence!r} cannot be estimated from sampled tokens (the 'sample' cache "
                              "is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")
@@ -323,8 +460,6 @@ class EvalConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _apply_protocol(cls, data: Any) -> Any:
-        from babyllama.evaluate.protocols import apply_protocol
-
         return apply_protocol(data)
 
     @model_validator(mode="after")
@@ -390,7 +525,9 @@ class Config(Section):
     seed: int = Field(42, description="Seed of every random choice (splits, init, windows, dev subset).")
     data: DataConfig = Field(default_factory=DataConfig, description="Corpus and windows.")
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig, description="BPE tokenizer.")
-    teachers: list[ModelConfig] = Field(default_factory=list, description="Teacher models, trained from scratch then distilled.")
+    teachers: list[TeacherEntry] = Field(
+        default_factory=list,
+        description="Teacher models: trained here from scratch (arch and size keys), or existing models (`from`).")
     student: ModelConfig | None = Field(None, description="The distilled student (and, trained alone, the control).")
     control: bool = Field(True, description="Also train the student's architecture without distillation, as the control.")
     distill: DistillConfig = Field(default_factory=DistillConfig, description="Distillation loss and cache.")
@@ -453,9 +590,23 @@ class Config(Section):
     def checkpoint_dir(self, name: str) -> Path:
         return self.out / "checkpoints" / name
 
+    def words_checkpoint_dir(self, name: str) -> Path:
+        """Where ``train.save_at_words`` keeps model ``name``'s HF folders, one per word count (learning curves)."""
+        return self.checkpoint_dir(name) / AT_WORDS_DIR
+
+    @property
+    def trained_teachers(self) -> list[ModelConfig]:
+        """The teachers trained here (each has a `run` stage)."""
+        return [t for t in self.teachers if isinstance(t, ModelConfig)]
+
+    @property
+    def external_teachers(self) -> list[ExternalTeacherConfig]:
+        """The teachers used as they are (`from`), never trained here."""
+        return [t for t in self.teachers if isinstance(t, ExternalTeacherConfig)]
+
     def models(self) -> list[ModelConfig]:
-        """Every model of the experiment: teachers, then the student and (if enabled) the control."""
-        out = list(self.teachers)
+        """Every model trained here: teachers (not the external ones), then the student and (if enabled) the control."""
+        out: list[ModelConfig] = list(self.trained_teachers)
         if self.student is not None:
             out.append(self.student)
             if self.control:
@@ -463,9 +614,13 @@ class Config(Section):
         return out
 
     def model(self, name: str) -> ModelConfig:
-        """Look a model up by name; the control may also be called 'control'."""
+        """Look a model trained here up by name; the control may also be called 'control'."""
         if name == "control" and self.student is not None:
             name = self.control_name
+        for t in self.external_teachers:
+            if t.name == name:
+                raise UserError(f"teacher {name!r} is an existing model (from: {t.from_}): it is used as it is, "
+                                "never trained here")
         for m in self.models():
             if m.name == name:
                 return m
@@ -473,7 +628,7 @@ class Config(Section):
         raise UserError(f"no model named {name!r} in the config (known: {known})")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
 
 
 # -- loading -------------------------------------------------------------------------------------------
@@ -564,6 +719,8 @@ def _dotted(loc: tuple[Any, ...], tree: Any) -> str:
     parts: list[str] = []
     node = tree
     for p in loc:
+        if p in _UNION_TAGS and isinstance(node, dict) and p not in node:
+            continue  # a tag of the teacher union, not a key
         if isinstance(p, int) and isinstance(node, list) and 0 <= p < len(node):
             el = node[p]
             parts.append(el["name"] if isinstance(el, dict) and isinstance(el.get("name"), str) else str(p))
@@ -623,14 +780,17 @@ def config_docs() -> str:
     """Markdown table of every key: dotted name, type, default, meaning."""
     rows: list[tuple[str, str, str, str]] = []
 
+    seen: set[str] = set()
+
     def walk(model: type[BaseModel], prefix: str) -> None:
         for name, field in model.model_fields.items():
-            key = f"{prefix}{name}"
+            key = f"{prefix}{field.alias or name}"
             ann = field.annotation
-            sub = _section_type(ann)
-            default = "required" if field.is_required() else _show_default(field)
-            rows.append((key, _type_name(ann), default, field.description or ""))
-            if sub is not None:
+            if key not in seen:  # a key both teacher kinds have (name) is listed once
+                seen.add(key)
+                default = "required" if field.is_required() else _show_default(field)
+                rows.append((key, _type_name(ann), default, field.description or ""))
+            for sub in _section_types(ann):
                 walk(sub, f"{key}[]." if _is_list(ann) else f"{key}.")
 
     walk(Config, "")
@@ -639,16 +799,14 @@ def config_docs() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _section_type(ann: Any) -> type[BaseModel] | None:
-    import typing
-
-    for cand in [ann, *typing.get_args(ann)]:
-        if isinstance(cand, type) and issubclass(cand, BaseModel):
-            return cand
-        for inner in typing.get_args(cand):
-            if isinstance(inner, type) and issubclass(inner, BaseModel):
-                return inner
-    return None
+def _section_types(ann: Any) -> list[type[BaseModel]]:
+    """The config sections inside an annotation (a section, a list or union of them, an Annotated one)."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return [ann]
+    out: list[type[BaseModel]] = []
+    for inner in typing.get_args(ann):
+        out += [t for t in _section_types(inner) if t not in out]
+    return out
 
 
 def _is_list(ann: Any) -> bool:
@@ -658,6 +816,9 @@ def _is_list(ann: Any) -> bool:
 
 
 def _type_name(ann: Any) -> str:
+    if "Annotated" in str(ann):  # the teacher union: name its two sections
+        names = " | ".join(t.__name__ for t in _section_types(ann))
+        return (f"list[{names}]" if _is_list(ann) else names).replace("|", "\\|")
     text = str(ann).replace("typing.", "").replace("babyllama.config.", "").replace("<class '", "").replace("'>", "")
     return text.replace("|", "\\|")
 

@@ -26,13 +26,12 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from babyllama import identity, progress
+from babyllama import distributed, identity, progress
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json
 from babyllama.roles import EVALUATE, PREPARE, REPORT, Role, members
 from babyllama.runtime import training_device
-from babyllama.train import distributed
 
 STATE_FILE = "run_state.json"
 
@@ -78,6 +77,7 @@ def plan(cfg: Config) -> list[Stage]:
     from babyllama.data.prepare import prepare
     from babyllama.distill.run import distill as distill_student
     from babyllama.distill.run import distillation_fingerprint
+    from babyllama.ledger import announce as announce_ledger
     from babyllama.train.objective import LMObjective
     from babyllama.train.pretrain import train_model
 
@@ -96,9 +96,13 @@ def plan(cfg: Config) -> list[Stage]:
         # Includes the teachers' weight hashes, so a retrained teacher redoes the student.
         return identity.training_identity(cfg, cfg.student, distillation_fingerprint(cfg), cfg.student_windows)
 
-    stages = [Stage(PREPARE, lambda: prepare(cfg), lambda: identity.data_identity(cfg.data_dir), [cfg.data_dir],
+    def prepare_and_announce() -> None:  # the ledger needs the prepared pool; its verdicts open the run
+        prepare(cfg)
+        announce_ledger(cfg)
+
+    stages = [Stage(PREPARE, prepare_and_announce, lambda: identity.data_identity(cfg.data_dir), [cfg.data_dir],
                     main_only=True, skip=Skip.BY_ITSELF)]
-    team = members(cfg)
+    team = [m for m in members(cfg) if m.stage is not None]  # external teachers are never trained here
     teacher_stages = [m.stage for m in team if m.role is Role.TEACHER]
     for m in team:  # one training stage per model, in the order roles.members gives
         if m.role is Role.STUDENT:

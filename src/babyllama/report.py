@@ -28,9 +28,11 @@ import numpy as np
 from babyllama import render, stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.protocols import implied_settings
 from babyllama.evaluate.registry import evaluator, headline_scores, jobs, pairs_dataset
-from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from babyllama.ledger import LEDGER_FILE, verdict_lines
+from babyllama.ledger import build as build_ledger
+from babyllama.protocols import implied_settings
 from babyllama.roles import REPORT, Role, members, stage_order
 
 # -- gathering -----------------------------------------------------------------------------------------
@@ -136,6 +138,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "approximations": approximations(models, out_dir),
         "stages": _stage_seconds(state, stage_order(cfg)),
         "ledger": manifest.get("ledger"),
+        "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
     }
 
@@ -611,6 +614,10 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         blocks.append(("Differences (student - other model, 95% paired intervals)", "table", _difference_rows(summary)))
     if summary.get("approximations"):
         blocks.append(("What the comparison rests on", "list", summary["approximations"]))
+    compliance = summary.get("compliance")
+    if compliance and compliance.get("verdicts"):
+        title = f"Rules: {compliance['rules']}" + (" (this run BREAKS a rule)" if compliance.get("breaks_rules") else "")
+        blocks.insert(1, (title, "list", verdict_lines(compliance)))
     blocks.append(("Comparison", "table", _table_rows(summary)))
     if summary.get("evaluations"):
         names = {"dev_ce": "dev CE", **dict(PAIR_TASKS)}
@@ -636,12 +643,27 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         rows.append(["**total**", f"{ledger.get('total_words', 0):,}"])
         rows.append(["budget", f"{ledger.get('budget', 0):,}"])
         blocks.append(("Word-budget ledger (training words)", "table", (["source", "words"], rows)))
+    if compliance:
+        blocks.append(("Words seen per model (ledger.json)", "table", _exposure_rows(compliance)))
     env = summary["environment"]
     env_rows = [["python", env["python"]], ["platform", env["platform"]], ["cpu", f"{env['cpu']} ({env['cpu_count']} cores)"],
                 ["gpus", ", ".join(env["gpus"]) or "none"], ["CPU threads", _threads_cell(env.get("threads"))]]
     env_rows += [[k, v or "–"] for k, v in env["packages"].items()]
     blocks.append(("Environment", "table", (["what", "value"], env_rows)))
     return blocks
+
+
+def _exposure_rows(compliance: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Words in the pool, words seen and epochs per model; the student's second reading last."""
+    rows = []
+    for name, m in compliance["models"].items():
+        seen = "not known (trained elsewhere)" if m["role"] == "external teacher" else _fmt(m.get("words_seen"), "int")
+        rows.append([name, m["role"], _fmt(m.get("pool_words"), "int"), seen + (" (planned)" if m.get("planned") else ""),
+                     "–" if m.get("epochs") is None else f"{m['epochs']:.2f}"])
+    if compliance.get("student_with_teachers_words") is not None:
+        rows.append(["student + teachers", "second reading of the cap", "", _fmt(compliance["student_with_teachers_words"],
+                                                                                 "int"), ""])
+    return ["model", "role", "words in pool", "words seen", "epochs"], rows
 
 
 def _threads_cell(t: dict | None) -> str:
@@ -704,4 +726,5 @@ def build_report(out_dir: Path) -> list[Path]:
     atomic_write_text(md_path, render_markdown(summary, plots, out_dir))
     atomic_write_text(html_path, render_html(summary, plots))
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_json(out_dir / LEDGER_FILE, summary["compliance"])
     return [md_path, html_path]

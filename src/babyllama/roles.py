@@ -1,8 +1,7 @@
 """Who is who in an experiment: every model's role and the stage that trains it, in pipeline order.
 
-`babyllama run` plans its stages from these (prepare → a stage per model → evaluate → report) and the
-report reads roles and stage order from here too, so neither repeats the other's list or matches
-role names as strings.
+`babyllama run` plans one training stage per member, in this order (prepare → the models → evaluate →
+report), and the report lists its models and stages from here.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ class Role(Enum):
     """A model's part in the experiment; the value is how the report names it."""
 
     TEACHER = "teacher"
+    #: An existing model (`teachers[].from`): used as it is, never trained here, so it has no stage.
+    EXTERNAL_TEACHER = "external teacher"
     STUDENT = "distilled student"
     CONTROL = "control (no distillation)"
 
@@ -27,12 +28,14 @@ class Role(Enum):
 class Member:
     name: str  # the model's folder name under <out_dir>/models/
     role: Role
-    stage: str  # the `run` stage that trains it
+    stage: str | None  # the `run` stage that trains it; None for an external teacher
 
 
 def members(cfg: Config) -> list[Member]:
-    """Every model of ``cfg`` in training order: the teachers, the student, then the control (if enabled)."""
-    out = [Member(t.name, Role.TEACHER, f"teacher:{t.name}") for t in cfg.teachers]
+    """Every model of ``cfg`` in training order: the teachers (external ones too), the student, then the
+    control (if enabled)."""
+    out = [Member(t.name, Role.EXTERNAL_TEACHER, None) if t.external else Member(t.name, Role.TEACHER, f"teacher:{t.name}")
+           for t in cfg.teachers]
     if cfg.student is not None:
         out.append(Member(cfg.student.name, Role.STUDENT, "distill"))
         if cfg.control:
@@ -42,4 +45,4 @@ def members(cfg: Config) -> list[Member]:
 
 def stage_order(cfg: Config) -> list[str]:
     """The names of `run`'s stages, in the order it runs them."""
-    return [PREPARE, *(m.stage for m in members(cfg)), EVALUATE, REPORT]
+    return [PREPARE, *(m.stage for m in members(cfg) if m.stage is not None), EVALUATE, REPORT]

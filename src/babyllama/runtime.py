@@ -10,8 +10,8 @@ import contextlib
 
 import torch
 
+from babyllama.distributed import local_rank
 from babyllama.errors import UserError
-from babyllama.train.distributed import local_rank
 
 
 def training_device() -> torch.device:

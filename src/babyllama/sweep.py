@@ -38,16 +38,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from babyllama import distributed
 from babyllama.config import Config, _apply_override, _format_error, save_resolved
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json, stable_hash
-from babyllama.train import distributed
 
 SWEEP_DIR = "sweep"
 
 
 @dataclass(frozen=True)
-class Member:
+class SweepMember:
     index: int
     name: str  # folder under <out_dir>/sweep/
     seed: int
@@ -133,7 +133,7 @@ def points(base: Config) -> list[dict[str, Any]]:
     return out
 
 
-def members(base: Config, n_seeds: int) -> list[Member]:
+def sweep_members(base: Config, n_seeds: int) -> list[SweepMember]:
     """Every (setting, seed), settings outermost; seeds are the experiment's seed, +1, +2, ..."""
     if base.student is None or not base.teachers:
         raise UserError("sweep: the config needs a `student` and at least one teacher")
@@ -141,11 +141,11 @@ def members(base: Config, n_seeds: int) -> list[Member]:
     out = []
     for point in points(base):
         for seed in seeds:
-            out.append(Member(len(out), f"{_slug(point)}-s{seed}", seed, _label(point), point))
+            out.append(SweepMember(len(out), f"{_slug(point)}-s{seed}", seed, _label(point), point))
     return out
 
 
-def _teacher_trees(base: Config, m: Member) -> list[dict[str, Any]]:
+def _teacher_trees(base: Config, m: SweepMember) -> list[dict[str, Any]]:
     """The member's full teacher list (before any subset), each with its seed made explicit."""
     tree = _with_point(base, m.point)
     for t in tree["teachers"]:
@@ -156,9 +156,9 @@ def _teacher_trees(base: Config, m: Member) -> list[dict[str, Any]]:
     return tree["teachers"]
 
 
-def teacher_home(base: Config, m: Member) -> Config:
+def teacher_home(base: Config, m: SweepMember) -> Config:
     """The run directory that trains this member's teachers: the config's own out_dir for its own teachers."""
-    own = _teacher_trees(base, Member(0, "", base.seed, "default"))
+    own = _teacher_trees(base, SweepMember(0, "", base.seed, "default"))
     mine = _teacher_trees(base, m)
     if mine == own:
         return base
@@ -168,7 +168,7 @@ def teacher_home(base: Config, m: Member) -> Config:
     return _validate(tree, f"teachers of {m.label}")
 
 
-def member_config(base: Config, m: Member) -> Config:
+def member_config(base: Config, m: SweepMember) -> Config:
     """The member's own config: the point's values, its seed, its teachers, its out_dir."""
     tree = _with_point(base, m.point)
     tree["teachers"] = _teacher_trees(base, m)
@@ -183,7 +183,7 @@ def member_config(base: Config, m: Member) -> Config:
     return _validate(tree, f"member {m.name}")
 
 
-def write_plan(base: Config, ms: list[Member]) -> Path:
+def write_plan(base: Config, ms: list[SweepMember]) -> Path:
     path = sweep_dir(base) / "plan.json"
     atomic_write_json(path, {"out_dir": str(base.out), "members": [asdict(m) | {"out_dir": str(sweep_dir(base) / m.name)}
                                                                    for m in ms]})
@@ -237,7 +237,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
     """Data, teachers (trained, evaluated), the teacher cache, and the member's links to them."""
     from babyllama.pipeline import STATE_FILE, evaluate_all, run_pipeline
 
-    teachers = [f"teacher:{t.name}" for t in home.teachers]
+    teachers = [f"teacher:{t.name}" for t in home.trained_teachers]
     if home.out != base.out:
         run_pipeline(base, only=["prepare"])
         _link(home.data_dir, base.data_dir)
@@ -248,12 +248,12 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
     if main:
         _link(mcfg.data_dir, base.data_dir)
         _link(mcfg.out / "cache", base.out / "cache")
-        for t in mcfg.teachers:
+        for t in mcfg.trained_teachers:
             _link(mcfg.model_dir(t.name), home.model_dir(t.name))
             _link(mcfg.checkpoint_dir(t.name), home.checkpoint_dir(t.name))
             _link(mcfg.out / "eval" / t.name, home.out / "eval" / t.name)
         home_state, state = _state(home), _state(mcfg)
-        for stage in ["prepare", *(f"teacher:{t.name}" for t in mcfg.teachers)]:
+        for stage in ["prepare", *(f"teacher:{t.name}" for t in mcfg.trained_teachers)]:
             if state.get(stage, {}).get("fingerprint") != home_state[stage]["fingerprint"]:
                 state[stage] = home_state[stage]
         atomic_write_json(mcfg.out / STATE_FILE, state)
@@ -266,7 +266,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
         build_teacher_cache(mcfg)
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
         home_state = _state(home)
-        evaluate_all(mcfg, {t.name: home_state[f"teacher:{t.name}"]["fingerprint"] for t in mcfg.teachers})
+        evaluate_all(mcfg, {t.name: home_state[f"teacher:{t.name}"]["fingerprint"] for t in mcfg.trained_teachers})
 
 
 def adopt_identical(base: Config, mcfg: Config) -> None:
@@ -282,7 +282,7 @@ def adopt_identical(base: Config, mcfg: Config) -> None:
     assert mcfg.student is not None
     stages = {s.name: s for s in plan(mcfg)}
     seed = mcfg.student.train.seed
-    default = Member(0, f"{_slug({})}-s{seed}", seed if seed is not None else base.seed, "default")
+    default = SweepMember(0, f"{_slug({})}-s{seed}", seed if seed is not None else base.seed, "default")
     sources = [base, member_config(base, default)]
     state = _state(mcfg)
     for stage, name in (("distill", mcfg.student.name), ("control", mcfg.control_name)):
@@ -311,7 +311,7 @@ def adopt_identical(base: Config, mcfg: Config) -> None:
     atomic_write_json(mcfg.out / STATE_FILE, state)
 
 
-def run_member(base: Config, m: Member, total: int) -> None:
+def run_member(base: Config, m: SweepMember, total: int) -> None:
     """Run one member to completion (or resume it): shared parts under the lock, then its own pipeline."""
     from babyllama.pipeline import run_pipeline
 
@@ -323,7 +323,7 @@ def run_member(base: Config, m: Member, total: int) -> None:
     run_pipeline(mcfg)
 
 
-def run_parallel(base: Config, ms: list[Member], jobs: int, command: list[str]) -> None:
+def run_parallel(base: Config, ms: list[SweepMember], jobs: int, command: list[str]) -> None:
     """Shared parts first (in this process), then ``jobs`` members at a time as `--member I` processes."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -331,7 +331,7 @@ def run_parallel(base: Config, ms: list[Member], jobs: int, command: list[str]) 
         with _lock(sweep_dir(base) / ".lock"):
             prepare_shared(base, member_config(base, m), teacher_home(base, m))
 
-    def one(m: Member) -> int:
+    def one(m: SweepMember) -> int:
         log = sweep_dir(base) / m.name / "sweep.log"
         print(f"[sweep] member {m.index + 1}/{len(ms)}: {m.name} started (log: {log})", flush=True)
         with open(log, "a") as f:

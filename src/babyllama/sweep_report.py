@@ -20,10 +20,10 @@ import numpy as np
 from babyllama import render, stats
 from babyllama.config import Config
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
-from babyllama.sweep import Member, member_config, sweep_dir
+from babyllama.sweep import SweepMember, member_config, sweep_dir
 
 #: metric -> (title, unit, higher is better, digits, scale applied to differences)
-METRICS: dict[str, tuple[str, str, bool, int, float]] = {
+SWEEP_METRICS: dict[str, tuple[str, str, bool, int, float]] = {
     "dev_ce": ("dev CE", "nats/token", False, 3, 1.0),
     "blimp": ("BLiMP macro", "points", True, 1, 100.0),
     "supplement": ("supplement macro", "points", True, 1, 100.0),
@@ -78,11 +78,11 @@ def _bootstrap(pairs: list[tuple[dict | None, dict | None]], replicates: int) ->
 
 def compare(name: str, a: dict[int, tuple], b: dict[int, tuple], metric: str, replicates: int) -> dict[str, Any] | None:
     """A - B on one metric, paired by seed; a/b map seed -> (numbers of the model, its items)."""
-    scale = METRICS[metric][4]
+    scale = SWEEP_METRICS[metric][4]
     seeds = [s for s in sorted(set(a) & set(b)) if a[s][0][metric] is not None and b[s][0][metric] is not None]
     if not seeds:
         return None
-    out = {"name": name, "metric": metric, "unit": METRICS[metric][1],
+    out = {"name": name, "metric": metric, "unit": SWEEP_METRICS[metric][1],
            **stats.paired({s: scale * (a[s][0][metric] - b[s][0][metric]) for s in seeds})}
     if metric != "dev_ce":
         boot = _bootstrap([(a[s][1].get(metric), b[s][1].get(metric)) for s in seeds], replicates)
@@ -90,7 +90,7 @@ def compare(name: str, a: dict[int, tuple], b: dict[int, tuple], metric: str, re
     return out
 
 
-def collect(base: Config, ms: list[Member]) -> dict[str, Any]:
+def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
     """Every member's numbers, every comparison, the verdict; written as sweep.json, report.md/html, plots/."""
     rows, missing = [], []
     per_point: dict[str, dict[int, tuple[dict, dict]]] = {}
@@ -115,7 +115,7 @@ def collect(base: Config, ms: list[Member]) -> dict[str, Any]:
     for label, runs in per_point.items():
         at = "" if label == "default" else f" @ {label}"
         student, control = model_rows(runs, "student"), model_rows(runs, "control")
-        for metric, (title, _, higher, digits, _) in METRICS.items():
+        for metric, (title, _, higher, digits, _) in SWEEP_METRICS.items():
             c = compare(f"student - control{at}", student, control, metric, base.sweep.bootstrap)
             if c:
                 comparisons.append(c)
@@ -199,10 +199,10 @@ def comparison_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     header = ["comparison", "metric", "mean", "95% interval (t over seeds)", "item bootstrap", "seeds", "per seed"]
     rows = []
     for c in result["comparisons"]:
-        d = METRICS[c["metric"]][3]
+        d = SWEEP_METRICS[c["metric"]][3]
         ci = f"[{_fmt(c['ci'][0], d)}, {_fmt(c['ci'][1], d)}]" if c["ci"] else "one seed"
         boot = c.get("bootstrap_ci")
-        rows.append([c["name"], f"{METRICS[c['metric']][0]} ({c['unit']})", _fmt(c["mean"], d), ci,
+        rows.append([c["name"], f"{SWEEP_METRICS[c['metric']][0]} ({c['unit']})", _fmt(c["mean"], d), ci,
                      f"[{_fmt(boot[0], d)}, {_fmt(boot[1], d)}]" if boot else "–", f"{c['holds']}/{c['n']}",
                      ", ".join(_fmt(v, d) for v in c["per_seed"].values())])
     return header, rows
@@ -247,7 +247,7 @@ def forest_plot(result: dict[str, Any]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in METRICS if any(c["metric"] == m for c in result["comparisons"])]
+    metrics = [m for m in SWEEP_METRICS if any(c["metric"] == m for c in result["comparisons"])]
     if not metrics:
         return None
     rows = max(sum(c["metric"] == m for c in result["comparisons"]) for m in metrics)
@@ -266,7 +266,7 @@ def forest_plot(result: dict[str, Any]) -> bytes | None:
         ax.set_yticks(range(len(cs)), [c["name"] for c in cs], fontsize=12)
         ax.tick_params(axis="x", labelsize=11)
         ax.set_ylim(len(cs) - 0.5, -0.5)
-        title, unit, higher, _, _ = METRICS[metric]
+        title, unit, higher, _, _ = SWEEP_METRICS[metric]
         ax.set_title(f"{title}: A - B in {unit} ({'higher' if higher else 'lower'} is better for A)", fontsize=13)
         ax.grid(axis="x", alpha=0.3)
     fig.supxlabel("diamond: mean; blue: 95% t interval over seeds; orange: item bootstrap; grey dots: each seed",

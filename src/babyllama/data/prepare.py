@@ -45,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 import tokenizers
+from tokenizers import Tokenizer
 
 from babyllama import progress as bars
 from babyllama.config import Config
@@ -56,6 +57,8 @@ from babyllama.data.tokenizer import (
     PAD_ID,
     TOKENIZER_DIR,
     batched,
+    copy_tokenizer,
+    existing_tokenizer,
     save_tokenizer,
     set_model_max_length,
     tokenizer_hash,
@@ -126,22 +129,12 @@ def prepare(cfg: Config) -> dict:
 
     t = time.perf_counter()
     progress = cfg.logging.progress
-    n_train_lines = sum(len(s.lines) for s in train)
-    tok = train_tokenizer(
-        bars.iterate(_training_text(train, data.separator), "prepare tokenizer", "batch", enabled=progress,
-                     total=-(-n_train_lines // _BATCH)),
-        cfg.tokenizer.vocab_size,
-        cfg.tokenizer.min_frequency,
-        length=n_train_lines,
-        progress=False,
-    )
-    vocab_size = tok.get_vocab_size()
-    if vocab_size < cfg.tokenizer.vocab_size:
-        print(f"prepare: the corpus supports only {vocab_size} of the {cfg.tokenizer.vocab_size} requested tokens")
+    tok, vocab_size, special = _tokenizer(cfg, train, progress)
     dtype = token_dtype(vocab_size)
     timings["tokenizer"] = time.perf_counter() - t
     t = time.perf_counter()
-    arrays = {split: encode(tok, sources, data.separator, dtype, progress) for split, sources in (("train", train), ("dev", dev))}
+    arrays = {split: encode(tok, sources, data.separator, dtype, progress, eos_id=special["eos"])
+              for split, sources in (("train", train), ("dev", dev))}
     timings["encode"] = time.perf_counter() - t
     if inputs_hash(cfg, corpus) != ihash:
         raise UserError(f"data.corpus {data.corpus!r}: input files changed while preparing; run prepare again")
@@ -150,11 +143,15 @@ def prepare(cfg: Config) -> dict:
     t = time.perf_counter()
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / MANIFEST).unlink(missing_ok=True)
-    save_tokenizer(tok, data_dir / TOKENIZER_DIR, _model_max_length(cfg))
+    if cfg.tokenizer.from_ is not None:
+        copy_tokenizer(_tokenizer_source(cfg), data_dir / TOKENIZER_DIR, _model_max_length(cfg))
+    else:
+        save_tokenizer(tok, data_dir / TOKENIZER_DIR, _model_max_length(cfg))
     for split, arr in arrays.items():
         write_tokens(data_dir / SPLIT_FILES[split], arr)
     tok_hash = tokenizer_hash(data_dir / TOKENIZER_DIR)
     manifest = _manifest(cfg, corpus, train, dev, arrays, vocab_size, dtype, tok_hash, ihash)
+    manifest["special_tokens"] = special
     timings["write"] = time.perf_counter() - t
     manifest["seconds"] = round(time.perf_counter() - t0, 2)
     manifest["timings"] = {k: round(v, 2) for k, v in timings.items()}
@@ -164,6 +161,38 @@ def prepare(cfg: Config) -> dict:
           f"vocab {vocab_size}) in {manifest['seconds']:.1f} s ("
           + ", ".join(f"{k} {v:.1f} s" for k, v in manifest["timings"].items()) + ")")
     return manifest
+
+
+def _tokenizer_source(cfg: Config) -> Path:
+    from babyllama.existing import tokenizer_folder
+
+    assert cfg.tokenizer.from_ is not None
+    return tokenizer_folder(cfg.tokenizer.from_, "tokenizer.from")
+
+
+def _tokenizer(cfg: Config, train: list[Source], progress: bool) -> tuple[Tokenizer, int, dict[str, int | None]]:
+    """(tokenizer, vocabulary size, special ids): an existing model's (tokenizer.from), or a BPE trained
+    on the train split."""
+    if cfg.tokenizer.from_ is not None:
+        tok, vocab_size, special = existing_tokenizer(_tokenizer_source(cfg))
+        if cfg.data.separator == "eos" and special["eos"] is None:
+            raise UserError(f"tokenizer.from {cfg.tokenizer.from_}: the tokenizer has no eos token to end each line "
+                            "with; set data.separator: none")
+        print(f"prepare: tokenizer taken from {_tokenizer_source(cfg)} ({vocab_size:,} tokens, not trained here)")
+        return tok, vocab_size, special
+    n_train_lines = sum(len(s.lines) for s in train)
+    tok = train_tokenizer(
+        bars.iterate(_training_text(train, cfg.data.separator), "prepare tokenizer", "batch", enabled=progress,
+                     total=-(-n_train_lines // _BATCH)),
+        cfg.tokenizer.vocab_size,
+        cfg.tokenizer.min_frequency,
+        length=n_train_lines,
+        progress=False,
+    )
+    vocab_size = tok.get_vocab_size()
+    if vocab_size < cfg.tokenizer.vocab_size:
+        print(f"prepare: the corpus supports only {vocab_size} of the {cfg.tokenizer.vocab_size} requested tokens")
+    return tok, vocab_size, {"pad": PAD_ID, "bos": BOS_ID, "eos": EOS_ID}
 
 
 # -- inputs and skip -----------------------------------------------------------------------------------
@@ -183,6 +212,12 @@ def inputs_hash(cfg: Config, corpus: Corpus) -> str:
         "prepare_version": PREPARE_VERSION,
         "tokenizers": tokenizers.__version__,
     }
+    if cfg.tokenizer.from_ is not None:  # the tokenizer itself (and the model's vocabulary) replaces the BPE settings
+        source = _tokenizer_source(cfg)
+        del settings["vocab_size"], settings["min_frequency"]
+        settings["tokenizer_from"] = [cached_file_sha256(source / name) for name in ("tokenizer.json", "config.json",
+                                                                                     "tokenizer_config.json")
+                                      if (source / name).is_file()]
     if not corpus.dev:  # only a held-out split depends on the seed and the fraction
         settings.update(seed=cfg.seed, dev_fraction=cfg.data.dev_fraction)
     return stable_hash({"files": files, "settings": settings})
@@ -316,15 +351,17 @@ def _training_text(train: list[Source], separator: str):
     return batched(lines, _BATCH)
 
 
-def encode(tok, sources: list[Source], separator: str, dtype: np.dtype, progress: bool) -> np.ndarray:
-    """One split's token stream; also records each source's token count."""
+def encode(tok, sources: list[Source], separator: str, dtype: np.dtype, progress: bool,
+           eos_id: int | None = EOS_ID) -> np.ndarray:
+    """One split's token stream (no special tokens but ``eos_id`` after each line when the separator is
+    'eos'); also records each source's token count."""
     parts: list[np.ndarray] = []
     bar = bars.bar(sum(len(s.lines) for s in sources), f"prepare encode {sources[0].split}", "line", enabled=progress)
     if separator == "none":
         # whole files are the units; a few at a time keeps every core busy and the bar moving
         for group in batched(sources, os.cpu_count() or 1):
             texts = ["".join(line + "\n" for line in s.lines) for s in group]
-            for src, enc in zip(group, tok.encode_batch_fast(texts), strict=True):
+            for src, enc in zip(group, tok.encode_batch_fast(texts, add_special_tokens=False), strict=True):
                 ids = enc.ids
                 src.tokens = len(ids)
                 parts.append(np.asarray(ids, dtype=dtype))
@@ -333,9 +370,10 @@ def encode(tok, sources: list[Source], separator: str, dtype: np.dtype, progress
         for src in sources:
             src.tokens = 0
             for batch in batched(src.lines, _BATCH):
-                docs = [e.ids for e in tok.encode_batch_fast(batch)]  # each .ids access builds a new list
+                # each .ids access builds a new list; an existing tokenizer's BOS/EOS template is not applied
+                docs = [e.ids for e in tok.encode_batch_fast(batch, add_special_tokens=False)]
                 count = sum(map(len, docs)) + len(docs)
-                ids = chain.from_iterable(chain(d, (EOS_ID,)) for d in docs)
+                ids = chain.from_iterable(chain(d, (eos_id,)) for d in docs)
                 parts.append(np.fromiter(ids, dtype=dtype, count=count))
                 src.tokens += count
                 bar.update(len(batch))

@@ -19,7 +19,7 @@ from typing import TypeVar
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from babyllama.config import MIN_VOCAB_SIZE
+from babyllama.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from babyllama.errors import UserError
 from babyllama.io import atomic_path, atomic_write_json, file_sha256, read_json
 
@@ -27,6 +27,9 @@ PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 TOKENIZER_DIR = "tokenizer"
+#: Tokenizer files copied with tokenizer.json when a tokenizer is taken from a model folder (tokenizer.from).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "tokenizer.model", "chat_template.jinja")
 T = TypeVar("T")
 
 
@@ -124,3 +127,41 @@ def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     if batch:
         yield batch
 
+
+
+# -- an existing model's tokenizer (tokenizer.from) ----------------------------------------------------
+
+
+def existing_tokenizer(folder: Path, key: str = "tokenizer.from") -> tuple[Tokenizer, int, dict[str, int | None]]:
+    """(tokenizer, vocabulary size, {pad, bos, eos} ids) of an existing model's tokenizer folder.
+
+    The vocabulary is the model's output width when its config.json says more than the tokenizer holds
+    (models pad their embeddings, e.g. Qwen2), so a student built on it matches the teacher's logits."""
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    size = tok.get_vocab_size(with_added_tokens=True)
+    config = folder / "config.json"
+    if config.is_file():
+        hf = read_json(config)
+        hf = hf.get("text_config") or hf
+        size = max(size, int(hf.get("vocab_size") or 0))
+    if size > MAX_VOCAB_SIZE:
+        raise UserError(f"{key}: {folder}: a vocabulary of {size:,} tokens (at most {MAX_VOCAB_SIZE:,} supported)")
+    try:
+        hf_tok = AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise UserError(f"{key}: {folder}: the tokenizer cannot be loaded ({str(e).splitlines()[0]})") from None
+    special = {k: getattr(hf_tok, f"{k}_token_id", None) for k in ("pad", "bos", "eos")}
+    return tok, size, special
+
+
+def copy_tokenizer(folder: Path, dest: Path, model_max_length: int) -> None:
+    """The tokenizer files of ``folder``, byte for byte (tokenizer.json keeps its hash: the teacher's and
+    the student's compare equal), with only model_max_length set; atomic."""
+    with atomic_path(dest) as tmp:
+        tmp.mkdir(parents=True, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            if (folder / name).is_file():
+                (tmp / name).write_bytes((folder / name).read_bytes())
+        if not (tmp / "tokenizer_config.json").is_file():
+            atomic_write_json(tmp / "tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast"})
+        set_model_max_length(tmp, model_max_length)

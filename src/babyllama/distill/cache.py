@@ -72,7 +72,9 @@ from babyllama.distill.loss import (
     SampledTeachers,
     SparseTeachers,
     TeacherSource,
+    next_tokens,
 )
+from babyllama.distributed import barrier, rank, world_size
 from babyllama.errors import UserError
 from babyllama.io import (
     atomic_path,
@@ -83,7 +85,6 @@ from babyllama.io import (
     stable_hash,
 )
 from babyllama.progress import bar as progress_bar
-from babyllama.train.distributed import barrier, rank, world_size
 
 CACHE_VERSION = 2
 SPEC_FILE = "spec.json"
@@ -128,6 +129,7 @@ class CacheSpec:
     shard_windows: int = 0  # 0: chosen from SHARD_BYTES
     layout: str = "fixed"
     version: int = CACHE_VERSION
+    weighting: str = "fixed"  # distill.weighting; part of the key only when not 'fixed' (older caches stay valid)
 
     def __post_init__(self) -> None:
         if self.mode not in ("top_k", "sample"):
@@ -169,7 +171,10 @@ class CacheSpec:
         return -(-self.n_windows // self.shard_windows)
 
     def as_dict(self) -> dict:
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as they read back from JSON
+        d = json.loads(json.dumps(asdict(self)))  # tuples -> lists, as they read back from JSON
+        if d["weighting"] == "fixed":
+            del d["weighting"]  # the key of a cache made before the option existed
+        return d
 
     def key(self) -> str:
         return stable_hash(self.as_dict())[:20]
@@ -306,7 +311,7 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
             if z.shape[-1] != spec.vocab_size:
                 raise UserError(f"a teacher returned {z.shape[-1]} logits per token, expected vocab size {spec.vocab_size}")
         src = DenseTeachers([z.reshape(-1, spec.vocab_size) for z in logits], spec.temperature, spec.ensemble,
-                            spec.weights)
+                            spec.weights, spec.weighting, next_tokens(torch.from_numpy(x.astype(np.int64)).to(device)))
         offset = (start - first) * length
         bar.update(stop - start)
         for r in range(0, (stop - start) * length, chunk_rows):

@@ -41,6 +41,7 @@ from torch import Tensor
 
 IGNORE_INDEX = -100
 ENSEMBLES = ("logit_mean", "prob_mean")
+WEIGHTINGS = ("fixed", "confidence", "best_token")
 DIVERGENCES = ("forward_kl", "reverse_kl", "js")
 REDUCTIONS = ("token_mean", "paper")
 #: Elements (rows x vocab) handled per chunk: about 16 MB of float32 per temporary.
@@ -65,23 +66,62 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
 
 
 def ensemble_log_probs(
-    teacher_logits: Sequence[Tensor], temperature: float, ensemble: str, weights: Sequence[float]
+    teacher_logits: Sequence[Tensor], temperature: float, ensemble: str, weights: Sequence[float] | Tensor
 ) -> Tensor:
     """Tempered ensemble log-probabilities (float32) of same-shaped teacher logits (..., V).
 
-    Adds one teacher at a time, so at most one float32 copy of a teacher exists besides the result.
+    ``weights`` are one number per teacher, or per-position weights shaped (teachers, ...) (see
+    :func:`token_weights`). Adds one teacher at a time, so at most one float32 copy of a teacher exists
+    besides the result.
     """
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
     acc: Tensor | None = None
     for z, w in zip(teacher_logits, weights, strict=True):
-        if ensemble == "logit_mean":  # sum_k w_k z_k / T, accumulated in place
+        if isinstance(w, Tensor):  # per position: broadcast over the vocabulary
+            w = w.to(_upcast(z[:0]).dtype).unsqueeze(-1)
+            if ensemble == "logit_mean":
+                term = _upcast(z) * (w / temperature)
+                acc = term if acc is None else acc.add_(term)
+            else:
+                term = F.log_softmax(_upcast(z) / temperature, dim=-1).add_(w.log())
+                acc = term if acc is None else torch.logaddexp(acc, term, out=acc)
+        elif ensemble == "logit_mean":  # sum_k w_k z_k / T, accumulated in place
             acc = torch.mul(_upcast(z), w / temperature) if acc is None else acc.add_(z, alpha=w / temperature)
         else:
             term = F.log_softmax(_upcast(z) / temperature, dim=-1).add_(math.log(w) if w > 0 else -math.inf)
             acc = term if acc is None else torch.logaddexp(acc, term, out=acc)
     assert acc is not None, "no teachers"
     return F.log_softmax(acc, dim=-1) if ensemble == "logit_mean" else acc
+
+
+def token_weights(teacher_logits: Sequence[Tensor], targets: Tensor | None, temperature: float, weighting: str,
+                  weights: Sequence[float]) -> Sequence[float] | Tensor:
+    """Per-teacher weights for rows of teacher logits (n, V): ``weights`` as they are ('fixed'), or a
+    (teachers, n) tensor whose columns sum to 1.
+
+    'confidence': softmax over teachers of log w_k - H_k, H_k the entropy (nats) of teacher k's tempered
+    distribution at that position, so a teacher one nat surer counts e times more. 'best_token': all the
+    weight on the teacher with the lowest cross-entropy on the true next token ``targets`` (n,) (the first
+    on ties); rows without a target (-100) keep ``weights``.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting == "fixed" or len(teacher_logits) == 1:
+        return weights
+    base = torch.tensor(list(weights), dtype=torch.float32, device=teacher_logits[0].device).unsqueeze(-1)
+    if weighting == "confidence":
+        scores = []
+        for z in teacher_logits:
+            lp = F.log_softmax(_upcast(z) / temperature, dim=-1)
+            scores.append(torch.linalg.vecdot(lp.exp(), lp).float())  # -H
+        return torch.softmax(torch.stack(scores).add_(base.log()), dim=0)
+    if targets is None:
+        raise ValueError("'best_token' weighting needs the true next tokens")
+    y = targets.clamp(min=0).unsqueeze(-1)
+    losses = torch.stack([-F.log_softmax(_upcast(z), dim=-1).gather(-1, y).squeeze(-1).float() for z in teacher_logits])
+    best = F.one_hot(losses.argmin(0), len(teacher_logits)).T.float()
+    return torch.where(targets.unsqueeze(0) >= 0, best, base.expand_as(best))
 
 
 class TeacherSource(Protocol):
@@ -95,15 +135,29 @@ class TeacherSource(Protocol):
 
 @dataclass
 class DenseTeachers:
-    """Live teacher logits, each flattened to (N, V); the ensemble is formed one chunk at a time."""
+    """Live teacher logits, each flattened to (N, V); the ensemble is formed one chunk at a time, with
+    per-position teacher weights unless ``weighting`` is 'fixed' (``targets`` (N,): the true next tokens,
+    -100 where there is none, see :func:`next_tokens`)."""
 
     logits: Sequence[Tensor]
     temperature: float
     ensemble: str
     weights: Sequence[float]
+    weighting: str = "fixed"
+    targets: Tensor | None = None
 
     def chunk(self, rows: slice) -> tuple[Tensor | None, Tensor]:
-        return None, ensemble_log_probs([z[rows] for z in self.logits], self.temperature, self.ensemble, self.weights)
+        logits = [z[rows] for z in self.logits]
+        targets = None if self.targets is None else self.targets[rows]
+        weights = token_weights(logits, targets, self.temperature, self.weighting, self.weights)
+        return None, ensemble_log_probs(logits, self.temperature, self.ensemble, weights)
+
+
+def next_tokens(labels: Tensor) -> Tensor:
+    """(B * L,) the token each position predicts (labels[t + 1]); -100 at each row's last position."""
+    targets = torch.full_like(labels, IGNORE_INDEX)
+    targets[:, :-1] = labels[:, 1:]
+    return targets.reshape(-1)
 
 
 @dataclass
@@ -252,7 +306,7 @@ class _ChunkedLoss(torch.autograd.Function):
                                          out=None if grad is None else grad[rows], entropy=entropy)
                 ce += (ce_rows * w_ce).sum()
                 kd += (d * w_kd).sum()
-                agree += ((s.argmax(-1) == top) & (y >= 0)).sum()
+                agree += ((s.argmax(-1) == top) & (y >= 0) & (w_kd > 0)).sum()
         kd = kd * t2
         loss = alpha * ce + (1 - alpha) * kd
         ctx.save_for_backward(grad)
@@ -282,12 +336,14 @@ def combine(
     divergence: str = "forward_kl",
     reduction: str = "token_mean",
     chunk_elements: int = CHUNK_ELEMENTS,
+    kd_mask: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """alpha * CE + (1 - alpha) * T^2 * D for any teacher source; returns (loss, {"ce", "kd", "agree"}).
 
     CE is the causal-LM cross-entropy (logits at t predict labels[t + 1], mean over non-ignored labels);
     ``kd`` is the reduced, T^2-scaled divergence; ``agree`` the top-1 agreement rate of student and
-    ensemble on predicted positions. The parts are detached.
+    ensemble on predicted positions. The parts are detached. ``kd_mask`` (B * L,) bool switches the KD
+    term off at positions where the teacher says nothing (span alignment); the reduction is unchanged.
     """
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -299,10 +355,11 @@ def combine(
     mask = predicted_mask(labels)
     n_pred = mask.sum().clamp(min=1)
     dtype = _upcast(student_logits[:0, :0]).dtype
-    targets = torch.full_like(labels, IGNORE_INDEX)
-    targets[:, :-1] = labels[:, 1:]
+    targets = next_tokens(labels).reshape(labels.shape)
     ce_weight = mask.to(dtype) / n_pred
     kd_weight = ce_weight if reduction == "token_mean" else torch.full_like(ce_weight, 1.0 / b)
+    if kd_mask is not None:
+        kd_weight = kd_weight * kd_mask.reshape(b, length).to(kd_weight.dtype)
     loss, ce, kd, agree = _ChunkedLoss.apply(
         student_logits.reshape(b * length, v), targets.reshape(-1), ce_weight.reshape(-1), kd_weight.reshape(-1),
         source, alpha, temperature, divergence, max(1, chunk_elements // v),
@@ -321,6 +378,7 @@ def distillation_loss(
     divergence: str = "forward_kl",
     reduction: str = "token_mean",
     weights: Sequence[float] | None = None,
+    weighting: str = "fixed",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """alpha * CE + (1 - alpha) * T^2 * D(ensemble || student); returns (loss, {"ce", "kd", "agree"}).
 
@@ -339,6 +397,6 @@ def distillation_loss(
             raise ValueError(f"teacher logits {tuple(z.shape)} do not match student logits {shape}")
     v = shape[-1]
     source = DenseTeachers([z.detach().reshape(-1, v) for z in teacher_logits], temperature, ensemble,
-                           normalised_weights(weights, len(teacher_logits)))
+                           normalised_weights(weights, len(teacher_logits)), weighting, next_tokens(labels))
     return combine(student_logits, source, labels, alpha=alpha, temperature=temperature, divergence=divergence,
                    reduction=reduction)

@@ -15,8 +15,10 @@ from collections.abc import Callable, Sequence
 import torch
 
 from babyllama.config import DistillConfig
+from babyllama.distill import span
 from babyllama.distill.cache import TeacherCache
-from babyllama.distill.loss import DenseTeachers, TeacherSource, combine
+from babyllama.distill.loss import DenseTeachers, TeacherSource, combine, next_tokens
+from babyllama.distill.span import SpanAligner
 from babyllama.distill.teachers import TeacherEnsemble
 from babyllama.train.objective import Batch, Metric
 
@@ -33,6 +35,7 @@ class DistillObjective:
         load_teachers: Callable[[torch.device, torch.dtype], TeacherEnsemble] | None = None,
         open_cache: Callable[[torch.device], TeacherCache] | None = None,
         cache_key: str | None = None,
+        aligners: Sequence[SpanAligner] | None = None,
     ) -> None:
         """``teachers`` is [(name, weights sha256)] in ensemble order; ``weights`` are normalised. Give
         ``load_teachers(device, dtype)`` for live teachers, or ``open_cache(device)`` and the cache's key.
@@ -45,6 +48,9 @@ class DistillObjective:
         self.cache_key = cache_key
         self._load_teachers = load_teachers
         self._open_cache = open_cache
+        self.aligners = list(aligners) if aligners is not None else None  # span alignment, one per teacher
+        if self.aligners is not None and (open_cache is not None or len(self.aligners) != len(self.teachers)):
+            raise ValueError("span alignment needs live teachers and one aligner per teacher")
         self.ensemble: TeacherEnsemble | None = None
         self.cache: TeacherCache | None = None
         self.device = torch.device("cpu")
@@ -68,15 +74,43 @@ class DistillObjective:
         assert self.ensemble is not None, "setup() was not called"
         logits = self.ensemble(batch.input_ids)
         return DenseTeachers([z.reshape(-1, vocab) for z in logits], self.opts.temperature, self.opts.ensemble,
-                             self.weights)
+                             self.weights, self.opts.weighting, next_tokens(batch.input_ids))
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         logits = model(input_ids=batch.input_ids, use_cache=False).logits
+        if self.aligners is not None:
+            return self._span_loss(logits, batch)
         source = self._source(batch, logits.shape[-1])
         loss, parts = combine(logits, source, batch.input_ids, alpha=self.opts.alpha,
                               temperature=self.opts.temperature, divergence=self.opts.divergence,
                               reduction=self.opts.reduction)
         return loss, dict(parts)
+
+    def _span_loss(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
+        """Each teacher aligned to the student on the text, its divergence taken on the aligned positions,
+        the teachers' losses averaged with the ensemble weights (span.py says what this approximates)."""
+        assert self.ensemble is not None and self.aligners is not None, "setup() was not called"
+        b, length, vocab = logits.shape
+        total: torch.Tensor | None = None
+        parts: dict[str, Metric] = {}
+        aligned = 0.0
+        for teacher, aligner, w in zip(self.ensemble.models, self.aligners, self.weights, strict=True):
+            al = aligner.align(batch.input_ids)
+            with torch.no_grad():
+                z = teacher(input_ids=al.teacher_ids.to(self.device), use_cache=False).logits
+            source, mask = aligner.buckets(z, al, b * length, vocab, self.opts.temperature, span.SPAN_TOP_K)
+            loss, own = combine(logits, source, batch.input_ids, alpha=self.opts.alpha,
+                                temperature=self.opts.temperature, divergence=self.opts.divergence,
+                                reduction=self.opts.reduction, kd_mask=mask)
+            share = len(al.student_rows) / max(al.positions, 1)
+            aligned += w * share
+            total = loss * w if total is None else total + loss * w
+            for key, value in own.items():  # agree counts aligned positions only: rescale to their share
+                value = value / max(share, 1e-9) if key == "agree" else value
+                parts[key] = value * w if key not in parts else parts[key] + value * w
+        assert total is not None
+        parts["aligned"] = aligned  # share of predicted positions with a KD term (weighted over teachers)
+        return total, parts
 
     def fingerprint(self) -> dict:
         return distill_fingerprint(self.opts, self.teachers, self.weights, self.cache_key)
@@ -84,7 +118,13 @@ class DistillObjective:
 
 def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]], weights: Sequence[float],
                         cache_key: str | None) -> dict:
-    """What makes one distillation differ from another: loss options, teacher weights, cache key."""
+    """What makes one distillation differ from another: loss options, teacher weights, cache key.
+    Options added later appear only when they differ from the behaviour before them, so students
+    trained before they existed keep their identity."""
+    later = {k: v for k, v in (("weighting", opts.weighting), ("vocab_alignment", opts.vocab_alignment))
+             if v != type(opts).model_fields[k].default}
+    if opts.vocab_alignment == "span":
+        later["span_top_k"] = span.SPAN_TOP_K
     return {
         "objective": "distill",
         "alpha": opts.alpha,
@@ -95,6 +135,7 @@ def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]]
         "reduction": opts.reduction,
         "teachers": [[name, sha] for name, sha in teachers],
         "cache": _cache_identity(opts, cache_key),
+        **later,
     }
 
 

@@ -7,16 +7,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from babyllama import distributed as dist
 from babyllama.config import Config
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import num_fixed_windows
 from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, weights_hash
 from babyllama.distill.loss import normalised_weights
 from babyllama.distill.objective import DistillObjective, distill_fingerprint
+from babyllama.distill.span import SideTokenizer, SpanAligner
 from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
 from babyllama.errors import UserError
+from babyllama.existing import model_info
 from babyllama.runtime import training_device
-from babyllama.train import distributed as dist
 from babyllama.train.loop import fit
 
 #: Positions per teacher forward pass while building the cache.
@@ -53,6 +55,7 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
         seed=cfg.seed if sample else 0,
         compute_dtype=str(teacher_dtype(_student(cfg).train.precision, device)).removeprefix("torch."),
         device=device.type,
+        weighting=opts.weighting,
     )
 
 
@@ -60,7 +63,10 @@ def _teachers(cfg: Config) -> tuple[dict, list[Path], list[tuple[str, str]]]:
     _student(cfg)
     manifest = read_manifest(cfg.data_dir)
     dirs = teacher_dirs(cfg)
-    check_shared_tokenizer(cfg, manifest, dirs)
+    if cfg.distill.vocab_alignment == "exact":
+        check_shared_tokenizer(cfg, manifest, dirs)
+    else:
+        span_aligners(cfg, manifest, dirs)  # refuses a teacher with no tokenizer or no shared token, early
     return manifest, dirs, [(t.name, weights_hash(d)) for t, d in zip(cfg.teachers, dirs, strict=True)]
 
 
@@ -119,6 +125,18 @@ def distill(cfg: Config, resume: bool = False) -> Path:
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)
 
-    objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load)
+    aligners = span_aligners(cfg, manifest, dirs) if cfg.distill.vocab_alignment == "span" else None
+    objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load, aligners=aligners)
+    how = " (span-aligned on the text)" if aligners else ""
     return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
-               description=f"student {student.name} distilled from {names}")
+               description=f"student {student.name} distilled from {names}{how}")
+
+
+def span_aligners(cfg: Config, manifest: dict, dirs: list[Path]) -> list[SpanAligner]:
+    """One aligner per teacher (vocab_alignment 'span'): the student's tokenizer against the teacher's own."""
+    student = SideTokenizer.load(cfg.data_dir / str(manifest.get("tokenizer", "tokenizer")), "the prepared data")
+    out = []
+    for t, d in zip(cfg.teachers, dirs, strict=True):
+        info = model_info(d)
+        out.append(SpanAligner(student, SideTokenizer.load(d, f"teacher {t.name!r}"), info.max_positions))
+    return out

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import LOAD_ERRORS
+from babyllama.existing import model_folder
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
 from babyllama.runtime import resolve_precision
@@ -25,12 +26,13 @@ from babyllama.train.checkpoint import MANIFEST_FILE, damaged_file
 
 
 def teacher_dirs(cfg: Config) -> list[Path]:
-    """The trained teachers' HF folders, in config order (UserError naming the first one missing)."""
+    """The teachers' HF folders, in config order: models/<name>/ for a teacher trained here, the folder
+    (or cached Hub snapshot) its `from` names for an existing one (UserError naming the first one missing)."""
     if not cfg.teachers:
         raise UserError("distill: the config has no teachers (add at least one entry under `teachers:`)")
     dirs = []
     for t in cfg.teachers:
-        d = cfg.model_dir(t.name)
+        d = model_folder(t.from_, f"teachers.{t.name}.from") if t.external else cfg.model_dir(t.name)
         if not (d / "config.json").is_file() or not any(d.glob("*.safetensors")):
             raise UserError(f"teacher {t.name!r}: no trained model in {d}; train it first with "
                             f"`babyllama train CONFIG --model {t.name}`")
@@ -46,8 +48,16 @@ def _tokenizer_identity(vocab_size: int, special: dict) -> str:
     return f"vocab {vocab_size}, pad/bos/eos {special.get('pad')}/{special.get('bos')}/{special.get('eos')}"
 
 
+#: What to do about a teacher whose tokenizer is not the student's.
+_REMEDY = ("retrain the teacher on this data, take the student's tokenizer from it (tokenizer.from), or align the two "
+           "vocabularies on the text (distill.vocab_alignment: span)")
+
+
 def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) -> None:
-    """Every teacher and the student must use the prepared tokenizer; else one UserError naming both."""
+    """vocab_alignment 'exact': every teacher and the student use the prepared tokenizer; else one
+    UserError naming both. The tokenizer.json files decide; the config's vocabulary size must match
+    too (the logits are compared column by column), and with no tokenizer.json to compare (only under
+    distill.allow_unchecked_tokenizer, or for a teacher trained here) so must the special ids."""
     want_vocab = int(manifest["vocab_size"])
     want_special = {k: manifest["special_tokens"].get(k) for k in ("pad", "bos", "eos")}
     expected = _tokenizer_identity(want_vocab, want_special)
@@ -55,19 +65,23 @@ def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) ->
     prepared_tok = cfg.data_dir / str(manifest.get("tokenizer", "tokenizer")) / "tokenizer.json"
     for t, d in zip(cfg.teachers, dirs, strict=True):
         hf = AutoConfig.from_pretrained(str(d))
-        special = {k: getattr(hf, f"{k}_token_id", None) for k in ("pad", "bos", "eos")}
-        got = _tokenizer_identity(int(hf.vocab_size), special)
+        text = getattr(hf, "text_config", None) or hf
+        special = {k: getattr(text, f"{k}_token_id", None) for k in ("pad", "bos", "eos")}
+        saved_tok = d / "tokenizer.json"
+        if saved_tok.is_file() and prepared_tok.is_file() and file_sha256(saved_tok) != file_sha256(prepared_tok):
+            raise UserError(f"teacher {t.name!r} ({saved_tok}) and student {student!r} ({prepared_tok}) do not share "
+                            f"a tokenizer (the tokenizer.json files differ); {_REMEDY}")
+        # An existing model's config.json states generation ids that need not be its tokenizer's (Qwen2: bos
+        # None in one, 151643 in the other); the same tokenizer.json decides for it. Ours must agree in full.
+        trusted = t.external and saved_tok.is_file()
+        got = _tokenizer_identity(int(text.vocab_size), want_special if trusted else special)
         if got != expected:
             raise UserError(f"teacher {t.name!r} ({d}: {got}) and student {student!r} (prepared data "
-                            f"{cfg.data_dir}: {expected}) do not share a tokenizer; retrain the teacher on this data")
-        saved_tok = d / "tokenizer.json"
+                            f"{cfg.data_dir}: {expected}) do not share a tokenizer; {_REMEDY}")
         if not saved_tok.is_file() and not cfg.distill.allow_unchecked_tokenizer:
             raise UserError(f"teacher {t.name!r} ({d}) has no tokenizer.json to compare with the student's ({prepared_tok}): "
                             "a vocabulary of the same size may number its tokens differently; add the tokenizer it was "
                             "trained with, retrain it on this data, or set distill.allow_unchecked_tokenizer: true")
-        if saved_tok.is_file() and prepared_tok.is_file() and file_sha256(saved_tok) != file_sha256(prepared_tok):
-            raise UserError(f"teacher {t.name!r} ({saved_tok}) and student {student!r} ({prepared_tok}) do not share "
-                            f"a tokenizer (the tokenizer.json files differ); retrain the teacher on this data")
 
 
 def teacher_dtype(precision: str, device: torch.device) -> torch.dtype:

@@ -21,7 +21,7 @@ GPT2ForSequenceClassification). Batches are right-padded with the pad id set in 
 token is the last real one.
 
 Training: AdamW (``weight_decay``, 0 by default), ``warmup_fraction`` of linear warmup then linear
-decay to 0 (``schedule: cosine``: cosine decay to 0.1 x lr, as the 2025 pipeline; babyllama.train.schedule), gradient clipping at
+decay to 0 (``schedule: cosine``: cosine decay to 0.1 x lr, as the 2025 pipeline; babyllama.lm.schedule), gradient clipping at
 1.0 (the HF Trainer defaults the 2023 pipeline used), seeded shuffling. Every ``eval_every`` steps (0:
 every epoch) and at the end, the model is scored for selection; the best checkpoint is kept, and
 training stops after ``patience`` evaluations without improvement. With ``select_on: holdout`` (ours)
@@ -69,8 +69,8 @@ from babyllama.evaluate.formats import (
 )
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import atomic_path, atomic_write_json
+from babyllama.lm import schedule
 from babyllama.runtime import resolve_device
-from babyllama.train import schedule
 
 # -- tasks ---------------------------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ def matthews_corrcoef(labels: list[int], preds: list[int]) -> float:
     return float((c * s - t @ p) / denom) if denom else 0.0
 
 
-METRICS: dict[str, Callable[[list[int], list[int]], float]] = {
+TASK_METRICS: dict[str, Callable[[list[int], list[int]], float]] = {
     "mcc": matthews_corrcoef, "f1": f1_score, "accuracy": accuracy}
 
 
@@ -303,7 +303,7 @@ FINETUNE_MIN_LR_RATIO = {"linear": 0.0, "cosine": 0.1}
 
 def lr_factor(step: int, total: int, hp: FinetuneConfig) -> float:
     """Multiplier of the peak lr after ``step`` optimizer steps: linear warmup, then linear or cosine decay
-    (babyllama.train.schedule)."""
+    (babyllama.lm.schedule)."""
     return schedule.lr_factor(step, kind=hp.schedule, total=total, warmup=int(hp.warmup_fraction * total),
                               min_lr_ratio=FINETUNE_MIN_LR_RATIO[hp.schedule])
 
@@ -396,8 +396,8 @@ def finetune_task(
         perm = perm[: hp.max_train_examples]
     n_hold, fit_idx, sel_ids, sel_labels = _selection_split(
         hp, perm, train_file, train_ids, train.labels, eval_ids, evaluation.labels)
-    metric = METRICS[spec.metric]
-    select = METRICS[selection_metric(spec, hp)]
+    metric = TASK_METRICS[spec.metric]
+    select = TASK_METRICS[selection_metric(spec, hp)]
     steps_per_epoch = math.ceil(len(fit_idx) / hp.batch_size)
     best, best_step, best_state, steps, stopped = _train_and_select(
         model, hp, task, fit_idx, train_ids, train.labels, pad_id, dev, steps_per_epoch,

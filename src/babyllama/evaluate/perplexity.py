@@ -2,7 +2,7 @@
 
 The dev token stream (``<out_dir>/data/dev.bin``) is cut into fixed, non-overlapping windows of
 ``seq_len`` tokens (babyllama.data.windows) — all of them, where training reports its dev loss on a seeded
-subset of the same windows (``train.eval_windows``) with the same function (babyllama.train.window_ce);
+subset of the same windows (``train.eval_windows``) with the same function (babyllama.lm.window_ce);
 inside each window every token but the first is predicted from the ones before it. The CE is the mean
 over all predicted tokens, in nats; perplexity is exp(CE). Bits per word rescales the per-token CE by the dev
 split's tokens per word (both counts from the manifest), so models with different tokenizers could be
@@ -29,8 +29,8 @@ from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import dev_subset, num_fixed_windows
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import load_causal_lm, max_positions
+from babyllama.lm.window_ce import window_ce_per_window
 from babyllama.runtime import resolve_device
-from babyllama.train.window_ce import window_ce_per_window
 
 #: Seed of the dev-window subset when ``max_windows`` caps it (the same subset for every model).
 SUBSET_SEED = 0

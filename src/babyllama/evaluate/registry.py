@@ -112,9 +112,7 @@ def _finetune_jobs(cfg: Config) -> list[Job]:
 
 def curve_checkpoints(cfg: Config, name: str) -> list[tuple[int, Path]]:
     """(word count, HF folder) of each checkpoint train.save_at_words kept for model ``name``, in order."""
-    from babyllama.train.loop import AT_WORDS_DIR
-
-    folder = cfg.checkpoint_dir(name) / AT_WORDS_DIR
+    folder = cfg.words_checkpoint_dir(name)
     if not folder.is_dir():
         return []
     return sorted((int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and (p / "config.json").exists())

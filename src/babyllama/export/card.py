@@ -168,6 +168,29 @@ def _data(rec: ModelRecord) -> list[str]:
         lines += ["", f"Word-budget ledger (training split, as prepared): {ledger['total_words']:,} words, {verdict} the "
                       f"budget of {ledger['budget']:,}.", "", "| source | words |", "|---|---:|"]
         lines += [f"| {k} | {v:,} |" for k, v in sorted(ledger.get("words_by_source", {}).items())]
+    lines += _compliance(rec)
+    return lines
+
+
+def _compliance(rec: ModelRecord) -> list[str]:
+    """The run's ledger.json: this model's exposure, the student's second reading, the rule verdicts."""
+    from babyllama.ledger import verdict_lines
+
+    led = rec.ledger
+    if not led:
+        return ["", "The run's ledger.json was not found; words seen per model and rule verdicts are not stated here."]
+    lines = []
+    own = (led.get("models") or {}).get(rec.name)
+    if own and own.get("words_seen") is not None:
+        epochs = f", {own['epochs']:.2f} epochs" if own.get("epochs") is not None else ""
+        lines += ["", f"Exposure (ledger.json): {own['words_seen']:,.0f} words seen of a {own.get('pool_words') or 0:,}-word "
+                      f"pool{epochs}" + (" (planned, not yet trained)" if own.get("planned") else "") + "."]
+    if own and own.get("role") == "student" and led.get("student_with_teachers_words") is not None:
+        lines.append(f"With its teachers' words added (a second reading of the cap): "
+                     f"{led['student_with_teachers_words']:,.0f} words.")
+    if led.get("verdicts"):
+        lines += ["", f"Rules `{led.get('rules')}`" + (" — this run BREAKS a rule:" if led.get("breaks_rules") else ":")]
+        lines += [f"- {line}" for line in verdict_lines(led)]
     return lines
 
 

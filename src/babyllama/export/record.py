@@ -29,6 +29,7 @@ class ModelRecord:
     run_dir: Path | None = None
     run_config: dict[str, Any] | None = None  # <out_dir>/config.yaml
     manifest: dict[str, Any] | None = None  # <out_dir>/data/manifest.json
+    ledger: dict[str, Any] | None = None  # <out_dir>/ledger.json: words per model, rule verdicts
     environment: dict[str, Any] | None = None  # summary.json
     evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # perplexity, blimp, supplement
     finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -85,6 +86,7 @@ def load_record(model_dir: str | Path) -> ModelRecord:
         rec.run_dir = run_dir
         rec.run_config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
         rec.manifest = _json(run_dir / "data" / "manifest.json")
+        rec.ledger = _json(run_dir / "ledger.json")
         rec.environment = (_json(run_dir / "summary.json") or {}).get("environment")
         eval_dir = run_dir / "eval" / rec.name
         for kind in ("perplexity", "blimp", "supplement"):

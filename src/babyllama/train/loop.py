@@ -10,10 +10,10 @@ distillation). What it does, in order:
   just the step count and resume needs no sampler state. Rank ``r`` takes the r-th block of
   ``batch_size`` samples of every micro-step, a disjoint shard of the global batch.
 * optimisation: fused AdamW (weight decay on >= 2-D weights only: matrices and embeddings, not biases or norm
-  gains), linear warmup then the configured decay (babyllama.train.schedule; cosine to 0 by default), gradient clipping, gradient accumulation, budget
+  gains), linear warmup then the configured decay (babyllama.lm.schedule; cosine to 0 by default), gradient clipping, gradient accumulation, budget
   ``epochs`` or ``max_steps``, whichever ends first (a trailing partial global batch is dropped).
 * precision: bf16 autocast on GPUs that support it, else fp16 with a GradScaler; fp32 on CPU (babyllama.runtime).
-* evaluation: plain CE of the model (babyllama.train.window_ce) on a fixed, seeded subset of non-overlapping dev windows, every
+* evaluation: plain CE of the model (babyllama.lm.window_ce) on a fixed, seeded subset of non-overlapping dev windows, every
   ``eval_every`` steps, at each epoch end and at the end, whatever the objective (so a distilled
   student's dev loss compares with its teachers' and the control's).
 * checkpoints: see babyllama.train.checkpoint. The final model is the best one by dev loss (as the
@@ -37,8 +37,9 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from babyllama import distributed as dist
 from babyllama import identity, threads
-from babyllama.config import Config, ModelConfig, TrainConfig
+from babyllama.config import AT_WORDS_DIR, Config, ModelConfig, TrainConfig
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import (
     dev_subset,
@@ -49,14 +50,13 @@ from babyllama.data.windows import (
 )
 from babyllama.errors import UserError
 from babyllama.io import read_json
+from babyllama.lm.schedule import scheduler as lr_scheduler
+from babyllama.lm.window_ce import window_ce
 from babyllama.models import build_model, count_parameters
 from babyllama.runtime import allow_tf32, autocast, resolve_precision, training_device
 from babyllama.train import checkpoint as ckpt
-from babyllama.train import distributed as dist
 from babyllama.train.metrics import MetricsLogger
 from babyllama.train.objective import Batch, Objective
-from babyllama.train.schedule import scheduler as lr_scheduler
-from babyllama.train.window_ce import window_ce
 
 Windows = Literal["random", "fixed"]
 
@@ -399,9 +399,6 @@ def evaluate_and_save(run: RunPlan, opt: Optimisation, state: ckpt.TrainingState
         save(run, opt, state, done, None, False, wall(), on_checkpoint)
         return True
     return False
-
-
-AT_WORDS_DIR = "at_words"
 
 
 def save_at_words(run: RunPlan, model: torch.nn.Module, done: int) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from babyllama import distributed as dist
 from babyllama import progress as bars
 from babyllama.data.windows import gather_windows, window_starts
 from babyllama.runtime import autocast
-from babyllama.train import distributed as dist
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ def _fake_model(cfg: Config, name: str, n_params: int, dev_ce: float, blimp: flo
 
 
 def test_report_states_losses_plainly(tiny_cfg: Config) -> None:
+    tiny_cfg.eval.blimp = "embedded:blimp"  # the registry reads the results the config asks for
     save_resolved(tiny_cfg)
     _fake_model(tiny_cfg, "t-llama", 1000, 3.0, 0.70)
     _fake_model(tiny_cfg, "t-gpt2", 900, 3.1, 0.68)
@@ -86,6 +87,7 @@ def test_a_difference_inside_the_item_interval_reads_no_detectable_difference(ti
 
 
 def test_report_when_student_wins_and_condition_unmet(tiny_cfg: Config) -> None:
+    tiny_cfg.eval.blimp = "embedded:blimp"  # the registry reads the results the config asks for
     save_resolved(tiny_cfg)
     _fake_model(tiny_cfg, "t-llama", 1000, 3.5, 0.70)
     _fake_model(tiny_cfg, "student", 100, 3.2, 0.75, with_kd=True)

@@ -26,7 +26,7 @@ def test_the_report_orders_recorded_stages_as_the_pipeline_runs_them(tiny_cfg):
 
 def test_the_verdict_finds_models_by_role():
     def model(name: str, role: Role, ce: float) -> dict:
-        return {"name": name, "role": role.value, "dev_ce": ce, "blimp": None}
+        return {"name": name, "role": role.value, "dev_ce": ce, "headlines": {}}
 
     lines = verdict([model("t", Role.TEACHER, 3.0), model("s", Role.STUDENT, 3.5), model("c", Role.CONTROL, 4.0)])
     # the control first (the question the run answers), then the teachers; no per-window record: untested

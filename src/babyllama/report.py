@@ -28,7 +28,13 @@ import numpy as np
 from babyllama import render, stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import evaluator, headline_scores, jobs, pairs_dataset
+from babyllama.evaluate.registry import (
+    headline_columns,
+    model_headlines,
+    model_results,
+    pair_items,
+    pairs_dataset,
+)
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
@@ -79,7 +85,8 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     if not (out_dir / "config.yaml").exists():
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
-    models = []
+    models, columns = [], headline_columns(cfg)
+    windows: dict[str, list[float] | None] = {}  # per-window dev CE, for the paired intervals
     for member in members(cfg):
         name = member.name
         model_dir = cfg.model_dir(name)
@@ -89,11 +96,9 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
         # Dev lines carry the step only; every optimizer step sees the same number of tokens.
         per_step = last["tokens_seen"] / last["step"] if last.get("tokens_seen") and last.get("step") else None
-        ev = out_dir / "eval" / name
-        ppl = _read_json_or_none(ev / "perplexity.json") or {}
-        blimp = _read_json_or_none(ev / "blimp.json")
-        supp = _read_json_or_none(ev / "supplement.json")
-        scores = headline_scores(cfg, ev, _read_json_or_none)
+        results, headlines = model_results(cfg, name), model_headlines(cfg, name)
+        ppl = results.get("perplexity", {})
+        windows[name] = ppl.get("window_ce")
         models.append({
             "name": name,
             "role": member.role.value,
@@ -106,10 +111,11 @@ def summarize(out_dir: Path) -> dict[str, Any]:
             "dev_perplexity": ppl.get("perplexity"),
             "bits_per_word": ppl.get("bits_per_word"),
             "dev_scored": {k: ppl.get(k) for k in ("windows", "seq_len", "tokens_scored")} if ppl else None,
-            "blimp": blimp,
-            "supplement": supp,
-            "scores": scores,  # {report column: headline}, one per result file the registry names
-            "curve": (_read_json_or_none(ev / "curve.json") or {}).get("points", []),  # train.save_at_words
+            "blimp": results.get("blimp"),
+            "supplement": results.get("supplement"),
+            "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
+            "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
+            "curve": results.get("curve", {}).get("points", []),  # train.save_at_words
             "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
             "curves": {
                 "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
@@ -118,7 +124,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         })
     state = _read_json_or_none(out_dir / "run_state.json") or {}
     manifest = _read_json_or_none(out_dir / "data" / "manifest.json") or {}
-    tests = differences(models, out_dir)
+    tests = differences(models, windows, cfg.eval)
     found = evaluations(models)
     lines = verdict(models, tests, found)
     for m in models:  # the item records fed the tests above; summary.json keeps the aggregates only
@@ -130,7 +136,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"),
         "protocol": {"name": cfg.eval.protocol, "finetune": bool(cfg.eval.finetune),
                      "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
-        "columns": [j.column for _, j in jobs(cfg) if j.column is not None],
+        "columns": list(columns.values()),
         "models": models,
         "evaluations": found,
         "differences": tests,
@@ -239,44 +245,40 @@ def environment() -> dict[str, Any]:
 PAIR_TASKS = (("blimp", "BLiMP"), ("supplement", "BLiMP supplement"))
 
 
-def _item_bits(result: dict[str, Any] | None) -> dict[str, np.ndarray] | None:
+def _item_bits(result: dict[str, Any] | None, ev: Any) -> dict[str, np.ndarray] | None:
     """Per-item correctness grouped as the headline groups it (paradigms or phenomena), or None if unrecorded."""
     if not result:
         return None
-    groups = result.get("paradigm_items") if result.get("aggregation") == "paradigms" else result.get("items")
+    groups = pair_items(result, ev) if ev is not None else result.get("items")
     if not groups:
         return None
     return {g: np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1") for g, bits in groups.items()}
 
 
-def _dev_windows(out_dir: Path, name: str) -> list[float] | None:
-    return (_read_json_or_none(out_dir / "eval" / name / "perplexity.json") or {}).get("window_ce")
-
-
-def differences(models: list[dict[str, Any]], out_dir: Path | None) -> list[dict[str, Any]]:
+def differences(models: list[dict[str, Any]], windows: dict[str, list[float] | None] | None = None,
+                ev: Any = None) -> list[dict[str, Any]]:
     """The student against every other model: dev CE paired over dev windows, minimal pairs paired over items.
 
     Each entry is ``student - other`` (one sign convention everywhere: negative dev CE and positive
     accuracy favour the student), with its 95% interval; a test needs both models' item-level records
-    (per-window dev CE is read from ``out_dir``)."""
+    (``windows``: per-window dev CE by model; ``ev``: the evaluation settings, which group the items)."""
     student = _with_role(models, Role.STUDENT)
     if student is None:
         return []
     out = []
     order = {Role.CONTROL.value: 0, Role.TEACHER.value: 1}  # the control first: the question the run answers
     for other in sorted((m for m in models if m is not student), key=lambda m: order.get(m["role"], 2)):
-        windows_a, windows_b = ((_dev_windows(out_dir, student["name"]), _dev_windows(out_dir, other["name"]))
-                                if out_dir else (None, None))
+        windows_a, windows_b = ((windows or {}).get(student["name"]), (windows or {}).get(other["name"]))
         if student["dev_ce"] is not None and other["dev_ce"] is not None:
             test = stats.paired_values(windows_a, windows_b) if windows_a and windows_b else None
             out.append({"metric": "dev_ce", "other": other["name"], "role": other["role"],
                         "a": student["dev_ce"], "b": other["dev_ce"], "test": test})
         for key, _ in PAIR_TASKS:
             a, b = student.get(key), other.get(key)
-            head_a, head_b = (evaluator(key).headline(r) if r else None for r in (a, b))
+            head_a, head_b = (m.get("headlines", {}).get(key) for m in (student, other))  # the registry's headline
             if head_a is None or head_b is None:
                 continue
-            bits_a, bits_b = _item_bits(a), _item_bits(b)
+            bits_a, bits_b = _item_bits(a, ev), _item_bits(b, ev)
             same = bits_a and bits_b and bits_a.keys() == bits_b.keys() and all(
                 len(bits_a[g]) == len(bits_b[g]) for g in bits_a)
             test = stats.paired_items(bits_a, bits_b) if same else None
@@ -322,7 +324,7 @@ def verdict(models: list[dict[str, Any]], tests: list[dict[str, Any]] | None = N
     student = _with_role(models, Role.STUDENT)
     if student is None or student["dev_ce"] is None:
         return ["The distilled student has not been trained and evaluated yet: no comparison possible."]
-    tests = differences(models, None) if tests is None else tests
+    tests = differences(models) if tests is None else tests
     evaluations_ = evaluations_ if evaluations_ is not None else evaluations(models)
     lines = [difference_sentence(d, evaluations_) for d in tests]
     others = [m for m in models if m is not student and m["dev_ce"] is not None]

@@ -1,7 +1,8 @@
 """The sweep's answer: every member's numbers, paired comparisons with intervals, verdicts, a forest plot.
 
-Read from the members' run directories (``eval/<model>/*.json``), so ``babyllama sweep --collect``
-works whenever some members are finished. Writes, under ``<out_dir>/sweep/``: ``sweep.json`` (every
+Read from the members' run directories through the evaluation registry (the one reader of results,
+so every headline here is the report's and the model card's), so ``babyllama sweep --collect`` works
+whenever some members are finished. Writes, under ``<out_dir>/sweep/``: ``sweep.json`` (every
 member's numbers and every interval, for papers and dashboards), ``report.md``, a self-contained
 ``report.html`` and ``plots/forest.png``.
 """
@@ -19,15 +20,21 @@ import numpy as np
 
 from babyllama import render, stats
 from babyllama.config import Config
+from babyllama.evaluate.registry import headline_columns, model_headlines, model_results, pair_items
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
 from babyllama.sweep import SweepMember, member_config, sweep_dir
 
-#: metric -> (title, unit, higher is better, digits, scale applied to differences)
-SWEEP_METRICS: dict[str, tuple[str, str, bool, int, float]] = {
-    "dev_ce": ("dev CE", "nats/token", False, 3, 1.0),
-    "blimp": ("BLiMP macro", "points", True, 1, 100.0),
-    "supplement": ("supplement macro", "points", True, 1, 100.0),
-}
+#: The dev cross-entropy's key (the perplexity evaluator's headline) and how it is shown.
+DEV_CE = "dev_ce"
+
+
+def sweep_metrics(cfg: Config) -> dict[str, tuple[str, str, bool, int, float]]:
+    """metric -> (title, unit, higher is better, digits, scale applied to differences): dev CE, then every
+    headline column the registry declares for this config (BLiMP, supplement, EWoK, ..., fine-tuning tasks)."""
+    out = {DEV_CE: ("dev CE", "nats/token", False, 3, 1.0)}
+    for key, column in headline_columns(cfg).items():
+        out[key] = (column.removesuffix(" %"), "points", True, 1, 100.0)
+    return out
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -38,7 +45,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """({model: {role, dev_ce, blimp, supplement}}, {model: {blimp: items, supplement: items}}), None if unfinished."""
+    """({model: {role, dev_ce, <headline key>: value}}, {model: {<headline key>: items}}), None if unfinished."""
     from babyllama.pipeline import STATE_FILE
 
     if not _json(mcfg.out / STATE_FILE).get("evaluate", {}).get("done"):
@@ -49,12 +56,11 @@ def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | None:
     if mcfg.control:
         roles[mcfg.control_name] = "control"
     numbers, items = {}, {}
+    keys = headline_columns(mcfg)
     for name, role in roles.items():
-        ev = mcfg.out / "eval" / name
-        blimp, supp = _json(ev / "blimp.json"), _json(ev / "supplement.json")
-        numbers[name] = {"role": role, "dev_ce": _json(ev / "perplexity.json").get("ce_nats_per_token"),
-                         "blimp": blimp.get("macro_phenomena"), "supplement": supp.get("macro_phenomena")}
-        items[name] = {"blimp": blimp.get("items"), "supplement": supp.get("items")}
+        results, headlines = model_results(mcfg, name), model_headlines(mcfg, name)
+        numbers[name] = {"role": role, DEV_CE: headlines.get("perplexity"), **{k: headlines.get(k) for k in keys}}
+        items[name] = {k: pair_items(results[k], mcfg.eval) for k in keys if k in results}
     return numbers, items
 
 
@@ -76,15 +82,16 @@ def _bootstrap(pairs: list[tuple[dict | None, dict | None]], replicates: int) ->
     return list(stats.bootstrap_interval(seeds, replicates)) if seeds else None
 
 
-def compare(name: str, a: dict[int, tuple], b: dict[int, tuple], metric: str, replicates: int) -> dict[str, Any] | None:
-    """A - B on one metric, paired by seed; a/b map seed -> (numbers of the model, its items)."""
-    scale = SWEEP_METRICS[metric][4]
-    seeds = [s for s in sorted(set(a) & set(b)) if a[s][0][metric] is not None and b[s][0][metric] is not None]
+def compare(name: str, a: dict[int, tuple], b: dict[int, tuple], metric: str, spec: tuple[str, str, bool, int, float],
+            replicates: int) -> dict[str, Any] | None:
+    """A - B on one metric (``spec`` as sweep_metrics gives it), paired by seed; a/b map seed -> (numbers, items)."""
+    title, unit, higher, digits, scale = spec
+    seeds = [s for s in sorted(set(a) & set(b)) if a[s][0].get(metric) is not None and b[s][0].get(metric) is not None]
     if not seeds:
         return None
-    out = {"name": name, "metric": metric, "unit": SWEEP_METRICS[metric][1],
+    out = {"name": name, "metric": metric, "title": title, "unit": unit, "higher": higher, "digits": digits,
            **stats.paired({s: scale * (a[s][0][metric] - b[s][0][metric]) for s in seeds})}
-    if metric != "dev_ce":
+    if metric != DEV_CE:
         boot = _bootstrap([(a[s][1].get(metric), b[s][1].get(metric)) for s in seeds], replicates)
         out["bootstrap_ci"] = [scale * x for x in boot] if boot else None
     return out
@@ -115,14 +122,15 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
     for label, runs in per_point.items():
         at = "" if label == "default" else f" @ {label}"
         student, control = model_rows(runs, "student"), model_rows(runs, "control")
-        for metric, (title, _, higher, digits, _) in SWEEP_METRICS.items():
-            c = compare(f"student - control{at}", student, control, metric, base.sweep.bootstrap)
+        for metric, spec in sweep_metrics(base).items():
+            title, _, higher, digits, _ = spec
+            c = compare(f"student - control{at}", student, control, metric, spec, base.sweep.bootstrap)
             if c:
                 comparisons.append(c)
                 who = "the distilled student" + ("" if not at else f" at {label}")
                 verdicts.append(_sentence(who, "the control", c, title, higher, digits))
             if label != "default":
-                c = compare(f"{label} - default (student)", student, model_rows(default, "student"), metric,
+                c = compare(f"{label} - default (student)", student, model_rows(default, "student"), metric, spec,
                             base.sweep.bootstrap)
                 if c:
                     comparisons.append(c)
@@ -199,10 +207,10 @@ def comparison_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]
     header = ["comparison", "metric", "mean", "95% interval (t over seeds)", "item bootstrap", "seeds", "per seed"]
     rows = []
     for c in result["comparisons"]:
-        d = SWEEP_METRICS[c["metric"]][3]
+        d = c["digits"]
         ci = f"[{_fmt(c['ci'][0], d)}, {_fmt(c['ci'][1], d)}]" if c["ci"] else "one seed"
         boot = c.get("bootstrap_ci")
-        rows.append([c["name"], f"{SWEEP_METRICS[c['metric']][0]} ({c['unit']})", _fmt(c["mean"], d), ci,
+        rows.append([c["name"], f"{c['title']} ({c['unit']})", _fmt(c["mean"], d), ci,
                      f"[{_fmt(boot[0], d)}, {_fmt(boot[1], d)}]" if boot else "–", f"{c['holds']}/{c['n']}",
                      ", ".join(_fmt(v, d) for v in c["per_seed"].values())])
     return header, rows
@@ -247,7 +255,7 @@ def forest_plot(result: dict[str, Any]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in SWEEP_METRICS if any(c["metric"] == m for c in result["comparisons"])]
+    metrics = list(dict.fromkeys(c["metric"] for c in result["comparisons"]))
     if not metrics:
         return None
     rows = max(sum(c["metric"] == m for c in result["comparisons"]) for m in metrics)
@@ -266,7 +274,7 @@ def forest_plot(result: dict[str, Any]) -> bytes | None:
         ax.set_yticks(range(len(cs)), [c["name"] for c in cs], fontsize=12)
         ax.tick_params(axis="x", labelsize=11)
         ax.set_ylim(len(cs) - 0.5, -0.5)
-        title, unit, higher, _, _ = SWEEP_METRICS[metric]
+        title, unit, higher = cs[0]["title"], cs[0]["unit"], cs[0]["higher"]
         ax.set_title(f"{title}: A - B in {unit} ({'higher' if higher else 'lower'} is better for A)", fontsize=13)
         ax.grid(axis="x", alpha=0.3)
     fig.supxlabel("diamond: mean; blue: 95% t interval over seeds; orange: item bootstrap; grey dots: each seed",

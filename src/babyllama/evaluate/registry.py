@@ -1,8 +1,10 @@
-"""Every evaluator, declared once: what switches it on, which file it writes, how it runs, its headline.
+"""Every evaluator, declared once, and the one reader of their results.
 
-`babyllama run` (pipeline.evaluate_all), the `babyllama evaluate <task>` verbs and the report all ask
-this table, so adding a task is one declaration here plus its scoring module and tests. Result files
-live under ``<out_dir>/eval/<model>/`` with the names the jobs give; the report reads exactly those.
+Each declaration says what switches it on, which file it writes, how it runs and how its headline is
+read under the config's protocol. `babyllama run` (pipeline.evaluate_all) and the `babyllama evaluate
+<task>` verbs run the jobs; the report, the sweep report and the model card read results only through
+`model_results` and `model_headlines`, so adding a task is one declaration here plus its scoring module
+and tests, and its column appears in all three. Result files live under ``<out_dir>/eval/<model>/``.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from babyllama.config import Config, EvalConfig
+from babyllama.io import read_json
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Evaluator:
     name: str
     switch: str  # the config key that turns it on
     jobs: Callable[[Config], list[Job]]  # [] when switched off
-    headline: Callable[[dict[str, Any]], float | None]
+    headline: Callable[[dict[str, Any], EvalConfig], float | None]  # (result, the config's eval section)
     percent: bool = True
     cli_data: bool = False  # `babyllama evaluate <name> --model DIR --data PATH` scores a data file
     aliases: list[str] = field(default_factory=list)
@@ -144,10 +147,8 @@ def _curve_jobs(cfg: Config) -> list[Job]:
 def pairs_dataset(result: dict[str, Any], label: str = "BLiMP", short: bool = False) -> str:
     """What a minimal-pair result was scored on, its size and what its headline averages, in words:
     'embedded BLiMP subset (first 100 pairs of each paradigm), 6,700 pairs; headline = mean over phenomena'."""
-    from babyllama.evaluate.blimp import EMBEDDED
-
     data = str(result.get("data", "?"))
-    embedded = data.startswith("embedded:") or Path(data) in EMBEDDED.values()
+    embedded = is_embedded(result)
     n = f"{result.get('n_pairs', 0):,} pairs"
     if short:
         return f"{'embedded subset' if embedded else Path(data).name}, {n}"
@@ -159,16 +160,19 @@ def _data_id(data: str) -> str:
     return data if data.startswith("embedded:") else str(Path(data).expanduser())
 
 
-def _get(key: str) -> Callable[[dict[str, Any]], float | None]:
-    return lambda r: r.get(key)
+def _get(key: str) -> Callable[[dict[str, Any], EvalConfig], float | None]:
+    return lambda r, ev: r.get(key)
+
+
+def _pairs_headline(result: dict[str, Any], ev: EvalConfig) -> float | None:
+    """The macro the protocol reports: over phenomena or over paradigms (``eval.aggregation``)."""
+    return result.get(f"macro_{ev.aggregation}", result.get("headline"))
 
 
 REGISTRY: list[Evaluator] = [
     Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False),
-    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"),
-              lambda r: r.get("headline", r.get("macro_phenomena"))),
-    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"),
-              lambda r: r.get("headline", r.get("macro_phenomena"))),
+    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline),
+    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline),
     Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True),
     Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
               _get("headline"), cli_data=True, aliases=["entity-tracking"]),
@@ -176,7 +180,7 @@ REGISTRY: list[Evaluator] = [
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
               cli_data=True, aliases=["global-piqa"]),
     Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
-    Evaluator("curves", "eval.curves", _curve_jobs, lambda r: None),
+    Evaluator("curves", "eval.curves", _curve_jobs, lambda r, ev: None),
 ]
 
 #: How `babyllama evaluate <name>` scores a data file with each cli_data evaluator.
@@ -196,14 +200,60 @@ def jobs(cfg: Config) -> list[tuple[Evaluator, Job]]:
     return [(e, j) for e in REGISTRY for j in e.jobs(cfg)]
 
 
-def headline_scores(cfg: Config, eval_dir: Path, read: Callable[[Path], Any]) -> dict[str, float]:
-    """{report column: headline} of one model, from the result files the registry names (absent ones left out)."""
+def result_key(job: Job) -> str:
+    """How a result is named to its readers: its file without ``.json`` ('blimp', 'finetune/cola')."""
+    return job.file.removesuffix(".json")
+
+
+def read_result(path: Path) -> dict[str, Any] | None:
+    """A result file as a dict; None when it is missing or damaged (the readers then show it as missing)."""
+    try:
+        result = read_json(path) if path.is_file() else None
+    except (ValueError, OSError):
+        return None
+    return result if isinstance(result, dict) else None
+
+
+def model_results(cfg: Config, name: str) -> dict[str, dict[str, Any]]:
+    """{result key: result} of model ``name``, for every job the config asks for whose file reads back."""
+    folder = cfg.out / "eval" / name
+    out = {}
+    for _, job in jobs(cfg):
+        result = read_result(folder / job.file)
+        if result is not None:
+            out[result_key(job)] = result
+    return out
+
+
+def model_headlines(cfg: Config, name: str) -> dict[str, float]:
+    """{result key: headline under the config's protocol} of model ``name`` (results without one left out).
+
+    The one place a headline is read: the report, the sweep report and the model card all call this.
+    """
+    results = model_results(cfg, name)
     out = {}
     for e, job in jobs(cfg):
-        result = read(eval_dir / job.file)
-        if job.column is None or not isinstance(result, dict):
-            continue
-        value = e.headline(result)
+        result = results.get(result_key(job))
+        value = e.headline(result, cfg.eval) if result is not None else None
         if value is not None:
-            out[job.column] = value
+            out[result_key(job)] = float(value)
     return out
+
+
+def headline_columns(cfg: Config) -> dict[str, str]:
+    """{result key: column title} of every headline shown as a column (perplexity and curves are shown apart)."""
+    return {result_key(j): j.column for _, j in jobs(cfg) if j.column is not None}
+
+
+def pair_items(result: dict[str, Any], ev: EvalConfig) -> dict[str, str] | None:
+    """Per-pair outcomes grouped as the headline averages them (for paired bootstraps); None when the file
+    does not carry them in that grouping (files written before paradigm_items was recorded)."""
+    return result.get("items") if ev.aggregation == "phenomena" else result.get("paradigm_items")
+
+
+def is_embedded(result: dict[str, Any]) -> bool:
+    """Whether a minimal-pair result was scored on the subset shipped with babyllama."""
+    from babyllama.evaluate.blimp import EMBEDDED
+
+    data = str(result.get("data", "?"))
+    return data.startswith("embedded:") or Path(data) in EMBEDDED.values()

@@ -14,8 +14,9 @@ import yaml
 from safetensors import safe_open
 
 import babyllama
-from babyllama.evaluate.registry import evaluator, pairs_dataset
+from babyllama.evaluate.registry import is_embedded, pairs_dataset
 from babyllama.export.record import ModelRecord
+from babyllama.roles import Role
 
 ARCH_NAMES = {"llama": "LLaMA", "gpt2": "GPT-2"}
 PAIR_LABELS = (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement"))
@@ -51,10 +52,22 @@ def _metric(type_: str, value: float, name: str, args: dict[str, Any] | None = N
     return m
 
 
+#: Result keys the card describes in detail; every other headline column gets one generic line.
+_PAIRS = {"blimp": "BLiMP", "supplement": "BabyLM BLiMP supplement"}
+
+
+def _headline_name(rec: ModelRecord, key: str) -> str:
+    """What the headline of result ``key`` averages, as the protocol defines it."""
+    result = rec.results.get(key, {})
+    if key in _PAIRS:
+        return f"macro accuracy over {result.get('aggregation', 'phenomena')} (%, protocol {rec.protocol})"
+    return f"headline accuracy (%, protocol {rec.protocol})"
+
+
 def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
     results = []
     corpus = ", ".join(_datasets(rec)) or "dev split"
-    if ppl := rec.evals.get("perplexity"):
+    if ppl := rec.results.get("perplexity"):
         results.append({
             "task": {"type": "text-generation", "name": "Causal language modelling"},
             "dataset": {"name": f"dev split of {corpus}", "type": "babyllama-dev"},
@@ -64,17 +77,18 @@ def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
                 _metric("perplexity", ppl["perplexity"], "dev perplexity (per token)"),
             ] + ([_metric("bits_per_word", ppl["bits_per_word"], "dev bits per word")] if "bits_per_word" in ppl else []),
         })
-    protocol = ((rec.run_config or {}).get("eval") or {}).get("protocol")
-    for kind, label in PAIR_LABELS:
-        if (b := rec.evals.get(kind)) and (value := evaluator(kind).headline(b)) is not None:
-            subset = str(b.get("data", "")).startswith("embedded:")
-            results.append({
-                "task": {"type": "text-generation", "name": f"{label} minimal pairs (zero-shot)"},
-                "dataset": {"name": f"{label} ({pairs_dataset(b, label, short=True)})",
-                            "type": f"{kind}-embedded-subset" if subset else kind},
-                "metrics": [_metric("accuracy", 100 * value, f"macro accuracy over {b.get('aggregation', 'phenomena')} (%)",
-                                    {"protocol": protocol, **b.get("protocol", {}), "n_pairs": b.get("n_pairs")})],
-            })
+    for key, column in rec.columns.items():
+        if key not in rec.headlines or key.startswith("finetune/"):
+            continue
+        r, label = rec.results[key], _PAIRS.get(key, column.removesuffix(" %"))
+        subset = key in _PAIRS and is_embedded(r)
+        results.append({
+            "task": {"type": "text-generation", "name": f"{label} (zero-shot)"},
+            "dataset": {"name": f"{label} ({pairs_dataset(r, label, short=True)})" if key in _PAIRS else label,
+                        "type": f"{key}-embedded-subset" if subset else key},
+            "metrics": [_metric("accuracy", 100 * rec.headlines[key], _headline_name(rec, key),
+                                {**r.get("protocol", {}), **({"n_pairs": r["n_pairs"]} if "n_pairs" in r else {})})],
+        })
     for task, r in rec.finetune.items():
         results.append({
             "task": {"type": "text-classification", "name": f"{task} (fine-tuned)"},
@@ -133,7 +147,7 @@ def _training(rec: ModelRecord) -> list[str]:
                       + _teacher_source(cache)]
     else:
         lines += ["", "Trained from scratch with the plain next-token cross-entropy: control: no distillation."
-                  if rec.role.startswith("control") else "Trained from scratch with the plain next-token cross-entropy."]
+                  if rec.run_role is Role.CONTROL else "Trained from scratch with the plain next-token cross-entropy."]
     lines += ["", "| | |", "|---|---|"]
     for key, label, fmt in (("steps", "optimizer steps", "{:,}"), ("epochs_seen", "epochs", "{:.2f}"),
                             ("global_batch", "global batch (sequences)", "{:,}"), ("world_size", "processes", "{}"),
@@ -194,27 +208,36 @@ def _compliance(rec: ModelRecord) -> list[str]:
     return lines
 
 
+def _pairs_line(rec: ModelRecord, key: str) -> str:
+    b, p = rec.results[key], rec.results[key].get("protocol", {})
+    return (f"- **{_PAIRS[key]}** {100 * rec.headlines[key]:.1f}%, the {_headline_name(rec, key)} (over phenomena "
+            f"{100 * b.get('macro_phenomena', float('nan')):.1f}%, over paradigms "
+            f"{100 * b.get('macro_paradigms', float('nan')):.1f}%, all pairs {100 * b.get('accuracy', float('nan')):.1f}%) "
+            f"on the {pairs_dataset(b, _PAIRS[key])}; prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, "
+            f"sentence score = {p.get('reduction')} of token log-probs, ties counted "
+            f"{p.get('ties') or ('correct' if p.get('ties_correct') else 'wrong')}.")
+
+
 def _evaluation(rec: ModelRecord) -> list[str]:
+    if rec.config_problem:
+        return [f"The run's config.yaml could not be read ({rec.config_problem}); no evaluation is claimed here."]
     lines: list[str] = []
-    if ppl := rec.evals.get("perplexity"):
+    if ppl := rec.results.get("perplexity"):
         lines += [f"- **Dev cross-entropy** {ppl['ce_nats_per_token']:.4f} nats/token (perplexity {ppl['perplexity']:.2f}"
                   + (f", {ppl['bits_per_word']:.3f} bits/word" if "bits_per_word" in ppl else "")
                   + f"): {ppl.get('tokens_scored', '?'):,} tokens in {ppl.get('windows', '?')} non-overlapping windows of "
                   f"{ppl.get('seq_len')} tokens of the run's dev split."]
-    protocol = ((rec.run_config or {}).get("eval") or {}).get("protocol")
-    for kind, label in PAIR_LABELS:
-        if (b := rec.evals.get(kind)) and (value := evaluator(kind).headline(b)) is not None:
-            p = b.get("protocol", {})
-            agg = b.get("aggregation", "phenomena")
-            other = "paradigms" if agg == "phenomena" else "phenomena"
-            lines.append(f"- **{label}** {100 * value:.1f}% (the headline: macro accuracy over {agg}; over {other} "
-                         f"{100 * b.get(f'macro_{other}', float('nan')):.1f}%, all pairs "
-                         f"{100 * b.get('accuracy', float('nan')):.1f}%) on the {pairs_dataset(b, label)}; protocol "
-                         f"`{protocol or '?'}`: prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, "
-                         f"sentence score = {p.get('reduction')} of token log-probs, ties counted "
-                         f"{p.get('ties') or ('correct' if p.get('ties_correct') else 'wrong')}.")
+    for key, column in rec.columns.items():
+        if key not in rec.headlines or key.startswith("finetune/"):
+            continue
+        if key in _PAIRS:
+            lines.append(_pairs_line(rec, key))
+        else:
+            n = rec.results[key].get("n_items")
+            lines.append(f"- **{column.removesuffix(' %')}** {100 * rec.headlines[key]:.1f}%, the {_headline_name(rec, key)}"
+                         + (f" on {n:,} items." if isinstance(n, int) else "."))
     for task, r in rec.finetune.items():
-        lines.append(f"- **{task}** (fine-tuned, selected on a hold-out of train, scored on validation): "
+        lines.append(f"- **{task}** (fine-tuned, scored on validation): "
                      f"{r.get('metric')} {100 * r['score']:.1f} on {r.get('n_eval', '?')} examples.")
     return lines or ["No evaluation was recorded for this model (no eval/<name>/*.json in its run)."]
 

@@ -1,8 +1,10 @@
 """What a run recorded about one model: the only source the model card may draw on.
 
 A babyllama model folder sits at ``<out_dir>/models/<name>/``; the run around it holds the resolved config,
-the data manifest (word-budget ledger), ``eval/<name>/*.json`` and ``summary.json`` (environment). Every
-piece is optional: a model folder copied out of its run still exports, its card just says less.
+the data manifest (word-budget ledger), the evaluation results (read through the evaluation registry, as
+the report and the sweep read them, so the card's headlines are theirs) and ``summary.json``
+(environment). Every piece is optional: a model folder copied out of its run still exports, its card
+just says less.
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from typing import Any
 
 import yaml
 
+from babyllama.config import load_config
 from babyllama.errors import UserError
+from babyllama.evaluate.registry import headline_columns, model_headlines, model_results
+from babyllama.roles import Role, members
 
 WEIGHT_INDEX = "model.safetensors.index.json"
 
@@ -31,8 +36,12 @@ class ModelRecord:
     manifest: dict[str, Any] | None = None  # <out_dir>/data/manifest.json
     ledger: dict[str, Any] | None = None  # <out_dir>/ledger.json: words per model, rule verdicts
     environment: dict[str, Any] | None = None  # summary.json
-    evals: dict[str, dict[str, Any]] = field(default_factory=dict)  # perplexity, blimp, supplement
-    finetune: dict[str, dict[str, Any]] = field(default_factory=dict)
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # registry.model_results
+    headlines: dict[str, float] = field(default_factory=dict)  # registry.model_headlines (the protocol's)
+    columns: dict[str, str] = field(default_factory=dict)  # registry.headline_columns: result key -> title
+    protocol: str | None = None  # eval.protocol of the run
+    run_role: Role | None = None  # the model's role in its run (roles.members)
+    config_problem: str | None = None  # why the run's config.yaml could not be read (results then unknown)
 
     @property
     def arch(self) -> str:
@@ -40,17 +49,17 @@ class ModelRecord:
 
     @property
     def role(self) -> str:
-        """Teacher, distilled student, control, or plain LM, from what the training run recorded."""
+        """Teacher, distilled student, control, or plain LM: the run's roles, else what training recorded."""
+        if self.run_role is not None:
+            return self.run_role.value
         objective = (self.training or {}).get("objective", {})
-        if objective.get("objective") == "distill":
-            return "distilled student"
-        cfg = self.run_config or {}
-        if any(t.get("name") == self.name for t in cfg.get("teachers") or []):
-            return "teacher"
-        student = cfg.get("student") or {}
-        if student.get("name") and self.name == f"{student['name']}-control":
-            return "control (no distillation)"
-        return "language model (no distillation)"
+        return Role.STUDENT.value if objective.get("objective") == "distill" else "language model (no distillation)"
+
+    @property
+    def finetune(self) -> dict[str, dict[str, Any]]:
+        """{task: result} of the fine-tuning results that carry a score."""
+        return {k.removeprefix("finetune/"): r for k, r in self.results.items()
+                if k.startswith("finetune/") and "score" in r}
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -88,11 +97,18 @@ def load_record(model_dir: str | Path) -> ModelRecord:
         rec.manifest = _json(run_dir / "data" / "manifest.json")
         rec.ledger = _json(run_dir / "ledger.json")
         rec.environment = (_json(run_dir / "summary.json") or {}).get("environment")
-        eval_dir = run_dir / "eval" / rec.name
-        for kind in ("perplexity", "blimp", "supplement"):
-            if (result := _json(eval_dir / f"{kind}.json")) is not None:
-                rec.evals[kind] = result
-        for path in sorted((eval_dir / "finetune").glob("*.json")):
-            if (result := _json(path)) is not None and "score" in result:
-                rec.finetune[path.stem] = result
+        _read_results(rec, run_dir)
     return rec
+
+
+def _read_results(rec: ModelRecord, run_dir: Path) -> None:
+    """The model's role, results and headlines, through the same functions the report and the sweep use."""
+    try:
+        cfg = load_config(run_dir / "config.yaml", [f"out_dir={run_dir}"])
+    except UserError as e:
+        rec.config_problem = str(e)
+        return
+    rec.protocol = cfg.eval.protocol
+    rec.run_role = next((m.role for m in members(cfg) if m.name == rec.name), None)
+    rec.results, rec.headlines = model_results(cfg, rec.name), model_headlines(cfg, rec.name)
+    rec.columns = headline_columns(cfg)

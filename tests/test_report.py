@@ -70,6 +70,7 @@ def test_report_states_losses_plainly(tiny_cfg: Config) -> None:
 
 
 def test_a_difference_inside_the_item_interval_reads_no_detectable_difference(tiny_cfg: Config) -> None:
+    tiny_cfg.eval.blimp = "embedded:blimp"  # the registry reads the BLiMP results the config asks for
     save_resolved(tiny_cfg)
     rng = np.random.default_rng(1)
     a = {g: "".join(rng.choice(["0", "1"], 200)) for g in ("anaphor_agreement", "island_effects")}

@@ -208,3 +208,30 @@ def test_two_ranks_split_the_build(tmp_path):
     assert teachers.windows == 0  # complete and intact: nothing to redo
     for a, b in zip(single.rows(np.arange(N_WINDOWS)), distributed.rows(np.arange(N_WINDOWS)), strict=True):
         assert torch.equal(a, b)
+
+
+def test_damaged_cache_metadata_is_rebuilt_or_refused_in_one_line(tmp_path):
+    import json
+
+    from babyllama.distill.cache import MANIFEST_FILE, fidelity
+    from babyllama.io import file_sha256
+
+    spec = _spec(top_k=8)
+    _build(tmp_path, spec)
+    root = tmp_path / "cache" / spec.key()
+    (root / MANIFEST_FILE).write_text('{"shards": [{"windows": "no"}]')  # cut short
+    assert fidelity(root) == {}  # the report states nothing rather than failing
+    record = json.loads((root / "shard-00001.json").read_text())
+    (root / "shard-00001.json").write_text(json.dumps({**record, "files": {p: "x" for p in record["files"]}}))
+    logs: list[str] = []
+    _, teachers = _build(tmp_path, spec, logs=logs)  # the damaged record is reported and its shard rebuilt
+    assert teachers.windows == 7 and any("shard-00001 record does not list" in m for m in logs)
+    assert fidelity(root)  # and the manifest is whole again
+    # an object array whose record an attacker fixed: opened without unpickling, refused in one line
+    ids = root / "shard-00002.ids.npy"
+    np.save(ids, np.array([{"x": 1}] * 7, dtype=object), allow_pickle=True)
+    record = json.loads((root / "shard-00002.json").read_text())
+    record["files"]["ids"] = {"bytes": ids.stat().st_size, "sha256": file_sha256(ids)}
+    (root / "shard-00002.json").write_text(json.dumps(record))
+    with pytest.raises(UserError, match="shard-00002.ids.npy: not a plain numeric array"):
+        _build(tmp_path, spec)

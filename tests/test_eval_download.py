@@ -151,3 +151,34 @@ def test_download_errors(server, tmp_path):
     with pytest.raises(UserError, match="not a verified BLiMP copy"):
         download_blimp(occupied, url=f"{base}/blimp.zip")
     assert (occupied / "mine.txt").read_text() == "keep me"
+
+
+def make_tar_gz(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(f"blimp/data/{name}")
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _corrupted_zip() -> bytes:
+    data = bytearray(make_zip(FILES))
+    name = sorted(FILES)[0]
+    at = bytes(data).index(FILES[name][:40])  # a stored member's bytes: flip one, its CRC no longer matches
+    data[at + 5] ^= 0x20
+    return bytes(data)
+
+
+@pytest.mark.parametrize("archive", ["corrupted.zip", "truncated.tar.gz"])
+def test_a_damaged_archive_is_one_line_and_writes_nothing(server, tmp_path, archive, capsys):
+    www, base, _ = server
+    blob = _corrupted_zip() if archive.endswith(".zip") else make_tar_gz(FILES)[: len(make_tar_gz(FILES)) * 2 // 3]
+    (www / archive).write_bytes(blob)
+    (www / "SHA256SUMS").write_text(sums_text(FILES))
+    dest = tmp_path / "d"
+    assert main(["download", "blimp", "--to", str(dest), "--url", f"{base}/{archive}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "damaged or truncated archive" in err and "Traceback" not in err, err
+    assert not dest.exists()

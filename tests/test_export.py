@@ -206,6 +206,7 @@ def test_refusals_are_one_line_with_exit_2(run_dir: Path, tmp_path: Path, capsys
 
     odd = tmp_path / "bert"
     shutil.copytree(run_dir / "models" / "student", odd)
+    (odd / "checkpoint.json").unlink()  # edited by hand: no longer the folder babyllama recorded
     cfg = json.loads((odd / "config.json").read_text())
     (odd / "config.json").write_text(json.dumps({**cfg, "model_type": "bert"}))
     assert _export(odd, tmp_path / "x") == 2

@@ -11,6 +11,7 @@ import json
 import os
 import pickle
 import resource
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -106,7 +107,30 @@ CASES: dict[str, tuple[Callable[[Path, Path, Path], list[str]], int, str]] = {
     "finetune: --out is a file": (lambda t, c, m: ["finetune", "--model", str(m), "--data", str(FIX / "glue_2024"),
                                                    "--task", "sst2", "--out", str(_file(t / "f"))], 2, "is a file"),
     "report of a missing folder": (lambda t, c, m: ["report", str(t / "nothing")], 2, "no such folder"),
+    # inputs are checked before any work (names, paths, data sets, items)
+    "newline in a model name": (lambda t, c, m: ["config", _config(t, c, lambda d: d["student"].update(
+        name="stu\ndent"))], 2, "control character '\\n'"),
+    "NUL in out_dir": (lambda t, c, m: ["prepare", _config(t, c, lambda d: d.update(out_dir=str(t / "r\0un")))], 2,
+                       "control character '\\x00'"),
+    "NUL in a command-line path": (lambda t, c, m: ["report", str(t / "r\0un")], 2, "control character"),
+    "corpus that is not text": (lambda t, c, m: ["prepare", _config(t, c, lambda d: d["data"].update(
+        corpus=_raw(t / "ls", bytes(range(256)) * 64 + b"\0" * 4096)))], 2, "does not look like text"),
+    "empty EWoK target": (lambda t, c, m: ["evaluate", "ewok", "--model", str(m), "--data", _jsonl(t / "ewok.jsonl", {
+        "Domain": "d", "Context1": "The ball is here.", "Target1": "", "Target2": "It is there."})], 2,
+        "field 'Target1' is empty"),
+    "empty entity-tracking option": (lambda t, c, m: ["evaluate", "entity-tracking", "--model", str(m), "--data",
+                                                      _jsonl(t / "regular.jsonl", {"input_prefix": "Box 0 contains",
+                                                             "options": [" the cat.", ""], "numops": 0})], 2,
+                                     "options[1] is empty"),
+    "lone surrogate in a BLiMP sentence": (lambda t, c, m: ["evaluate", "blimp", "--model", str(m), "--data", _raw(
+        t / "adjunct_island.jsonl", b'{"sentence_good": "Who \\ud800 left?", "sentence_bad": "Who left it?"}\n')],
+        2, "lone surrogate (U+D800)"),
 }
+
+
+def _jsonl(path: Path, *rows: dict) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
 
 
 def assert_one_line(err: str, fragment: str) -> None:
@@ -250,3 +274,79 @@ def test_teacher_without_tokenizer_json_is_refused_unless_allowed(tmp_path, text
     assert_one_line(capsys.readouterr().err, "has no tokenizer.json to compare")
     allowed = load_config(path, ["distill.allow_unchecked_tokenizer=true"])
     check_shared_tokenizer(allowed, manifest, [allowed.model_dir(t.name) for t in allowed.teachers])
+
+
+# -- inputs checked before work, resources, files read back ------------------------------------------------
+
+
+def test_a_typo_in_eval_data_stops_run_before_any_training(tmp_path, text_corpus, capsys):
+    cfg = _config(tmp_path, text_corpus, lambda d: d.update(eval={"blimp": str(FIX / "blimp_orignal")}))
+    assert main(["run", cfg]) == 2
+    assert_one_line(capsys.readouterr().err, "eval.blimp: ")
+    assert not (tmp_path / "run" / "models").exists() and not (tmp_path / "run" / "data").exists()
+
+
+def test_tilde_is_expanded_in_every_path(tmp_path, text_corpus, monkeypatch, capsys):
+    from babyllama.config import load_config
+
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(text_corpus, home / "corpus")
+    cfg = _config(tmp_path, text_corpus, lambda d: (d.update(out_dir="~/x"), d["data"].update(corpus="~/corpus"),
+                                                    d.update(eval={"blimp": "~/blimp"})))
+    shutil.copytree(FIX / "blimp_original", home / "blimp")
+    loaded = load_config(cfg)
+    assert loaded.out == home / "x" and loaded.eval.blimp == str(home / "blimp")
+    assert main(["prepare", cfg]) == 0
+    assert (home / "x" / "data" / "manifest.json").is_file() and not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("error", ["cpu", "cuda"])
+def test_torch_out_of_memory_is_one_line_exit_3(error, tmp_path, model_dir, monkeypatch, capsys):
+    import torch
+
+    from babyllama.evaluate import registry
+
+    def oom(*args, **kwargs):
+        if error == "cpu":
+            raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: "
+                               "you tried to allocate 1099511627776 bytes. Error code 12 (Cannot allocate memory)")
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(registry, "score_blimp", oom)
+    assert main(["evaluate", "blimp", "--model", str(model_dir), "--data", str(FIX / "blimp_2024")]) == 3
+    assert_one_line(capsys.readouterr().err, "out of memory")
+
+
+def test_other_runtime_errors_keep_their_traceback(model_dir, monkeypatch):
+    from babyllama.evaluate import registry
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("shape mismatch: a bug, not the user's")
+
+    monkeypatch.setattr(registry, "score_blimp", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["evaluate", "blimp", "--model", str(model_dir), "--data", str(FIX / "blimp_2024")])
+
+
+@pytest.mark.parametrize("field", ["vocab_size", "splits.dev.tokens", "special_tokens"])
+def test_a_data_manifest_missing_a_field_is_one_line_and_prepare_repairs_it(field, tmp_path, text_corpus, capsys):
+    from babyllama.data.tokens import read_manifest
+
+    cfg = _config(tmp_path, text_corpus)
+    assert main(["prepare", cfg]) == 0
+    path = tmp_path / "run" / "data" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    *parents, last = field.split(".")
+    node = manifest
+    for p in parents:
+        node = node[p]
+    del node[last]
+    path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["train", cfg, "--model", "t-llama"]) == 2
+    assert_one_line(capsys.readouterr().err, "incomplete manifest")
+    assert main(["prepare", cfg]) == 0
+    read_manifest(tmp_path / "run" / "data")  # whole again

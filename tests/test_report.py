@@ -11,6 +11,14 @@ from safetensors.numpy import save_file
 from babyllama.cli import main
 from babyllama.config import Config, save_resolved
 from babyllama.report import build_report, summarize
+from conftest import write_verified_result
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+
+
+def _with_blimp(cfg: Config) -> Config:
+    """The tiny config scoring a BLiMP fixture, so the report reads blimp.json."""
+    return cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"blimp": str(FIXTURES / "blimp_original")})})
 
 
 def _fake_model(cfg: Config, name: str, n_params: int, dev_ce: float, blimp: float, with_kd: bool = False,
@@ -27,23 +35,21 @@ def _fake_model(cfg: Config, name: str, n_params: int, dev_ce: float, blimp: flo
         rows.append(row)
     rows.append({"step": 5, "tokens_seen": 320, "dev_loss": dev_ce})
     (d / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    ev = cfg.out / "eval" / name
-    ev.mkdir(parents=True)
     noise = np.random.default_rng(0).normal(0, 0.05, 40)  # the same windows for every model: paired
     ppl = {"ce_nats_per_token": dev_ce, "perplexity": float(np.exp(dev_ce)), "bits_per_word": 1.0,
            "windows": 40, "seq_len": 8, "tokens_scored": 280}
     if windows:
         ppl["window_ce"] = list(dev_ce + noise - noise.mean())
-    (ev / "perplexity.json").write_text(json.dumps(ppl))
-    (ev / "blimp.json").write_text(json.dumps({
+    write_verified_result(cfg, name, "perplexity.json", ppl)
+    write_verified_result(cfg, name, "blimp.json", {
         "phenomena": {"anaphor_agreement": {"accuracy": blimp, "n": 10, "ties": 0},
                       "island_effects": {"accuracy": blimp - 0.1, "n": 10, "ties": 1}},
         "paradigms": {}, "fields": {}, "macro_paradigms": blimp, "macro_phenomena": blimp - 0.05,
-        "data": "embedded:blimp", "n_pairs": 20, "aggregation": "phenomena", **({"items": items} if items else {})}))
+        "data": "embedded:blimp", "n_pairs": 20, "aggregation": "phenomena", **({"items": items} if items else {})})
 
 
 def test_report_states_losses_plainly(tiny_cfg: Config) -> None:
-    tiny_cfg.eval.blimp = "embedded:blimp"  # the registry reads the results the config asks for
+    tiny_cfg = _with_blimp(tiny_cfg)
     save_resolved(tiny_cfg)
     _fake_model(tiny_cfg, "t-llama", 1000, 3.0, 0.70)
     _fake_model(tiny_cfg, "t-gpt2", 900, 3.1, 0.68)
@@ -88,7 +94,7 @@ def test_a_difference_inside_the_item_interval_reads_no_detectable_difference(ti
 
 
 def test_report_when_student_wins_and_condition_unmet(tiny_cfg: Config) -> None:
-    tiny_cfg.eval.blimp = "embedded:blimp"  # the registry reads the results the config asks for
+    tiny_cfg = _with_blimp(tiny_cfg)
     save_resolved(tiny_cfg)
     _fake_model(tiny_cfg, "t-llama", 1000, 3.5, 0.70)
     _fake_model(tiny_cfg, "student", 100, 3.2, 0.75, with_kd=True)

@@ -27,6 +27,12 @@ def _write_config(tmp_path: Path, tiny_cfg, blimp: bool = True, **sweep) -> Path
     return path
 
 
+def _adopted(model: Path, source: Path) -> bool:
+    """The member's model is a copy of ``source`` (hard-linked weights), never a symlink a later run could change."""
+    return (not model.is_symlink() and (model / "model.safetensors").is_file()
+            and os.path.samefile(model / "model.safetensors", source / "model.safetensors"))
+
+
 def _mtime(path: Path) -> int:
     return path.stat().st_mtime_ns
 
@@ -61,7 +67,7 @@ def test_sweep_after_run_reuses_it_and_resumes_after_a_kill(tmp_path: Path, tiny
     # the run's teachers, cache, student and control are the seed-7 member's: only seed 8 was trained
     assert "teacher:t-llama: running" not in before and "windows with the teachers" not in before
     assert f"[sweep] default-s7: distill is identical to the one in {out}: reused" in before
-    assert (out / "sweep" / "default-s7" / "models" / "student").resolve() == (out / "models" / "student").resolve()
+    assert _adopted(out / "sweep" / "default-s7" / "models" / "student", out / "models" / "student")
     second = out / "sweep" / "default-s8"
     stamps = {p: _mtime(p) for p in [second / "models" / "student" / "model.safetensors",
                                       second / "models" / "student-control" / "model.safetensors",
@@ -111,7 +117,7 @@ def test_plan_member_and_collect_and_identical_members_give_identical_numbers(tm
     assert (out / "sweep" / "default-s8" / "models" / "student" / "model.safetensors").exists()
     assert not (out / "sweep" / "default-s7").exists()
     assert main(["sweep", str(cfg_path), "--seeds", "2", "--collect"]) == 0
-    assert "Not finished yet: default-s7" in capsys.readouterr().out
+    assert "Not counted: default-s7: not finished" in capsys.readouterr().out
     result = _sweep_json(out)
     assert result["missing"] == ["default-s7"] and result["comparisons"][0]["ci"] is None  # one seed: no interval
     assert "one seed" in result["verdict"][0]
@@ -148,12 +154,15 @@ def test_grid_and_teacher_subsets_reuse_identical_models(tmp_path: Path, tiny_cf
     assert names == ["default-s7", "teachers=t-llama-s7", "student.train.log_every=3-s7",
                      "student.train.log_every=3+teachers=t-llama-s7"]
     same = out / "sweep" / "student.train.log_every=3-s7"
-    assert (same / "models" / "student").is_symlink() and (same / "models" / "student-control").is_symlink()
+    default = out / "sweep" / "default-s7" / "models"
+    assert _adopted(same / "models" / "student", default / "student")
+    assert _adopted(same / "models" / "student-control", default / "student-control")
     assert f"[sweep] {same.name}: distill is identical to the one in {out / 'sweep' / 'default-s7'}: reused" in printed
     assert _student(result, "default-s7") == _student(result, same.name)
     subset = out / "sweep" / "teachers=t-llama-s7"
     assert [t["name"] for t in yaml.safe_load((subset / "config.yaml").read_text())["teachers"]] == ["t-llama"]
-    assert not (subset / "models" / "student").is_symlink() and (subset / "models" / "student-control").is_symlink()
+    assert not _adopted(subset / "models" / "student", default / "student")
+    assert _adopted(subset / "models" / "student-control", default / "student-control")
     assert len([p for p in (out / "cache").iterdir() if p.is_dir()]) == 2  # one cache per teacher set
     assert not (out / "sweep" / "teachers").exists()  # same teachers throughout: trained once, in out_dir
     ablation = [c for c in result["comparisons"] if c["name"] == "student.train.log_every=3 - default (student)"]

@@ -14,7 +14,14 @@ import sys
 from pathlib import Path
 
 from babyllama import threads  # first: the thread policy must be in place before anything imports torch
-from babyllama.errors import EXIT_RESOURCE, EXIT_USER, UserError, describe_os_error
+from babyllama.errors import (
+    EXIT_RESOURCE,
+    EXIT_USER,
+    UserError,
+    describe_os_error,
+    describe_out_of_memory,
+    is_out_of_memory,
+)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -216,11 +223,10 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print(f"wrote {path}: {len(members)} members (run one with --member I, I = 0..{len(members) - 1})")
         return
     if args.member is not None:
-        if not 0 <= args.member < len(members):
-            raise UserError(f"sweep --member {args.member}: this sweep has members 0..{len(members) - 1} (see --plan)")
-        _lock(args, sweep.sweep_dir(cfg) / members[args.member].name)
-        sweep.run_member(cfg, members[args.member], len(members))
+        _run_planned_member(args, cfg, members)
         return
+    if args.collect and sweep.read_plan(cfg) is not None:  # the plan is the truth about which members exist
+        members = [m for m, _ in sweep.read_plan(cfg) or []]
     if not args.collect:
         if is_main_process():
             sweep.write_plan(cfg, members)
@@ -231,7 +237,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
                 sweep.run_member(cfg, m, len(members))
     if is_main_process():
         from babyllama.render import markdown_table
-        from babyllama.sweep_report import collect, comparison_rows
+        from babyllama.sweep_report import collect, comparison_rows, missing_members
 
         result = collect(cfg, members)
         print()
@@ -239,10 +245,24 @@ def cmd_sweep(args: argparse.Namespace) -> None:
         print()
         for line in result["verdict"] + result["conditions"]:
             print(f"- {line}")
-        if result["missing"]:
-            print(f"\nNot finished yet: {', '.join(result['missing'])}")
+        if result["missing"]:  # each with why: not finished, run under another config, or a result not verified
+            print(f"\nNot counted: {missing_members(result)}")
         out = sweep.sweep_dir(cfg)
         print(f"\nSweep: {out / 'sweep.json'}, {out / 'report.md'} and {out / 'report.html'}")
+
+
+def _run_planned_member(args: argparse.Namespace, cfg, members: list) -> None:
+    """`sweep --member I`: member I of plan.json (written now from this config when there is none yet),
+    holding the lock of every folder it writes: its own, and the shared ones (run_member)."""
+    from babyllama import sweep
+
+    if sweep.read_plan(cfg) is None:
+        with sweep.shared_lock(cfg):
+            if sweep.read_plan(cfg) is None:
+                sweep.write_plan(cfg, members)
+    m = sweep.planned_member(cfg, args.member)
+    _lock(args, sweep.sweep_dir(cfg) / m.name)
+    sweep.run_member(cfg, m, len(sweep.read_plan(cfg) or []), lock_shared=True)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -453,6 +473,9 @@ def main(argv: list[str] | None = None) -> int:
     from contextlib import ExitStack
 
     argv = sys.argv[1:] if argv is None else list(argv)
+    bad = next((a for a in argv if any(ord(c) < 32 or ord(c) == 127 for c in a)), None)
+    if bad is not None:  # a NUL or newline in a path or name: refused before anything is opened or written
+        return _fail(f"argument {bad!r} holds a control character; names and paths must be plain text", EXIT_USER)
     args = build_parser().parse_args(argv)
     args.argv = argv
     _quiet_libraries()
@@ -465,8 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(e), EXIT_USER)
     except OSError as e:
         return _fail(*describe_os_error(e))
-    except MemoryError:
-        return _fail("out of memory; use smaller batches or models, or a machine with more memory", EXIT_RESOURCE)
+    except (MemoryError, RuntimeError) as e:  # torch's out-of-memory is a RuntimeError (CPU) or a subclass (CUDA)
+        if not is_out_of_memory(e):
+            raise  # any other RuntimeError is a bug: keep its traceback
+        return _fail(describe_out_of_memory(e), EXIT_RESOURCE)
     except KeyboardInterrupt:
         print("babyllama: interrupted", file=sys.stderr)
         return 130

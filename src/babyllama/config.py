@@ -7,6 +7,7 @@ values are rejected with one line naming the file, the key and what is expected.
 
 from __future__ import annotations
 
+import os
 import typing
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -50,6 +51,23 @@ class Section(BaseModel):
             if bool not in (ann, *typing.get_args(ann)) and (ann in (int, float) or {int, float} & set(typing.get_args(ann))):
                 raise ValueError(f"expected a number, got {v} (YAML reads true/false as booleans)")
         return v
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, v: Any) -> Any:
+        """A newline or NUL in a name or path breaks folders, tables and logs: refused in every text value."""
+        for text in v if isinstance(v, list) else [v]:
+            if isinstance(text, str) and (bad := next((c for c in text if ord(c) < 32 or ord(c) == 127), None)):
+                raise ValueError(f"holds the control character {bad!r}; names and paths must be plain text")
+        return v
+
+
+def expand_path(v: str | None) -> str | None:
+    """``~`` expanded in a path (one place for every path key, so ``out_dir: ~/x`` never makes a folder
+    named ``~``); keywords and ``embedded:`` names are left as they are."""
+    if v is None or v.startswith("embedded:"):
+        return v
+    return os.path.expanduser(v)
 
 
 class TrainConfig(Section):
@@ -259,6 +277,11 @@ class DataConfig(Section):
                 self.word_budget = pool
         return self
 
+    @field_validator("corpus", "dev")
+    @classmethod
+    def _expand(cls, v: str) -> str:
+        return v if v in ("auto", "split", "sibling") else str(expand_path(v))
+
 
 class TokenizerConfig(Section):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, populate_by_name=True)
@@ -456,6 +479,11 @@ class EvalConfig(Section):
     finetune_defaults: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Hyperparameters for every task.")
     finetune_tasks: dict[str, FinetuneConfig] = Field(default_factory=dict, description="Per-task hyperparameter overrides.")
 
+    @field_validator("blimp", "supplement", "ewok", "entity_tracking", "comps", "finetune_data")
+    @classmethod
+    def _expand(cls, v: str | None) -> str | None:
+        return expand_path(v)
+
 
     @model_validator(mode="before")
     @classmethod
@@ -540,7 +568,7 @@ class Config(Section):
     def _real_folder(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("must name a folder (it is empty)")
-        return v
+        return str(expand_path(v))
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

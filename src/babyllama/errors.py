@@ -87,3 +87,23 @@ def looks_like_write_failure(exc: BaseException) -> bool:
         return True
     text = str(exc)
     return any(s in text for s in ("os error", "unexpected pos", "write failed", "file write", "No space left"))
+
+
+#: How torch reports running out of memory when it raises a RuntimeError rather than a MemoryError.
+OUT_OF_MEMORY_MARKS = ("DefaultCPUAllocator: can't allocate memory", "CUDA out of memory", "out of memory",
+                       "CUBLAS_STATUS_ALLOC_FAILED", "MPS backend out of memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for torch's out-of-memory errors: torch.OutOfMemoryError (CUDA) and the CPU allocator's
+    RuntimeError "DefaultCPUAllocator: can't allocate memory", which are resources, not bugs."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    return isinstance(exc, RuntimeError) and any(m in str(exc) for m in OUT_OF_MEMORY_MARKS)
+
+
+def describe_out_of_memory(exc: BaseException) -> str:
+    """One line for an out-of-memory error, with what torch said and what to change."""
+    said = (str(exc).strip().splitlines() or [""])[0][:160]
+    return (f"out of memory{f' ({said})' if said else ''}; use smaller batches (train.batch_size, eval.batch_size) "
+            "or models, or a machine with more memory; finished work is kept")

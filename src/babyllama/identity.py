@@ -4,7 +4,8 @@
 * **training**: every setting that changes a model's weights (:func:`training_components`; hashed, the
   config hash the loop stores in every checkpoint and in training_summary.json) together with the data;
 * **evaluation**: the evaluated models' training identities with the evaluation settings; every result
-  file stores its own (:func:`result_identity`), so an interrupted evaluation redoes only what is missing.
+  file records the sha256 sums of the files it was computed from (evaluate/provenance.py), so an
+  interrupted evaluation redoes only what is missing, and a stale or damaged result is redone.
 
 The training loop refuses to resume across a changed training identity, `babyllama run` skips a stage
 whose identity is unchanged, and :func:`is_trained` says whether a finished model matches a config.
@@ -118,11 +119,3 @@ def is_trained(cfg: Config, model_cfg: ModelConfig, objective: dict, *, windows:
 def evaluation_identity(models: dict[str, str], eval_cfg: EvalConfig) -> str:
     """The evaluation stage's identity: every evaluated model's training identity and the eval settings."""
     return stable_hash({"models": models, "eval": eval_cfg.model_dump(mode="json")})
-
-
-def result_identity(model: str, model_dir: Path, settings: dict[str, Any]) -> str:
-    """One result file's identity: the model's training identity, its weights file as found on disk
-    (size and mtime, so a model trained again is evaluated again) and the settings of that evaluation."""
-    weights = model_dir / WEIGHTS_FILE
-    stamp = [weights.stat().st_size, weights.stat().st_mtime_ns] if weights.exists() else None
-    return stable_hash({"model": model, "weights": stamp, **settings})

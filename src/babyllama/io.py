@@ -94,6 +94,26 @@ def forget_file_hashes() -> None:
     _sha256_of_version.cache_clear()
 
 
+#: The record of a model or checkpoint folder: {"files": {name: sha256}} plus what its writer adds.
+CHECKPOINT_RECORD = "checkpoint.json"
+
+
+def damaged_file(folder: Path) -> str | None:
+    """The first file of a finished model or checkpoint folder that does not match its checkpoint.json
+    record (missing, or another sha256), "checkpoint.json" when that record is unreadable, else None.
+    Each file is read once per version (path, size, mtime) in a process, so asking again is free."""
+    try:
+        files = read_json(Path(folder) / CHECKPOINT_RECORD)["files"]
+        items = sorted(files.items())
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return CHECKPOINT_RECORD
+    for name, digest in items:
+        f = Path(folder) / name
+        if not f.is_file() or cached_file_sha256(f) != digest:
+            return name
+    return None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Parse a JSON file; a file nested too deeply for the parser is a ValueError like any malformed one."""
     with open(path, encoding="utf-8") as f:

@@ -42,8 +42,10 @@ def _describe(info: dict) -> str:
 
 
 @contextmanager
-def out_dir_lock(out: Path, command: str) -> Iterator[None]:
-    """Hold ``<out>/.lock`` exclusively until the block ends; UserError naming the holder if it is taken."""
+def out_dir_lock(out: Path, command: str, *, clean: bool = True) -> Iterator[None]:
+    """Hold ``<out>/.lock`` exclusively until the block ends; UserError naming the holder if it is taken.
+    ``clean``: remove the temporaries of interrupted writes (not when other processes write below ``out``
+    under locks of their own, as the members of a sweep do under ``<out>/sweep/``)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"out_dir {out}: is a file, expected a folder")
@@ -63,7 +65,7 @@ def out_dir_lock(out: Path, command: str) -> Iterator[None]:
         me = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "since": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
-        removed = remove_stale_temporaries(out)
+        removed = remove_stale_temporaries(out) if clean else 0
         if removed:
             print(f"note: removed {removed} temporary folder(s) under {out} left by an interrupted command", flush=True)
         try:

@@ -6,8 +6,11 @@ depends on and the data or models it reads from); ``<out_dir>/run_state.json`` r
 fingerprint it ran with, whether it finished, and how long it took. How a stage is skipped is its
 ``Skip``: a finished training stage whose fingerprint is unchanged is skipped; an unfinished one with
 the same fingerprint resumes (the training loop keeps its own resumable checkpoints); a changed
-fingerprint discards the stage's outputs and redoes it. Evaluation keeps its outputs (each result
-carries its own identity); preparation and the report run every time.
+fingerprint discards the stage's outputs and redoes it. Evaluation keeps its outputs: each result records
+the sha256 sums of the model files and data it was computed from, and the evaluate stage is up to date
+only while the registry's reader verifies every one (a missing, damaged or stale result is redone);
+preparation and the report run every time. Every input of the config is read and checked before the
+first stage (check_inputs).
 
 A finished model is trusted only while its files match the sha256 sums of its checkpoint.json: a
 damaged one is reported and its stage redone (from its checkpoints, when they are intact, that is only
@@ -61,6 +64,7 @@ class Stage:
     main_only: bool = False  # data preparation, evaluation and reporting run on rank 0 only
     published: list[Path] = field(default_factory=list)  # finished models: verified, replaced only on success
     skip: Skip = Skip.UNCHANGED
+    check: Callable[[], str | None] | None = None  # why its finished outputs cannot be trusted (None: they can)
 
     @property
     def always_runs(self) -> bool:
@@ -120,8 +124,10 @@ def plan(cfg: Config) -> list[Stage]:
     def eval_id() -> str:
         return identity.evaluation_identity(model_ids(), cfg.eval)
 
-    stages.append(Stage(EVALUATE, lambda: evaluate_all(cfg, model_ids()), eval_id, [cfg.out / "eval"],
-                        deps=[s.name for s in trained], main_only=True, skip=Skip.UNCHANGED_KEEP_OUTPUTS))
+    names = [m.name for m in team]
+    stages.append(Stage(EVALUATE, lambda: evaluate_all(cfg, names), eval_id, [cfg.out / "eval"],
+                        deps=[s.name for s in trained], main_only=True, skip=Skip.UNCHANGED_KEEP_OUTPUTS,
+                        check=lambda: unverified_results(cfg, names)))
     stages.append(Stage(REPORT, lambda: _report(cfg), eval_id, [], deps=[EVALUATE], main_only=True, skip=Skip.NEVER))
     return stages
 
@@ -133,6 +139,17 @@ def _dependents(stages: list[Stage], roots: set[str]) -> set[str]:
         if any(d in out for d in s.deps):
             out.add(s.name)
     return out
+
+
+def check_inputs(cfg: Config) -> None:
+    """Every path and data set of the config resolved and read before any stage works: the corpus (its
+    layout; `prepare`, the first stage, refuses files that are not text) and the evaluation data
+    (evaluate/registry.check_data)."""
+    from babyllama.data.corpora import resolve_corpus
+    from babyllama.evaluate.registry import check_data
+
+    resolve_corpus(cfg.data)
+    check_data(cfg)
 
 
 def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[str]]:
@@ -156,6 +173,7 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
     ``config_arg``: the config as the user named it, for the closing `babyllama sweep` hint.
     """
     stages = plan(cfg)
+    check_inputs(cfg)  # every rank: read-only, and all of them stop alike on a bad input
     if only is not None:
         stages = [s for s in stages if s.name in only]
     forced, redo = _expand_force(stages, force or [])
@@ -244,6 +262,21 @@ def _run_stage(stage: Stage, state_path: Path, main: bool) -> float:
     return seconds
 
 
+def outdated_stage(cfg: Config) -> str | None:
+    """The first trained or evaluate stage of ``cfg`` that run_state.json does not record as finished with
+    the identity the config gives it now (with why), None when all are: a finished run of this very config."""
+    state = _read_state(cfg.out / STATE_FILE)
+    for stage in plan(cfg):
+        if stage.always_runs:
+            continue
+        rec = state.get(stage.name) or {}
+        if not rec.get("done"):
+            return f"its stage {stage.name} has not finished"
+        if rec.get("fingerprint") != stage.fingerprint():
+            return f"its stage {stage.name} ran under another config or data"
+    return None
+
+
 def _print_summary(cfg: Config, timings: dict[str, float], config_arg: str | None = None) -> dict[str, Any]:
     """The run's ending on the console: the table, the time per stage, the verdict and where the report is."""
     from babyllama.report import comparison_table, summarize
@@ -280,7 +313,8 @@ def verdict_lines(sentences: list[str], width: int | None = None, bullet: str = 
 
 
 def _damaged(stage: Stage) -> bool:
-    """True (and said) when a finished model of the stage no longer matches its checkpoint.json record."""
+    """True (and said) when a finished model of the stage no longer matches its checkpoint.json record, or
+    the stage's own check finds an output it cannot trust (a missing, damaged or stale result)."""
     from babyllama.train.checkpoint import damaged_file
 
     for folder in stage.published:
@@ -289,6 +323,10 @@ def _damaged(stage: Stage) -> bool:
             print(f"[run] {folder / bad} does not match its checkpoint.json record (damaged): stage {stage.name} "
                   "will redo it", flush=True)
             return True
+    problem = stage.check() if stage.check else None
+    if problem:
+        print(f"[run] {problem}: stage {stage.name} will redo it", flush=True)
+        return True
     return False
 
 
@@ -309,33 +347,42 @@ def _write_state(path: Path, state: dict[str, Any]) -> None:
 # -- evaluation of every model -------------------------------------------------------------------------
 
 
-def evaluate_all(cfg: Config, model_fps: dict[str, str]) -> None:
-    """Every evaluator the config switches on (evaluate/registry.py), for every model; results under <out_dir>/eval/.
+def evaluate_all(cfg: Config, names: list[str]) -> None:
+    """Every evaluator the config switches on (evaluate/registry.py), for the named models; results under
+    <out_dir>/eval/.
 
-    Each result file stores the fingerprint it was computed for, so an interrupted evaluation resumes
-    with the next missing result rather than starting over.
+    A result is computed again unless the registry's reader verifies it (it parses, and the sha256 sums of
+    the model files and data it records match the files now), so an interrupted evaluation resumes with
+    the next missing result, and a deleted, damaged or stale one is redone.
     """
-    from babyllama.evaluate.registry import jobs
+    from babyllama.evaluate.registry import current_inputs, jobs, read_result, write_result
 
     todo = jobs(cfg)
-    for name, model_fp in model_fps.items():
+    for name in names:
         model_dir = cfg.model_dir(name)
-        out = cfg.out / "eval" / name
         for _, job in todo:
-            path = out / job.file
-            fp = identity.result_identity(model_fp, model_dir, job.settings)
-            if path.exists():
-                try:
-                    if read_json(path).get("_fingerprint") == fp:
-                        continue
-                except ValueError:
-                    pass
+            found = read_result(cfg, name, job)
+            if found.value is not None:
+                continue
+            why = "" if found.problem == "missing" else f" (the result on disk is {found.problem})"
             what = job.file.removesuffix(".json")
-            print(f"[run] evaluate {name}: {what}", flush=True)
-            with progress.current(f"{name} {what.replace('finetune/', '')}"):
+            print(f"[run] evaluate {name}: {what}{why}", flush=True)
+            inputs = current_inputs(cfg, name, job)  # before computing: what the result is computed from
+            with progress.current(f"{name} {what.replace('finetune/', '')}"):  # the bar's label
                 result = job.run(model_dir)
-            result["_fingerprint"] = fp
-            atomic_write_json(path, result)
+            write_result(cfg, name, job, inputs, result)
+
+
+def unverified_results(cfg: Config, names: list[str]) -> str | None:
+    """The first result of the evaluate stage the reader does not verify, with why (None: all verified)."""
+    from babyllama.evaluate.registry import jobs, read_result
+
+    for name in names:
+        for _, job in jobs(cfg):
+            found = read_result(cfg, name, job)
+            if found.value is None:
+                return f"{found.path} is {found.problem}"
+    return None
 
 
 def _report(cfg: Config) -> None:

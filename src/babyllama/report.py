@@ -28,13 +28,7 @@ import numpy as np
 from babyllama import render, stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import (
-    headline_columns,
-    model_headlines,
-    model_results,
-    pair_items,
-    pairs_dataset,
-)
+from babyllama.evaluate.registry import headline_columns, model_headlines, pair_items, pairs_dataset
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
@@ -85,46 +79,14 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     if not (out_dir / "config.yaml").exists():
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
-    models, columns = [], headline_columns(cfg)
-    windows: dict[str, list[float] | None] = {}  # per-window dev CE, for the paired intervals
-    for member in members(cfg):
-        name = member.name
-        model_dir = cfg.model_dir(name)
-        metrics = _read_jsonl(model_dir / "metrics.jsonl")
-        train_rows = [r for r in metrics if "loss" in r]
-        last = train_rows[-1] if train_rows else {}
-        dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
-        # Dev lines carry the step only; every optimizer step sees the same number of tokens.
-        per_step = last["tokens_seen"] / last["step"] if last.get("tokens_seen") and last.get("step") else None
-        results, headlines = model_results(cfg, name), model_headlines(cfg, name)
-        ppl = results.get("perplexity", {})
-        windows[name] = ppl.get("window_ce")
-        models.append({
-            "name": name,
-            "role": member.role.value,
-            "trained": (model_dir / "config.json").exists(),
-            "parameters": saved_parameter_count(model_dir) if model_dir.exists() else None,
-            "tokens_seen": last.get("tokens_seen"),
-            "words_seen": last.get("words_seen"),
-            "steps": last.get("step"),
-            "dev_ce": ppl.get("ce_nats_per_token", dev_rows[-1]["dev_loss"] if dev_rows else None),
-            "dev_perplexity": ppl.get("perplexity"),
-            "bits_per_word": ppl.get("bits_per_word"),
-            "dev_scored": {k: ppl.get(k) for k in ("windows", "seq_len", "tokens_scored")} if ppl else None,
-            "blimp": results.get("blimp"),
-            "supplement": results.get("supplement"),
-            "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
-            "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
-            "curve": results.get("curve", {}).get("points", []),  # train.save_at_words
-            "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")),
-            "curves": {
-                "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
-                "dev": [(r.get("tokens_seen") or (per_step and r["step"] * per_step), r["dev_loss"]) for r in dev_rows],
-            },
-        })
     state = _read_json_or_none(out_dir / "run_state.json") or {}
+    models, withheld = [], []
+    for member in members(cfg):
+        model, notes = _model_summary(cfg, member, state)
+        models.append(model)
+        withheld += notes
     manifest = _read_json_or_none(out_dir / "data" / "manifest.json") or {}
-    tests = differences(models, windows, cfg.eval)
+    tests = differences(models, {m["name"]: m.pop("dev_windows") for m in models}, cfg.eval)
     found = evaluations(models)
     lines = verdict(models, tests, found)
     for m in models:  # the item records fed the tests above; summary.json keeps the aggregates only
@@ -136,17 +98,70 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"),
         "protocol": {"name": cfg.eval.protocol, "finetune": bool(cfg.eval.finetune),
                      "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
-        "columns": list(columns.values()),
+        "columns": list(headline_columns(cfg).values()),
         "models": models,
         "evaluations": found,
         "differences": tests,
         "verdict": lines,
         "approximations": approximations(models, out_dir),
+        "withheld": withheld,
         "stages": _stage_seconds(state, stage_order(cfg)),
         "ledger": manifest.get("ledger"),
         "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
     }
+
+
+def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """One model's figures, each from a verified file, and a note for every result withheld (damaged, stale,
+    or a model whose stage was redone and did not finish: the folder still holds the previous model)."""
+    from babyllama.evaluate.registry import model_result_files, result_key
+
+    name, model_dir = member.name, cfg.model_dir(member.name)
+    record = state.get(member.stage) if isinstance(state, dict) and member.stage else None
+    current = not (isinstance(record, dict) and record.get("done") is False and model_dir.exists())
+    metrics = _read_jsonl(model_dir / "metrics.jsonl") if current else []
+    train_rows = [r for r in metrics if "loss" in r]
+    last = train_rows[-1] if train_rows else {}
+    dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
+    # Dev lines carry the step only; every optimizer step sees the same number of tokens.
+    per_step = last["tokens_seen"] / last["step"] if last.get("tokens_seen") and last.get("step") else None
+    files = model_result_files(cfg, name) if current else []
+    notes = [] if current else [f"`{name}`: its stage `{member.stage}` was started again and has not finished; "
+                                f"{model_dir} still holds the previous model, so none of its numbers are shown"]
+    notes += [f"`{r.path}`: {r.problem}; not shown (`babyllama run` computes it again)"
+              for _, _, r in files if r.problem not in (None, "missing")]
+    results = {result_key(j): r.value for _, j, r in files if r.value is not None}
+    headlines, columns = model_headlines(cfg, name, results), headline_columns(cfg)
+    ppl = results.get("perplexity") or {}
+    train_dev = dev_rows[-1]["dev_loss"] if dev_rows else None
+    source = "evaluate" if "ce_nats_per_token" in ppl else ("training" if train_dev is not None else None)
+    return {
+        "name": name,
+        "role": member.role.value,
+        "trained": current and (model_dir / "config.json").exists(),
+        "parameters": saved_parameter_count(model_dir) if current and model_dir.exists() else None,
+        "tokens_seen": last.get("tokens_seen"),
+        "words_seen": last.get("words_seen"),
+        "steps": last.get("step"),
+        # the evaluate stage's dev CE; else, said so wherever it is shown, the training loop's last dev loss
+        "dev_ce": ppl["ce_nats_per_token"] if source == "evaluate" else train_dev,
+        "dev_ce_source": source,
+        "dev_perplexity": ppl.get("perplexity"),
+        "bits_per_word": ppl.get("bits_per_word"),
+        "dev_scored": {k: ppl.get(k) for k in ("windows", "seq_len", "tokens_scored")} if source == "evaluate" else None,
+        "dev_windows": ppl.get("window_ce") if source == "evaluate" else None,  # paired intervals; not in summary.json
+        "blimp": results.get("blimp"),
+        "supplement": results.get("supplement"),
+        "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
+        "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
+        "curve": (results.get("curve") or {}).get("points", []),  # train.save_at_words
+        "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json") if current else None),
+        "curves": {
+            "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
+            "dev": [(r.get("tokens_seen") or (per_step and r["step"] * per_step), r["dev_loss"]) for r in dev_rows],
+        },
+    }, notes
 
 
 def _training_facts(summary: dict[str, Any] | None) -> dict[str, Any]:
@@ -269,7 +284,8 @@ def differences(models: list[dict[str, Any]], windows: dict[str, list[float] | N
     order = {Role.CONTROL.value: 0, Role.TEACHER.value: 1}  # the control first: the question the run answers
     for other in sorted((m for m in models if m is not student), key=lambda m: order.get(m["role"], 2)):
         windows_a, windows_b = ((windows or {}).get(student["name"]), (windows or {}).get(other["name"]))
-        if student["dev_ce"] is not None and other["dev_ce"] is not None:
+        same_source = student.get("dev_ce_source") == other.get("dev_ce_source")  # never full dev vs a subset
+        if student["dev_ce"] is not None and other["dev_ce"] is not None and same_source:
             test = stats.paired_values(windows_a, windows_b) if windows_a and windows_b else None
             out.append({"metric": "dev_ce", "other": other["name"], "role": other["role"],
                         "a": student["dev_ce"], "b": other["dev_ce"], "test": test})
@@ -324,10 +340,16 @@ def verdict(models: list[dict[str, Any]], tests: list[dict[str, Any]] | None = N
     student = _with_role(models, Role.STUDENT)
     if student is None or student["dev_ce"] is None:
         return ["The distilled student has not been trained and evaluated yet: no comparison possible."]
+    lines = []
+    if student.get("dev_ce_source") == "training":
+        lines.append("Dev CE below is the training loop's last dev loss (train.eval_windows windows), not the evaluate "
+                     "stage's full dev perplexity, which is missing or not verified; models are compared on one source.")
     tests = differences(models) if tests is None else tests
     evaluations_ = evaluations_ if evaluations_ is not None else evaluations(models)
-    lines = [difference_sentence(d, evaluations_) for d in tests]
-    others = [m for m in models if m is not student and m["dev_ce"] is not None]
+    lines += [difference_sentence(d, evaluations_) for d in tests]
+    # never compare a full-dev CE with a training-time estimate on a subset of windows
+    others = [m for m in models if m is not student and m["dev_ce"] is not None
+              and m.get("dev_ce_source") == student.get("dev_ce_source")]
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]
     if control and teachers:
@@ -371,6 +393,12 @@ def _fmt(v: Any, kind: str = "") -> str:
     return str(v)
 
 
+def _dev_ce_cell(m: dict[str, Any]) -> str:
+    """The dev CE, marked when it is the training loop's estimate rather than the evaluate stage's result."""
+    cell = _fmt(m["dev_ce"])
+    return f"{cell} (train)" if m.get("dev_ce_source") == "training" else cell
+
+
 def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     columns = summary.get("columns") or ["BLiMP %", "supplement %"]
     header = ["model", "role", "params", "tokens seen", "words seen", "dev CE", "dev ppl", "bits/word", *columns]
@@ -378,7 +406,7 @@ def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for m in summary["models"]:
         rows.append([
             m["name"], m["role"], _fmt(m["parameters"], "int"), _fmt(m["tokens_seen"], "int"),
-            _fmt(m["words_seen"], "int"), _fmt(m["dev_ce"]), _fmt(m["dev_perplexity"]), _fmt(m["bits_per_word"]),
+            _fmt(m["words_seen"], "int"), _dev_ce_cell(m), _fmt(m["dev_perplexity"]), _fmt(m["bits_per_word"]),
             *[_fmt(m["scores"].get(c), "pct") for c in columns],
         ])
     return header, rows
@@ -621,6 +649,12 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         title = f"Rules: {compliance['rules']}" + (" (this run BREAKS a rule)" if compliance.get("breaks_rules") else "")
         blocks.insert(1, (title, "list", verdict_lines(compliance)))
     blocks.append(("Comparison", "table", _table_rows(summary)))
+    notes = list(summary.get("withheld") or [])
+    if any(m.get("dev_ce_source") == "training" for m in summary["models"]):
+        notes.append("dev CE marked (train): the training loop's last dev loss on train.eval_windows windows, shown "
+                     "because the evaluate stage's perplexity result is missing or not verified")
+    if notes:
+        blocks.append(("Not shown, or shown from another source", "list", notes))
     if summary.get("evaluations"):
         names = {"dev_ce": "dev CE", **dict(PAIR_TASKS)}
         blocks.append((PLOTS_AFTER, "list",

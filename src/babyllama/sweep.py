@@ -17,7 +17,14 @@ member by member, stage by stage. What members have in common lives once, and th
 - the teacher-logit cache: ``<out_dir>/cache`` (its key folders keep different caches apart).
 
 Shared parts are made under a file lock, so parallel members (``--jobs``, or ``--member I`` from a
-scheduler's array) train each teacher and build each cache exactly once.
+scheduler's array) train each teacher and build each cache exactly once; a member also holds the
+out_dir locks of the shared folders it writes, so a `babyllama run` there meanwhile is refused.
+
+The plan. ``plan.json`` fixes the members (index, name, seed, setting) and each member's config
+fingerprint: ``--member I`` runs the plan's member I (refused when the config no longer gives it the
+planned config) and ``--collect`` counts the planned members that finished under the current config with
+results the registry's reader verifies. A student or control identical to a finished run's is adopted
+as a copy (hard links), never a symlink, so a later run on the source cannot change a finished member.
 """
 
 from __future__ import annotations
@@ -28,13 +35,14 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -44,6 +52,7 @@ from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json, stable_hash
 
 SWEEP_DIR = "sweep"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -111,6 +120,13 @@ def _slug(point: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9._=+-]+", "_", text)
 
 
+def _check_member_tree(cfg: Config, point: dict[str, Any]) -> None:
+    """A grid point must leave a member something to distil: a student and at least one teacher."""
+    if cfg.student is None or not cfg.teachers:
+        raise UserError(f"sweep.grid: the point {_label(point)} leaves no "
+                        f"{'student' if cfg.student is None else 'teacher'}; a member needs a student and a teacher")
+
+
 def points(base: Config) -> list[dict[str, Any]]:
     """The default (the config itself) first, then every grid x teacher-subset combination that differs from it."""
     keys = list(base.sweep.grid)
@@ -125,7 +141,7 @@ def points(base: Config) -> list[dict[str, Any]]:
             point = {k: v for k, v in zip(keys, values, strict=True) if _with_point(base, {k: v}) != plain}
             point |= {"teachers": subset} if subset else {}
             tree = _with_point(base, point)
-            _validate(tree, f"grid point {_label(point)}")
+            _check_member_tree(_validate(tree, f"grid point {_label(point)}"), point)
             h = stable_hash([tree, subset])
             if h not in seen:
                 seen.add(h)
@@ -183,14 +199,83 @@ def member_config(base: Config, m: SweepMember) -> Config:
     return _validate(tree, f"member {m.name}")
 
 
+def member_fingerprint(base: Config, m: SweepMember) -> str:
+    """A member's identity in the plan: its whole resolved config (point, seed, teachers, out_dir)."""
+    return stable_hash(member_config(base, m).model_dump(mode="json"))
+
+
 def write_plan(base: Config, ms: list[SweepMember]) -> Path:
+    """plan.json: the truth about the sweep's members (index, name, seed, setting, config fingerprint);
+    `--member I` and `--collect` read it rather than deriving members again from the command line."""
     path = sweep_dir(base) / "plan.json"
-    atomic_write_json(path, {"out_dir": str(base.out), "members": [asdict(m) | {"out_dir": str(sweep_dir(base) / m.name)}
-                                                                   for m in ms]})
+    atomic_write_json(path, {"out_dir": str(base.out), "members": [
+        asdict(m) | {"out_dir": str(sweep_dir(base) / m.name), "fingerprint": member_fingerprint(base, m)} for m in ms]})
     return path
 
 
+def read_plan(base: Config) -> list[tuple[SweepMember, str]] | None:
+    """(member, config fingerprint) of each entry of plan.json, None when there is none; one line if damaged."""
+    path = sweep_dir(base) / "plan.json"
+    if not path.is_file():
+        return None
+    try:
+        entries = read_json(path)["members"]
+        return [(SweepMember(e["index"], e["name"], e["seed"], e["label"], e["point"]), e["fingerprint"]) for e in entries]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: damaged plan ({type(e).__name__}: {e}); write it again with `babyllama sweep "
+                        "CONFIG --plan`") from None
+
+
+def planned_member(base: Config, index: int) -> SweepMember:
+    """Member ``index`` of plan.json, refused when the config no longer gives that member the planned config."""
+    plan = read_plan(base)
+    assert plan is not None
+    if not 0 <= index < len(plan):
+        raise UserError(f"sweep --member {index}: this sweep has members 0..{len(plan) - 1} (see --plan, plan.json)")
+    m, fingerprint = plan[index]
+    if member_fingerprint(base, m) != fingerprint:
+        raise UserError(f"sweep --member {index}: the config no longer gives member {m.name} the config planned for it "
+                        f"in {sweep_dir(base) / 'plan.json'}; write the plan again (`--plan`) before running members")
+    return m
+
+
+def off_plan(base: Config, ms: list[SweepMember]) -> dict[str, str]:
+    """{member name: why} for the planned members whose planned config is not the current config's."""
+    plan = {m.name: fp for m, fp in read_plan(base) or []}
+    return {m.name: "planned under another config (run the sweep again to redo it)"
+            for m in ms if m.name in plan and plan[m.name] != member_fingerprint(base, m)}
+
+
 # -- running a member ------------------------------------------------------------------------------------
+
+
+#: Set by `sweep --jobs` for its members: the pid of the parent that holds the out_dir's lock for them.
+PARENT_ENV = "BABYLLAMA_SWEEP_PARENT"
+
+
+def shared_lock(base: Config) -> Any:
+    """The sweep's lock on its shared parts (data, teachers, cache, plan): one member at a time makes them."""
+    return _lock(sweep_dir(base) / ".lock")
+
+
+@contextmanager
+def _shared_out_dirs(base: Config, home: Config, *, lock_base: bool) -> Iterator[None]:
+    """Hold the out_dir locks of the shared folders a member writes: the teachers' home when it is not the
+    out_dir, and the out_dir itself unless the parent `sweep` holds it for this member. Taken while the
+    sweep's own lock is held, so members never wait on each other here; a `babyllama run` on the same
+    out_dir is refused in one line. No cleanup: other members write below these folders meanwhile."""
+    from contextlib import ExitStack
+
+    from babyllama.lock import out_dir_lock
+
+    parent = os.environ.get(PARENT_ENV)
+    with ExitStack() as held:
+        if distributed.is_main_process():
+            if lock_base and parent != str(os.getppid()):
+                held.enter_context(out_dir_lock(base.out, "babyllama sweep --member (shared parts)", clean=False))
+            if home.out != base.out:
+                held.enter_context(out_dir_lock(home.out, "babyllama sweep (teachers)", clean=False))
+        yield
 
 
 @contextmanager
@@ -221,6 +306,27 @@ def _link(link: Path, target: Path) -> None:
         raise UserError(f"{link}: exists and is not the shared {target}; delete it and rerun the sweep")
     link.parent.mkdir(parents=True, exist_ok=True)
     link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+
+
+def _adopt_copy(dest: Path, src: Path) -> None:
+    """``dest`` becomes a copy of the folder ``src`` (hard-linked files where possible), atomically."""
+    import shutil
+
+    from babyllama.io import atomic_path
+
+    if dest.is_symlink():
+        dest.unlink()
+    if not src.is_dir():
+        return
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    with atomic_path(dest) as tmp:
+        shutil.copytree(src, tmp, symlinks=False, copy_function=link_or_copy)
 
 
 def _state(cfg: Config) -> dict[str, Any]:
@@ -265,17 +371,18 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
 
         build_teacher_cache(mcfg)
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
-        home_state = _state(home)
-        evaluate_all(mcfg, {t.name: home_state[f"teacher:{t.name}"]["fingerprint"] for t in mcfg.trained_teachers})
+        evaluate_all(mcfg, [t.name for t in mcfg.trained_teachers])
 
 
 def adopt_identical(base: Config, mcfg: Config) -> None:
-    """Link the student and the control of an identical finished run instead of training them again.
+    """Copy the student and the control of an identical finished run instead of training them again.
 
     Identical means the same stage fingerprint as `run` computes: the config's own run (the default
     setting at the experiment's seed is that run) or the default setting's member of the same seed (an
-    ablation of the distillation leaves the control unchanged). A link that no longer matches is removed,
-    so the member then trains its own model rather than writing through the link.
+    ablation of the distillation leaves the control unchanged). The copy is the member's own (hard links
+    where the file system allows: every writer replaces files by renaming, never in place), so a later
+    run on the source cannot change a finished member; links left by older versions are replaced by copies
+    or, when they no longer match, removed, so the member trains its own model.
     """
     from babyllama.pipeline import STATE_FILE, plan
 
@@ -304,46 +411,90 @@ def adopt_identical(base: Config, mcfg: Config) -> None:
             continue
         for p, target in zip(paths, [source.model_dir(name), source.checkpoint_dir(name), source.out / "eval" / name],
                              strict=True):
-            _link(p, target)
+            _adopt_copy(p, target)
         if state.get(stage) != _state(source)[stage]:
             state[stage] = _state(source)[stage]
             print(f"[sweep] {mcfg.out.name}: {stage} is identical to the one in {source.out}: reused", flush=True)
     atomic_write_json(mcfg.out / STATE_FILE, state)
 
 
-def run_member(base: Config, m: SweepMember, total: int) -> None:
-    """Run one member to completion (or resume it): shared parts under the lock, then its own pipeline."""
+def run_member(base: Config, m: SweepMember, total: int, *, lock_shared: bool = False) -> None:
+    """Run one member to completion (or resume it): shared parts under the locks, then its own pipeline.
+    ``lock_shared``: also take the out_dir's own lock for the shared parts (a `--member` process)."""
     from babyllama.pipeline import run_pipeline
 
     mcfg, home = member_config(base, m), teacher_home(base, m)
     if distributed.is_main_process():
         print(f"[sweep] member {m.index + 1}/{total}: {m.name} ({m.label}, seed {m.seed})", flush=True)
-    with _lock(sweep_dir(base) / ".lock"):
+    with shared_lock(base), _shared_out_dirs(base, home, lock_base=lock_shared):
         prepare_shared(base, mcfg, home)
     run_pipeline(mcfg)
 
 
 def run_parallel(base: Config, ms: list[SweepMember], jobs: int, command: list[str]) -> None:
-    """Shared parts first (in this process), then ``jobs`` members at a time as `--member I` processes."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Shared parts first (in this process), then ``jobs`` members at a time as `--member I` processes,
+    which stop with this one (ChildProcesses)."""
     for m in ms:
-        with _lock(sweep_dir(base) / ".lock"):
-            prepare_shared(base, member_config(base, m), teacher_home(base, m))
+        home = teacher_home(base, m)
+        with shared_lock(base), _shared_out_dirs(base, home, lock_base=False):
+            prepare_shared(base, member_config(base, m), home)
+    children = ChildProcesses()
 
     def one(m: SweepMember) -> int:
         log = sweep_dir(base) / m.name / "sweep.log"
         print(f"[sweep] member {m.index + 1}/{len(ms)}: {m.name} started (log: {log})", flush=True)
         with open(log, "a") as f:
-            rc = subprocess.call([*command, "--member", str(m.index)], stdout=f, stderr=subprocess.STDOUT)
+            rc = children.call([*command, "--member", str(m.index)], stdout=f, stderr=subprocess.STDOUT,
+                               env={**os.environ, PARENT_ENV: str(os.getpid())})
         print(f"[sweep] member {m.index + 1}/{len(ms)}: {m.name} {'done' if rc == 0 else f'FAILED (exit {rc}, see {log})'}",
               flush=True)
         return rc
 
-    with ThreadPoolExecutor(jobs) as pool:
-        failed = [m.name for m, rc in zip(ms, pool.map(one, ms), strict=True) if rc != 0]
+    failed = [m.name for m, rc in zip(ms, children.map(one, ms, jobs), strict=True) if rc != 0]
     if failed:
         raise UserError(f"sweep: {len(failed)} member(s) failed: {', '.join(failed)} (their sweep.log says why)")
+
+
+class ChildProcesses:
+    """Member processes that stop with their parent: a SIGTERM to the parent (a scheduler's cancel, a
+    `kill`) is passed on to every child still running, and the parent then stops as if interrupted
+    (finished members are kept; the sweep resumes)."""
+
+    def __init__(self) -> None:
+        self.running: set[subprocess.Popen] = set()
+        self.stopping: list[int] = []
+
+    def call(self, argv: list[str], **popen: Any) -> int:
+        """Run one child to its end (returns at once, as terminated, once the parent is stopping)."""
+        if self.stopping:
+            return -signal.SIGTERM
+        proc = subprocess.Popen(argv, **popen)
+        self.running.add(proc)
+        if self.stopping:  # the signal came while it started
+            proc.terminate()
+        try:
+            return proc.wait()
+        finally:
+            self.running.discard(proc)
+
+    def _stop(self, signum: int, frame: Any) -> None:
+        self.stopping.append(signum)
+        for proc in list(self.running):
+            proc.terminate()
+
+    def map(self, fn: Callable[[T], int], items: Iterable[T], jobs: int) -> list[int]:
+        """``fn`` over ``items``, ``jobs`` at a time, with SIGTERM passed on to the children meanwhile."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        previous = signal.signal(signal.SIGTERM, self._stop)
+        try:
+            with ThreadPoolExecutor(jobs) as pool:
+                codes = list(pool.map(fn, items))
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        if self.stopping:
+            raise KeyboardInterrupt  # the CLI's "interrupted" (exit 130)
+        return codes
 
 
 def cli_command(config: str, overrides: list[str], n_seeds: int) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from babyllama import render, stats
 from babyllama.config import Config
-from babyllama.evaluate.registry import headline_columns, model_headlines, model_results, pair_items
+from babyllama.evaluate.registry import headline_columns, model_headlines, pair_items
 from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
 from babyllama.sweep import SweepMember, member_config, sweep_dir
 
@@ -44,13 +44,24 @@ def _json(path: Path) -> dict[str, Any]:
         return {}
 
 
-def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """({model: {role, dev_ce, <headline key>: value}}, {model: {<headline key>: items}}), None if unfinished."""
-    from babyllama.pipeline import STATE_FILE
+def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
+    """({model: {role, dev_ce, <headline key>: value}}, {model: {<headline key>: items}}), or why the member
+    cannot be counted: unfinished, run under another config, or a result the registry's reader does not
+    verify (missing, damaged or stale). A member is counted whole or not at all, so no seed drops silently
+    out of an interval."""
+    from babyllama.errors import UserError
+    from babyllama.evaluate.registry import model_result_files, result_key
+    from babyllama.pipeline import STATE_FILE, outdated_stage
 
     if not _json(mcfg.out / STATE_FILE).get("evaluate", {}).get("done"):
-        return None
-    roles = {t.name: "teacher" for t in mcfg.teachers}
+        return "not finished"
+    try:
+        outdated = outdated_stage(mcfg)
+    except (UserError, OSError) as e:
+        outdated = f"its run cannot be checked ({e})"
+    if outdated:
+        return outdated
+    roles = {t.name: "teacher" for t in mcfg.trained_teachers}  # external teachers are not evaluated here
     assert mcfg.student is not None
     roles[mcfg.student.name] = "student"
     if mcfg.control:
@@ -58,7 +69,12 @@ def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | None:
     numbers, items = {}, {}
     keys = headline_columns(mcfg)
     for name, role in roles.items():
-        results, headlines = model_results(mcfg, name), model_headlines(mcfg, name)
+        results = {}
+        for _, job, result in model_result_files(mcfg, name):
+            if result.value is None:
+                return f"{result.path.relative_to(mcfg.out)} is {result.problem}"
+            results[result_key(job)] = result.value
+        headlines = model_headlines(mcfg, name, results)
         numbers[name] = {"role": role, DEV_CE: headlines.get("perplexity"), **{k: headlines.get(k) for k in keys}}
         items[name] = {k: pair_items(results[k], mcfg.eval) for k in keys if k in results}
     return numbers, items
@@ -99,12 +115,16 @@ def compare(name: str, a: dict[int, tuple], b: dict[int, tuple], metric: str, sp
 
 def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
     """Every member's numbers, every comparison, the verdict; written as sweep.json, report.md/html, plots/."""
-    rows, missing = [], []
+    from babyllama.sweep import off_plan
+
+    rows, missing, reasons = [], [], {}
+    refused = off_plan(base, ms)
     per_point: dict[str, dict[int, tuple[dict, dict]]] = {}
     for m in ms:
-        got = read_member(member_config(base, m))
-        if got is None:
+        got = refused.get(m.name) or read_member(member_config(base, m))
+        if isinstance(got, str):
             missing.append(m.name)
+            reasons[m.name] = got
             continue
         rows.append({"name": m.name, "seed": m.seed, "setting": m.label, "point": m.point, "models": got[0]})
         per_point.setdefault(m.label, {})[m.seed] = got
@@ -141,6 +161,7 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
         settings.append({"setting": label, "teacher_gap": gap and gap[0], "student_minus_control_dev_ce": effect and
                          {k: effect[k] for k in ("mean", "ci", "holds", "n")}})
     result = {"out_dir": str(base.out), "seeds": sorted({m.seed for m in ms}), "members": rows, "missing": missing,
+              "missing_why": reasons,
               "comparisons": comparisons, "verdict": verdicts, "conditions": [c for c in conditions if c],
               "settings": settings, "conditional_on": conditional_on(base)}
     write(base, result)
@@ -295,7 +316,7 @@ def write(base: Config, result: dict[str, Any]) -> list[Path]:
     atomic_write_text(out / "sweep.json", json.dumps(result, indent=2) + "\n")
     finished = f"{len(result['members'])} of {len(result['members']) + len(result['missing'])} members finished"
     md = [f"# babyllama sweep — `{out}`", "", f"Seeds {', '.join(map(str, result['seeds']))}; {finished}"
-          + (f" (missing: {', '.join(result['missing'])})." if result["missing"] else "."), "", "## Verdict", ""]
+          + (f" (missing: {missing_members(result)})." if result["missing"] else "."), "", "## Verdict", ""]
     md += [f"- {v}" for v in result["verdict"] + result["conditions"]] + ["", "## What the intervals are conditional on", ""]
     md += [f"- {v}" for v in result.get("conditional_on", [])] + ["", "## Comparisons (A - B, paired by seed)", ""]
     md += [render.markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
@@ -304,6 +325,12 @@ def write(base: Config, result: dict[str, Any]) -> list[Path]:
     atomic_write_text(out / "report.md", "\n".join(md))
     atomic_write_text(out / "report.html", _html(result, out, finished, png))
     return [out / "sweep.json", out / "report.md", out / "report.html"]
+
+
+def missing_members(result: dict[str, Any]) -> str:
+    """The members left out, each with why (unfinished, or a result that is not verified)."""
+    why = result.get("missing_why") or {}
+    return "; ".join(f"{n}: {why[n]}" if n in why else n for n in result["missing"])
 
 
 def _html(result: dict[str, Any], out: Path, finished: str, png: bytes | None) -> str:

@@ -157,12 +157,28 @@ def _with_dev(corpus: Corpus, data: DataConfig) -> Corpus:
     return corpus
 
 
+#: Share of a file's characters that may be undecodable bytes or NULs before it is refused as not text
+#: (/bin/ls: 53%; a text with a few stray Latin-1 bytes: well under 1%).
+MAX_NOT_TEXT = 0.3
+
+
+def check_is_text(path: Path, text: str, replaced: int) -> None:
+    """Refuse a file that is not text (a binary such as /bin/ls, a compressed archive): training on it
+    would silently learn noise. A few stray bytes in real text are only counted (the ledger says how many)."""
+    bad = replaced + text.count("\0")
+    if text and bad > MAX_NOT_TEXT * len(text):
+        raise UserError(f"{path}: does not look like text ({100 * bad / len(text):.0f}% of its characters are not "
+                        "UTF-8 or are NUL bytes); data.corpus must be plain UTF-8 text: a binary or compressed file? "
+                        "(decompress it, or point data.corpus at the .txt / .train files)")
+
+
 def read_source(src: SourceFile) -> tuple[str, int]:
     """The file's text with line breaks normalised to '\\n', and how many U+FFFD characters decoding added
     (bytes that are not valid UTF-8 are replaced, never fatal)."""
     raw = src.path.read_bytes()
     text = raw.decode("utf-8", errors="replace")
     replaced = text.count("\ufffd") - raw.count("\ufffd".encode())
+    check_is_text(src.path, text, replaced)
     text = text.removeprefix("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     if src.path.suffix == ".jsonl" and src.name == "kjv":
         verses = [json.loads(line)["text"] for line in text.split("\n") if line.strip()]

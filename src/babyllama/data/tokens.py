@@ -39,9 +39,36 @@ def read_manifest(data_dir: Path) -> dict:
         manifest = read_json(path)
     except (OSError, ValueError):
         raise _not_prepared(path, "unreadable manifest") from None
-    if not isinstance(manifest, dict) or "splits" not in manifest or "dtype" not in manifest:
-        raise _not_prepared(path, "incomplete manifest")
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise _not_prepared(path, f"incomplete manifest ({problem})")
     return manifest
+
+
+#: The fields later stages read from the manifest, with their types ("data" fields: token files, ids).
+REQUIRED = {"dtype": str, "vocab_size": int, "special_tokens": dict, "tokenizer": str, "data_hash": str,
+            "splits": dict}
+
+
+def _manifest_problem(manifest: object) -> str | None:
+    """What is missing or malformed in a manifest (None when every field a stage reads is there): one
+    check here, so a damaged manifest is 'not prepared' (and `prepare` rebuilds it), never a KeyError."""
+    if not isinstance(manifest, dict):
+        return "not a JSON object"
+    for key, kind in REQUIRED.items():
+        if not isinstance(manifest.get(key), kind) or isinstance(manifest.get(key), bool):
+            return f"no {key} ({kind.__name__})"
+    try:
+        np.dtype(manifest["dtype"])
+    except TypeError:
+        return f"dtype {manifest['dtype']!r} is not a numpy type"
+    for split in SPLIT_FILES:
+        info = manifest["splits"].get(split)
+        if not isinstance(info, dict) or not isinstance(info.get("file"), str) or not isinstance(info.get("tokens"), int):
+            return f"split {split!r} lacks its file or token count"
+        if Path(info["file"]).name != info["file"]:
+            return f"split {split!r} names {info['file']!r}, not a file of the data folder"
+    return None
 
 
 def load_tokens(data_dir: Path, split: Literal["train", "dev"]) -> np.ndarray:

@@ -202,7 +202,10 @@ def _check_shard(root: Path, spec: CacheSpec, i: int, *, verify_hash: bool) -> s
         files = record["files"]
         if list(record["windows"]) != list(spec.shard_range(i)) or sorted(files) != sorted(spec.parts()):
             return "record does not match the cache layout"
-    except (ValueError, KeyError, TypeError):
+        if not all(isinstance(files[p], dict) and isinstance(files[p].get("bytes"), int)
+                   and isinstance(files[p].get("sha256"), str) for p in spec.parts()):
+            return "record does not list each file's size and sha256"
+    except (ValueError, KeyError, TypeError, AttributeError):
         return "unreadable record"
     for part in spec.parts():
         path = root / f"{_shard_name(i)}.{part}.npy"
@@ -322,6 +325,14 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
     atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})
 
 
+def _read_or_none(path: Path) -> object:
+    """A JSON file's content, None when it does not parse (then it is written again)."""
+    try:
+        return read_json(path)
+    except ValueError:
+        return None
+
+
 def _mean_over_shards(shards: list[dict], key: str) -> float | None:
     sizes = [s["windows"][1] - s["windows"][0] for s in shards]
     values = [s.get(key) for s in shards]
@@ -334,10 +345,10 @@ def fidelity(root: Path) -> dict:
     """How faithful a built cache is, from its manifest: {"topk_mass"} or {"sampled_mass", "distinct"}."""
     try:
         shards = read_json(Path(root) / MANIFEST_FILE)["shards"]
-    except (OSError, ValueError, KeyError):
-        return {}
-    out = {key: _mean_over_shards(shards, key) for key in ("topk_mass", "sampled_mass", "distinct")}
-    return {k: v for k, v in out.items() if v is not None}
+        out = {key: _mean_over_shards(shards, key) for key in ("topk_mass", "sampled_mass", "distinct")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError):
+        return {}  # a damaged manifest states nothing (ensure_cache rewrites it from the verified shards)
+    return {k: float(v) for k, v in out.items() if isinstance(v, int | float)}
 
 
 def _report_coverage(name: str, spec: CacheSpec, shards: list[dict], log: Callable[[str], None]) -> None:
@@ -358,15 +369,29 @@ def _report_coverage(name: str, spec: CacheSpec, shards: list[dict], log: Callab
     log(msg)
 
 
+def _open_part(root: Path, spec: CacheSpec, i: int, part: str) -> np.ndarray:
+    """One array of a verified shard as a read-only memory map; never unpickled (allow_pickle off), and
+    refused in one line unless it is the plain numeric array the layout says."""
+    path = root / f"{_shard_name(i)}.{part}.npy"
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a plain numeric array ({str(e).splitlines()[0]}); delete {root} and run "
+                        "again to rebuild the cache") from None
+    lo, hi = spec.shard_range(i)
+    if array.dtype.kind not in "iuf" or array.ndim < 1 or array.shape[0] != hi - lo:
+        raise UserError(f"{path}: holds {array.dtype} {array.shape}, not the cache's layout; delete {root} and run "
+                        "again to rebuild the cache")
+    return array
+
+
 class TeacherCache:
     """Read side of a complete cache: rows of cached ensemble distributions by fixed-window index."""
 
     def __init__(self, root: Path, spec: CacheSpec) -> None:
         self.root, self.spec = Path(root), spec
-        self._shards = [
-            {part: np.load(root / f"{_shard_name(i)}.{part}.npy", mmap_mode="r") for part in spec.parts()}
-            for i in range(spec.n_shards)
-        ]
+        self._shards = [{part: _open_part(Path(root), spec, i, part) for part in spec.parts()}
+                        for i in range(spec.n_shards)]
 
     @property
     def key(self) -> str:
@@ -469,7 +494,7 @@ def ensure_cache(
     if rank() == 0:
         shards = [read_json(root / f"{_shard_name(i)}.json") for i in range(spec.n_shards)]
         manifest = {"key": spec.key(), "spec": spec.as_dict(), "shards": shards}
-        if not manifest_path.is_file() or read_json(manifest_path) != manifest:
+        if not manifest_path.is_file() or _read_or_none(manifest_path) != manifest:
             atomic_write_json(manifest_path, manifest)
         if todo:
             _report_coverage(root.name, spec, shards, log)

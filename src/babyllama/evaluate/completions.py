@@ -71,18 +71,23 @@ class Item:
     label: int = 0  # index of the correct candidate
 
 
-def _text(path: Path, loc: str, row: dict[str, Any], key: str, task: str) -> str:
+def _text(path: Path, loc: str, row: dict[str, Any], key: str, task: str, *, completion: bool = False) -> str:
+    """A text field; a ``completion`` (what is scored) must not be empty: an empty one has log-prob 0 and wins."""
     if key not in row:
         raise UserError(f"{path}: {loc}: missing field {key!r}, not the {task} format (fields: {', '.join(FIELDS[task])})")
-    return text_field(path, loc, row, key)
+    value = text_field(path, loc, row, key)
+    if completion and not value.strip():
+        raise UserError(f"{path}: {loc}: field {key!r} is empty: a completion to score needs text (a bad item)")
+    return value
 
 
 def _ewok(path: Path, loc: str, row: dict[str, Any], pairing: str = "targets") -> Item:
-    c1, t1, domain = (_text(path, loc, row, k, "ewok") for k in ("Context1", "Target1", "Domain"))
+    c1, domain = (_text(path, loc, row, k, "ewok") for k in ("Context1", "Domain"))
+    t1 = _text(path, loc, row, "Target1", "ewok", completion=True)
     if pairing == "contexts":  # 2026: one target after two contexts
         c2 = _text(path, loc, row, "Context2", "ewok")
         return Item([(c1 + " " + t1, " " + t1), (c2 + " " + t1, " " + t1)], domain)
-    t2 = _text(path, loc, row, "Target2", "ewok")
+    t2 = _text(path, loc, row, "Target2", "ewok", completion=True)
     return Item([(c1 + " " + t, " " + t) for t in (t1, t2)], domain)
 
 
@@ -94,6 +99,10 @@ def _entity_tracking(path: Path, loc: str, row: dict[str, Any], skip_nothing: bo
     options = row.get("options")
     if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
         raise UserError(f"{path}: {loc}: field 'options' must be a list of at least 2 strings (the correct one first)")
+    for i, option in enumerate(options):
+        text_field(path, loc, {f"options[{i}]": option}, f"options[{i}]")
+        if not option.strip():
+            raise UserError(f"{path}: {loc}: options[{i}] is empty: a completion to score needs text (a bad item)")
     if "numops" not in row:
         raise UserError(f"{path}: {loc}: missing field 'numops', not the entity_tracking format "
                         f"(fields: {', '.join(FIELDS['entity_tracking'])})")
@@ -109,14 +118,15 @@ COMPS_SUBSETS = {"comps_base": "base", "comps_wugs": "wugs", "comps_wugs_dist-be
 
 
 def _comps(path: Path, loc: str, row: dict[str, Any]) -> Item:
-    good, bad, phrase = (_text(path, loc, row, k, "comps") for k in FIELDS["comps"])
+    good, bad = (_text(path, loc, row, k, "comps") for k in FIELDS["comps"][:2])
+    phrase = _text(path, loc, row, FIELDS["comps"][2], "comps", completion=True)
     subset = COMPS_SUBSETS.get(path.name.split(".")[0], "wugs_dist_in_between")
     return Item([(good + " " + phrase, phrase), (bad + " " + phrase, phrase)], subset)
 
 
 def _global_piqa(path: Path, loc: str, row: dict[str, Any], n_solutions: int) -> Item:
     prompt = _text(path, loc, row, "prompt", "global_piqa")
-    solutions = [_text(path, loc, row, f"solution{i}", "global_piqa") for i in range(n_solutions)]
+    solutions = [_text(path, loc, row, f"solution{i}", "global_piqa", completion=True) for i in range(n_solutions)]
     if "example_id" not in row:
         raise UserError(f"{path}: {loc}: missing field 'example_id', not the global_piqa format "
                         f"(fields: {', '.join(FIELDS['global_piqa'])})")

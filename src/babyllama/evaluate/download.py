@@ -12,18 +12,21 @@ whose path is absolute or climbs (``x/..``) makes the whole archive refused.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
+import lzma
 import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, Any
 
 from babyllama.errors import UserError
 from babyllama.io import atomic_path, file_sha256
@@ -163,12 +166,15 @@ def _archive_members(archive: IO[bytes], url: str) -> Iterator[dict[str, Callabl
         if path.name not in files or (in_data and not files[path.name][0]):
             files[path.name] = (in_data, read)
 
+    def guarded(read: Callable[[], bytes]) -> Callable[[], bytes]:
+        return lambda: _reading(url, read)
+
     if zipfile.is_zipfile(archive):
         archive.seek(0)
-        with zipfile.ZipFile(archive) as zf:
+        with _reading(url, lambda: zipfile.ZipFile(archive)) as zf:
             for info in zf.infolist():
                 if not info.is_dir():
-                    add(info.filename, lambda i=info: zf.read(i))
+                    add(info.filename, guarded(lambda i=info: zf.read(i)))
             yield {name: read for name, (_, read) in files.items()}
         return
     archive.seek(0)
@@ -177,10 +183,23 @@ def _archive_members(archive: IO[bytes], url: str) -> Iterator[dict[str, Callabl
     except tarfile.TarError:
         raise UserError(f"{url}: not a zip or tar archive") from None
     with tf:
-        for member in tf.getmembers():
+        for member in _reading(url, tf.getmembers):
             if member.isfile():
-                add(member.name, lambda m=member: tf.extractfile(m).read())
+                add(member.name, guarded(lambda m=member: tf.extractfile(m).read()))
         yield {name: read for name, (_, read) in files.items()}
+
+
+#: What reading a damaged archive raises: a bad CRC or header, a stream cut short, a broken deflate stream.
+ARCHIVE_ERRORS = (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+
+
+def _reading(url: str, read: Callable[[], Any]) -> Any:
+    """``read()``, with a damaged archive reported in one line (nothing is written from it)."""
+    try:
+        return read()
+    except ARCHIVE_ERRORS as e:
+        raise UserError(f"{url}: damaged or truncated archive ({type(e).__name__}: {e}); download it again, "
+                        "nothing was written") from None
 
 
 def _unsafe(name: str) -> bool:

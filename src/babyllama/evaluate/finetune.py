@@ -60,7 +60,7 @@ from babyllama.config import FinetuneConfig
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import (
     LOAD_ERRORS,
-    check_causal_lm_dir,
+    check_model_files,
     load_tokenizer,
     max_positions,
     read_json_rows,
@@ -269,7 +269,7 @@ def load_classifier(model_dir: Path, num_labels: int, device: torch.device) -> t
     """Sequence classifier from a causal checkpoint: (model, tokenizer, pad id, separator id)."""
     from transformers import AutoModelForSequenceClassification
 
-    check_causal_lm_dir(model_dir)
+    check_model_files(model_dir)
     tokenizer = load_tokenizer(model_dir)
     with quiet_transformers():
         try:

@@ -23,6 +23,16 @@ from babyllama.runtime import resolve_device  # noqa: F401 (defined in runtime; 
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
 
 
+def _config_errors() -> tuple[type[BaseException], ...]:
+    """What reading a malformed config.json raises: JSON and type errors, and huggingface_hub's strict
+    dataclass validation (a field of the wrong type), which is none of those."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: configs are not validated this way
+        return (ValueError, OSError, KeyError, TypeError, AttributeError)
+    return (ValueError, OSError, KeyError, TypeError, AttributeError, StrictDataclassError)
+
+
 def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
     """The rows of a JSON-lines file, each with its location ("line 7") for error messages.
 
@@ -71,6 +81,11 @@ def text_field(path: Path, loc: str, row: dict[str, Any], key: str) -> str:
     value = row[key]
     if not isinstance(value, str):
         raise UserError(f"{path}: {loc}: field {key!r} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # JSON's "\ud800" escape decodes to a lone surrogate, which is not text
+        raise UserError(f"{path}: {loc}: field {key!r} holds a lone surrogate (U+{ord(value[e.start]):04X}), "
+                        "not text") from None
     return value
 
 
@@ -95,6 +110,11 @@ def resolve_model_dir(model: str | Path) -> Path:
                         f"`huggingface-cli download {model}` first, or give a folder") from None
 
 
+def _first_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:200] if lines else type(e).__name__
+
+
 def check_causal_lm_dir(model_dir: str | Path) -> Path:
     """Fail early, with one line, unless ``model_dir`` is a Hugging Face causal-LM folder."""
     from transformers import AutoConfig
@@ -107,8 +127,8 @@ def check_causal_lm_dir(model_dir: str | Path) -> Path:
         raise UserError(f"{path}: not a Hugging Face model folder (no config.json)")
     try:
         config = AutoConfig.from_pretrained(path)
-    except (ValueError, OSError, KeyError) as e:
-        raise UserError(f"{path}/config.json: cannot be read as a Hugging Face config ({str(e).splitlines()[0]})") from None
+    except _config_errors() as e:
+        raise UserError(f"{path}/config.json: cannot be read as a Hugging Face config ({_first_line(e)})") from None
     causal_classes = set()
     for v in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values():
         causal_classes.update([v] if isinstance(v, str) else v)
@@ -120,13 +140,51 @@ def check_causal_lm_dir(model_dir: str | Path) -> Path:
     return path
 
 
+def check_model_files(model_dir: str | Path, *, causal: bool = True) -> Path:
+    """A model folder as it is read anywhere: a config that parses (``causal``: of a causal LM), files
+    matching the sha256 sums of its checkpoint.json where it has one, safetensors files whose headers
+    parse, a tokenizer.json that loads. One UserError naming the file otherwise; nothing is computed from
+    a damaged folder."""
+    from safetensors import safe_open
+    from transformers import AutoConfig
+
+    from babyllama.io import CHECKPOINT_RECORD as MANIFEST_FILE
+    from babyllama.io import damaged_file
+
+    if causal:
+        path = check_causal_lm_dir(model_dir)
+    else:
+        path = Path(model_dir)
+        try:
+            AutoConfig.from_pretrained(path)
+        except _config_errors() as e:
+            raise UserError(f"{path}/config.json: cannot be read as a Hugging Face config ({_first_line(e)})") from None
+    if (path / MANIFEST_FILE).is_file() and (bad := damaged_file(path)) is not None:
+        raise UserError(f"{path / bad}: does not match the sha256 in {path / MANIFEST_FILE} (damaged); retrain the "
+                        "model (`babyllama run` redoes a damaged model) or restore the folder")
+    for f in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="numpy") as st:
+                list(st.keys())
+        except LOAD_ERRORS as e:
+            raise UserError(f"{f}: cannot load: not a readable safetensors file ({_first_line(e)})") from None
+    if (path / "tokenizer.json").is_file():
+        from tokenizers import Tokenizer
+
+        try:
+            Tokenizer.from_file(str(path / "tokenizer.json"))
+        except Exception as e:  # the tokenizers library raises its own Exception subclass for any malformed file
+            raise UserError(f"{path / 'tokenizer.json'}: not a readable tokenizer ({_first_line(e)})") from None
+    return path
+
+
 def load_tokenizer(model_dir: str | Path):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"{model_dir}: no usable tokenizer in the model folder ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{model_dir}: no usable tokenizer in the model folder ({_first_line(e)})") from None
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
@@ -144,13 +202,13 @@ def load_causal_lm(model_dir: str | Path, device: torch.device, *, need_tokenize
     """
     from transformers import AutoModelForCausalLM
 
-    path = check_causal_lm_dir(model_dir)
+    path = check_model_files(model_dir)
     tokenizer = load_tokenizer(path) if need_tokenizer or has_tokenizer(path) else None
     with quiet_transformers():
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         except LOAD_ERRORS as e:
-            raise UserError(f"{path}: cannot load the causal language model ({str(e).splitlines()[0]})") from None
+            raise UserError(f"{path}: cannot load the causal language model ({_first_line(e)})") from None
     return model.to(device).eval(), tokenizer
 
 

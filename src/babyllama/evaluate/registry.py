@@ -15,17 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from babyllama.config import Config, EvalConfig
+from babyllama.errors import UserError
 from babyllama.io import read_json
 
 
 @dataclass(frozen=True)
 class Job:
-    """One result file of one model: ``run(model_dir)`` computes it; ``settings`` is what it depends on."""
+    """One result file of one model: ``run(model_dir)`` computes it from the files ``inputs(model_dir)`` names
+    (the model folders and the data it reads); ``settings`` are the other things it depends on."""
 
     file: str
     column: str | None  # report column (None: shown elsewhere in the report)
     settings: dict[str, Any]
     run: Callable[[Path], dict[str, Any]]
+    inputs: Callable[[Path], tuple[list[Path], list[Path]]]  # (model folders, data files or folders)
+    check: Callable[[], Any] | None = None  # reads and validates its data (before any training: check_data)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,22 @@ def _perplexity_jobs(cfg: Config) -> list[Job]:
     if not cfg.eval.perplexity:
         return []
     return [Job("perplexity.json", None, {"seq_len": cfg.data.seq_len},
-                lambda d: evaluate_perplexity(d, cfg.data_dir, seq_len=cfg.data.seq_len))]
+                lambda d: evaluate_perplexity(d, cfg.data_dir, seq_len=cfg.data.seq_len),
+                lambda d: ([d], dev_data(cfg)))]
+
+
+def dev_data(cfg: Config) -> list[Path]:
+    """What dev perplexity reads from the prepared data: the dev tokens, their counts and the tokenizer."""
+    from babyllama.data.tokens import MANIFEST, SPLIT_FILES
+
+    return [cfg.data_dir / SPLIT_FILES["dev"], cfg.data_dir / MANIFEST, cfg.data_dir / "tokenizer"]
+
+
+def data_path(data: str) -> Path:
+    """A data set named in the config as the file or folder it reads (``embedded:`` ones included)."""
+    from babyllama.evaluate.blimp import resolve_data
+
+    return resolve_data(data)
 
 
 def blimp_settings(ev: EvalConfig) -> dict[str, Any]:
@@ -68,8 +87,21 @@ def _pairs_jobs(key: str, column: str) -> Callable[[Config], list[Job]]:
         if not data:
             return []
         return [Job(f"{key}.json", column, {"data": _data_id(data), **blimp_settings(cfg.eval)},
-                    lambda d: score_blimp(d, data, cfg.eval))]
+                    lambda d: score_blimp(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
+                    lambda: _load_pairs(data))]
     return jobs
+
+
+def _load_pairs(data: str) -> Any:
+    from babyllama.evaluate.blimp import load_pairs
+
+    return load_pairs(data)
+
+
+def _load_items(task: str, data: str) -> Any:
+    from babyllama.evaluate.completions import load_items
+
+    return load_items(task, data)
 
 
 def completion_settings(ev: EvalConfig, task: str) -> dict[str, Any]:
@@ -97,19 +129,22 @@ def _completion_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
         if not data:
             return []
         return [Job(f"{task}.json", column, {"data": _data_id(data), **completion_settings(cfg.eval, task)},
-                    lambda d: _completion_scorer(task)(d, data, cfg.eval))]
+                    lambda d: _completion_scorer(task)(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
+                    lambda: _load_items(task, data))]
     return jobs
 
 
 def _finetune_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.finetune import finetune_task
+    from babyllama.evaluate.finetune import find_task_files, finetune_task
 
     ev = cfg.eval
     out = []
     for task in ev.finetune:
         hp = ev.finetune_hparams(task)
         out.append(Job(f"finetune/{task}.json", task, {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
-                       lambda d, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h)))
+                       lambda d, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h),
+                       lambda d, t=task: ([d], [f for f in find_task_files(ev.finetune_data, t) if f is not None]),
+                       lambda t=task: find_task_files(ev.finetune_data, t)))
     return out
 
 
@@ -139,9 +174,13 @@ def _curve_jobs(cfg: Config) -> list[Job]:
             points.append(point)
         return {"points": points}
 
+    def inputs(model_dir: Path) -> tuple[list[Path], list[Path]]:
+        data = (dev_data(cfg) if ev.perplexity else []) + ([data_path(ev.blimp)] if ev.blimp else [])
+        return [ck for _, ck in curve_checkpoints(cfg, model_dir.name)], data
+
     settings = {"words": {m.name: m.train.save_at_words for m in cfg.models()}, "perplexity": ev.perplexity,
                 "blimp": _data_id(ev.blimp) if ev.blimp else None, **blimp_settings(ev)}
-    return [Job("curve.json", None, settings, run)]
+    return [Job("curve.json", None, settings, run, inputs)]
 
 
 def pairs_dataset(result: dict[str, Any], label: str = "BLiMP", short: bool = False) -> str:
@@ -200,37 +239,90 @@ def jobs(cfg: Config) -> list[tuple[Evaluator, Job]]:
     return [(e, j) for e in REGISTRY for j in e.jobs(cfg)]
 
 
+def check_data(cfg: Config) -> None:
+    """Read and validate every data set the evaluation will score, so a typo in ``eval.blimp`` or a bad
+    item stops the run in one line before the first model trains, not after all training."""
+    for e, job in jobs(cfg):
+        if job.check is not None:
+            try:
+                job.check()
+            except UserError as err:
+                raise UserError(f"{e.switch}: {err}") from None
+
+
 def result_key(job: Job) -> str:
     """How a result is named to its readers: its file without ``.json`` ('blimp', 'finetune/cola')."""
     return job.file.removesuffix(".json")
 
 
-def read_result(path: Path) -> dict[str, Any] | None:
-    """A result file as a dict; None when it is missing or damaged (the readers then show it as missing)."""
+@dataclass(frozen=True)
+class Result:
+    """A result file as the reader found it: its numbers when verified, else why it is not shown."""
+
+    path: Path
+    value: dict[str, Any] | None
+    problem: str | None = None  # None: verified; else 'missing', 'damaged (...)' or 'stale (...)'
+
+
+def result_path(cfg: Config, model: str, job: Job) -> Path:
+    return cfg.out / "eval" / model / job.file
+
+
+def current_inputs(cfg: Config, model: str, job: Job) -> dict[str, Any]:
+    """The ``_inputs`` record a result of ``job`` for ``model`` must hold to be current (provenance)."""
+    from babyllama.evaluate.provenance import inputs_record
+
+    models, data = job.inputs(cfg.model_dir(model))
+    return inputs_record(models, data, job.settings)
+
+
+def read_result(cfg: Config, model: str, job: Job) -> Result:
+    """The one reader of evaluation results: a result counts only when it parses and the sha256 sums of the
+    model files and data it records match the files on disk now, with the same settings."""
+    from babyllama.evaluate.provenance import difference
+
+    path = result_path(cfg, model, job)
+    if not path.is_file():
+        return Result(path, None, "missing")
     try:
-        result = read_json(path) if path.is_file() else None
-    except (ValueError, OSError):
-        return None
-    return result if isinstance(result, dict) else None
+        value = read_json(path)
+    except ValueError:
+        return Result(path, None, "damaged (not valid JSON)")
+    except OSError as e:
+        return Result(path, None, f"damaged (unreadable: {e.strerror or e})")
+    if not isinstance(value, dict):
+        return Result(path, None, "damaged (not a JSON object)")
+    try:
+        why = difference(value.get("_inputs"), current_inputs(cfg, model, job))
+    except (UserError, OSError) as e:
+        why = f"its inputs cannot be read now: {e}"
+    return Result(path, None, f"stale ({why})") if why else Result(path, value)
+
+
+def write_result(cfg: Config, model: str, job: Job, inputs: dict[str, Any], value: dict[str, Any]) -> None:
+    """Write a result with the record of what it was computed from (``inputs``, taken before computing)."""
+    from babyllama.io import atomic_write_json
+
+    atomic_write_json(result_path(cfg, model, job), {**value, "_inputs": inputs})
+
+
+def model_result_files(cfg: Config, name: str) -> list[tuple[Evaluator, Job, Result]]:
+    """Every result the config asks for of model ``name``, each as the reader found it (with why not, if not)."""
+    return [(e, j, read_result(cfg, name, j)) for e, j in jobs(cfg)]
 
 
 def model_results(cfg: Config, name: str) -> dict[str, dict[str, Any]]:
-    """{result key: result} of model ``name``, for every job the config asks for whose file reads back."""
-    folder = cfg.out / "eval" / name
-    out = {}
-    for _, job in jobs(cfg):
-        result = read_result(folder / job.file)
-        if result is not None:
-            out[result_key(job)] = result
-    return out
+    """{result key: result} of model ``name``: every result the config asks for that the reader verifies."""
+    return {result_key(j): r.value for _, j, r in model_result_files(cfg, name) if r.value is not None}
 
 
-def model_headlines(cfg: Config, name: str) -> dict[str, float]:
-    """{result key: headline under the config's protocol} of model ``name`` (results without one left out).
+def model_headlines(cfg: Config, name: str, results: dict[str, dict[str, Any]] | None = None) -> dict[str, float]:
+    """{result key: headline under the config's protocol} of model ``name`` (results without one left out),
+    from its verified results (``results``: model_results, when the caller has them already).
 
     The one place a headline is read: the report, the sweep report and the model card all call this.
     """
-    results = model_results(cfg, name)
+    results = model_results(cfg, name) if results is None else results
     out = {}
     for e, job in jobs(cfg):
         result = results.get(result_key(job))

@@ -61,9 +61,11 @@ def _keep(files: list[Path], folder: Path) -> None:
 
 def _copy_hf(rec, folder: Path) -> None:
     """Weights, tokenizer and configs only: no metrics log, checkpoint record or training state."""
+    from babyllama.export.record import inside
+
     for name in HF_FILES:
-        if (rec.model_dir / name).is_file():
-            shutil.copy2(rec.model_dir / name, folder / name)
+        if (rec.model_dir / name).is_file() or (rec.model_dir / name).is_symlink():
+            shutil.copy2(inside(rec.model_dir, name, name), folder / name)
     for f in rec.weight_files:
         shutil.copy2(f, folder / f.name)
 

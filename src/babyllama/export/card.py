@@ -132,6 +132,15 @@ def _architecture(rec: ModelRecord) -> list[str]:
         f"| {k} | {v} |" for k, v in rows if v is not None]
 
 
+def _cache_words(cache: dict[str, Any]) -> str:
+    """How the student read its teachers: live, the sampled cache, or the top-k cache."""
+    if not cache.get("enabled"):
+        return ", teachers run live."
+    if cache.get("mode") == "sample":
+        return f", teacher logits from the sampled cache ({cache.get('samples')} tokens drawn per position)."
+    return f", teacher logits from the top-{cache.get('top_k')} cache."
+
+
 def _training(rec: ModelRecord) -> list[str]:
     t = rec.training
     if not t:
@@ -144,7 +153,7 @@ def _training(rec: ModelRecord) -> list[str]:
         lines += ["", f"Distilled from the ensemble of {teachers}: loss = α·CE + (1−α)·T²·KD with α = {obj.get('alpha')}, "
                       f"T = {obj.get('temperature')}, ensemble `{obj.get('ensemble')}` (weights {obj.get('weights')}), "
                       f"divergence `{obj.get('divergence')}`, reduction `{obj.get('reduction')}`"
-                      + _teacher_source(cache)]
+                      + _cache_words(cache)]
     else:
         lines += ["", "Trained from scratch with the plain next-token cross-entropy: control: no distillation."
                   if rec.run_role is Role.CONTROL else "Trained from scratch with the plain next-token cross-entropy."]
@@ -157,16 +166,6 @@ def _training(rec: ModelRecord) -> list[str]:
         if t.get(key) is not None:
             lines.append(f"| {label} | {fmt.format(t[key])} |")
     return lines
-
-
-def _teacher_source(cache: dict[str, Any]) -> str:
-    """How the student read its teachers, as the training record says (live, sampled cache or top-k cache)."""
-    if not cache.get("enabled"):
-        return ", teachers run live."
-    if cache.get("mode") == "sample":
-        return (f", teachers read from the sampled cache ({cache.get('samples')} draws per position from the tempered "
-                "ensemble; an unbiased estimate of the KD gradient).")
-    return f", teachers read from the top-{cache.get('top_k')} cache (the top-k log-probs plus one tail bucket)."
 
 
 def _data(rec: ModelRecord) -> list[str]:

@@ -71,13 +71,27 @@ def _json(path: Path) -> dict[str, Any] | None:
         raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
 
 
+def inside(model_dir: Path, name: str, what: str) -> Path:
+    """``model_dir / name``, refused unless it is a plain name of a file in the folder itself (no path, no
+    ``..``, no link out of it): an export copies only the model folder's own files."""
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise UserError(f"{model_dir / what}: names {name!r}, not a file of the model folder; refused")
+    path = model_dir / name
+    if path.is_symlink() or (path.exists() and path.resolve().parent != model_dir.resolve()):
+        raise UserError(f"{path}: is a link out of the model folder; refused (copy the file itself into it)")
+    return path
+
+
 def weight_files(model_dir: Path) -> list[Path]:
-    """The safetensors files of a model folder (one file, or the shards its index names)."""
+    """The safetensors files of a model folder (one file, or the shards its index names), each confined to it."""
     index = _json(model_dir / WEIGHT_INDEX)
     if index is not None:
-        return [model_dir / f for f in sorted(set(index.get("weight_map", {}).values()))]
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if not isinstance(weight_map, dict):
+            raise UserError(f"{model_dir / WEIGHT_INDEX}: no 'weight_map' object naming the weight files")
+        return [inside(model_dir, f, WEIGHT_INDEX) for f in sorted(set(map(str, weight_map.values())))]
     single = model_dir / "model.safetensors"
-    return [single] if single.is_file() else []
+    return [inside(model_dir, single.name, "model.safetensors")] if single.is_file() or single.is_symlink() else []
 
 
 def load_record(model_dir: str | Path) -> ModelRecord:
@@ -88,6 +102,11 @@ def load_record(model_dir: str | Path) -> ModelRecord:
     if config is None or not files or not all(f.is_file() for f in files):
         raise UserError(f"{model_dir}: not a model folder (expected config.json and model.safetensors, "
                         "as babyllama writes under <out_dir>/models/<name>/)")
+    if not isinstance(config, dict):
+        raise UserError(f"{model_dir / 'config.json'}: expected a JSON object (a Hugging Face config)")
+    from babyllama.evaluate.formats import check_model_files
+
+    check_model_files(model_dir, causal=False)  # config, checkpoint.json sums, safetensors headers, tokenizer
     rec = ModelRecord(name=model_dir.resolve().name, model_dir=model_dir, hf_config=config, weight_files=files,
                       training=_json(model_dir / "training_summary.json"))
     run_dir = model_dir.resolve().parent.parent

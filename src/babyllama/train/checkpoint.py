@@ -33,8 +33,10 @@ from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
 from babyllama.identity import WEIGHTS_FILE, describe_changes
 from babyllama.io import (  # noqa: F401
+    CHECKPOINT_RECORD,
     atomic_path,
     cached_file_sha256,
+    damaged_file,
     file_sha256,
     read_json,
     remove_stale_temporaries,
@@ -42,7 +44,7 @@ from babyllama.io import (  # noqa: F401
 )
 
 STATE_FILE = "training_state.pt"
-MANIFEST_FILE = "checkpoint.json"
+MANIFEST_FILE = CHECKPOINT_RECORD  # checkpoint.json: every file's sha256 (babyllama.io)
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -141,10 +143,11 @@ def find(path: Path, *, restore: bool = False) -> Path | None:
     return parked
 
 
-def verify(path: Path) -> dict:
-    """Check every file against checkpoint.json; return the manifest. UserError if anything is off."""
+def verify(path: Path, hint: str | None = None) -> dict:
+    """Check every file against checkpoint.json; return the manifest. UserError if anything is off, ending
+    with ``hint`` (what to do; default: delete the checkpoint)."""
     manifest_path = path / MANIFEST_FILE
-    hint = f"delete {path} to start over (or restore it from a backup)"
+    hint = hint or f"delete {path} to start over (or restore it from a backup)"
     try:
         manifest = read_json(manifest_path)
         files = manifest["files"]
@@ -157,22 +160,6 @@ def verify(path: Path) -> dict:
         if file_sha256(f) != digest:
             raise UserError(f"checkpoint {path} is corrupted: {name} does not match its sha256; {hint}")
     return manifest
-
-
-def damaged_file(folder: Path) -> str | None:
-    """The first file of a finished model or checkpoint folder that does not match its checkpoint.json
-    record (missing, or another sha256), "checkpoint.json" when that record is unreadable, else None.
-    Each file is read once per version (path, size, mtime) in a process, so asking again is free."""
-    try:
-        files = read_json(folder / MANIFEST_FILE)["files"]
-        items = sorted(files.items())
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return MANIFEST_FILE
-    for name, digest in items:
-        f = folder / name
-        if not f.is_file() or cached_file_sha256(f) != digest:
-            return name
-    return None
 
 
 def load_state(path: Path) -> dict:

@@ -535,7 +535,8 @@ def publish(run: RunPlan, model: torch.nn.Module, objective: Objective, state: c
     best_dir = ckpt.find(ck_dir / "best")
     if best_dir is None:
         raise UserError(f"no best checkpoint in {ck_dir}; delete {ck_dir} and train again")
-    best = ckpt.verify(best_dir)
+    # One round of advice: without its best checkpoint the run cannot publish, so the whole folder goes.
+    best = ckpt.verify(best_dir, hint=f"delete {ck_dir} and train again (the best checkpoint cannot be rebuilt)")
     last = read_json(ck_dir / "last" / ckpt.MANIFEST_FILE)
     summary = {**summary, "best_dev_loss": best["dev_loss"], "best_step": best["step"], "final_dev_loss": last["dev_loss"],
                "selected": "best", "wall_time_s": last["wall_time_s"]}

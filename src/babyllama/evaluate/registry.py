@@ -247,7 +247,9 @@ def check_data(cfg: Config) -> None:
             try:
                 job.check()
             except UserError as err:
-                raise UserError(f"{e.switch}: {err}") from None
+                hint = ("; run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp), or run "
+                        "without it: --set eval.blimp=null") if e.name == "blimp" and "not found" in str(err) else ""
+                raise UserError(f"{e.switch}: {err}{hint}") from None
 
 
 def result_key(job: Job) -> str:

@@ -15,11 +15,14 @@ Files are read in name order (upstream: the file system's order, which only move
 Data: the real BLiMP (``--data``, the first ``--per-paradigm`` pairs of each of the 67 paradigms) and,
 for the tasks whose data is gated here, official-format files written from BLiMP sentences: EWoK rows
 (a few with Context1 = Context2 or Target1 = Target2, which tie), entity-tracking rows (some far longer
-than the model's 128 positions, a third with a " nothing." option), COMPS rows and GlobalPIQA parallel
-(4 solutions) and non-parallel (2) sets. Models: the demo student (``runs/demo``, else a random LLaMA of
+than the model's 128 positions, a third with a " nothing." option), COMPS rows, GlobalPIQA parallel
+(4 solutions) and non-parallel (2) sets, and a reading_data.csv with made-up times (the reading task's
+surprisal one forward pass per token as ``reading/evaluation_functions.get_p2``, its scores with pandas
+and statsmodels as ``reading/run.py`` when they are installed). Models: the demo student (``runs/demo``, else a random LLaMA of
 its size), once with its own tokenizer (adds no special tokens) and once with a tokenizer that adds
-``<s>``. For every task, rule (2025, 2026) and model we print the items, the largest |Δ log-prob| over
-all candidates, the decisions that differ, and both headlines; our headline comes from the same entry
+``<s>``. For every task, rule (2025, 2026) and model we print the items, the ties (items whose correct
+candidate shares the top score), the largest |Δ log-prob| over all candidates, the decisions that
+differ, and both headlines; our headline comes from the same entry
 point ``babyllama run`` uses.
 
     python benchmarks/bench_official_parity.py --data ../shared/data/blimp
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 import shutil
 import sys
@@ -36,6 +40,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
@@ -44,6 +49,7 @@ from babyllama.evaluate.blimp import evaluate_blimp, load_pairs, official_inputs
 from babyllama.evaluate.completions import encode_options, evaluate_completions, load_items
 from babyllama.evaluate.decide import decide
 from babyllama.evaluate.formats import load_causal_lm
+from babyllama.evaluate.reading import evaluate_reading, read_rows, surprisals
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_blimp import demo_model_dir  # noqa: E402
@@ -148,8 +154,9 @@ def official_items(task: str, folder: Path, year: int) -> list[dict[str, Any]]:
 # -- ours ------------------------------------------------------------------------------------------------
 
 
-def our_run(model: Any, tok: Any, task: str, folder: Path, year: int) -> tuple[list[list[float]], list[float]]:
-    """Per item: every candidate's score and its credit under the year's tie rule, from our building blocks."""
+def our_run(model: Any, tok: Any, task: str, folder: Path, year: int) -> tuple[list[list[float]], list[float], int]:
+    """Per item: every candidate's score and its credit under the year's tie rule, from our building blocks;
+    and how many items tied with the correct candidate."""
     if task == "blimp":
         pairs, _ = load_pairs(folder)
         texts = [p.good for p in pairs] + [p.bad for p in pairs]
@@ -168,7 +175,8 @@ def our_run(model: Any, tok: Any, task: str, folder: Path, year: int) -> tuple[l
             scores.append(flat[at : at + len(it.options)])
             at += len(it.options)
         labels = [it.label for it in items]
-    return scores, decide(scores, labels, SEED).credit["random" if year == 2026 else "correct"]
+    d = decide(scores, labels, SEED)
+    return scores, d.credit["random" if year == 2026 else "correct"], sum(d.tie)
 
 
 def our_headline(model_dir: Path, task: str, folder: Path, year: int) -> float:
@@ -182,6 +190,61 @@ def our_headline(model_dir: Path, task: str, folder: Path, year: int) -> float:
                                  ewok_pairing="contexts" if year == 2026 else "targets",
                                  entity_skip_nothing=year == 2026, device="cpu")
     return 100 * r["headline"]
+
+
+# -- the reading task, restated ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def official_surprisal(model: Any, tok: Any, context: str, word: str) -> float:
+    """reading/evaluation_functions.get_p2 for a causal LM: one forward pass per token of the word."""
+    def p_next(text: str, piece_id: int) -> float:
+        logits = model(**tok(text, return_tensors="pt")).logits[:, -1, :]
+        return torch.softmax(logits[0], dim=-1)[piece_id].item()
+
+    target = tok(word, add_special_tokens=False)["input_ids"]
+    probs = [p_next(context, target[0])]
+    text = context + tok.decode(target[0])
+    for t in target[1:]:
+        piece = tok.decode(t)
+        probs.append(p_next(text, tok(piece, add_special_tokens=False)["input_ids"][0]))
+        text += piece
+    return -math.log(float(np.prod(probs)))
+
+
+def official_reading_scores(path: Path, pred: list[float], prev_pred: list[float]) -> tuple[float, float] | None:
+    """reading/run.py's two scores with pandas and statsmodels (None when they are not installed)."""
+    try:
+        import pandas as pd
+        import statsmodels.formula.api as smf
+    except ImportError:
+        return None
+    df = pd.read_csv(path, dtype={"item": str})
+    df["pred"], df["prev_pred"] = pred, prev_pred
+    base = "Subtlex_log10 + length + context_length + Subtlex_log10:length + Subtlex_log10:context_length + length:context_length"
+    eye = []
+    for dv in ("RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound"):
+        r2b = smf.ols(f"{dv} ~ {base}", data=df[[dv, "Subtlex_log10", "length", "context_length"]].dropna()).fit().rsquared
+        r2m = smf.ols(f"{dv} ~ {base} + pred", data=df[["pred", dv, "Subtlex_log10", "length", "context_length"]].dropna()).fit().rsquared
+        eye.append(100 * (r2m - r2b) / (1 - r2b))
+    cols = ["Subtlex_log10", "length", "context_length", "prev_length", "prev_pred"]
+    spill = " + ".join(cols + [f"{a}:{b}" for i, a in enumerate(cols) for b in cols[i + 1 :]])
+    dv = "self_paced_reading_time"
+    r2b = smf.ols(f"{dv} ~ {spill}", data=df[[dv, *cols]].dropna()).fit().rsquared
+    r2m = smf.ols(f"{dv} ~ {spill} + pred", data=df[["pred", dv, *cols]].dropna()).fit().rsquared
+    return sum(eye) / len(eye), 100 * (r2m - r2b) / (1 - r2b)
+
+
+def compare_reading(model_dir: Path, path: Path) -> dict[str, Any]:
+    model, tok = load_causal_lm(model_dir, torch.device("cpu"))
+    rows = read_rows(path)
+    theirs = [official_surprisal(model, tok, r["item"], r["word"]) for r in rows]
+    prev = [official_surprisal(model, tok, r["prev_item"], r["prev_word"]) if r["prev_item"] else math.nan for r in rows]
+    ours = evaluate_reading(model_dir, path, device="cpu")
+    mine = surprisals(model, tok, [(r["item"], r["word"]) for r in rows])
+    scores = official_reading_scores(path, theirs, prev)
+    return {"items": len(rows), "max_dlogp": max(abs(a - b) for a, b in zip(mine, theirs, strict=True)),
+            "ours": (ours["eye_tracking"], ours["self_paced"]), "official": scores}
 
 
 # -- data and models -------------------------------------------------------------------------------------
@@ -231,8 +294,28 @@ def write_data(blimp: Path, root: Path, per_paradigm: int, n: int) -> dict[str, 
         _write(root / name / "eng_latn.jsonl", [{"example_id": f"eng_latn_{name}_{i}", "prompt": pick(good), "label":
                                                  rng.randrange(k), **{f"solution{j}": pick(good) for j in range(k)}}
                                                 for i in range(103 if k == 4 else 100)])
+    _write_reading(root / "reading" / "reading_data.csv", [p.good for p in rng.sample(pairs, 60)], rng)
     return {"blimp": [root / "blimp"], "ewok": [root / "ewok"], "entity_tracking": [root / "entity_tracking"],
             "comps": [root / "comps"], "global_piqa": [root / name for name in PIQA_SETS]}
+
+
+def _write_reading(path: Path, sentences: list[str], rng: random.Random) -> None:
+    """reading_data.csv rows (one per word after the first) with made-up times that follow length and position."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["item", "word", "prev_item", "prev_word", "RTfirstfix", "RTfirstpass", "RTgopast", "RTrightbound",
+                    "self_paced_reading_time", "Subtlex_log10", "length", "context_length", "prev_length"])
+        for s in sentences:
+            words = s.split(" ")
+            for i in range(1, len(words)):
+                item, word = " ".join(words[:i]), " " + words[i]
+                prev = (" ".join(words[: i - 1]), " " + words[i - 1]) if i > 1 else ("", "")
+                times = [200 + 15 * len(word) + 5 * i + rng.gauss(0, 40) for _ in range(5)]
+                w.writerow([item, word, *prev, *(f"{t:.1f}" for t in times), f"{rng.uniform(0, 5):.3f}", len(word) - 1,
+                            i, len(prev[1]) - 1 if prev[1] else ""])
 
 
 def with_bos_tokenizer(model_dir: Path, out: Path) -> Path:
@@ -251,12 +334,12 @@ def with_bos_tokenizer(model_dir: Path, out: Path) -> Path:
 
 def compare(model_dir: Path, task: str, folder: Path, year: int) -> dict[str, Any]:
     model, tok = load_causal_lm(model_dir, torch.device("cpu"))
-    ours, our_credit = our_run(model, tok, task, folder, year)
+    ours, our_credit, ties = our_run(model, tok, task, folder, year)
     items = official_items("global_piqa" if task == "global_piqa" else task, folder, year)
     theirs, their_ok = official_run(model, tok, items, task == "global_piqa", year)
     assert len(ours) == len(theirs), f"{task}: {len(ours)} items against {len(theirs)}"
     delta = max(abs(a - b) for x, y in zip(ours, theirs, strict=True) for a, b in zip(x, y, strict=True))
-    return {"items": len(ours), "max_dlogp": delta,
+    return {"items": len(ours), "max_dlogp": delta, "ties": ties,
             "decisions_differ": sum(bool(c) != ok for c, ok in zip(our_credit, their_ok, strict=True)),
             "ours": our_headline(model_dir, task, folder, year), "official": official_headline(task, items, their_ok)}
 
@@ -269,6 +352,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=300, help="rows per written task (EWoK, entity tracking, COMPS)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the official scorer's long inputs warn on every call
+    if not Path(args.data).is_dir():
+        print(f"{args.data}: no BLiMP folder here (pass --data); skipped", file=sys.stderr)
+        sys.exit(2)
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -278,8 +367,8 @@ def main() -> None:
         plain, what = demo_model_dir(root, sentences)
         models = {"own tokenizer": plain, "tokenizer adds <s>": with_bos_tokenizer(plain, root / "bos")}
         print(f"model: {what}\n")
-        print("| model | task | rule | items | max abs Δ log-prob | decisions differ | ours % | official % |")
-        print("|---|---|---|---:|---:|---:|---:|---:|")
+        print("| model | task | rule | items | ties | max abs Δ log-prob | decisions differ | ours % | official % |")
+        print("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for label, model_dir in models.items():
             for task, folders in data.items():
                 for folder in folders:
@@ -288,8 +377,12 @@ def main() -> None:
                             continue  # new in 2026
                         r = compare(model_dir, task, folder, year)
                         name = folder.name if task == "global_piqa" else task
-                        print(f"| {label} | {name} | {year} | {r['items']} | {r['max_dlogp']:.2e} | "
+                        print(f"| {label} | {name} | {year} | {r['items']} | {r['ties']} | {r['max_dlogp']:.2e} | "
                               f"{r['decisions_differ']} | {r['ours']:.2f} | {r['official']:.2f} |", flush=True)
+            r = compare_reading(model_dir, root / "data" / "reading" / "reading_data.csv")
+            theirs = "{:.6f} / {:.6f}".format(*r["official"]) if r["official"] else "statsmodels not installed"
+            print(f"| {label} | reading (eye / self-paced ΔR² %) | 2025, 2026 | {r['items']} words | – | {r['max_dlogp']:.2e} "
+                  f"(surprisal) | – | {r['ours'][0]:.6f} / {r['ours'][1]:.6f} | {theirs} |", flush=True)
 
 
 if __name__ == "__main__":

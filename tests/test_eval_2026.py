@@ -185,3 +185,34 @@ def test_cli_global_piqa_and_2026_blimp(llama_dir, tmp_path, capsys) -> None:
                  "--protocol", "babylm-2026", "--ties", "expected", "--out", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["protocol"]["prefix"] == "tokenizer" and r["headline"] == r["headline_by_ties"]["expected"]
+
+
+def test_report_notes_name_ties_long_inputs_and_skipped_items(llama_dir, tmp_path) -> None:
+    from babyllama.evaluate.registry import result_notes
+
+    cfg = load_config(None, [f"out_dir={tmp_path}", "eval.protocol=babylm-2026", "eval.perplexity=false",
+                             f"eval.entity_tracking={FIX / 'entity_tracking'}", f"eval.comps={FIX / 'comps'}"])
+    entity = evaluate_completions("entity_tracking", llama_dir, FIX / "entity_tracking", context_prefix="tokenizer",
+                                  ties="random", entity_skip_nothing=True, truncate=False)
+    comps = evaluate_completions("comps", llama_dir, FIX / "comps", ties="random")
+    comps["ties"], comps["headline_by_ties"] = 2, {"random": 0.5, "expected": 0.25}  # as if two items had tied
+    comps["notes"] = ["3 of 4 inputs are longer than the model's 64 positions; scored whole"]
+    notes = result_notes(cfg, "m", {"entity_tracking": entity, "comps": comps})
+    assert "entity tracking: 4 items left out (an option contains \"nothing\")" in notes
+    assert any(n.startswith("COMPS: 2 ties;") and "50.0 by a draw seeded 0, 25.0 by expected credit" in n for n in notes)
+    assert "COMPS: 3 of 4 inputs are longer than the model's 64 positions; scored whole" in notes
+
+
+def test_2023_files_are_grouped_by_file_whatever_the_rows_say(tmp_path) -> None:
+    from babyllama.evaluate.blimp import load_pairs
+
+    rows = [{"sentence_good": "The cat sees the dog.", "sentence_bad": "The cat see the dog.", "UID": "sv_agreement",
+             "linguistics_term": "subject_verb_agreement"}]
+    (tmp_path / "agreement.json").write_text(json.dumps(rows))  # a 2023 file: one JSON array per phenomenon
+    (tmp_path / "islands.json").write_text(json.dumps([{**rows[0], "linguistics_term": "island_effects"}]))
+    pairs, formats = load_pairs(tmp_path)
+    assert formats == ["babylm-2023-filtered"] and [p.phenomenon for p in pairs] == ["agreement", "islands"]
+    (tmp_path / "agreement.json").rename(tmp_path / "agreement.jsonl")  # other formats keep the row's term
+    (tmp_path / "agreement.jsonl").write_text(json.dumps({**rows[0], "pairID": "1"}) + "\n")
+    (tmp_path / "islands.json").unlink()
+    assert [p.phenomenon for p in load_pairs(tmp_path)[0]] == ["subject_verb_agreement"]

@@ -138,6 +138,17 @@ def cmd_eval_completion(args: argparse.Namespace) -> None:
     _write_result(result, args.out)
 
 
+def cmd_eval_reading(args: argparse.Namespace) -> None:
+    from babyllama.evaluate.reading import evaluate_reading, format_reading_table
+
+    _check_out_file(args.out)
+    if args.batch_size < 1:
+        raise UserError(f"evaluate reading: --batch-size must be at least 1, got {args.batch_size}")
+    result = evaluate_reading(Path(args.model), args.data, batch_size=args.batch_size, device=args.device)
+    print(format_reading_table(result))
+    _write_result(result, args.out)
+
+
 def cmd_eval_perplexity(args: argparse.Namespace) -> None:
     from babyllama.evaluate.perplexity import (
         evaluate_perplexity,
@@ -344,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="require a saved state to resume from (default: resume if one exists)")
     p.set_defaults(func=cmd_distill)
 
-    p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, dev perplexity)")
+    p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, GlobalPIQA, "
+                       "reading, dev perplexity)")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = esub.add_parser("blimp", help="BLiMP-style minimal pairs: original, BabyLM 2023/2024 filtered, supplement")
     _add_scoring_args(b, "folder or file of minimal pairs")
@@ -372,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--skip-nothing", dest="entity_skip_nothing", action="store_const", const=True, default=None,
                            help="leave out items with an option containing \"nothing\" (2026)")
         c.set_defaults(func=cmd_eval_completion, task=e.name)
+    r = esub.add_parser("reading", help="surprisal against human reading times (BabyLM 2025/2026 reading_data.csv)")
+    r.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
+    r.add_argument("--data", required=True, help="the pipeline's reading_data.csv")
+    r.add_argument("--out", help="write the result JSON here")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    r.set_defaults(func=cmd_eval_reading)
     q = esub.add_parser("perplexity", help="dev cross-entropy, perplexity and bits per word")
     q.add_argument("config", nargs="?", help="experiment YAML: evaluate every model of it")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

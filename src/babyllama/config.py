@@ -439,6 +439,10 @@ class EvalConfig(Section):
         None, description="GlobalPIQA (English) data: the BabyLM 2026 evaluation folder holding global_piqa_parallel/ and "
         "global_piqa_nonparallel/, or one set's eng_latn.jsonl; null = skip."
     )
+    reading: str | None = Field(
+        None, description="BabyLM reading task data (reading_data.csv: surprisal against eye-tracking and self-paced reading "
+        "times, 2025/2026); null = skip."
+    )
     prefix: Literal["eos", "bos", "none", "tokenizer"] = Field(
         "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; 'tokenizer' = "
         "the tokenizer's own special tokens, as BabyLM 2025/2026; protocol default)."

@@ -115,7 +115,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
 def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """One model's figures, each from a verified file, and a note for every result withheld (damaged, stale,
     or a model whose stage was redone and did not finish: the folder still holds the previous model)."""
-    from babyllama.evaluate.registry import model_result_files, result_key
+    from babyllama.evaluate.registry import model_result_files, result_key, result_notes
 
     name, model_dir = member.name, cfg.model_dir(member.name)
     record = state.get(member.stage) if isinstance(state, dict) and member.stage else None
@@ -155,6 +155,7 @@ def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[s
         "supplement": results.get("supplement"),
         "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
         "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
+        "eval_notes": result_notes(cfg, name, results),  # ties, long inputs, items left out
         "curve": (results.get("curve") or {}).get("points", []),  # train.save_at_words
         "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json") if current else None),
         "curves": {
@@ -661,6 +662,9 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
                        [f"{names.get(k, k)}: {v}." for k, v in summary["evaluations"].items() if ":" not in k]))
     if summary.get("protocol"):
         blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
+    notes = [f"{m['name']}: {n}" for m in summary["models"] for n in m.get("eval_notes") or []]
+    if notes:
+        blocks.append(("Zero-shot notes (ties, long inputs, items left out)", "list", notes))
     curves = _curve_rows(summary)
     if curves:
         blocks.append(("Learning curves (train.save_at_words)", "table", curves))

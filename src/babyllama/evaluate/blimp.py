@@ -78,6 +78,7 @@ from babyllama.evaluate.formats import (
     special_token_id,
     text_field,
 )
+from babyllama.hf_logging import quiet_transformers
 from babyllama.runtime import resolve_device
 
 
@@ -296,7 +297,8 @@ def official_inputs(tokenizer: Any, texts: list[str], completions: list[str]) ->
     """
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("prefix 'tokenizer' needs a fast tokenizer (tokenizer.json) to locate the scored tokens")
-    enc = tokenizer(texts, return_offsets_mapping=True)
+    with quiet_transformers():  # its "longer than the maximum length" warning: length_note says what happens
+        enc = tokenizer(texts, return_offsets_mapping=True)
     ids, spans = [], []
     for text, completion, row, offsets in zip(texts, completions, enc["input_ids"], enc["offset_mapping"], strict=True):
         start = len(text) - len(completion) + (offsets[0][0] if offsets else 0)

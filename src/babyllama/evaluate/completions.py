@@ -61,6 +61,7 @@ from babyllama.evaluate.blimp import (
 )
 from babyllama.evaluate.decide import TIE_RULES, decide
 from babyllama.evaluate.formats import load_causal_lm, read_json_rows, text_field
+from babyllama.hf_logging import quiet_transformers
 from babyllama.runtime import resolve_device
 
 
@@ -198,7 +199,8 @@ def completion_lengths(tokenizer: Any, options: list[tuple[str, str]]) -> tuple[
     """Token ids of each whole text (no special tokens) and how many of its last tokens belong to the completion."""
     if not getattr(tokenizer, "is_fast", False):
         raise UserError("completion tasks need a fast tokenizer (tokenizer.json) to locate the completion's tokens")
-    enc = tokenizer([t for t, _ in options], add_special_tokens=False, return_offsets_mapping=True)
+    with quiet_transformers():  # its "longer than the maximum length" warning: length_note says what happens
+        enc = tokenizer([t for t, _ in options], add_special_tokens=False, return_offsets_mapping=True)
     ids, counts = [], []
     for (text, completion), row_ids, offsets in zip(options, enc["input_ids"], enc["offset_mapping"], strict=True):
         start = len(text) - len(completion)

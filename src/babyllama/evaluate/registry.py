@@ -98,10 +98,10 @@ def _load_pairs(data: str) -> Any:
     return load_pairs(data)
 
 
-def _load_items(task: str, data: str) -> Any:
+def _load_items(task: str, data: str, ev: EvalConfig) -> Any:
     from babyllama.evaluate.completions import load_items
 
-    return load_items(task, data)
+    return load_items(task, data, ewok_pairing=ev.ewok_pairing, skip_nothing=ev.entity_skip_nothing)
 
 
 def completion_settings(ev: EvalConfig, task: str) -> dict[str, Any]:
@@ -130,8 +130,25 @@ def _completion_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
             return []
         return [Job(f"{task}.json", column, {"data": _data_id(data), **completion_settings(cfg.eval, task)},
                     lambda d: _completion_scorer(task)(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
-                    lambda: _load_items(task, data))]
+                    lambda: _load_items(task, data, cfg.eval))]
     return jobs
+
+
+def _reading_jobs(cfg: Config) -> list[Job]:
+    from babyllama.evaluate.reading import evaluate_reading
+
+    data = cfg.eval.reading
+    if not data:
+        return []
+    return [Job("reading.json", "reading ΔR² %", {"data": _data_id(data), "batch_size": cfg.eval.batch_size},
+                lambda d: evaluate_reading(d, data, batch_size=cfg.eval.batch_size), lambda d: ([d], [data_path(data)]),
+                lambda: _read_reading(data))]
+
+
+def _read_reading(data: str) -> Any:
+    from babyllama.evaluate.reading import read_rows
+
+    return read_rows(data)
 
 
 def _finetune_jobs(cfg: Config) -> list[Job]:
@@ -218,6 +235,8 @@ REGISTRY: list[Evaluator] = [
     Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True),
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
               cli_data=True, aliases=["global-piqa"]),
+    # The reading scores are already percentages (of the R² left to explain); the report's columns take fractions.
+    Evaluator("reading", "eval.reading", _reading_jobs, lambda r, ev: r["headline"] / 100 if "headline" in r else None),
     Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
     Evaluator("curves", "eval.curves", _curve_jobs, lambda r, ev: None),
 ]
@@ -331,6 +350,27 @@ def model_headlines(cfg: Config, name: str, results: dict[str, dict[str, Any]] |
         value = e.headline(result, cfg.eval) if result is not None else None
         if value is not None:
             out[result_key(job)] = float(value)
+    return out
+
+
+def result_notes(cfg: Config, name: str, results: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Lines a reader needs beside model ``name``'s headlines: what a scorer did to over-long inputs, its ties
+    and their other readings, the items it left out (``results``: model_results, when the caller has them)."""
+    results = model_results(cfg, name) if results is None else results
+    out = []
+    for e, job in jobs(cfg):
+        result = results.get(result_key(job))
+        if job.column is None or result is None:
+            continue
+        title = job.column.removesuffix(" %")
+        out += [f"{title}: {note}" for note in result.get("notes") or []]
+        by, ties, value = result.get("headline_by_ties"), result.get("ties"), e.headline(result, cfg.eval)
+        if by and ties and value is not None:
+            out.append(f"{title}: {ties} ties; headline {100 * value:.1f} (ties {result['protocol'].get('ties')}), "
+                       f"{100 * by['random']:.1f} by a draw seeded {result['protocol'].get('seed', 0)}, "
+                       f"{100 * by['expected']:.1f} by expected credit")
+        if result.get("skipped"):
+            out.append(f"{title}: {result['skipped']} items left out (an option contains \"nothing\")")
     return out
 
 

@@ -77,3 +77,31 @@ def test_weighting_is_a_sweep_axis(tiny_cfg: Config) -> None:
     tree["sweep"] = {"grid": {"distill.weighting": ["fixed", "confidence", "best_token"]}}
     labels = [p.get("distill.weighting") for p in points(Config.model_validate(tree))]
     assert labels == [None, "confidence", "best_token"]
+
+
+def test_the_cache_stores_the_per_token_weighted_ensemble(prepared_cfg: Config) -> None:
+    import numpy as np
+
+    from babyllama.data.tokens import load_tokens
+    from babyllama.distill.run import build_teacher_cache, teacher_dirs
+    from babyllama.train.pretrain import train_model
+
+    cfg = prepared_cfg
+    for t in cfg.teachers:
+        train_model(cfg, t.name)
+    cfg.distill.cache.enabled = True
+    cfg.distill.cache.mode = "top_k"
+    fixed = build_teacher_cache(cfg)
+    cfg.distill.weighting = "best_token"
+    best = build_teacher_cache(cfg)
+    assert best.key != fixed.key
+    ids, values, _ = best.rows(np.array([0]))
+    window = torch.from_numpy(np.asarray(load_tokens(cfg.data_dir, "train")[: cfg.data.seq_len], dtype=np.int64))[None]
+    ensemble = TeacherEnsemble.load(teacher_dirs(cfg), torch.device("cpu"), torch.float32)
+    logits = [z[0] for z in ensemble(window)]
+    for pos in range(cfg.data.seq_len - 1):  # the cached row is the best teacher's own tempered distribution
+        y = window[0, pos + 1]
+        k = int(torch.stack([-F.log_softmax(z[pos], -1)[y] for z in logits]).argmin())
+        want = F.log_softmax(logits[k][pos] / cfg.distill.temperature, -1)
+        assert int(ids[0, pos, 0]) == int(want.argmax())
+        torch.testing.assert_close(values[0, pos].float(), want[ids[0, pos]].float(), atol=2e-3, rtol=2e-3)

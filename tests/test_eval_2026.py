@@ -216,3 +216,17 @@ def test_2023_files_are_grouped_by_file_whatever_the_rows_say(tmp_path) -> None:
     (tmp_path / "agreement.jsonl").write_text(json.dumps({**rows[0], "pairID": "1"}) + "\n")
     (tmp_path / "islands.json").unlink()
     assert [p.phenomenon for p in load_pairs(tmp_path)[0]] == ["subject_verb_agreement"]
+
+
+def test_nan_scores_through_the_entry_point(llama_dir, tmp_path) -> None:
+    """A model whose scores are all NaN: every candidate counts as minus infinity, so every item ties."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(llama_dir)
+    with torch.no_grad():
+        model.lm_head.weight.fill_(float("nan"))
+    model.save_pretrained(tmp_path / "nan")
+    AutoTokenizer.from_pretrained(llama_dir).save_pretrained(tmp_path / "nan")
+    r = evaluate_completions("comps", tmp_path / "nan", FIX / "comps", ties="expected")
+    assert r["ties"] == r["n_items"] and r["headline"] == 0.5
+    assert r["headline_by_ties"]["correct"] == 1.0 and r["headline_by_ties"]["wrong"] == 0.0

@@ -301,6 +301,9 @@ def test_tilde_is_expanded_in_every_path(tmp_path, text_corpus, monkeypatch, cap
     assert loaded.out == home / "x" and loaded.eval.blimp == str(home / "blimp")
     assert main(["prepare", cfg]) == 0
     assert (home / "x" / "data" / "manifest.json").is_file() and not (tmp_path / "~").exists()
+    capsys.readouterr()
+    assert main(["report", "~/nothing"]) == 2  # command-line paths too
+    assert_one_line(capsys.readouterr().err, f"{home / 'nothing'}: not an experiment folder")
 
 
 @pytest.mark.parametrize("error", ["cpu", "cuda"])

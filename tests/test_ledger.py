@@ -72,3 +72,11 @@ def test_run_writes_the_ledger_and_says_a_broken_rule(tiny_cfg: Config, tmp_path
     assert main(["export", str(out / "models" / "student"), "--to", str(tmp_path / "hub"), "--format", "hf"]) == 0
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "this run BREAKS a rule" in card and "With its teachers' words added" in card
+
+
+def test_rules_set_the_budget_unless_it_is_given() -> None:
+    from babyllama.config import DataConfig
+
+    assert DataConfig(rules="babylm-2026-strict").word_budget == 100_000_000
+    assert DataConfig(rules="babylm-2026-strict-small").word_budget == 10_000_000
+    assert DataConfig(rules="babylm-2026-strict", word_budget=5).word_budget == 5

@@ -71,7 +71,14 @@ def test_qwen2_and_gpt_neox_folders_are_teachers(prepared_cfg: Config, tmp_path:
     neox = _save_foreign(_neox(vocab), tmp_path / "neox", tok)
     ext = _with_external(cfg, tmp_path / "ext", [{"name": "qwen", "from": str(qwen)}, {"name": "neox", "from": str(neox)}])
     assert [s.name for s in plan(ext)] == ["prepare", "distill", "control", "evaluate", "report"]  # never trained here
-    out = distill(ext)
+    tree = ext.model_dump(mode="json", by_alias=True)
+    tree["control"] = False
+    assert main(["run", str(_write(tmp_path, tree))]) == 0
+    out = ext.model_dir("student")
+    report = (ext.out / "report.md").read_text()
+    assert "| qwen | external teacher |" in report and "not known (trained elsewhere)" in report
+    ledger = json.loads((ext.out / "ledger.json").read_text())
+    assert ledger["models"]["qwen"]["model_type"] == "qwen2" and ledger["models"]["neox"]["parameters"] > 0
     summary = json.loads((out / "training_summary.json").read_text())
     assert summary["objective"]["teachers"] == [["qwen", file_sha256(qwen / "model.safetensors")],
                                                 ["neox", file_sha256(neox / "model.safetensors")]]

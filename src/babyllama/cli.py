@@ -178,6 +178,14 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
         print(f"wrote {args.out}")
 
 
+def cmd_eval_curve(args: argparse.Namespace) -> None:
+    from babyllama.evaluate.curves import evaluate_curves
+
+    cfg = _load(args)
+    for name, path in evaluate_curves(cfg).items():
+        print(f"wrote {path} ({name})")
+
+
 def cmd_finetune(args: argparse.Namespace) -> None:
     from pydantic import ValidationError
 
@@ -295,6 +303,15 @@ def cmd_export(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def cmd_check_submission(args: argparse.Namespace) -> None:
+    from babyllama.export.submission_check import check_submission
+
+    m = check_submission(args.folder)
+    print(f"{args.folder}: a valid BabyLM submission layout ({m['track']}, protocol {m['protocol']}): main model, "
+          f"{len(m['revisions'])} checkpoints, zero-shot {', '.join(m['zero_shot']) or 'none'}, fine-tuning "
+          f"{', '.join(m['finetune']) or 'none'}; not included: {', '.join(m.get('not_scored', [])) or 'nothing'}")
+
+
 def cmd_config(args: argparse.Namespace) -> None:
     from babyllama.config import config_docs, load_config
 
@@ -402,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", help="write the result JSON here")
     q.add_argument("--device", default=None)
     q.set_defaults(func=cmd_eval_perplexity)
+    k = esub.add_parser("curve", help="the fast suite on every train.save_at_words checkpoint of every model of a config")
+    _add_config_args(k)
+    k.set_defaults(func=cmd_eval_curve)
 
     p = sub.add_parser("finetune", help="fine-tune on a (Super)GLUE or MSGS task in BabyLM's format")
     p.add_argument("--model", required=True, help="Hugging Face causal-LM folder, or a model id in the local Hugging Face cache")
@@ -444,7 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="publish a model: Hub-ready folder or GGUF for llama.cpp, with a model card")
     p.add_argument("model_dir", help="a model folder, e.g. runs/demo/models/baby-llama-demo")
     p.add_argument("--to", required=True, help="destination folder (new, empty, or an earlier export)")
-    p.add_argument("--format", default="gguf", help="gguf (llama.cpp; default) or hf (folder for huggingface-cli upload)")
+    p.add_argument("--format", default="gguf", help="gguf (llama.cpp; default), hf (folder for huggingface-cli upload) or "
+                   "babylm-submission (final model, chck_<N>M checkpoints, official results files, card)")
     p.add_argument("--quant", default=None, help="GGUF weight type: f16 (default), f32 or q8_0")
     p.add_argument("--license", default="apache-2.0", help="licence id for the model card (default: apache-2.0)")
     p.add_argument("--language", default="en", help="language code for the model card (default: en)")
@@ -452,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GGUF: the Hub id of the original (the --format hf upload); the card declares the GGUF a "
                         "quantization of it (base_model, base_model_relation: quantized)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("check-submission", help="check a BabyLM submission folder against the organisers' layout")
+    p.add_argument("folder", help="a folder written by `babyllama export --format babylm-submission`")
+    p.set_defaults(func=cmd_check_submission)
 
     p = sub.add_parser("config", help="show a resolved config, or document every key")
     p.add_argument("config", nargs="?")
@@ -497,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"argument {bad!r} holds a control character; names and paths must be plain text", EXIT_USER)
     args = build_parser().parse_args(argv)
     args.argv = argv
+    _expand_paths(args)
     _quiet_libraries()
     try:
         threads.apply(args.threads, log=args.verb != "config")
@@ -515,6 +541,20 @@ def main(argv: list[str] | None = None) -> int:
         print("babyllama: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+#: Command-line options that name a file or folder (``~`` expanded, as in every path of the config).
+PATH_ARGS = ("config", "model", "data", "out", "to", "model_dir", "out_dir", "data_dir")
+
+
+def _expand_paths(args: argparse.Namespace) -> None:
+    """``~`` in a path option is the home folder even where the shell does not expand it (``--to=~/x``)."""
+    import os
+
+    for key in PATH_ARGS:
+        value = getattr(args, key, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(args, key, os.path.expanduser(value))
 
 
 def _fail(message: str, code: int) -> int:

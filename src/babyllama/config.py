@@ -117,18 +117,35 @@ class TrainConfig(Section):
         None, description="This model's own seed (initialisation, window order); null = the experiment's seed. "
         "`babyllama sweep` sets it per member, so the prepared data and shared teachers stay the same."
     )
-    save_at_words: list[float] = Field(
+    save_at_words: list[float] | Literal["babylm"] = Field(
         default_factory=list,
         description="Keep a Hugging Face model folder when training passes each of these word counts (e.g. [1e6, 2e6]), "
-        "under checkpoints/<name>/at_words/<N>/, for learning curves (eval.curves).",
+        "under checkpoints/<name>/at_words/<N>/, for learning curves (eval.curves). 'babylm': the BabyLM 2025/2026 "
+        "schedule for the track of data.word_budget (words seen: 1M..9M, 10M..100M; above a 10M budget also "
+        "200M..1000M), the checkpoints `babyllama export --format babylm-submission` names chck_<N>M.",
     )
 
     @field_validator("save_at_words")
     @classmethod
-    def _positive_sorted(cls, v: list[float]) -> list[float]:
+    def _positive_sorted(cls, v: list[float] | str) -> list[float] | str:
+        if isinstance(v, str):
+            return v
         if any(w <= 0 for w in v):
             raise ValueError("word counts must be positive")
         return sorted(set(v))
+
+
+#: Largest BabyLM strict-small word budget; a larger budget is the strict track (100M words).
+STRICT_SMALL_BUDGET = 10_000_000
+
+
+def babylm_checkpoint_words(word_budget: int) -> list[float]:
+    """The checkpoints BabyLM 2025/2026 ask for, in words seen (official collate_preds.py's revision lists):
+    1M..9M and 10M..100M for strict-small; 1M..9M, 10M..90M and 100M..1000M for the other tracks."""
+    words = [i * 1e6 for i in range(1, 10)] + [i * 1e7 for i in range(1, 11)]
+    if word_budget > STRICT_SMALL_BUDGET:
+        words += [i * 1e8 for i in range(2, 11)]
+    return words
 
 
 def _plain_folder_name(v: str) -> str:
@@ -407,6 +424,22 @@ class FinetuneConfig(Section):
     schedule: Literal["linear", "cosine"] = Field(
         "linear", description="After warmup: 'linear' decay to 0, or 'cosine' decay to 0.1 x lr (BabyLM 2025)."
     )
+    head: Literal["last_token", "babylm"] = Field(
+        "last_token",
+        description="Classifier: 'last_token' (Hugging Face sequence-classification head, a linear layer on the last "
+        "non-pad token) or 'babylm' (token 0 through LayerNorm-Linear-GELU-LayerNorm-Dropout(0.1)-Linear, as the "
+        "BabyLM 2025/2026 pipelines do).",
+    )
+    drop_last: bool = Field(False, description="Drop each epoch's last partial batch (BabyLM 2025/2026).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Gradient-norm clipping; null = none (BabyLM 2025/2026).")
+    report_metric: Literal["task", "accuracy"] = Field(
+        "task", description="Score reported: the task's own metric (MCC for CoLA/MSGS, F1 for MRPC/QQP, else accuracy) "
+        "or 'accuracy' for every task (the BabyLM 2025/2026 GLUE headline is the mean accuracy)."
+    )
+    mnli_mm: Literal["own_model", "mnli_model"] = Field(
+        "own_model", description="mnli-mm: a model of its own, selected on mnli-mm validation ('own_model'), or the "
+        "MNLI model (selected on matched validation) scored on mismatched, as the BabyLM 2024 code did ('mnli_model')."
+    )
 
 
 #: Fine-tuning task names (babyllama.evaluate.finetune defines how each is read and scored).
@@ -476,7 +509,13 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1, description="Sentences per forward pass when scoring.")
     perplexity: bool = Field(True, description="Compute dev cross-entropy / perplexity for every model.")
     curves: bool = Field(
-        True, description="Evaluate the checkpoints kept by train.save_at_words (dev CE, and BLiMP when eval.blimp is set) for learning curves."
+        True, description="Evaluate the checkpoints kept by train.save_at_words (dev CE and the fast suite, eval.fast_data) "
+        "for learning curves."
+    )
+    fast_data: str | None = Field(
+        None, description="Folder of the official BabyLM fast sets (evaluation_data/fast_eval: blimp_fast, supplement_fast, "
+        "ewok_fast, entity_tracking_fast), scored at every train.save_at_words checkpoint; null = the curves score the "
+        "full data of every zero-shot task set above."
     )
     finetune: list[str] = Field(default_factory=list, description="Fine-tuning tasks to run (e.g. [cola, sst2]); [] = none.")
     finetune_data: str | None = Field(None, description="Folder of (Super)GLUE / MSGS files in BabyLM's formats.")
@@ -587,6 +626,9 @@ class Config(Section):
                 )
         if self.distill.weights is not None and len(self.distill.weights) != len(self.teachers):
             raise ValueError(f"distill.weights has {len(self.distill.weights)} entries for {len(self.teachers)} teachers")
+        for m in [*self.trained_teachers, *([self.student] if self.student else [])]:
+            if m.train.save_at_words == "babylm":
+                m.train.save_at_words = babylm_checkpoint_words(self.data.word_budget)
         teachers = {t.name for t in self.teachers}
         for subset in self.sweep.teacher_subsets:
             unknown = [n for n in subset if n not in teachers]

@@ -21,14 +21,17 @@ Each ``babylm-YYYY`` value sets what that year's official pipeline does, read fr
   special tokens (``prefix: tokenizer``; ours add none) and its first token is not scored; nothing is
   truncated; first argmax; mean over paradigms (``UID``). Fine-tuning: lr 3e-5, batch 32 (16 for BoolQ and MultiRC), 10 epochs (WSC 30), 512 tokens,
   seed 42, AdamW with weight decay 0.01, 6% warmup then cosine decay to 0.1 x lr, evaluated every epoch
-  and the best epoch kept (no early stopping), selected on the validation file with the task metric.
+  and the best epoch kept (no early stopping), selected on the validation file with the task metric;
+  token 0 through the LN-Linear-GELU-LN-Dropout-Linear head (``head: babylm``), ``drop_last``, no
+  gradient clipping, MNLI/QQP training subsampled to 10k, and every task reported by accuracy (the GLUE
+  headline is their mean). 2024's mnli-mm is the MNLI model scored on mismatched (``mnli_mm: mnli_model``).
 
 - 2026 (``babylm-org/babylm-eval``, ``strict/``, read at its July 2026 state): as 2025, except that a
   tie for the top score is broken at random (``ties: random``, seeded by ``eval.seed``; unseeded there)
   and a NaN score counts as minus infinity; EWoK pairs one target with two contexts
   (``ewok_pairing: contexts``); entity-tracking items with an option containing "nothing" are left out
   (``entity_skip_nothing``); GlobalPIQA is new (``eval.global_piqa``, length-normalised). Fine-tuning
-  keys are the 2025 ones until the 2026 script is ported.
+  is the 2025 script (below).
 
 EWoK, entity tracking, COMPS and GlobalPIQA score a completion after a context; the 2023/2024 pipelines
 put no token before the context (``context_prefix: none``), 2025/2026 the tokenizer's own special tokens
@@ -53,10 +56,18 @@ _FT_2023 = {"lr": 5e-5, "batch_size": 64, "epochs": 10, "patience": 10, "eval_ev
             "max_seq_length": 128, "select_on": "validation", "select_metric": "f1_if_binary",
             "pair_join": "concat", "weight_decay": 0.0, "warmup_fraction": 0.0, "schedule": "linear"}
 
+#: BabyLM 2025 fine-tuning (evaluation-pipeline-2025, eval_finetuning.sh and finetune/): token-0 pooling through
+#: the LN-Linear-GELU-LN-Dropout-Linear head, drop_last, no clipping, the best epoch on the validation file by
+#: accuracy (F1 for MRPC/QQP), and the GLUE headline the mean accuracy of its 7 tasks.
 _FT_2025 = {"lr": 3e-5, "batch_size": 32, "epochs": 10, "patience": 10, "eval_every": 0, "seed": 42,
-            "max_seq_length": 512, "select_on": "validation", "select_metric": "task",
-            "pair_join": "concat", "weight_decay": 0.01, "warmup_fraction": 0.06, "schedule": "cosine"}
-_FT_2025_TASKS = {"boolq": {"batch_size": 16}, "multirc": {"batch_size": 16}, "wsc": {"epochs": 30, "patience": 30}}
+            "max_seq_length": 512, "select_on": "validation", "select_metric": "task", "pair_join": "concat",
+            "weight_decay": 0.01, "warmup_fraction": 0.06, "schedule": "cosine", "head": "babylm", "drop_last": True,
+            "grad_clip": None, "report_metric": "accuracy"}
+#: Per task: BoolQ/MultiRC batch 16, WSC 30 epochs, MNLI and QQP training subsampled to 10k examples.
+_FT_TASKS_2025 = {"boolq": {"batch_size": 16}, "multirc": {"batch_size": 16}, "wsc": {"epochs": 30, "patience": 30},
+                  "mnli": {"max_train_examples": 10_000}, "qqp": {"max_train_examples": 10_000}}
+#: The tasks the 2025/2026 pipelines fine-tune on (CoLA, SST-2, MNLI-mm and QNLI were dropped in 2025).
+BABYLM_2025_TASKS = ("boolq", "mnli", "mrpc", "multirc", "qqp", "rte", "wsc")
 
 #: name -> {"eval": zero-shot keys, "finetune": eval.finetune_defaults keys, "tasks": per-task keys}
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -70,18 +81,21 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
     "babylm-2024": {
         "eval": {"prefix": "bos", "leading_space": True, "ties": "correct", "aggregation": "paradigms",
                  "context_prefix": "none", **_LM_EVAL},
-        "finetune": {**_FT_2023, "patience": 3, "eval_every": 0},
+        "finetune": {**_FT_2023, "patience": 3, "eval_every": 0, "mnli_mm": "mnli_model"},
         "tasks": {},
     },
     "babylm-2025": {
         "eval": dict(_2025),
         "finetune": dict(_FT_2025),
-        "tasks": dict(_FT_2025_TASKS),
+        "tasks": dict(_FT_TASKS_2025),
     },
+    # Fine-tuning in 2026 (babylm-eval strict/evaluation_pipeline/finetune) is the 2025 script on the same 7
+    # tasks. Its 2026-06-28 fix scales the loss by the gradient-accumulation steps, which only matters with
+    # accumulation; ours takes one optimizer step per batch, so both years train alike.
     "babylm-2026": {
         "eval": {**_2025, "ties": "random", "ewok_pairing": "contexts", "entity_skip_nothing": True},
         "finetune": dict(_FT_2025),
-        "tasks": dict(_FT_2025_TASKS),
+        "tasks": dict(_FT_TASKS_2025),
     },
 }
 
@@ -138,3 +152,13 @@ def implied_settings(ev: Any) -> list[tuple[str, Any, Any]]:
         hp = ev.finetune_hparams(task)
         rows += [(f"eval.finetune_tasks.{task}.{k}", getattr(hp, k), v) for k, v in keys.items()]
     return rows
+
+
+#: The official code each protocol follows (what a model card names as the pipeline version).
+PIPELINES: dict[str, str] = {
+    "babyllama": "babyllama's own protocol (not an official BabyLM pipeline)",
+    "babylm-2023": "github.com/babylm/evaluation-pipeline (2023, lm-eval fork)",
+    "babylm-2024": "github.com/babylm/evaluation-pipeline-2024 (lm-eval 0.4)",
+    "babylm-2025": "github.com/babylm/evaluation-pipeline-2025 (commit bf55c11, 2025-08-17)",
+    "babylm-2026": "github.com/babylm-org/babylm-eval, strict/ (2026 edition; fine-tuning as of the 2026-06-28 fix)",
+}

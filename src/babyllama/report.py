@@ -571,24 +571,32 @@ def _phenomena_figure(plt: Any, summary: dict[str, Any]) -> Any:
     return fig
 
 
+#: Curve panels: dev CE, then each fast-suite task a curve point may carry (registry FAST_SETS).
+CURVE_PANELS = (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP %"), ("supplement", "supplement %"),
+                ("ewok", "EWoK %"), ("entity_tracking", "entity tracking %"))
+
+
 def _curve_figure(plt: Any, summary: dict[str, Any]) -> Any:
-    """Dev CE and BLiMP against words seen, one line per model (train.save_at_words checkpoints)."""
+    """Dev CE and every fast-suite score against words seen (train.save_at_words checkpoints): one panel per
+    metric; the student (solid) and its control (dashed) side by side in each, teachers thin and grey."""
     models = [m for m in summary["models"] if m.get("curve")]
     if not models:
         return None
-    panels = [(k, label) for k, label in (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP headline %"))
-              if any(k in p for m in models for p in m["curve"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    panels = [(k, label) for k, label in CURVE_PANELS if any(k in p for m in models for p in m["curve"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    style = {Role.STUDENT.value: {"linestyle": "-", "linewidth": 2}, Role.CONTROL.value: {"linestyle": "--", "linewidth": 2}}
     for ax, (key, label) in zip(axes[0], panels, strict=True):
         for m in models:
-            pts = [(p["words"], p[key] * (100 if key == "blimp" else 1)) for p in m["curve"] if p.get(key) is not None]
+            pts = [(p["words"], p[key] * (1 if key == "dev_ce" else 100)) for p in m["curve"] if p.get(key) is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{m['name']} ({m['role']})")
+                look = style.get(m["role"], {"linestyle": ":", "linewidth": 1, "color": "grey"})
+                ax.plot(*zip(*pts, strict=True), marker="o", label=f"{m['name']} ({m['role']})", **look)
+        ax.set_xscale("log")
         ax.set_xlabel("words seen")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Learning curves: where in training does distillation help?")
+    fig.suptitle("Learning curves: student vs control at each checkpoint")
     return fig
 
 

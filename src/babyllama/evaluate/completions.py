@@ -39,11 +39,13 @@ text loses its first token; ``tokenizer``: the tokenizer's own special tokens, a
 Result JSON: ``{"task", "model", "data", "protocol": {"context_prefix", "prefix_token_id", "ties", "seed",
 "ties_correct", "truncate", ...}, "groups": {name: {"accuracy", "n", "ties"}}, "splits": {...} (entity
 tracking), "sets": {...} (GlobalPIQA), "headline": float, "headline_by_ties": {rule: float}, "accuracy":
-float (pooled), "n_items": int, "ties": int, "skipped": int, "notes": [str]}``; accuracies are fractions.
+float (pooled), "n_items": int, "ties": int, "skipped": int, "notes": [str], "chosen": [candidate index per item]}``; accuracies are fractions; ``chosen``
+(under ``eval.ties``) is what an official predictions file is built from.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -259,7 +261,16 @@ def aggregate(task: str, items: list[Item], scores: list[list[float]], ties: str
     out["accuracy"] = _mean(d.credit[ties])
     out["n_items"] = len(items)
     out["ties"] = sum(d.tie)
+    out["chosen"] = [_chosen(s, i.label, c) for s, i, c in zip(scores, items, d.credit[ties], strict=True)]
     return out
+
+
+def _chosen(scores: list[float], label: int, credit: float) -> int:
+    """The candidate counted as the answer: the correct one when it earned full credit, else the best other."""
+    if credit >= 1.0 or len(scores) < 2:
+        return label
+    others = [(-math.inf if math.isnan(x) else x, i) for i, x in enumerate(scores) if i != label]
+    return max(others, key=lambda t: (t[0], -t[1]))[1]
 
 
 def evaluate_completions(

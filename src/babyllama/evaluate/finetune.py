@@ -58,15 +58,8 @@ import torch.nn.functional as F
 from babyllama import config, progress
 from babyllama.config import FinetuneConfig
 from babyllama.errors import UserError
-from babyllama.evaluate.formats import (
-    LOAD_ERRORS,
-    check_model_files,
-    load_tokenizer,
-    max_positions,
-    read_json_rows,
-    special_token_id,
-    text_field,
-)
+from babyllama.evaluate.classifier import load_classifier
+from babyllama.evaluate.formats import max_positions, read_json_rows, text_field
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import atomic_path, atomic_write_json
 from babyllama.lm import schedule
@@ -265,28 +258,6 @@ def predict(model: Any, seqs: list[list[int]], pad_id: int, batch_size: int) -> 
     return preds
 
 
-def load_classifier(model_dir: Path, num_labels: int, device: torch.device) -> tuple[Any, Any, int, int | None]:
-    """Sequence classifier from a causal checkpoint: (model, tokenizer, pad id, separator id)."""
-    from transformers import AutoModelForSequenceClassification
-
-    check_model_files(model_dir)
-    tokenizer = load_tokenizer(model_dir)
-    with quiet_transformers():
-        try:
-            model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=num_labels,
-                                                                       dtype=torch.float32)
-        except LOAD_ERRORS as e:
-            raise UserError(f"{model_dir}: cannot build a sequence classifier from it ({str(e).splitlines()[0]})") from None
-    sep_id = special_token_id(tokenizer, model.config, "eos")
-    pad_id = special_token_id(tokenizer, model.config, "pad")
-    if pad_id is None:
-        pad_id = sep_id
-    if pad_id is None:
-        raise UserError(f"{model_dir}: the tokenizer defines neither a pad nor an eos token to pad batches with")
-    model.config.pad_token_id = pad_id
-    return model.to(device), tokenizer, pad_id, sep_id
-
-
 # -- fine-tuning ---------------------------------------------------------------------------------------
 
 
@@ -323,12 +294,13 @@ def _train_and_select(model: Any, hp: FinetuneConfig, task: str, fit_idx: np.nda
     try:
         for _ in range(hp.epochs):
             order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]
-            for start in range(0, len(order), hp.batch_size):
+            for start in range(0, steps_per_epoch * hp.batch_size, hp.batch_size):
                 idx = order[start : start + hp.batch_size]
                 logits = classify_logits(model, [ids[i] for i in idx], pad_id)
                 loss = F.cross_entropy(logits.float(), torch.tensor([labels[i] for i in idx], device=dev))
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                if hp.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), hp.grad_clip)
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
@@ -365,67 +337,92 @@ def finetune_task(
     A task whose files are absent is skipped with a note (``run`` evaluates every listed task), or with
     ``missing="error"`` (the `finetune` command, which was asked for exactly that task) a UserError."""
     spec = get_task(task)
-    train_file, eval_file = find_task_files(data, task)
-    if train_file is None or eval_file is None:
-        split = "train" if train_file is None else "eval"
-        looked = ", ".join(_file_names(task, split))
-        reason = f"no {'train' if split == 'train' else 'validation'} file for {task} under {data} (looked for {looked})"
+    files = _task_files(data, task, hp)
+    if isinstance(files, str):
         if missing == "error":
-            raise UserError(f"finetune: {reason}")
-        result: dict[str, Any] = {"task": task, "skipped": reason}
-        print(f"finetune: skipping {task}: {reason}")
+            raise UserError(f"finetune: {files}")
+        result: dict[str, Any] = {"task": task, "skipped": files}
+        print(f"finetune: skipping {task}: {files}")
         if out is not None:
             atomic_write_json(Path(out) / "result.json", result)
         return result
+    train_file, eval_file, select_file, also_file = files
     t0 = time.perf_counter()
-    train = read_examples(train_file, task)
-    evaluation = read_examples(eval_file, task, evaluation=True)
-
     dev = resolve_device(device)
     torch.manual_seed(hp.seed)  # the new classification head's initialisation
-    model, tokenizer, pad_id, sep_id = load_classifier(Path(model_dir), spec.num_labels, dev)
+    model, tokenizer, pad_id, sep_id = load_classifier(Path(model_dir), spec.num_labels, dev, hp.head)
     limit = max_positions(model.config)
     max_len = min(hp.max_seq_length, limit) if limit else hp.max_seq_length
     join_id = sep_id if hp.pair_join == "eos" else None
-    train_ids = encode_examples(tokenizer, train.texts, join_id, max_len)
-    eval_ids = encode_examples(tokenizer, evaluation.texts, join_id, max_len)
 
-    rng = np.random.default_rng(hp.seed)
-    perm = rng.permutation(len(train_ids))
+    def encoded(path: Path, *, evaluation: bool) -> tuple[list[list[int]], list[int]]:
+        ex = read_examples(path, task, evaluation=evaluation)
+        return encode_examples(tokenizer, ex.texts, join_id, max_len), ex.labels
+
+    train_ids, train_labels = encoded(train_file, evaluation=False)
+    eval_ids, eval_labels = encoded(eval_file, evaluation=True)
+    sel_src = (eval_ids, eval_labels) if select_file == eval_file else encoded(select_file, evaluation=True)
+    perm = np.random.default_rng(hp.seed).permutation(len(train_ids))
     if hp.max_train_examples is not None:
         perm = perm[: hp.max_train_examples]
-    n_hold, fit_idx, sel_ids, sel_labels = _selection_split(
-        hp, perm, train_file, train_ids, train.labels, eval_ids, evaluation.labels)
-    metric = TASK_METRICS[spec.metric]
+    n_hold, fit_idx, sel_ids, sel_labels = _selection_split(hp, perm, train_file, train_ids, train_labels, *sel_src)
     select = TASK_METRICS[selection_metric(spec, hp)]
-    steps_per_epoch = math.ceil(len(fit_idx) / hp.batch_size)
+    steps_per_epoch = (len(fit_idx) // hp.batch_size) if hp.drop_last else math.ceil(len(fit_idx) / hp.batch_size)
+    if steps_per_epoch < 1:
+        raise UserError(f"{train_file}: {len(fit_idx)} training examples are fewer than one batch of {hp.batch_size} "
+                        "(drop_last)")
     best, best_step, best_state, steps, stopped = _train_and_select(
-        model, hp, task, fit_idx, train_ids, train.labels, pad_id, dev, steps_per_epoch,
+        model, hp, task, fit_idx, train_ids, train_labels, pad_id, dev, steps_per_epoch,
         lambda: select(sel_labels, predict(model, sel_ids, pad_id, hp.batch_size)))
     model.load_state_dict(best_state)
     preds = predict(model, eval_ids, pad_id, hp.batch_size)
     result = {
-        "task": task,
-        "metric": spec.metric,
-        "score": metric(evaluation.labels, preds),
-        "n_train": int(len(fit_idx)),
-        "n_holdout": int(n_hold),
-        "n_eval": len(eval_ids),
-        "best_step": best_step,
-        "selected_on": hp.select_on,
-        "selection_metric": selection_metric(spec, hp),
-        "holdout_score": best,
-        "steps": steps,
-        "stopped_early": stopped,
-        "model": str(model_dir),
-        "train_file": str(train_file),
-        "eval_file": str(eval_file),
-        "hp": hp.model_dump(mode="json"),
-        "seconds": round(time.perf_counter() - t0, 2),
+        "task": task, **_scores(spec, hp, eval_labels, preds),
+        "n_train": int(len(fit_idx)), "n_holdout": int(n_hold), "n_eval": len(eval_ids), "best_step": best_step,
+        "selected_on": hp.select_on, "selection_file": str(select_file) if hp.select_on == "validation" else None,
+        "selection_metric": selection_metric(spec, hp), "holdout_score": best, "steps": steps,
+        "stopped_early": stopped, "model": str(model_dir), "train_file": str(train_file), "eval_file": str(eval_file),
+        "hp": hp.model_dump(mode="json"), "seconds": round(time.perf_counter() - t0, 2),
+        "predictions": preds,  # in eval-file order: the official predictions.json is built from these
     }
+    if also_file is not None:  # BabyLM 2024: the MNLI model itself, scored on mismatched
+        mm_ids, mm_labels = encoded(also_file, evaluation=True)
+        mm_preds = predict(model, mm_ids, pad_id, hp.batch_size)
+        result["mismatched"] = {**_scores(spec, hp, mm_labels, mm_preds), "n_eval": len(mm_ids),
+                                "eval_file": str(also_file), "predictions": mm_preds}
     if out is not None:
-        _save_outputs(Path(out), model, tokenizer, evaluation.labels, preds, result)
+        _save_outputs(Path(out), model, tokenizer, eval_labels, preds, result)
     return result
+
+
+def _task_files(data: str | Path, task: str, hp: FinetuneConfig) -> tuple[Path, Path, Path, Path | None] | str:
+    """(train, reported validation, selection validation, extra mismatched file) or the reason to skip.
+
+    With ``mnli_mm: mnli_model`` (BabyLM 2024) mnli-mm is the MNLI model: selected on MNLI's matched
+    validation file and scored on mismatched; and the mnli run also scores its model on mismatched."""
+    train_file, eval_file = find_task_files(data, task)
+    if train_file is None or eval_file is None:
+        split = "train" if train_file is None else "eval"
+        looked = ", ".join(_file_names(task, split))
+        return f"no {'train' if split == 'train' else 'validation'} file for {task} under {data} (looked for {looked})"
+    select_file, also_file = eval_file, None
+    if hp.mnli_mm == "mnli_model" and task == "mnli-mm":
+        matched = find_task_files(data, "mnli")[1]
+        if matched is None:
+            return f"no MNLI matched validation file under {data} to select the MNLI model on (eval.finetune_defaults.mnli_mm)"
+        select_file = matched
+    elif hp.mnli_mm == "mnli_model" and task == "mnli":
+        also_file = find_task_files(data, "mnli-mm")[1]
+    return train_file, eval_file, select_file, also_file
+
+
+def _scores(spec: Task, hp: FinetuneConfig, labels: list[int], preds: list[int]) -> dict[str, Any]:
+    """The reported metric and score, and every metric the official results.txt lists."""
+    name = "accuracy" if hp.report_metric == "accuracy" else spec.metric
+    every = {"accuracy": accuracy(labels, preds), "mcc": matthews_corrcoef(labels, preds)}
+    if spec.num_labels == 2:
+        every["f1"] = f1_score(labels, preds)
+    return {"metric": name, "score": TASK_METRICS[name](labels, preds), "metrics": every}
 
 
 def _selection_split(hp: FinetuneConfig, perm: np.ndarray, train_file: Path, train_ids: list, train_labels: list,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -155,14 +156,42 @@ def _finetune_jobs(cfg: Config) -> list[Job]:
     from babyllama.evaluate.finetune import find_task_files, finetune_task
 
     ev = cfg.eval
-    out = []
-    for task in ev.finetune:
+    out: list[Job] = []
+    # mnli before mnli-mm: under mnli_mm 'mnli_model' (BabyLM 2024) mnli-mm reuses the MNLI model's scores.
+    for task in sorted(ev.finetune, key=lambda t: (t == "mnli-mm", ev.finetune.index(t))):
         hp = ev.finetune_hparams(task)
-        out.append(Job(f"finetune/{task}.json", task, {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")},
-                       lambda d, t=task, h=hp: finetune_task(d, ev.finetune_data, t, h),
-                       lambda d, t=task: ([d], [f for f in find_task_files(ev.finetune_data, t) if f is not None]),
+        run: Callable[[Path], dict[str, Any]] = partial(_finetune_one, finetune_task, ev.finetune_data, task, hp)
+        if task == "mnli-mm" and hp.mnli_mm == "mnli_model" and "mnli" in ev.finetune:
+            run = _mismatched_of_mnli(cfg, hp, run, next(j for j in out if j.file == "finetune/mnli.json"))
+        # under mnli_mm 'mnli_model' mnli and mnli-mm read both tasks' files (selection on matched, scores on mm)
+        names = ("mnli", "mnli-mm") if hp.mnli_mm == "mnli_model" and task in ("mnli", "mnli-mm") else (task,)
+        out.append(Job(f"finetune/{task}.json", task, {"data": ev.finetune_data, "hp": hp.model_dump(mode="json")}, run,
+                       lambda d, n=names: ([d], sorted({f for t in n for f in find_task_files(ev.finetune_data, t)
+                                                        if f is not None})),
                        lambda t=task: find_task_files(ev.finetune_data, t)))
     return out
+
+
+def _finetune_one(finetune_task: Callable[..., dict[str, Any]], data: str, task: str, hp: Any,
+                  model_dir: Path) -> dict[str, Any]:
+    return finetune_task(model_dir, data, task, hp)
+
+
+def _mismatched_of_mnli(cfg: Config, hp: Any, train: Callable[[Path], dict[str, Any]],
+                        mnli_job: Job) -> Callable[[Path], dict[str, Any]]:
+    """mnli-mm as the BabyLM 2024 code scored it: the MNLI run's own model on mismatched, no second model.
+
+    Reads the MNLI result written just before (same hyperparameters); trains the MNLI model only when absent."""
+    def run(model_dir: Path) -> dict[str, Any]:
+        found = read_result(cfg, model_dir.name, mnli_job)
+        mnli, path = found.value or {}, found.path  # missing, damaged or stale: train again
+        same = mnli.get("hp") == hp.model_dump(mode="json") and isinstance(mnli.get("mismatched"), dict)
+        if not same:
+            return train(model_dir)
+        mm = mnli["mismatched"]
+        return {"task": "mnli-mm", **{k: mm[k] for k in ("metric", "score", "metrics", "n_eval", "eval_file")},
+                "from_mnli_model": str(path), "model": mnli.get("model"), "hp": mnli["hp"]}
+    return run
 
 
 def curve_checkpoints(cfg: Config, name: str) -> list[tuple[int, Path]]:
@@ -173,30 +202,57 @@ def curve_checkpoints(cfg: Config, name: str) -> list[tuple[int, Path]]:
     return sorted((int(p.name), p) for p in folder.iterdir() if p.name.isdigit() and (p / "config.json").exists())
 
 
+#: The official fast sets (BabyLM 2025/2026 ``evaluation_data/fast_eval``) the curves score under eval.fast_data.
+FAST_SETS = {"blimp": "blimp_fast", "supplement": "supplement_fast", "ewok": "ewok_fast",
+             "entity_tracking": "entity_tracking_fast"}
+
+
+def curve_tasks(ev: EvalConfig) -> dict[str, str]:
+    """{task: data} the protocol's fast suite scores at every checkpoint: the official fast sets found under
+    ``eval.fast_data``, else the full data of every zero-shot task the config names."""
+    out = {}
+    for task, folder in FAST_SETS.items():
+        if ev.fast_data:
+            path = Path(ev.fast_data).expanduser() / folder
+            if path.exists():
+                out[task] = str(path)
+        elif getattr(ev, task):
+            out[task] = getattr(ev, task)
+    return out
+
+
+def _fast_scorer(task: str) -> Callable[..., dict[str, Any]]:
+    return score_blimp if task in ("blimp", "supplement") else _completion_scorer(task)
+
+
 def _curve_jobs(cfg: Config) -> list[Job]:
     from babyllama.evaluate.perplexity import evaluate_perplexity
 
     ev = cfg.eval
     if not ev.curves or not any(m.train.save_at_words for m in cfg.models()):
         return []
+    tasks = curve_tasks(ev)
 
     def run(model_dir: Path) -> dict[str, Any]:
         points = []
         for words, ck in curve_checkpoints(cfg, model_dir.name):
-            point: dict[str, Any] = {"words": words, "checkpoint": str(ck)}
+            point: dict[str, Any] = {"words": words, "checkpoint": str(ck), "results": {}}
             if ev.perplexity:
                 point["dev_ce"] = evaluate_perplexity(ck, cfg.data_dir, seq_len=cfg.data.seq_len)["ce_nats_per_token"]
-            if ev.blimp:
-                point["blimp"] = score_blimp(ck, ev.blimp, ev)["headline"]
+            for task, data in tasks.items():
+                result = _fast_scorer(task)(ck, data, ev)
+                point[task] = result["headline"]
+                point["results"][task] = result
             points.append(point)
-        return {"points": points}
+        return {"points": points, "tasks": tasks}
 
     def inputs(model_dir: Path) -> tuple[list[Path], list[Path]]:
-        data = (dev_data(cfg) if ev.perplexity else []) + ([data_path(ev.blimp)] if ev.blimp else [])
+        data = (dev_data(cfg) if ev.perplexity else []) + [data_path(d) for d in tasks.values()]
         return [ck for _, ck in curve_checkpoints(cfg, model_dir.name)], data
 
     settings = {"words": {m.name: m.train.save_at_words for m in cfg.models()}, "perplexity": ev.perplexity,
-                "blimp": _data_id(ev.blimp) if ev.blimp else None, **blimp_settings(ev)}
+                "tasks": {t: _data_id(d) for t, d in tasks.items()}, **blimp_settings(ev),
+                **{k: v for t in tasks if t not in ("blimp", "supplement") for k, v in completion_settings(ev, t).items()}}
     return [Job("curve.json", None, settings, run, inputs)]
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from babyllama.errors import UserError
 from babyllama.io import atomic_path, file_sha256
 
-FORMATS = ("hf", "gguf")
+FORMATS = ("hf", "gguf", "babylm-submission")
 HF_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
             "special_tokens_map.json", "model.safetensors.index.json")
 
@@ -81,6 +81,12 @@ def export_model(model_dir: str | Path, to: str | Path, fmt: str = "gguf", quant
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r}: expected one of {', '.join(FORMATS)}")
+    if fmt == "babylm-submission":
+        from babyllama.export.submission import export_submission
+
+        if quant is not None:
+            raise UserError("--quant applies to --format gguf only")
+        return export_submission(model_dir, to)
     if quant is not None and fmt == "hf":
         raise UserError("--quant applies to --format gguf only (the hf folder keeps the weights as trained)")
     quant = quant or "f16"

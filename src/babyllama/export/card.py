@@ -236,7 +236,8 @@ def _evaluation(rec: ModelRecord) -> list[str]:
             lines.append(f"- **{column.removesuffix(' %')}** {100 * rec.headlines[key]:.1f}%, the {_headline_name(rec, key)}"
                          + (f" on {n:,} items." if isinstance(n, int) else "."))
     for task, r in rec.finetune.items():
-        lines.append(f"- **{task}** (fine-tuned, scored on validation): "
+        where = "the validation file itself" if r.get("selected_on") == "validation" else "a hold-out of train"
+        lines.append(f"- **{task}** (fine-tuned, selected on {where}, scored on validation): "
                      f"{r.get('metric')} {100 * r['score']:.1f} on {r.get('n_eval', '?')} examples.")
     return lines or ["No evaluation was recorded for this model (no eval/<name>/*.json in its run)."]
 

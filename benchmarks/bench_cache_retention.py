@@ -58,8 +58,8 @@ def _timed(fn) -> float:
 
 def run(out: Path, quick: bool, seeds: list[int], temperatures: list[float]) -> dict:
     from babyllama.data.prepare import prepare
-    from babyllama.distill.run import build_teacher_cache, distill
-    from babyllama.train.pretrain import train_model
+    from babyllama.distill.run import build_teacher_cache
+    from babyllama.training import distill, train_model
 
     cfg = _config(out, quick, [])
     prepare(cfg)

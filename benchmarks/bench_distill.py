@@ -120,7 +120,7 @@ def setting(name: str, work: Path) -> dict:
 def worker_prepare(tree: dict) -> dict:
     from babyllama.config import Config
     from babyllama.data.prepare import prepare
-    from babyllama.train.pretrain import train_model
+    from babyllama.training import train_model
 
     cfg = Config.model_validate(tree)
     manifest = prepare(cfg)
@@ -136,7 +136,8 @@ def worker_distill(tree: dict, mode: str) -> dict:
     import torch
 
     from babyllama.config import Config
-    from babyllama.distill.run import build_teacher_cache, distill
+    from babyllama.distill.run import build_teacher_cache
+    from babyllama.training import distill
 
     cfg = Config.model_validate(tree)
     cfg.out_dir = str(Path(cfg.out_dir) / f"run-{mode}")

@@ -16,7 +16,9 @@ Data: the real BLiMP (``--data``, the first ``--per-paradigm`` pairs of each of 
 for the tasks whose data is gated here, official-format files written from BLiMP sentences: EWoK rows
 (a few with Context1 = Context2 or Target1 = Target2, which tie), entity-tracking rows (some far longer
 than the model's 128 positions, a third with a " nothing." option), COMPS rows, GlobalPIQA parallel
-(4 solutions) and non-parallel (2) sets, and a reading_data.csv with made-up times (the reading task's
+(4 solutions) and non-parallel (2) sets, WUG adjective / past-tense files (2025: the model's share of the
+first sentence, softmax over the summed log-probs, against people's ratios by scipy's Spearman, as
+``rank_and_evaluate_wug`` and ``calculate_results_from_pred._calculate_wug_results``), and a reading_data.csv with made-up times (the reading task's
 surprisal one forward pass per token as ``reading/evaluation_functions.get_p2``, its scores with pandas
 and statsmodels as ``reading/run.py`` when they are installed). Models: the demo student (``runs/demo``, else a random LLaMA of
 its size), once with its own tokenizer (adds no special tokens) and once with a tokenizer that adds
@@ -50,6 +52,7 @@ from babyllama.evaluate.completions import encode_options, evaluate_completions,
 from babyllama.evaluate.decide import decide
 from babyllama.evaluate.formats import load_causal_lm
 from babyllama.evaluate.reading import evaluate_reading, read_rows, surprisals
+from babyllama.evaluate.wug import evaluate_wug, load_wug
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_blimp import demo_model_dir  # noqa: E402
@@ -57,6 +60,7 @@ from bench_blimp import demo_model_dir  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 SEED = 0
 PIQA_SETS = {"global_piqa_parallel": 4, "global_piqa_nonparallel": 2}
+WUG = {"wug_adj": "wug_adj_nominalization", "wug_past": "wug_past_tense"}  # task -> official folder and file stem
 
 
 # -- the official causal scorer, restated ----------------------------------------------------------------
@@ -77,6 +81,9 @@ def _official_decode(task: str, path: Path, row: dict[str, Any], year: int) -> d
             return None
         return {"sentences": [row["input_prefix"] + o for o in row["options"]], "completions": list(row["options"]),
                 "label": 0, "uid": f"{path.stem}_{row['numops']}_ops"}
+    if task in WUG:  # decode_wug: the tab-joined sentences, scored whole
+        s = row["sentences"].split("\t")
+        return {"sentences": s, "completions": s, "label": 0, "uid": task, "ratio": float(row["ratio"])}
     if task == "comps":
         subset = {"comps_base": "base", "comps_wugs": "wugs"}.get(path.stem, "other")
         phrase = row["property_phrase"]
@@ -192,6 +199,51 @@ def our_headline(model_dir: Path, task: str, folder: Path, year: int) -> float:
     return 100 * r["headline"]
 
 
+# -- the WUG tasks (2025), restated ------------------------------------------------------------------------
+
+
+def official_wug(model: Any, tok: Any, task: str, folder: Path) -> tuple[list[list[float]], list[float], float]:
+    """compute_results.rank_and_evaluate_wug: softmax over each item's summed log-probs (float32) at the first
+    sentence, then calculate_results_from_pred: scipy's spearmanr against the file's ratios, x 100."""
+    from scipy.stats import spearmanr
+
+    items = official_items(task, folder, 2025)
+    scores, _ = official_run(model, tok, items, False, 2025)
+    probs = torch.softmax(torch.tensor(scores, dtype=torch.float32), dim=1)[:, 0].tolist()
+    return scores, probs, 100 * spearmanr(probs, [it["ratio"] for it in items])[0]
+
+
+def compare_wug(model_dir: Path, task: str, folder: Path) -> dict[str, Any]:
+    from scipy.stats import spearmanr
+
+    model, tok = load_causal_lm(model_dir, torch.device("cpu"))
+    theirs, their_probs, their_rho = official_wug(model, tok, task, folder)
+    items = load_wug(folder, task)
+    ids, spans = encode_options(tok, [(c, c) for cands, _ in items for c in cands], "tokenizer")
+    flat = score_sequences(model, ids, prefix_id=None, spans=spans, truncate=False)
+    ours = evaluate_wug(task, model_dir, folder, device="cpu")  # the entry point `babyllama run` uses
+    return {"items": len(items), "max_dlogp": max(abs(a - b) for a, b in zip(flat, [x for r in theirs for x in r], strict=True)),
+            "max_dratio": max(abs(a - b) for a, b in zip(ours["model_ratios"], their_probs, strict=True)),
+            "agreement": spearmanr(ours["model_ratios"], their_probs)[0], "flips": _flips(ours["model_ratios"], their_probs),
+            "ours": 100 * ours["headline"], "official": their_rho}
+
+
+def _flips(a: list[float], b: list[float]) -> list[tuple[float, float, float, float]]:
+    """Pairs of items ranked differently by the two lists of model ratios (one order, or one tie, but not both)."""
+    n = len(a)
+    return [(a[i], a[j], b[i], b[j]) for i in range(n) for j in range(i + 1, n)
+            if (a[i] - a[j]) * (b[i] - b[j]) < 0 or (a[i] == a[j]) != (b[i] == b[j])]
+
+
+def _write_wug(root: Path, pairs: list[Any], rng: random.Random) -> None:
+    """Official-format WUG files (200 and 50 items) from BLiMP pairs: ratios on a 0.05 grid (people's ratios tie
+    often) and a few items whose two sentences are the same (the model's ratio is then exactly 0.5: tied ranks)."""
+    for task, n in (("wug_adj", 200), ("wug_past", 50)):
+        rows = [{"sentences": f"{p.good}\t{p.good if i % 25 == 0 else p.bad}", "ratio": round(rng.randrange(21) * 0.05, 2)}
+                for i, p in enumerate(rng.sample(pairs, n))]
+        _write(root / WUG[task] / f"{WUG[task]}.jsonl", rows)
+
+
 # -- the reading task, restated ---------------------------------------------------------------------------
 
 
@@ -295,6 +347,7 @@ def write_data(blimp: Path, root: Path, per_paradigm: int, n: int) -> dict[str, 
                                                  rng.randrange(k), **{f"solution{j}": pick(good) for j in range(k)}}
                                                 for i in range(103 if k == 4 else 100)])
     _write_reading(root / "reading" / "reading_data.csv", [p.good for p in rng.sample(pairs, 60)], rng)
+    _write_wug(root, pairs, rng)
     return {"blimp": [root / "blimp"], "ewok": [root / "ewok"], "entity_tracking": [root / "entity_tracking"],
             "comps": [root / "comps"], "global_piqa": [root / name for name in PIQA_SETS]}
 
@@ -323,7 +376,8 @@ def with_bos_tokenizer(model_dir: Path, out: Path) -> Path:
     from tokenizers import processors
     from transformers import AutoTokenizer
 
-    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json"))
+    # Without checkpoint.json: its sha256 sums name the old tokenizer, so the check on load would call it damaged.
+    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("tokenizer*", "special_tokens_map.json", "checkpoint.json"))
     tok = AutoTokenizer.from_pretrained(model_dir)
     bos = tok.bos_token or "<s>"
     tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
@@ -351,6 +405,7 @@ def main() -> None:
     ap.add_argument("--per-paradigm", type=int, default=100, help="BLiMP pairs per paradigm")
     ap.add_argument("--items", type=int, default=300, help="rows per written task (EWoK, entity tracking, COMPS)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", nargs="+", default=None, help="only these rows (blimp, ewok, ..., reading, wug_adj, wug_past)")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
@@ -367,10 +422,12 @@ def main() -> None:
         plain, what = demo_model_dir(root, sentences)
         models = {"own tokenizer": plain, "tokenizer adds <s>": with_bos_tokenizer(plain, root / "bos")}
         print(f"model: {what}\n")
-        print("| model | task | rule | items | ties | max abs Δ log-prob | decisions differ | ours % | official % |")
+        print("| model | task | rule | items | ties | max abs Δ log-prob | decisions differ (WUG: item pairs ranked apart) | ours % | official % |")
         print("|---|---|---|---:|---:|---:|---:|---:|---:|")
         for label, model_dir in models.items():
             for task, folders in data.items():
+                if args.only and task not in args.only:
+                    continue
                 for folder in folders:
                     for year in (2025, 2026):
                         if task == "global_piqa" and year == 2025:
@@ -379,6 +436,16 @@ def main() -> None:
                         name = folder.name if task == "global_piqa" else task
                         print(f"| {label} | {name} | {year} | {r['items']} | {r['ties']} | {r['max_dlogp']:.2e} | "
                               f"{r['decisions_differ']} | {r['ours']:.2f} | {r['official']:.2f} |", flush=True)
+            for task in WUG:
+                if args.only and task not in args.only:
+                    continue
+                r = compare_wug(model_dir, task, root / "data" / WUG[task])
+                print(f"| {label} | {task} (Spearman ρ %) | 2025 | {r['items']} | – | {r['max_dlogp']:.2e} (model ratio "
+                      f"{r['max_dratio']:.1e}; ratios' ρ ours vs theirs {r['agreement']:.6f}) | {len(r['flips'])} item "
+                      f"pairs ranked apart{' e.g. ' + str(r['flips'][0]) if r['flips'] else ''} | {r['ours']:.4f} | "
+                      f"{r['official']:.4f} |", flush=True)
+            if args.only and "reading" not in args.only:
+                continue
             r = compare_reading(model_dir, root / "data" / "reading" / "reading_data.csv")
             theirs = "{:.6f} / {:.6f}".format(*r["official"]) if r["official"] else "statsmodels not installed"
             print(f"| {label} | reading (eye / self-paced ΔR² %) | 2025, 2026 | {r['items']} words | – | {r['max_dlogp']:.2e} "

@@ -35,10 +35,10 @@ import torch.nn.functional as F
 
 from babyllama.config import Config
 from babyllama.data.tokens import load_tokens
-from babyllama.distill.run import distill
 from babyllama.models import build_model
 from babyllama.train.loop import fit
 from babyllama.train.objective import LMObjective
+from babyllama.training import distill
 from bench_train import SPECIAL, synthetic_data
 
 VOCAB, SEQ, BATCH, LR = 8000, 128, 32, 1e-3

@@ -9,10 +9,9 @@ import shutil
 import pytest
 
 from babyllama.config import Config, save_resolved
-from babyllama.distill.run import distill
 from babyllama.pipeline import plan
 from babyllama.report import summarize
-from babyllama.train.pretrain import train_model
+from babyllama.training import distill, train_model
 from helpers import read_metrics
 
 

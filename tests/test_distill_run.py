@@ -11,10 +11,9 @@ from safetensors.torch import load_file
 
 from babyllama.config import Config
 from babyllama.distill.objective import DistillObjective
-from babyllama.distill.run import distill, distillation_fingerprint
 from babyllama.errors import UserError
 from babyllama.io import file_sha256
-from babyllama.train.pretrain import train_model
+from babyllama.training import distill, train_model, training_spec
 
 
 def _train_teachers(cfg: Config) -> None:
@@ -49,7 +48,7 @@ def test_distill_live_then_from_the_cache(prepared_cfg: Config):
     ]
     assert summary["objective"]["temperature"] == 2.0 and summary["objective"]["divergence"] == "forward_kl"
     assert summary["objective"]["cache"]["key"] is None
-    assert summary["objective"] == distillation_fingerprint(cfg)
+    assert summary["objective"] == training_spec(cfg, cfg.student.name).objective.fingerprint()
 
     _forget_student(cfg)
     cfg.distill.cache.enabled = True
@@ -58,7 +57,7 @@ def test_distill_live_then_from_the_cache(prepared_cfg: Config):
     summary = json.loads((out / "training_summary.json").read_text())
     key = summary["objective"]["cache"]["key"]
     assert key and (cfg.out / "cache" / key / "manifest.json").is_file()
-    assert summary["windows"] == "fixed" and summary["objective"] == distillation_fingerprint(cfg)
+    assert summary["windows"] == "fixed" and summary["objective"] == training_spec(cfg, cfg.student.name).objective.fingerprint()
     steps = [r for r in _metrics(out) if "kd" in r]
     assert len(steps) == 6 and all(r["kd"] > 0 and 0 <= r["agree"] <= 1 for r in steps)
 

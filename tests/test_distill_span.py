@@ -15,12 +15,11 @@ from babyllama.data.prepare import prepare
 from babyllama.data.tokens import load_tokens
 from babyllama.distill import span
 from babyllama.distill.objective import DistillObjective
-from babyllama.distill.run import distill
 from babyllama.distill.span import SideTokenizer, SpanAligner
 from babyllama.distill.teachers import TeacherEnsemble
 from babyllama.models import build_model
 from babyllama.train.objective import Batch
-from babyllama.train.pretrain import train_model
+from babyllama.training import distill, train_model
 
 
 def _model(seed: int, vocab: int, hidden: int = 16):

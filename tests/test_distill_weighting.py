@@ -84,7 +84,7 @@ def test_the_cache_stores_the_per_token_weighted_ensemble(prepared_cfg: Config) 
 
     from babyllama.data.tokens import load_tokens
     from babyllama.distill.run import build_teacher_cache, teacher_dirs
-    from babyllama.train.pretrain import train_model
+    from babyllama.training import train_model
 
     cfg = prepared_cfg
     for t in cfg.teachers:

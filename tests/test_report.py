@@ -110,3 +110,17 @@ def test_report_when_student_wins_and_condition_unmet(tiny_cfg: Config) -> None:
 def test_report_cli_on_a_folder_that_is_not_a_run(tmp_path: Path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "not a babyllama out_dir" in capsys.readouterr().err
+
+
+def test_report_marks_a_task_at_chance_only_when_every_model_is(tiny_cfg: Config) -> None:
+    from babyllama.report import chance_lines
+
+    cfg = tiny_cfg.model_copy(update={"eval": tiny_cfg.eval.model_copy(update={"blimp": "embedded:blimp",
+                                                                               "ewok": "somewhere"})})
+    near = [{"headlines": {"blimp": 0.53, "ewok": 0.49}, "n_items": {"blimp": 200, "ewok": 400}},
+            {"headlines": {"blimp": 0.47, "ewok": 0.51}, "n_items": {"blimp": 200, "ewok": 400}}]
+    lines = chance_lines(cfg, near)
+    assert len(lines) == 2 and lines[0].startswith("BLiMP: at chance") and "±6.9 points" in lines[0]
+    assert lines[1].startswith("EWoK: at chance")
+    apart = [dict(near[0]), {"headlines": {"blimp": 0.70, "ewok": 0.50}, "n_items": {"blimp": 200, "ewok": 400}}]
+    assert [line.split(":")[0] for line in chance_lines(cfg, apart)] == ["EWoK"]  # one model clearly above chance

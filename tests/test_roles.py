@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from babyllama.config import Config
 from babyllama.pipeline import plan
-from babyllama.report import _stage_seconds, verdict
+from babyllama.report import verdict
 from babyllama.roles import Role, members, stage_order
+from babyllama.run_state import RunState
 
 
 def test_the_pipeline_plans_the_stages_roles_name(tiny_cfg):
@@ -20,7 +23,9 @@ def test_the_pipeline_plans_the_stages_roles_name(tiny_cfg):
 def test_the_report_orders_recorded_stages_as_the_pipeline_runs_them(tiny_cfg):
     state = {"report": {"seconds": 1.0}, "teacher:t-gpt2": {"seconds": 2.0}, "prepare": {"seconds": 3.0},
              "teacher:t-llama": {"seconds": 4.0}, "teacher:gone": {"seconds": 5.0}, "note": "not a stage"}
-    assert list(_stage_seconds(state, stage_order(tiny_cfg))) == [
+    tiny_cfg.out.mkdir(parents=True)
+    (tiny_cfg.out / "run_state.json").write_text(json.dumps(state))
+    assert list(RunState(tiny_cfg.out).seconds(stage_order(tiny_cfg))) == [
         "prepare", "teacher:t-llama", "teacher:t-gpt2", "report", "teacher:gone"]
 
 

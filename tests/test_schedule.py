@@ -9,7 +9,7 @@ from transformers import get_cosine_schedule_with_warmup
 from babyllama.config import FinetuneConfig, TrainConfig
 from babyllama.evaluate.finetune import lr_factor as finetune_lr_factor
 from babyllama.lm.schedule import lr_factor, scheduler
-from babyllama.train.pretrain import train_model
+from babyllama.training import train_model
 from helpers import read_metrics, variant
 
 

@@ -130,3 +130,30 @@ def test_paired_items_counts_discordant_pairs_and_brackets_the_difference() -> N
     assert out["only_a"] + out["only_b"] == 30 and out["n"] == 600
     assert out["ci"][0] <= out["mean"] <= out["ci"][1]
     assert out["mean"] == pytest.approx((np.mean(a["x"]) - np.mean(b["x"])) / 2)
+
+
+def test_holm_adjusts_every_comparison_and_keeps_order():
+    from babyllama.stats import holm
+
+    adjusted = holm([0.01, 0.04, 0.03, None, 0.5])
+    assert adjusted[3] is None
+    assert adjusted[:3] == pytest.approx([0.04, 0.09, 0.09]) and adjusted[4] == pytest.approx(0.5)
+    assert holm([0.2, 0.9]) == pytest.approx([0.4, 0.9])  # never below the smaller one's, capped at 1
+
+
+def test_paired_p_value_is_the_t_test():
+    from babyllama.stats import paired_p_value
+
+    assert paired_p_value([1.0]) is None
+    assert paired_p_value([1.0, 2.0, 3.0]) == pytest.approx(0.0742, abs=1e-4)  # t = 3.46 on 2 df
+    assert paired_p_value([0.0, 0.0]) == 1.0 and paired_p_value([0.5, 0.5]) == 0.0
+
+
+def test_at_chance_uses_the_noise_of_the_item_count():
+    from babyllama.stats import at_chance, chance_band
+
+    assert chance_band(0.5, 100) == pytest.approx(1.96 * 0.05, rel=1e-3)
+    assert at_chance([(0.52, 100), (0.45, 100)], 0.5)  # both within ±9.8 points
+    assert not at_chance([(0.52, 100), (0.62, 100)], 0.5)  # one model is clearly above chance
+    assert not at_chance([(0.52, 10_000)], 0.5)  # 2 points is far outside ±1 point on 10k items
+    assert not at_chance([], 0.5)

@@ -92,8 +92,12 @@ def test_sweep_after_run_reuses_it_and_resumes_after_a_kill(tmp_path: Path, tiny
     blimp = next(c for c in result["comparisons"] if c["metric"] == "blimp")
     assert blimp["bootstrap_ci"] is not None
     # one sign convention: the verdict states student - control with the sign the table shows
-    line = next(v for v in result["verdict"] if v.startswith("dev CE: "))
+    line = next(v for v in result["verdict"] if "dev CE: " in v and "student - control =" in v)
     assert f"student - control = {ce['mean']:+.3f} nats/token [{ce['ci'][0]:+.3f}, {ce['ci'][1]:+.3f}]" in line
+    tested = [c for c in result["comparisons"] if c["p"] is not None]
+    assert result["verdict"][0].startswith(f"{len(result['comparisons'])} comparisons were made ({len(tested)} with")
+    assert all(c["p_holm"] >= c["p"] and c["survives_holm"] == (c["p_holm"] <= 0.05) for c in tested)
+    assert any("Holm-adjusted p = " in line for line in result["verdict"])
     report = (out / "sweep" / "report.md").read_text()
     assert f"| student - control | dev CE (nats/token) | {ce['mean']:+.3f} |" in report
     assert "## What the intervals are conditional on" in report and "trained once and are shared" in report
@@ -120,7 +124,8 @@ def test_plan_member_and_collect_and_identical_members_give_identical_numbers(tm
     assert "Not counted: default-s7: not finished" in capsys.readouterr().out
     result = _sweep_json(out)
     assert result["missing"] == ["default-s7"] and result["comparisons"][0]["ci"] is None  # one seed: no interval
-    assert "one seed" in result["verdict"][0]
+    assert result["verdict"][0].startswith("2 comparisons were made (0 with two or more seeds")
+    assert any(v.startswith("dev CE:") and "one seed" in v for v in result["verdict"])
 
     # The same member (seed and config) run from scratch elsewhere gives identical numbers, BLiMP items included.
     other = tmp_path / "again"

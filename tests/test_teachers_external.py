@@ -17,10 +17,9 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, Qwen2Config, Qwen2Fo
 from babyllama.cli import main
 from babyllama.config import Config
 from babyllama.data.prepare import prepare
-from babyllama.distill.run import distill
 from babyllama.io import file_sha256
 from babyllama.pipeline import plan
-from babyllama.train.pretrain import train_model
+from babyllama.training import distill, train_model
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from babyllama.train.pretrain import train_model
+from babyllama.training import train_model
 from helpers import read_metrics, variant
 
 

@@ -17,7 +17,7 @@ from babyllama.errors import UserError
 from babyllama.identity import is_trained as is_complete
 from babyllama.train.loop import WindowStream, fit
 from babyllama.train.objective import Batch, LMObjective
-from babyllama.train.pretrain import train_model
+from babyllama.training import train_model
 from helpers import read_metrics, variant
 
 

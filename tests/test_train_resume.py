@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from babyllama.config import Config
 from babyllama.errors import UserError
-from babyllama.train.pretrain import train_model
+from babyllama.training import train_model
 from helpers import variant
 
 # Runs in a child process: train t-llama and SIGKILL itself in the middle of writing the step-KILL_STEP

@@ -75,14 +75,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from babyllama.train.pretrain import train_model
+    from babyllama.training import train_model
 
     cfg = _load(args)
     train_model(cfg, args.model, resume=args.resume)
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
-    from babyllama.distill.run import distill
+    from babyllama.training import distill
 
     distill(_load(args), resume=args.resume)
 
@@ -134,7 +134,12 @@ def cmd_eval_completion(args: argparse.Namespace) -> None:
     _check_out_file(args.out)
     ev = _eval_settings(args, ("context_prefix", "ties", "seed", "truncate", "ewok_pairing", "entity_skip_nothing"))
     result = SCORERS[args.task](_model_arg(args.model), args.data, ev, device=args.device)
-    print(format_completion_table(result))
+    if args.task.startswith("wug_"):
+        from babyllama.evaluate.wug import format_wug_table
+
+        print(format_wug_table(result))
+    else:
+        print(format_completion_table(result))
     _write_result(result, args.out)
 
 
@@ -373,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, GlobalPIQA, "
-                       "reading, dev perplexity)")
+                       "WUG adj / past, reading, dev perplexity)")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     b = esub.add_parser("blimp", help="BLiMP-style minimal pairs: original, BabyLM 2023/2024 filtered, supplement")
     _add_scoring_args(b, "folder or file of minimal pairs")

@@ -476,6 +476,14 @@ class EvalConfig(Section):
         None, description="BabyLM reading task data (reading_data.csv: surprisal against eye-tracking and self-paced reading "
         "times, 2025/2026); null = skip."
     )
+    wug_adj: str | None = Field(
+        None, description="BabyLM 2025 WUG adjective nominalisation data (wug_adj_nominalization folder or .jsonl: fields "
+        "sentences, ratio; Spearman against human ratios); not scored under babylm-2026 (dropped upstream); null = skip."
+    )
+    wug_past: str | None = Field(
+        None, description="BabyLM 2025 WUG past-tense data (wug_past_tense folder or .jsonl, same format); not scored under "
+        "babylm-2026 (dropped upstream); null = skip."
+    )
     prefix: Literal["eos", "bos", "none", "tokenizer"] = Field(
         "eos", description="Token each BLiMP sentence is conditioned on ('eos' = </s>: BabyLM 2023 and our separator; 'tokenizer' = "
         "the tokenizer's own special tokens, as BabyLM 2025/2026; protocol default)."
@@ -522,7 +530,7 @@ class EvalConfig(Section):
     finetune_defaults: FinetuneConfig = Field(default_factory=FinetuneConfig, description="Hyperparameters for every task.")
     finetune_tasks: dict[str, FinetuneConfig] = Field(default_factory=dict, description="Per-task hyperparameter overrides.")
 
-    @field_validator("blimp", "supplement", "ewok", "entity_tracking", "comps", "finetune_data")
+    @field_validator("blimp", "supplement", "ewok", "entity_tracking", "comps", "wug_adj", "wug_past", "finetune_data")
     @classmethod
     def _expand(cls, v: str | None) -> str | None:
         return expand_path(v)
@@ -738,7 +746,9 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _apply_override(tree: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+def apply_override(tree: dict[str, Any], parts: list[str], value: Any, item: str) -> None:
+    """Set ``value`` at the dotted path ``parts`` of a raw config tree (list entries by index or name);
+    ``item`` is how a mistake names the override (``--set k=v``, a sweep grid point)."""
     node: Any = tree
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -833,7 +843,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         tree = loaded
     for item in overrides or []:
         parts, value = _parse_override(item)
-        _apply_override(tree, parts, value, item)
+        apply_override(tree, parts, value, item)
+    return validate_tree(tree, source)
+
+
+def validate_tree(tree: dict[str, Any], source: str) -> Config:
+    """A raw config tree as a Config; a mistake is one UserError line naming ``source`` and the key."""
     try:
         return Config.model_validate(tree)
     except ValidationError as e:

@@ -32,11 +32,9 @@ from typing import Any
 from babyllama import distributed, identity, progress
 from babyllama.config import Config
 from babyllama.errors import UserError
-from babyllama.io import atomic_write_json, read_json
-from babyllama.roles import EVALUATE, PREPARE, REPORT, Role, members
+from babyllama.roles import EVALUATE, PREPARE, REPORT, Member, Role, members
+from babyllama.run_state import RunState
 from babyllama.runtime import training_device
-
-STATE_FILE = "run_state.json"
 
 
 class Skip(Enum):
@@ -64,6 +62,7 @@ class Stage:
     main_only: bool = False  # data preparation, evaluation and reporting run on rank 0 only
     published: list[Path] = field(default_factory=list)  # finished models: verified, replaced only on success
     skip: Skip = Skip.UNCHANGED
+    member: Member | None = None  # the model a training stage trains
     check: Callable[[], str | None] | None = None  # why its finished outputs cannot be trusted (None: they can)
 
     @property
@@ -79,26 +78,13 @@ def plan(cfg: Config) -> list[Stage]:
     a re-run `prepare` redoes the models, and a changed log interval does not.
     """
     from babyllama.data.prepare import prepare
-    from babyllama.distill.run import distill as distill_student
-    from babyllama.distill.run import distillation_fingerprint
     from babyllama.ledger import announce as announce_ledger
-    from babyllama.train.objective import LMObjective
-    from babyllama.train.pretrain import train_model
+    from babyllama.training import training_spec
 
     if cfg.student is None:
         raise UserError("run: the config has no `student` section; the run needs a student to distil into")
     if not cfg.teachers:
         raise UserError("run: the config has no `teachers`; distillation needs at least one teacher")
-
-    # Each identity is computed once, when its stage is reached (after the stages it reads from).
-    def lm_id(name: str) -> Callable[[], str]:
-        windows = cfg.student_windows if name == cfg.control_name else None  # the control shares the student's
-        return cache(lambda: identity.training_identity(cfg, cfg.model(name), LMObjective().fingerprint(), windows))
-
-    @cache
-    def distill_id() -> str:
-        # Includes the teachers' weight hashes, so a retrained teacher redoes the student.
-        return identity.training_identity(cfg, cfg.student, distillation_fingerprint(cfg), cfg.student_windows)
 
     def prepare_and_announce() -> None:  # the ledger needs the prepared pool; its verdicts open the run
         prepare(cfg)
@@ -109,12 +95,13 @@ def plan(cfg: Config) -> list[Stage]:
     team = [m for m in members(cfg) if m.stage is not None]  # external teachers are never trained here
     teacher_stages = [m.stage for m in team if m.role is Role.TEACHER]
     for m in team:  # one training stage per model, in the order roles.members gives
-        if m.role is Role.STUDENT:
-            run, fingerprint, deps = (lambda: distill_student(cfg)), distill_id, [PREPARE, *teacher_stages]
-        else:
-            run, fingerprint, deps = (lambda n=m.name: train_model(cfg, n)), lm_id(m.name), [PREPARE]
-        stages.append(Stage(m.stage, run, fingerprint, [cfg.model_dir(m.name), cfg.checkpoint_dir(m.name)], deps=deps,
-                            published=[cfg.model_dir(m.name)]))
+        # The spec (and so the identity) is made once, when its stage is reached: the student's reads the
+        # teachers' weight hashes, so a retrained teacher redoes the student. The stage fits that very spec.
+        spec = cache(lambda n=m.name: training_spec(cfg, n))
+        deps = [PREPARE, *teacher_stages] if m.role is Role.STUDENT else [PREPARE]
+        stages.append(Stage(m.stage, lambda s=spec: s().fit(), cache(lambda s=spec: s().fingerprint()),
+                            [cfg.model_dir(m.name), cfg.checkpoint_dir(m.name)], deps=deps,
+                            published=[cfg.model_dir(m.name)], member=m))
     trained = stages[1:]
 
     def model_ids() -> dict[str, str]:
@@ -154,12 +141,17 @@ def check_inputs(cfg: Config) -> None:
 
 def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[str]]:
     """(forced stages, stages to redo): each forced stage ('teachers' = all of them) and its dependents."""
-    names = [s.name for s in stages]
+    def teacher(s: Stage) -> bool:
+        return s.member is not None and s.member.role is Role.TEACHER
+
+    def called(s: Stage) -> str:  # a teacher's stage is forced by the teacher's name
+        return s.member.name if teacher(s) and s.member else s.name
+
     roots: set[str] = set()
     for f in force:
-        hits = [n for n in names if n == f or n == f"teacher:{f}" or (f == "teachers" and n.startswith("teacher:"))]
+        hits = [s.name for s in stages if f in (s.name, called(s)) or (f == "teachers" and teacher(s))]
         if not hits:
-            valid = ", ".join(["teachers", *[n.removeprefix("teacher:") for n in names]])
+            valid = ", ".join(["teachers", *[called(s) for s in stages]])
             raise UserError(f"--force {f!r}: no such stage (stages: {valid})")
         roots.update(hits)
     return roots, _dependents(stages, roots)
@@ -180,16 +172,16 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
     if any(s.name == EVALUATE for s in stages) and distributed.is_main_process():
         note_missing_blimp(cfg)
     distributed.init(training_device())  # under torchrun: join the group before any barrier
-    state_path = cfg.out / STATE_FILE
+    state = RunState(cfg.out)
     main = distributed.is_main_process()
     timings: dict[str, float] = {}
     for stage in stages:
-        skip = main and _skip_or_start(stage, state_path, stage.name in forced, stage.name in redo)
+        skip = main and _skip_or_start(stage, state, stage.name in forced, stage.name in redo)
         # Rank 0 decides, so every rank takes the same branch (a training stage is a collective).
         if distributed.broadcast_object(skip):
             timings[stage.name] = 0.0
             continue
-        timings[stage.name] = _run_stage(stage, state_path, main)
+        timings[stage.name] = _run_stage(stage, state, main)
     return _print_summary(cfg, timings, config_arg) if main and only is None else {}
 
 
@@ -201,11 +193,10 @@ def note_missing_blimp(cfg: Config) -> None:
               "shipped 6,700-pair subset, or a folder after `babyllama download blimp`)", flush=True)
 
 
-def _skip_or_start(stage: Stage, state_path: Path, forced: bool, redo: bool) -> bool:
+def _skip_or_start(stage: Stage, state: RunState, forced: bool, redo: bool) -> bool:
     """Rank 0: True when ``stage`` is up to date; else record it as started (discarding outputs that
     are stale, as its Skip says) and say why it runs."""
-    state = _read_state(state_path)
-    rec = state.get(stage.name, {})
+    rec = state.record(stage.name)
     fingerprint = None if stage.always_runs else stage.fingerprint()
     keep_outputs = stage.skip is Skip.UNCHANGED_KEEP_OUTPUTS
     done = rec.get("done") and rec.get("fingerprint") == fingerprint and (keep_outputs or all(p.exists() for p in stage.outputs))
@@ -223,8 +214,7 @@ def _skip_or_start(stage: Stage, state_path: Path, forced: bool, redo: bool) -> 
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
-    state[stage.name] = {"fingerprint": fingerprint, "done": False, "seconds": 0.0 if stale else rec.get("seconds", 0.0)}
-    _write_state(state_path, state)
+    state.write(stage.name, fingerprint, False, 0.0 if stale else rec.get("seconds", 0.0))
     verb = "redoing" if stale and rec else ("resuming" if rec and not rec.get("done") else "running")
     if stage.skip is Skip.BY_ITSELF:
         verb = "running (it skips its own work when its inputs are unchanged)"
@@ -234,7 +224,7 @@ def _skip_or_start(stage: Stage, state_path: Path, forced: bool, redo: bool) -> 
     return False
 
 
-def _run_stage(stage: Stage, state_path: Path, main: bool) -> float:
+def _run_stage(stage: Stage, state: RunState, main: bool) -> float:
     """Run ``stage`` (on rank 0 alone when it is main_only), record it as done; its seconds."""
     start = time.perf_counter()
     if not stage.main_only or main:
@@ -242,11 +232,9 @@ def _run_stage(stage: Stage, state_path: Path, main: bool) -> float:
     distributed.barrier()
     seconds = time.perf_counter() - start
     if main:
-        state = _read_state(state_path)
-        prev = state.get(stage.name, {}).get("seconds", 0.0)
+        prev = state.record(stage.name).get("seconds", 0.0)
         fingerprint = stage.fingerprint()  # after the run: a stage that makes its inputs (prepare) is now hashable
-        state[stage.name] = {"fingerprint": fingerprint, "done": True, "seconds": prev + seconds}
-        _write_state(state_path, state)
+        state.write(stage.name, fingerprint, True, prev + seconds)
         print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
     return seconds
 
@@ -254,14 +242,14 @@ def _run_stage(stage: Stage, state_path: Path, main: bool) -> float:
 def outdated_stage(cfg: Config) -> str | None:
     """The first trained or evaluate stage of ``cfg`` that run_state.json does not record as finished with
     the identity the config gives it now (with why), None when all are: a finished run of this very config."""
-    state = _read_state(cfg.out / STATE_FILE)
+    state = RunState(cfg.out)
     for stage in plan(cfg):
         if stage.always_runs:
             continue
-        rec = state.get(stage.name) or {}
-        if not rec.get("done"):
+        finished = state.finished_with(stage.name)
+        if finished is None:
             return f"its stage {stage.name} has not finished"
-        if rec.get("fingerprint") != stage.fingerprint():
+        if finished != stage.fingerprint():
             return f"its stage {stage.name} ran under another config or data"
     return None
 
@@ -317,20 +305,6 @@ def _damaged(stage: Stage) -> bool:
         print(f"[run] {problem}: stage {stage.name} will redo it", flush=True)
         return True
     return False
-
-
-def _read_state(path: Path) -> dict[str, Any]:
-    if not path.exists():
-        return {}
-    try:
-        state = read_json(path)
-    except ValueError:
-        raise UserError(f"{path}: corrupted run state; delete it to start the run over") from None
-    return state if isinstance(state, dict) else {}
-
-
-def _write_state(path: Path, state: dict[str, Any]) -> None:
-    atomic_write_json(path, state)
 
 
 # -- evaluation of every model -------------------------------------------------------------------------

@@ -19,7 +19,8 @@ Each ``babylm-YYYY`` value sets what that year's official pipeline does, read fr
   patience 3.
 - 2025 (``babylm/evaluation-pipeline-2025``): the bare sentence is tokenized with the tokenizer's own
   special tokens (``prefix: tokenizer``; ours add none) and its first token is not scored; nothing is
-  truncated; first argmax; mean over paradigms (``UID``). Fine-tuning: lr 3e-5, batch 32 (16 for BoolQ and MultiRC), 10 epochs (WSC 30), 512 tokens,
+  truncated; first argmax; mean over paradigms (``UID``). WUG adjective / past tense (``eval.wug_adj``,
+  ``eval.wug_past``): Spearman between the model's share of the first sentence and people's ratio. Fine-tuning: lr 3e-5, batch 32 (16 for BoolQ and MultiRC), 10 epochs (WSC 30), 512 tokens,
   seed 42, AdamW with weight decay 0.01, 6% warmup then cosine decay to 0.1 x lr, evaluated every epoch
   and the best epoch kept (no early stopping), selected on the validation file with the task metric;
   token 0 through the LN-Linear-GELU-LN-Dropout-Linear head (``head: babylm``), ``drop_last``, no
@@ -30,7 +31,8 @@ Each ``babylm-YYYY`` value sets what that year's official pipeline does, read fr
   tie for the top score is broken at random (``ties: random``, seeded by ``eval.seed``; unseeded there)
   and a NaN score counts as minus infinity; EWoK pairs one target with two contexts
   (``ewok_pairing: contexts``); entity-tracking items with an option containing "nothing" are left out
-  (``entity_skip_nothing``); GlobalPIQA is new (``eval.global_piqa``, length-normalised). Fine-tuning
+  (``entity_skip_nothing``); GlobalPIQA is new (``eval.global_piqa``, length-normalised); the WUG tasks
+  are dropped (registry.DROPPED: configured data is not scored, a note says so). Fine-tuning
   is the 2025 script (below).
 
 EWoK, entity tracking, COMPS and GlobalPIQA score a completion after a context; the 2023/2024 pipelines

@@ -28,12 +28,20 @@ import numpy as np
 from babyllama import render, stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import headline_columns, model_headlines, pair_items, pairs_dataset
+from babyllama.evaluate.registry import (
+    chance_rates,
+    headline_columns,
+    item_count,
+    model_headlines,
+    pair_items,
+    pairs_dataset,
+)
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
 from babyllama.roles import REPORT, Role, members, stage_order
+from babyllama.run_state import RunState
 
 # -- gathering -----------------------------------------------------------------------------------------
 
@@ -79,7 +87,7 @@ def summarize(out_dir: Path) -> dict[str, Any]:
     if not (out_dir / "config.yaml").exists():
         raise UserError(f"{out_dir}: no config.yaml — not a babyllama out_dir (run a stage first)")
     cfg = load_config(out_dir / "config.yaml", [f"out_dir={out_dir}"])
-    state = _read_json_or_none(out_dir / "run_state.json") or {}
+    state = RunState(out_dir).read_or_empty()
     models, withheld = [], []
     for member in members(cfg):
         model, notes = _model_summary(cfg, member, state)
@@ -102,10 +110,10 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         "models": models,
         "evaluations": found,
         "differences": tests,
-        "verdict": lines,
+        "verdict": lines + chance_lines(cfg, models),
         "approximations": approximations(models, out_dir),
         "withheld": withheld,
-        "stages": _stage_seconds(state, stage_order(cfg)),
+        "stages": RunState(out_dir).seconds(stage_order(cfg)),
         "ledger": manifest.get("ledger"),
         "compliance": build_ledger(cfg),  # what ledger.json holds: words per model, rule verdicts
         "environment": environment(),
@@ -154,6 +162,7 @@ def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[s
         "blimp": results.get("blimp"),
         "supplement": results.get("supplement"),
         "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
+        "n_items": {k: item_count(v) for k, v in results.items() if k in headlines},  # for the at-chance check
         "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
         "eval_notes": result_notes(cfg, name, results),  # ties, long inputs, items left out
         "curve": (results.get("curve") or {}).get("points", []),  # train.save_at_words
@@ -219,13 +228,6 @@ def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
     if student and control:
         lines.append(_data_stream_line(student, control))
     return lines
-
-
-def _stage_seconds(state: dict[str, Any], order: list[str]) -> dict[str, Any]:
-    """Seconds per recorded stage, in the pipeline's order (stages it no longer plans last, by name)."""
-    rank = {name: i for i, name in enumerate(order)}
-    names = sorted((k for k, v in state.items() if isinstance(v, dict)), key=lambda k: (rank.get(k, len(order)), k))
-    return {k: state[k].get("seconds") for k in names}
 
 
 def _with_role(models: list[dict[str, Any]], role: Role) -> dict[str, Any] | None:
@@ -377,6 +379,21 @@ def evaluations(models: list[dict[str, Any]]) -> dict[str, str]:
             out[key] = pairs_dataset(result, label)
             out[f"{key}:short"] = pairs_dataset(result, label, short=True)
     return out
+
+
+def chance_lines(cfg: Any, models: list[dict[str, Any]]) -> list[str]:
+    """A line for each task on which every model is within noise of the chance rate: a difference there,
+    however it reads, is not evidence (EWoK sits near 50% for text-only models at this scale)."""
+    lines = []
+    columns = headline_columns(cfg)
+    for key, rate in chance_rates(cfg).items():
+        scores = [(m["headlines"][key], m["n_items"][key]) for m in models
+                  if key in m["headlines"] and (m.get("n_items") or {}).get(key)]
+        if scores and stats.at_chance(scores, rate):
+            band = max(stats.chance_band(rate, n) for _, n in scores)
+            lines.append(f"{columns.get(key, key).removesuffix(' %')}: at chance — every model scores within noise of "
+                         f"{100 * rate:.0f}% (±{100 * band:.1f} points at 95% on its items); its differences are not evidence.")
+    return lines
 
 
 # -- tables ----------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Who is who in an experiment: every model's role and the stage that trains it, in pipeline order.
 
-`babyllama run` plans one training stage per member, in this order (prepare → the models → evaluate →
-report), and the report lists its models and stages from here.
+The one vocabulary for models: `babyllama run` plans one training stage per member (prepare → the models
+→ evaluate → report) and `--force teachers` selects by role; the report, the sweep report (``Role.kind``)
+and the model card name models from here, never by matching names or stage strings.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ class Role(Enum):
     EXTERNAL_TEACHER = "external teacher"
     STUDENT = "distilled student"
     CONTROL = "control (no distillation)"
+
+    @property
+    def kind(self) -> str:
+        """The short name files and tables use (``sweep.json``): 'teacher' (external ones too), 'student', 'control'."""
+        return {Role.STUDENT: "student", Role.CONTROL: "control"}.get(self, "teacher")
 
 
 @dataclass(frozen=True)

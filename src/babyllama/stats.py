@@ -86,6 +86,7 @@ def paired(per_seed: Mapping[Any, float], level: float = LEVEL) -> dict[str, Any
         "level": level,
         "n": len(diffs),
         "holds": sum(((d > 0) - (d < 0)) == sign for d in diffs) if sign else 0,
+        "p": paired_p_value(diffs),
     }
 
 
@@ -187,3 +188,47 @@ def verdict(a: str, b: str, summary: Mapping[str, Any], unit: str, higher_is_bet
                 f"{holds}/{n} seeds share the mean's sign.")
     verb = "beats" if (mean > 0) == higher_is_better else "is WORSE than"
     return f"{a} {verb} {b}: {signed} ({better_word} is better), {holds}/{n} seeds."
+
+
+# -- many comparisons, and scores at chance ------------------------------------------------------------------
+
+
+def paired_p_value(diffs: Sequence[float]) -> float | None:
+    """Two-sided p of the one-sample t test that the mean paired difference is 0; None below two seeds."""
+    x = np.asarray(diffs, dtype=float)
+    if len(x) < 2:
+        return None
+    sd = x.std(ddof=1)
+    if sd == 0:
+        return 1.0 if x.mean() == 0 else 0.0
+    t = abs(float(x.mean())) / (sd / math.sqrt(len(x)))
+    return float(min(1.0, 2 * (1 - t_cdf(t, len(x) - 1))))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (family-wise error over the comparisons that have a p; None stays)."""
+    have = sorted((p, i) for i, p in enumerate(p_values) if p is not None)
+    m, out, running = len(have), [None] * len(p_values), 0.0
+    for rank, (p, i) in enumerate(have):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def chance_band(chance: float, n: int, level: float = LEVEL) -> float:
+    """Half-width of the interval a model guessing at ``chance`` lands in on ``n`` items (normal approximation)."""
+    z = math.sqrt(2) * _erfinv(level)
+    return z * math.sqrt(chance * (1 - chance) / n)
+
+
+def _erfinv(y: float) -> float:
+    lo, hi = 0.0, 10.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if math.erf(mid) < y else (lo, mid)
+    return (lo + hi) / 2
+
+
+def at_chance(scores: Sequence[tuple[float, int]], chance: float, level: float = LEVEL) -> bool:
+    """True when every (accuracy, items) lies within noise of ``chance``: nothing here tells models apart."""
+    return bool(scores) and all(n > 0 and abs(acc - chance) <= chance_band(chance, n, level) for acc, n in scores)

@@ -44,12 +44,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
 from babyllama import distributed
-from babyllama.config import Config, _apply_override, _format_error, save_resolved
+from babyllama.config import Config, apply_override, save_resolved, validate_tree
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_json, read_json, stable_hash
+from babyllama.roles import PREPARE, Role, members
+from babyllama.run_state import RunState
 
 SWEEP_DIR = "sweep"
 T = TypeVar("T")
@@ -90,10 +90,7 @@ def _paths(node: Any, parts: list[str], prefix: list[str], key: str) -> list[lis
 
 
 def _validate(tree: dict[str, Any], what: str) -> Config:
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as e:
-        raise UserError(_format_error(f"sweep: {what}", e, tree)) from None
+    return validate_tree(tree, f"sweep: {what}")
 
 
 def _with_point(base: Config, point: dict[str, Any]) -> dict[str, Any]:
@@ -103,7 +100,7 @@ def _with_point(base: Config, point: dict[str, Any]) -> dict[str, Any]:
         if key == "teachers":
             continue
         for parts in _paths(tree, key.split("."), [], key):
-            _apply_override(tree, parts, copy.deepcopy(value), f"sweep.grid.{key}={value}")
+            apply_override(tree, parts, copy.deepcopy(value), f"sweep.grid.{key}={value}")
     return tree
 
 
@@ -308,6 +305,11 @@ def _link(link: Path, target: Path) -> None:
     link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
 
 
+def _teacher_stages(cfg: Config) -> dict[str, str]:
+    """{teacher name: the `run` stage that trains it} (external teachers have none)."""
+    return {m.name: m.stage for m in members(cfg) if m.role is Role.TEACHER and m.stage is not None}
+
+
 def _adopt_copy(dest: Path, src: Path) -> None:
     """``dest`` becomes a copy of the folder ``src`` (hard-linked files where possible), atomically."""
     import shutil
@@ -329,27 +331,17 @@ def _adopt_copy(dest: Path, src: Path) -> None:
         shutil.copytree(src, tmp, symlinks=False, copy_function=link_or_copy)
 
 
-def _state(cfg: Config) -> dict[str, Any]:
-    from babyllama.pipeline import STATE_FILE
-
-    path = cfg.out / STATE_FILE
-    try:
-        return read_json(path) if path.exists() else {}
-    except ValueError:
-        raise UserError(f"{path}: corrupted run state; delete it to start that run over") from None
-
-
 def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
     """Data, teachers (trained, evaluated), the teacher cache, and the member's links to them."""
-    from babyllama.pipeline import STATE_FILE, evaluate_all, run_pipeline
+    from babyllama.pipeline import evaluate_all, run_pipeline
 
-    teachers = [f"teacher:{t.name}" for t in home.trained_teachers]
+    teachers = _teacher_stages(home)
     if home.out != base.out:
-        run_pipeline(base, only=["prepare"])
+        run_pipeline(base, only=[PREPARE])
         _link(home.data_dir, base.data_dir)
         if distributed.is_main_process():
             save_resolved(home)
-    run_pipeline(home, only=["prepare", *teachers])
+    run_pipeline(home, only=[PREPARE, *teachers.values()])
     main = distributed.is_main_process()
     if main:
         _link(mcfg.data_dir, base.data_dir)
@@ -358,11 +350,8 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
             _link(mcfg.model_dir(t.name), home.model_dir(t.name))
             _link(mcfg.checkpoint_dir(t.name), home.checkpoint_dir(t.name))
             _link(mcfg.out / "eval" / t.name, home.out / "eval" / t.name)
-        home_state, state = _state(home), _state(mcfg)
-        for stage in ["prepare", *(f"teacher:{t.name}" for t in mcfg.trained_teachers)]:
-            if state.get(stage, {}).get("fingerprint") != home_state[stage]["fingerprint"]:
-                state[stage] = home_state[stage]
-        atomic_write_json(mcfg.out / STATE_FILE, state)
+        for stage in [PREPARE, *_teacher_stages(mcfg).values()]:
+            RunState(mcfg.out).adopt(stage, RunState(home.out))
         save_resolved(mcfg)
         adopt_identical(base, mcfg)
     distributed.barrier()
@@ -371,7 +360,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
 
         build_teacher_cache(mcfg)
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
-        evaluate_all(mcfg, [t.name for t in mcfg.trained_teachers])
+        evaluate_all(mcfg, list(_teacher_stages(mcfg)))
 
 
 def adopt_identical(base: Config, mcfg: Config) -> None:
@@ -384,38 +373,36 @@ def adopt_identical(base: Config, mcfg: Config) -> None:
     run on the source cannot change a finished member; links left by older versions are replaced by copies
     or, when they no longer match, removed, so the member trains its own model.
     """
-    from babyllama.pipeline import STATE_FILE, plan
+    from babyllama.pipeline import plan
 
     assert mcfg.student is not None
     stages = {s.name: s for s in plan(mcfg)}
+    state = RunState(mcfg.out)
     seed = mcfg.student.train.seed
     default = SweepMember(0, f"{_slug({})}-s{seed}", seed if seed is not None else base.seed, "default")
     sources = [base, member_config(base, default)]
-    state = _state(mcfg)
-    for stage, name in (("distill", mcfg.student.name), ("control", mcfg.control_name)):
-        if stage not in stages:
+    for m in members(mcfg):
+        stage, name = m.stage, m.name
+        if m.role not in (Role.STUDENT, Role.CONTROL) or stage not in stages:
             continue
         fp = stages[stage].fingerprint()
         paths = [mcfg.model_dir(name), mcfg.checkpoint_dir(name), mcfg.out / "eval" / name]
         if any(p.exists() and not p.is_symlink() for p in paths):
             continue  # the member's own model (finished or resuming): run_pipeline decides
-        source = next((src for src in sources if src.out != mcfg.out and _state(src).get(stage, {}).get("done")
-                       and _state(src)[stage]["fingerprint"] == fp
+        source = next((src for src in sources if src.out != mcfg.out and RunState(src.out).finished_with(stage) == fp
                        and (src.model_dir(name) / "model.safetensors").exists()), None)
         if source is None:
             for p in paths:
                 if p.is_symlink():
                     p.unlink()
-            if state.get(stage, {}).get("fingerprint") == fp:
-                state.pop(stage)
+            if state.record(stage).get("fingerprint") == fp:
+                state.forget(stage)
             continue
         for p, target in zip(paths, [source.model_dir(name), source.checkpoint_dir(name), source.out / "eval" / name],
                              strict=True):
             _adopt_copy(p, target)
-        if state.get(stage) != _state(source)[stage]:
-            state[stage] = _state(source)[stage]
+        if state.adopt(stage, RunState(source.out)):
             print(f"[sweep] {mcfg.out.name}: {stage} is identical to the one in {source.out}: reused", flush=True)
-    atomic_write_json(mcfg.out / STATE_FILE, state)
 
 
 def run_member(base: Config, m: SweepMember, total: int, *, lock_shared: bool = False) -> None:

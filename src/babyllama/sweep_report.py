@@ -20,10 +20,23 @@ import numpy as np
 
 from babyllama import render, stats
 from babyllama.config import Config
-from babyllama.evaluate.registry import headline_columns, model_headlines, pair_items
-from babyllama.io import atomic_write_bytes, atomic_write_text, read_json
+from babyllama.errors import UserError
+from babyllama.evaluate.registry import (
+    chance_rates,
+    headline_columns,
+    item_count,
+    model_headlines,
+    model_result_files,
+    pair_items,
+    result_key,
+)
+from babyllama.io import atomic_write_bytes, atomic_write_text
+from babyllama.roles import EVALUATE, Role, members
+from babyllama.run_state import RunState
 from babyllama.sweep import SweepMember, member_config, sweep_dir
 
+#: Family-wise error rate of the verdict lines (Holm's adjustment over every comparison of a sweep).
+ALPHA = 0.05
 #: The dev cross-entropy's key (the perplexity evaluator's headline) and how it is shown.
 DEV_CE = "dev_ce"
 
@@ -37,35 +50,26 @@ def sweep_metrics(cfg: Config) -> dict[str, tuple[str, str, bool, int, float]]:
     return out
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return read_json(path) if path.exists() else {}
-    except ValueError:
-        return {}
-
-
 def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
     """({model: {role, dev_ce, <headline key>: value}}, {model: {<headline key>: items}}), or why the member
     cannot be counted: unfinished, run under another config, or a result the registry's reader does not
     verify (missing, damaged or stale). A member is counted whole or not at all, so no seed drops silently
     out of an interval."""
-    from babyllama.errors import UserError
-    from babyllama.evaluate.registry import model_result_files, result_key
-    from babyllama.pipeline import STATE_FILE, outdated_stage
+    from babyllama.pipeline import outdated_stage
 
-    if not _json(mcfg.out / STATE_FILE).get("evaluate", {}).get("done"):
-        return "not finished"
+    try:
+        if RunState(mcfg.out).finished_with(EVALUATE) is None:
+            return "not finished"
+    except UserError as e:
+        return str(e)
     try:
         outdated = outdated_stage(mcfg)
     except (UserError, OSError) as e:
         outdated = f"its run cannot be checked ({e})"
     if outdated:
         return outdated
-    roles = {t.name: "teacher" for t in mcfg.trained_teachers}  # external teachers are not evaluated here
-    assert mcfg.student is not None
-    roles[mcfg.student.name] = "student"
-    if mcfg.control:
-        roles[mcfg.control_name] = "control"
+    # external teachers are not evaluated here
+    roles = {m.name: m.role.kind for m in members(mcfg) if m.role is not Role.EXTERNAL_TEACHER}
     numbers, items = {}, {}
     keys = headline_columns(mcfg)
     for name, role in roles.items():
@@ -75,7 +79,8 @@ def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
                 return f"{result.path.relative_to(mcfg.out)} is {result.problem}"
             results[result_key(job)] = result.value
         headlines = model_headlines(mcfg, name, results)
-        numbers[name] = {"role": role, DEV_CE: headlines.get("perplexity"), **{k: headlines.get(k) for k in keys}}
+        numbers[name] = {"role": role, DEV_CE: headlines.get("perplexity"), **{k: headlines.get(k) for k in keys},
+                         "n_items": {k: item_count(results[k]) for k in keys if k in results}}
         items[name] = {k: pair_items(results[k], mcfg.eval) for k in keys if k in results}
     return numbers, items
 
@@ -146,20 +151,20 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
             title, _, higher, digits, _ = spec
             c = compare(f"student - control{at}", student, control, metric, spec, base.sweep.bootstrap)
             if c:
+                c["who"] = ("the distilled student" + ("" if not at else f" at {label}"), "the control")
                 comparisons.append(c)
-                who = "the distilled student" + ("" if not at else f" at {label}")
-                verdicts.append(_sentence(who, "the control", c, title, higher, digits))
             if label != "default":
                 c = compare(f"{label} - default (student)", student, model_rows(default, "student"), metric, spec,
                             base.sweep.bootstrap)
                 if c:
+                    c["who"] = (f"the student with {label}", "the default student")
                     comparisons.append(c)
-                    verdicts.append(_sentence(f"the student with {label}", "the default student", c, title, higher, digits))
         gap = teacher_gap(runs)
         conditions.append(_condition(label, gap, base.sweep.teacher_seeds == "shared"))
         effect = next((c for c in comparisons if c["name"] == f"student - control{at}" and c["metric"] == "dev_ce"), None)
         settings.append({"setting": label, "teacher_gap": gap and gap[0], "student_minus_control_dev_ce": effect and
                          {k: effect[k] for k in ("mean", "ci", "holds", "n")}})
+    verdicts = _verdicts(comparisons, _at_chance(base, rows))
     result = {"out_dir": str(base.out), "seeds": sorted({m.seed for m in ms}), "members": rows, "missing": missing,
               "missing_why": reasons,
               "comparisons": comparisons, "verdict": verdicts, "conditions": [c for c in conditions if c],
@@ -182,6 +187,42 @@ def conditional_on(base: Config) -> list[str]:
                      "reused by every seed): the intervals do not include the variation between cache draws.")
     elif cache.enabled:
         lines.append("The student read a deterministic top-k teacher cache, built once per teacher set.")
+    return lines
+
+
+def _at_chance(base: Config, rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
+    """{metric: (chance, widest 95% band)} of every headline where each model of each member is within noise of
+    chance (a score a guessing model reaches on that many items): there, no comparison is evidence."""
+    out = {}
+    for key, chance in chance_rates(base).items():
+        scores = [(m[key], m["n_items"][key]) for r in rows for m in r["models"].values()
+                  if m.get(key) is not None and (m.get("n_items") or {}).get(key)]
+        if scores and stats.at_chance(scores, chance):
+            out[key] = (chance, max(stats.chance_band(chance, n) for _, n in scores))
+    return out
+
+
+def _verdicts(comparisons: list[dict[str, Any]], chance: dict[str, tuple[float, float]]) -> list[str]:
+    """One line on how many comparisons were made and how many survive Holm's adjustment, a line per task at
+    chance, then one sentence per comparison marked with its adjusted p (and 'at chance' where it is)."""
+    adjusted = stats.holm([c.get("p") for c in comparisons])
+    for c, p in zip(comparisons, adjusted, strict=True):
+        c["p_holm"], c["survives_holm"], c["at_chance"] = p, p is not None and p <= ALPHA, c["metric"] in chance
+    tested = sum(p is not None for p in adjusted)
+    survive = sum(c["survives_holm"] for c in comparisons)
+    lines = [f"{len(comparisons)} comparisons were made ({tested} with two or more seeds, tested by a paired t test); "
+             f"after Holm's adjustment for all {tested} at the {ALPHA:.0%} level, {survive} survive "
+             "(marked 'survives Holm' below)."]
+    for key, (rate, band) in chance.items():
+        title = next((c["title"] for c in comparisons if c["metric"] == key), key)
+        lines.append(f"{title}: at chance — every model scores within noise of {100 * rate:.0f}% "
+                     f"(±{100 * band:.1f} points at 95% for its item count); its differences are not evidence.")
+    for c in comparisons:
+        text = _sentence(*c["who"], c, c["title"], c["higher"], c["digits"])
+        if c["p_holm"] is not None:
+            text += (f" Holm-adjusted p = {c['p_holm']:.3f}: "
+                     + ("survives Holm." if c["survives_holm"] else "does not survive Holm."))
+        lines.append(("(at chance) " if c["at_chance"] else "") + text)
     return lines
 
 

@@ -1,4 +1,8 @@
-"""`babyllama distill CONFIG`: train the student from the teachers' ensemble with the one training loop."""
+"""The student's objective: the teachers' ensemble, live or from the teacher-logit cache.
+
+babyllama.training fits it with the one training loop and fingerprints the same object, so the
+distillation identity is ``DistillObjective.fingerprint`` and nothing else.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,12 @@ from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import num_fixed_windows
 from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, weights_hash
 from babyllama.distill.loss import normalised_weights
-from babyllama.distill.objective import DistillObjective, distill_fingerprint
+from babyllama.distill.objective import DistillObjective
 from babyllama.distill.span import SideTokenizer, SpanAligner
 from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
 from babyllama.errors import UserError
 from babyllama.existing import model_info
 from babyllama.runtime import training_device
-from babyllama.train.loop import fit
 
 #: Positions per teacher forward pass while building the cache.
 BUILD_TOKENS = 4096
@@ -35,9 +38,6 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
     """The cache identity for this config: teachers' weights, data, windows, ensemble, T, the mode with
     its k or sample count and seed, and the dtype and device kind the teachers compute in."""
     opts = cfg.distill
-    if opts.cache.mode == "sample" and opts.divergence != "forward_kl":
-        raise UserError(f"distill.divergence: {opts.divergence!r} cannot be estimated from sampled tokens (the 'sample' "
-                        "cache is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")
     device = training_device()
     sample = opts.cache.mode == "sample"
     return CacheSpec(
@@ -91,36 +91,24 @@ def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, 
                         progress=cfg.logging.progress and dist.is_main_process())
 
 
-def distillation_fingerprint(cfg: Config) -> dict:
-    """The objective fingerprint `distill` would train with (for checking whether the student is done);
-    reads only hashes and manifests, never the teachers' weights."""
-    manifest, _, teachers = _teachers(cfg)
-    weights = normalised_weights(cfg.distill.weights, len(teachers))
-    key = None
-    if cfg.distill.cache.enabled:
-        n_tokens = int(manifest["splits"]["train"]["tokens"])
-        key = cache_spec(cfg, manifest, teachers, n_tokens).key()
-    return distill_fingerprint(cfg.distill, teachers, weights, key)
-
-
-def distill(cfg: Config, resume: bool = False) -> Path:
-    """Train cfg.student from the ensemble of cfg.teachers; return its HF folder <out_dir>/models/<student>.
+def distill_objective(cfg: Config) -> tuple[DistillObjective, str]:
+    """The student's objective and how the run describes it. Reads manifests, weight hashes and tokenizers
+    only: the teachers (or the cache) are loaded when the loop sets the objective up.
 
     With distill.cache.enabled the ensemble is scored once (sampled tokens or top-k, cached under
     <out_dir>/cache/) and the student trains on the fixed windows the cache covers; otherwise the
-    teachers run live. Either way the control trains on the same windows (Config.student_windows).
+    teachers run live.
     """
     student = _student(cfg)
     manifest, dirs, teachers = _teachers(cfg)
     weights = normalised_weights(cfg.distill.weights, len(teachers))
     names = ", ".join(name for name, _ in teachers)
     if cfg.distill.cache.enabled:
-        tokens = load_tokens(cfg.data_dir, "train")
-        spec = cache_spec(cfg, manifest, teachers, len(tokens))
-        objective = DistillObjective(cfg.distill, teachers, weights, cache_key=spec.key(),
-                                     open_cache=lambda device: _ensure(cfg, spec, dirs, tokens, device))
-        return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
-                   description=f"student {student.name} distilled from {names} (cache: {spec.describe()})")
+        spec = cache_spec(cfg, manifest, teachers, int(manifest["splits"]["train"]["tokens"]))
+        objective = DistillObjective(
+            cfg.distill, teachers, weights, cache_key=spec.key(),
+            open_cache=lambda device: _ensure(cfg, spec, dirs, load_tokens(cfg.data_dir, "train"), device))
+        return objective, f"student {student.name} distilled from {names} (cache: {spec.describe()})"
 
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)
@@ -128,8 +116,7 @@ def distill(cfg: Config, resume: bool = False) -> Path:
     aligners = span_aligners(cfg, manifest, dirs) if cfg.distill.vocab_alignment == "span" else None
     objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load, aligners=aligners)
     how = " (span-aligned on the text)" if aligners else ""
-    return fit(cfg, student, objective, resume=resume, windows=cfg.student_windows,
-               description=f"student {student.name} distilled from {names}{how}")
+    return objective, f"student {student.name} distilled from {names}{how}"
 
 
 def span_aligners(cfg: Config, manifest: dict, dirs: list[Path]) -> list[SpanAligner]:

@@ -42,6 +42,7 @@ class Evaluator:
     percent: bool = True
     cli_data: bool = False  # `babyllama evaluate <name> --model DIR --data PATH` scores a data file
     aliases: list[str] = field(default_factory=list)
+    chance: float | None = None  # a guessing model's headline (two-way choices: 0.5); None when it varies
 
 
 # -- declarations ------------------------------------------------------------------------------------
@@ -150,6 +151,49 @@ def _read_reading(data: str) -> Any:
     from babyllama.evaluate.reading import read_rows
 
     return read_rows(data)
+
+
+#: Tasks a protocol's official code no longer scores: configured data is not scored under it (check_data says so).
+DROPPED = {"babylm-2026": ("wug_adj", "wug_past")}
+
+
+def wug_settings(ev: EvalConfig) -> dict[str, Any]:
+    return {"context_prefix": ev.context_prefix, "truncate": ev.truncate, "batch_size": ev.batch_size}
+
+
+def _wug_scorer(task: str) -> Callable[..., dict[str, Any]]:
+    def score(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
+        from babyllama.evaluate.wug import evaluate_wug
+
+        if task in DROPPED.get(ev.protocol, ()):
+            raise UserError(f"{task}: the {ev.protocol} protocol does not score it (its official code dropped the "
+                            "WUG tasks); use --protocol babylm-2025")
+        return evaluate_wug(task, model_dir, data, device=device, **wug_settings(ev))
+    return score
+
+
+def _wug_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
+    def jobs(cfg: Config) -> list[Job]:
+        data = getattr(cfg.eval, task)
+        if not data or task in DROPPED.get(cfg.eval.protocol, ()):
+            return []
+        return [Job(f"{task}.json", column, {"data": _data_id(data), **wug_settings(cfg.eval)},
+                    lambda d: _wug_scorer(task)(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
+                    lambda: _load_wug(task, data))]
+    return jobs
+
+
+def _load_wug(task: str, data: str) -> Any:
+    from babyllama.evaluate.wug import load_wug
+
+    return load_wug(data, task)
+
+
+def dropped_notes(cfg: Config) -> list[str]:
+    """One line per configured data set that the protocol does not score (its official code dropped the task)."""
+    return [f"eval.{t} is set but not scored: the {cfg.eval.protocol} protocol's official code no longer scores "
+            f"{t} (use eval.protocol babylm-2025 to score it)"
+            for t in DROPPED.get(cfg.eval.protocol, ()) if getattr(cfg.eval, t, None)]
 
 
 def _finetune_jobs(cfg: Config) -> list[Job]:
@@ -283,23 +327,30 @@ def _pairs_headline(result: dict[str, Any], ev: EvalConfig) -> float | None:
 
 REGISTRY: list[Evaluator] = [
     Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False),
-    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline),
-    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline),
-    Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True),
+    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline, chance=0.5),
+    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline, chance=0.5),
+    Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True, chance=0.5),
     Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
               _get("headline"), cli_data=True, aliases=["entity-tracking"]),
-    Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True),
+    Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True,
+              chance=0.5),
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
               cli_data=True, aliases=["global-piqa"]),
     # The reading scores are already percentages (of the R² left to explain); the report's columns take fractions.
     Evaluator("reading", "eval.reading", _reading_jobs, lambda r, ev: r["headline"] / 100 if "headline" in r else None),
+    # Spearman ρ between the model's and people's ratios (a fraction, shown × 100); BabyLM 2025 only.
+    Evaluator("wug_adj", "eval.wug_adj", _wug_jobs("wug_adj", "WUG adj ρ %"), _get("headline"), cli_data=True,
+              aliases=["wug-adj"]),
+    Evaluator("wug_past", "eval.wug_past", _wug_jobs("wug_past", "WUG past ρ %"), _get("headline"), cli_data=True,
+              aliases=["wug-past"]),
     Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
     Evaluator("curves", "eval.curves", _curve_jobs, lambda r, ev: None),
 ]
 
 #: How `babyllama evaluate <name>` scores a data file with each cli_data evaluator.
 SCORERS: dict[str, Callable[..., dict[str, Any]]] = {
-    e.name: _completion_scorer(e.name) for e in REGISTRY if e.cli_data}
+    e.name: _wug_scorer(e.name) if e.name in ("wug_adj", "wug_past") else _completion_scorer(e.name)
+    for e in REGISTRY if e.cli_data}
 
 
 def evaluator(name: str) -> Evaluator:
@@ -316,7 +367,10 @@ def jobs(cfg: Config) -> list[tuple[Evaluator, Job]]:
 
 def check_data(cfg: Config) -> None:
     """Read and validate every data set the evaluation will score, so a typo in ``eval.blimp`` or a bad
-    item stops the run in one line before the first model trains, not after all training."""
+    item stops the run in one line before the first model trains, not after all training. Data the
+    protocol does not score is named in a note line."""
+    for note in dropped_notes(cfg):
+        print(f"[run] note: {note}", flush=True)
     for e, job in jobs(cfg):
         if job.check is not None:
             try:
@@ -447,3 +501,14 @@ def is_embedded(result: dict[str, Any]) -> bool:
 
     data = str(result.get("data", "?"))
     return data.startswith("embedded:") or Path(data) in EMBEDDED.values()
+
+
+def chance_rates(cfg: Config) -> dict[str, float]:
+    """{result key: chance headline} of the headlines a guessing model would score at a known rate."""
+    return {result_key(j): e.chance for e, j in jobs(cfg) if e.chance is not None and j.column is not None}
+
+
+def item_count(result: dict[str, Any]) -> int | None:
+    """How many items a zero-shot result scored (pairs or completion items)."""
+    n = result.get("n_pairs", result.get("n_items"))
+    return n if isinstance(n, int) else None

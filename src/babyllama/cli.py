@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from babyllama import threads  # first: the thread policy must be in place before anything imports torch
 from babyllama.errors import (
@@ -354,14 +355,21 @@ def _add_protocol_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    # Longer than our ~80-line rule on purpose: one flat list of argparse declarations, read top to bottom
-    # as the CLI's whole surface; each verb's handler lives in its own cmd_* function.
+    """The CLI's whole surface, verb by verb in the order of the pipeline; each handler is a cmd_* function."""
     parser = argparse.ArgumentParser(
         prog="babyllama",
         description="Baby Llama end to end: prepare data, train teachers, distil a student, evaluate, report.",
     )
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    _add_training_verbs(sub)
+    _add_evaluation_verbs(sub)
+    _add_publishing_verbs(sub)
+    _add_threads_flag(parser)
+    return parser
 
+
+def _add_training_verbs(sub: Any) -> None:
+    """prepare, train, distill, run, sweep: the verbs that make data and models."""
     p = sub.add_parser("prepare", help="clean the corpus, train the tokenizer, write token files")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
@@ -377,6 +385,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="require a saved state to resume from (default: resume if one exists)")
     p.set_defaults(func=cmd_distill)
 
+    p = sub.add_parser("run", help="the whole chain: prepare, teachers, distill, control, evaluate, report")
+    _add_config_args(p)
+    p.add_argument("--force", action="append", metavar="STAGE", help="redo this stage and everything after it (repeatable)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="seeds and ablations of one config, with confidence intervals")
+    _add_config_args(p)
+    p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: sweep.seeds, 3)")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--plan", action="store_true", help="write <out_dir>/sweep/plan.json and list the members")
+    what.add_argument("--member", type=int, metavar="I", help="run member I only (e.g. one task of a scheduler's array)")
+    what.add_argument("--collect", action="store_true", help="only aggregate the finished members")
+    p.add_argument("--jobs", type=int, default=1, metavar="K", help="run K members at a time as local processes")
+    p.set_defaults(func=cmd_sweep)
+
+
+def _add_evaluation_verbs(sub: Any) -> None:
+    """evaluate (every zero-shot task and perplexity) and finetune."""
     p = sub.add_parser("evaluate", help="zero-shot evaluation (BLiMP, EWoK, entity tracking, COMPS, GlobalPIQA, "
                        "WUG adj / past, reading, dev perplexity)")
     esub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
@@ -440,27 +466,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.set_defaults(func=cmd_finetune)
 
+
+def _add_publishing_verbs(sub: Any) -> None:
+    """download, report, export, config: data in, results and models out, and the config itself."""
     p = sub.add_parser("download", help="fetch public evaluation data")
     dsub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     d = dsub.add_parser("blimp", help="download BLiMP (67 paradigms) and verify it")
     d.add_argument("--to", default=None, help="destination folder (default: ~/.cache/babyllama/blimp)")
     d.add_argument("--url", default=None, help="archive URL (default: the public BLiMP release)")
     d.set_defaults(func=cmd_download_blimp)
-
-    p = sub.add_parser("run", help="the whole chain: prepare, teachers, distill, control, evaluate, report")
-    _add_config_args(p)
-    p.add_argument("--force", action="append", metavar="STAGE", help="redo this stage and everything after it (repeatable)")
-    p.set_defaults(func=cmd_run)
-
-    p = sub.add_parser("sweep", help="seeds and ablations of one config, with confidence intervals")
-    _add_config_args(p)
-    p.add_argument("--seeds", type=int, default=None, help="seeds per setting (default: sweep.seeds, 3)")
-    what = p.add_mutually_exclusive_group()
-    what.add_argument("--plan", action="store_true", help="write <out_dir>/sweep/plan.json and list the members")
-    what.add_argument("--member", type=int, metavar="I", help="run member I only (e.g. one task of a scheduler's array)")
-    what.add_argument("--collect", action="store_true", help="only aggregate the finished members")
-    p.add_argument("--jobs", type=int, default=1, metavar="K", help="run K members at a time as local processes")
-    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="rebuild report.md / report.html from what is on disk")
     p.add_argument("out_dir", help="an experiment's out_dir")
@@ -488,8 +502,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--docs", action="store_true", help="print every key with its type, default and meaning")
     p.set_defaults(func=cmd_config)
-    _add_threads_flag(parser)
-    return parser
 
 
 def _add_threads_flag(parser: argparse.ArgumentParser) -> None:

@@ -30,6 +30,9 @@ def _final_rows(g: dict[str, Any]) -> list[str]:
     accs = [r["metrics"]["accuracy"] for r in g["finetune"].values() if "accuracy" in (r.get("metrics") or {})]
     if accs:
         rows.append(f"| GLUE (mean accuracy of the {len(accs)} tasks above) | {100 * sum(accs) / len(accs):.2f} | | |")
+    if len(rows) == 2:
+        return ["No verified zero-shot or fine-tuning result for this model (missing, or stale: `babyllama run` "
+                "evaluates it again); the submission holds the model only."]
     return rows
 
 

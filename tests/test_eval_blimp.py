@@ -188,3 +188,28 @@ def test_embedded_subset_is_100_pairs_of_each_paradigm_with_attribution():
     assert "CC BY 4.0" in readme and "Warstadt" in readme
     with pytest.raises(UserError, match="no such embedded data set"):
         load_pairs("embedded:nope")
+
+
+def test_model_id_found_in_the_local_hugging_face_cache(llama_dir, tmp_path, monkeypatch, capsys):
+    """--model takes a Hub id the local cache holds (no network); an uncached id names the download command."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--tiny-llama" / "snapshots" / ("a" * 40)
+    shutil.copytree(llama_dir, snapshot)
+    (cache / "models--someone--tiny-llama" / "refs").mkdir()
+    (cache / "models--someone--tiny-llama" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "blimp", "--model", "someone/tiny-llama", "--data", str(FIX / "blimp_2024"),
+                 "--out", str(out), "--device", "cpu"]) == 0
+    direct = evaluate_blimp(llama_dir, FIX / "blimp_2024", device="cpu")
+    assert json.loads(out.read_text())["headline"] == direct["headline"]
+    capsys.readouterr()
+    assert main(["evaluate", "blimp", "--model", "someone/not-cached", "--data", str(FIX / "blimp_2024")]) == 2
+    err = capsys.readouterr().err
+    assert "huggingface-cli download someone/not-cached" in err and len(err.strip().splitlines()) == 1

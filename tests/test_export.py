@@ -152,6 +152,25 @@ def test_card_states_what_the_run_recorded(run_dir: Path, tmp_path: Path) -> Non
     assert "control: no distillation" in control and "Distilled from" not in control
 
 
+def test_quants_sit_side_by_side_under_one_gguf_card(run_dir: Path, tmp_path: Path, capsys) -> None:
+    src, to = run_dir / "models" / "student", tmp_path / "gguf"
+    assert _export(src, to, "--quant", "f16", "--base-model", "me/student") == 0
+    first = (to / "student-f16.gguf").read_bytes()
+    assert _export(src, to, "--quant", "q8_0", "--base-model", "me/student") == 0
+    assert (to / "student-f16.gguf").read_bytes() == first and (to / "student-q8_0.gguf").is_file()
+    card = (to / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n", 2)[1])
+    assert meta["library_name"] == "gguf" and meta["base_model"] == "me/student"
+    assert meta["base_model_relation"] == "quantized"
+    assert "- `student-f16.gguf`" in card and "- `student-q8_0.gguf`" in card
+    assert "sampled cache" in card or "run live" in card
+    assert "top-None" not in card
+    # another model's GGUF in the folder: refused, nothing changed
+    capsys.readouterr()
+    assert _export(run_dir / "models" / "student-control", to) == 2
+    assert "student-f16.gguf" in _one_error_line(capsys) and (to / "student-f16.gguf").read_bytes() == first
+
+
 def test_hf_folder_is_clean_and_loads_as_trained(run_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

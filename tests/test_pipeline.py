@@ -63,6 +63,10 @@ def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_c
         (out / "eval" / "t-llama" / "curve.json").read_text())["points"]
     assert "data:image/png;base64," in (out / "report.html").read_text()
     assert "Time per stage" in printed and str(out / "report.html") in printed
+    # the console ends with the verdict, the sweep hint (one seed) and the report's path
+    ending = printed[printed.index("Verdict (student - other model, one seed):"):]
+    assert "Dev CE vs control student-control:" in ending and "paired over" in ending
+    assert f"babyllama sweep {cfg_path} --seeds 3" in " ".join(ending.split())
 
     before = _stamps(out)
     assert main(["run", str(cfg_path)]) == 0
@@ -116,6 +120,14 @@ def test_killed_run_resumes_without_redoing_finished_stages(tmp_path: Path, tiny
     stamps = _stamps(out)
     assert stamps["t-llama"] == teachers["t-llama"] and "student-control" in stamps
     assert (out / "report.md").exists()
+
+
+def test_missing_evaluation_data_stops_the_run_before_any_training(tiny_cfg, tmp_path: Path, capsys) -> None:
+    cfg_path = _write_config(tmp_path, tiny_cfg, **{"eval.blimp": str(tmp_path / "no-blimp")})
+    assert main(["run", str(cfg_path)]) == 2
+    err = capsys.readouterr().err
+    assert "eval.blimp:" in err and "babyllama download blimp" in err and "--set eval.blimp=null" in err
+    assert not (Path(tiny_cfg.out_dir) / "models").exists()
 
 
 def test_force_names_a_stage(tiny_cfg, tmp_path: Path, capsys) -> None:

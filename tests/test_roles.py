@@ -34,6 +34,7 @@ def test_the_verdict_finds_models_by_role():
         return {"name": name, "role": role.value, "dev_ce": ce, "headlines": {}}
 
     lines = verdict([model("t", Role.TEACHER, 3.0), model("s", Role.STUDENT, 3.5), model("c", Role.CONTROL, 4.0)])
-    assert lines[0].startswith("Dev CE: the distilled student did NOT beat the teacher `t`")
-    assert lines[1].startswith("Dev CE: the distilled student beat the control (no distillation) `c`")
+    # the control first (the question the run answers), then the teachers; no per-window record: untested
+    assert lines[0].startswith("Dev CE vs control `c`: the student is ahead, untested")
+    assert lines[1].startswith("Dev CE vs teacher `t`: the student is behind, untested")
     assert lines[2].startswith("Condition: the best teacher is 1.0000 nats/token below the control")

@@ -49,10 +49,12 @@ def test_paired_summary_counts_seeds_sharing_the_sign() -> None:
 def test_verdict_is_driven_by_the_interval() -> None:
     win = verdict("the student", "the control", {"mean": -0.084, "ci": [-0.10, -0.06], "n": 3, "holds": 3},
                   "nats/token", higher_is_better=False)
-    assert win == "the student beats the control by 0.084 nats/token [0.060, 0.100], 3/3 seeds."
+    assert win == ("the student beats the control: the student - the control = -0.084 nats/token [-0.100, -0.060] "
+                   "(lower is better), 3/3 seeds.")
     loss = verdict("the student", "the control", {"mean": -1.2, "ci": [-2.0, -0.4], "n": 3, "holds": 3},
                    "points", higher_is_better=True, digits=1)
-    assert loss == "the student is WORSE than the control by 1.2 points [0.4, 2.0], 3/3 seeds."
+    assert loss == ("the student is WORSE than the control: the student - the control = -1.2 points [-2.0, -0.4] "
+                    "(higher is better), 3/3 seeds.")
     tie = verdict("the student", "the control", {"mean": 0.003, "ci": [-0.01, 0.016], "n": 3, "holds": 2},
                   "nats/token", higher_is_better=False)
     assert "no detectable difference" in tie and "spans 0" in tie and "2/3 seeds" in tie
@@ -105,6 +107,29 @@ def test_bootstrap_interval_matches_the_brute_force_bootstrap() -> None:
     assert hi == pytest.approx(_quantile(exact, 0.975), abs=1e-9)
     mean = sum(v * c for v, c in exact.items()) / sum(exact.values())
     assert mean == pytest.approx(macro_difference(seeds))  # the bootstrap is centred on the observed difference
+
+
+def test_mcnemar_exact_matches_the_binomial_test() -> None:
+    from scipy.stats import binomtest
+
+    from babyllama.stats import mcnemar_exact
+
+    for a, b in ((3, 10), (213, 213), (200, 226), (50, 5), (0, 4)):
+        assert mcnemar_exact(a, b) == pytest.approx(binomtest(a, a + b, 0.5).pvalue, rel=1e-9)
+    assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_paired_items_counts_discordant_pairs_and_brackets_the_difference() -> None:
+    from babyllama.stats import paired_items
+
+    rng = np.random.default_rng(3)
+    a = {g: rng.random(300) < 0.7 for g in ("x", "y")}
+    b = {g: v.copy() for g, v in a.items()}
+    b["x"][:30] = ~b["x"][:30]
+    out = paired_items(a, b)
+    assert out["only_a"] + out["only_b"] == 30 and out["n"] == 600
+    assert out["ci"][0] <= out["mean"] <= out["ci"][1]
+    assert out["mean"] == pytest.approx((np.mean(a["x"]) - np.mean(b["x"])) / 2)
 
 
 def test_holm_adjusts_every_comparison_and_keeps_order():

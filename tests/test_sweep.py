@@ -93,12 +93,16 @@ def test_sweep_after_run_reuses_it_and_resumes_after_a_kill(tmp_path: Path, tiny
     assert list(ce["per_seed"].values()) == diffs and ce["n"] == 3 and ce["ci"][0] <= ce["mean"] <= ce["ci"][1]
     blimp = next(c for c in result["comparisons"] if c["metric"] == "blimp")
     assert blimp["bootstrap_ci"] is not None
-    assert any(line.startswith("dev CE: The distilled student") for line in result["verdict"])
+    # one sign convention: the verdict states student - control with the sign the table shows
+    line = next(v for v in result["verdict"] if "dev CE: " in v and "student - control =" in v)
+    assert f"student - control = {ce['mean']:+.3f} nats/token [{ce['ci'][0]:+.3f}, {ce['ci'][1]:+.3f}]" in line
     tested = [c for c in result["comparisons"] if c["p"] is not None]
     assert result["verdict"][0].startswith(f"{len(result['comparisons'])} comparisons were made ({len(tested)} with")
     assert all(c["p_holm"] >= c["p"] and c["survives_holm"] == (c["p_holm"] <= 0.05) for c in tested)
     assert any("Holm-adjusted p = " in line for line in result["verdict"])
     report = (out / "sweep" / "report.md").read_text()
+    assert f"| student - control | dev CE (nats/token) | {ce['mean']:+.3f} |" in report
+    assert "## What the intervals are conditional on" in report and "trained once and are shared" in report
     assert "| student - control | dev CE (nats/token) |" in report and "![forest plot](plots/forest.png)" in report
     assert "## Effect against the teacher-control gap" in report
     assert "data:image/png;base64," in (out / "sweep" / "report.html").read_text()

@@ -64,6 +64,9 @@ def _check_out_file(out: str | None) -> None:
     """``--out FILE`` must name a file in a folder that exists or can be made (checked before the work)."""
     if out and Path(out).is_dir():
         raise UserError(f"--out {out}: is a folder, expected a file name (e.g. {Path(out) / 'result.json'})")
+    blocked = next((p for p in Path(out).parents if p.exists() and not p.is_dir()), None) if out else None
+    if blocked is not None:
+        raise UserError(f"{blocked}: is a file, not a folder (needed as a folder for --out {out})")
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -99,6 +102,13 @@ def _eval_settings(args: argparse.Namespace, keys: tuple[str, ...]):
         raise UserError(f"evaluate: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
 
 
+def _model_arg(model: str) -> Path:
+    """--model: a folder, or a model id present in the local Hugging Face cache (no network)."""
+    from babyllama.evaluate.formats import resolve_model_dir
+
+    return resolve_model_dir(model)
+
+
 def _write_result(result: dict, out: str | None) -> None:
     from babyllama.io import atomic_write_json
 
@@ -113,7 +123,7 @@ def cmd_eval_blimp(args: argparse.Namespace) -> None:
 
     _check_out_file(args.out)
     ev = _eval_settings(args, ("prefix", "leading_space", "reduction", "ties", "seed", "aggregation", "truncate"))
-    result = score_blimp(Path(args.model), args.data, ev, device=args.device)
+    result = score_blimp(_model_arg(args.model), args.data, ev, device=args.device)
     print(format_blimp_table(result))
     _write_result(result, args.out)
 
@@ -124,7 +134,7 @@ def cmd_eval_completion(args: argparse.Namespace) -> None:
 
     _check_out_file(args.out)
     ev = _eval_settings(args, ("context_prefix", "ties", "seed", "truncate", "ewok_pairing", "entity_skip_nothing"))
-    result = SCORERS[args.task](Path(args.model), args.data, ev, device=args.device)
+    result = SCORERS[args.task](_model_arg(args.model), args.data, ev, device=args.device)
     if args.task.startswith("wug_"):
         from babyllama.evaluate.wug import format_wug_table
 
@@ -159,7 +169,8 @@ def cmd_eval_perplexity(args: argparse.Namespace) -> None:
         cfg = _load(args) if args.config else None
         data_dir = Path(args.data_dir) if args.data_dir else cfg.data_dir
         seq_len = args.seq_len or (cfg.data.seq_len if cfg else 128)
-        results = {Path(args.model).name: evaluate_perplexity(args.model, data_dir, seq_len=seq_len, device=args.device,
+        results = {Path(args.model).name: evaluate_perplexity(_model_arg(args.model), data_dir, seq_len=seq_len,
+                                                              device=args.device,
                                                               allow_unchecked_tokenizer=args.allow_unchecked_tokenizer)}
     else:
         if not args.config:
@@ -197,7 +208,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
         raise UserError(f"finetune: --{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out}: is a file, expected a folder (for result.json, predictions.json, model/)")
-    result = finetune_task(args.model, args.data, args.task, hp, out=args.out, device=args.device, missing="error")
+    result = finetune_task(_model_arg(args.model), args.data, args.task, hp, out=args.out, device=args.device,
+                           missing="error")
     print(json.dumps(result, indent=2))
 
 
@@ -211,7 +223,9 @@ def cmd_download_blimp(args: argparse.Namespace) -> None:
 def cmd_run(args: argparse.Namespace) -> None:
     from babyllama.pipeline import run_pipeline
 
-    run_pipeline(_load(args), force=args.force or [])
+    # the closing hint names the config as typed, unless --set changed it (then the resolved copy in out_dir)
+    cfg = _load(args)
+    run_pipeline(cfg, force=args.force or [], config_arg=args.config if not args.overrides else str(cfg.out / "config.yaml"))
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
@@ -247,7 +261,8 @@ def cmd_sweep(args: argparse.Namespace) -> None:
             for m in members:
                 sweep.run_member(cfg, m, len(members))
     if is_main_process():
-        from babyllama.sweep_report import collect, comparison_rows, markdown_table, missing_members
+        from babyllama.render import markdown_table
+        from babyllama.sweep_report import collect, comparison_rows, missing_members
 
         result = collect(cfg, members)
         print()
@@ -290,7 +305,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from babyllama.export import export_model
 
     for path in export_model(args.model_dir, args.to, fmt=args.format, quant=args.quant,
-                             license_=args.license, language=args.language):
+                             license_=args.license, language=args.language, base_model=args.base_model):
         print(f"wrote {path}")
 
 
@@ -316,7 +331,7 @@ def cmd_config(args: argparse.Namespace) -> None:
 
 def _add_scoring_args(p: argparse.ArgumentParser, data_help: str) -> None:
     """What every zero-shot scorer takes: the model, its data, where to write, and the protocol."""
-    p.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
+    p.add_argument("--model", required=True, help="Hugging Face causal-LM folder, or a model id in the local Hugging Face cache")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--out", help="write the result JSON here")
     _add_protocol_args(p)
@@ -440,7 +455,7 @@ def _add_evaluation_verbs(sub: Any) -> None:
     k.set_defaults(func=cmd_eval_curve)
 
     p = sub.add_parser("finetune", help="fine-tune on a (Super)GLUE or MSGS task in BabyLM's format")
-    p.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
+    p.add_argument("--model", required=True, help="Hugging Face causal-LM folder, or a model id in the local Hugging Face cache")
     p.add_argument("--data", required=True, help="folder with {task}.train.json(l) and validation files")
     p.add_argument("--task", required=True, help="cola, sst2, mrpc, qqp, mnli, mnli-mm, qnli, rte, boolq, multirc, wsc, or an MSGS task")
     p.add_argument("--out", help="folder for the results (result.json, predictions.json) and the selected model (model/)")
@@ -473,6 +488,9 @@ def _add_publishing_verbs(sub: Any) -> None:
     p.add_argument("--quant", default=None, help="GGUF weight type: f16 (default), f32 or q8_0")
     p.add_argument("--license", default="apache-2.0", help="licence id for the model card (default: apache-2.0)")
     p.add_argument("--language", default="en", help="language code for the model card (default: en)")
+    p.add_argument("--base-model", default=None, metavar="OWNER/NAME",
+                   help="GGUF: the Hub id of the original (the --format hf upload); the card declares the GGUF a "
+                        "quantization of it (base_model, base_model_relation: quantized)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("check-submission", help="check a BabyLM submission folder against the organisers' layout")

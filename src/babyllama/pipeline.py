@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from babyllama import distributed, identity
+from babyllama import distributed, identity, progress
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.roles import EVALUATE, PREPARE, REPORT, Member, Role, members
@@ -157,16 +157,20 @@ def _expand_force(stages: list[Stage], force: list[str]) -> tuple[set[str], set[
     return roots, _dependents(stages, roots)
 
 
-def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage that is not already done; print times per stage and the final table.
+def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | None = None,
+                 config_arg: str | None = None) -> dict[str, Any]:
+    """Run every stage that is not already done; print times per stage, the final table and the verdict.
 
     ``only`` restricts the run to the named stages (e.g. a sweep preparing the data and shared teachers).
+    ``config_arg``: the config as the user named it, for the closing `babyllama sweep` hint.
     """
     stages = plan(cfg)
     check_inputs(cfg)  # every rank: read-only, and all of them stop alike on a bad input
     if only is not None:
         stages = [s for s in stages if s.name in only]
     forced, redo = _expand_force(stages, force or [])
+    if any(s.name == EVALUATE for s in stages) and distributed.is_main_process():
+        note_missing_blimp(cfg)
     distributed.init(training_device())  # under torchrun: join the group before any barrier
     state = RunState(cfg.out)
     main = distributed.is_main_process()
@@ -178,7 +182,15 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
             timings[stage.name] = 0.0
             continue
         timings[stage.name] = _run_stage(stage, state, main)
-    return _print_summary(cfg, timings) if main and only is None else {}
+    return _print_summary(cfg, timings, config_arg) if main and only is None else {}
+
+
+def note_missing_blimp(cfg: Config) -> None:
+    """At start, plainly: a run whose config names no BLiMP data will score none (the data it does name
+    was checked by check_inputs)."""
+    if not cfg.eval.blimp:
+        print("[run] note: eval.blimp is null, so this run scores no BLiMP (set eval.blimp: embedded:blimp for the "
+              "shipped 6,700-pair subset, or a folder after `babyllama download blimp`)", flush=True)
 
 
 def _skip_or_start(stage: Stage, state: RunState, forced: bool, redo: bool) -> bool:
@@ -242,7 +254,8 @@ def outdated_stage(cfg: Config) -> str | None:
     return None
 
 
-def _print_summary(cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
+def _print_summary(cfg: Config, timings: dict[str, float], config_arg: str | None = None) -> dict[str, Any]:
+    """The run's ending on the console: the table, the time per stage, the verdict and where the report is."""
     from babyllama.report import comparison_table, summarize
 
     summary = summarize(cfg.out)
@@ -252,8 +265,28 @@ def _print_summary(cfg: Config, timings: dict[str, float]) -> dict[str, Any]:
     print("Time per stage (this invocation):")
     for name, seconds in timings.items():
         print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
+    print("\nVerdict (student - other model, one seed):")
+    for line in verdict_lines(summary["verdict"]):
+        print(line)
+    if config_arg:  # `babyllama run`, not a sweep's member
+        print()
+        print("\n".join(verdict_lines([
+            f"One seed: these intervals cover the dev windows and BLiMP items, not training noise; for an interval "
+            f"over seeds run `babyllama sweep {config_arg} --seeds 3`."], bullet="")))
     print(f"\nReport: {cfg.out / 'report.md'} and {cfg.out / 'report.html'}")
     return summary
+
+
+def verdict_lines(sentences: list[str], width: int | None = None, bullet: str = "  - ") -> list[str]:
+    """Each sentence wrapped to the terminal (at most 100 columns), as a bullet, for reading in a console."""
+    import textwrap
+
+    width = width or min(100, shutil.get_terminal_size((100, 24)).columns)
+    out = []
+    for s in sentences:
+        out += textwrap.wrap(s.replace("`", ""), width, initial_indent=bullet, subsequent_indent=" " * len(bullet),
+                             break_on_hyphens=False)
+    return out
 
 
 def _damaged(stage: Stage) -> bool:
@@ -295,9 +328,12 @@ def evaluate_all(cfg: Config, names: list[str]) -> None:
             if found.value is not None:
                 continue
             why = "" if found.problem == "missing" else f" (the result on disk is {found.problem})"
-            print(f"[run] evaluate {name}: {job.file.removesuffix('.json')}{why}", flush=True)
+            what = job.file.removesuffix(".json")
+            print(f"[run] evaluate {name}: {what}{why}", flush=True)
             inputs = current_inputs(cfg, name, job)  # before computing: what the result is computed from
-            write_result(cfg, name, job, inputs, job.run(model_dir))
+            with progress.current(f"{name} {what.replace('finetune/', '')}"):  # the bar's label
+                result = job.run(model_dir)
+            write_result(cfg, name, job, inputs, result)
 
 
 def unverified_results(cfg: Config, names: list[str]) -> str | None:

@@ -19,18 +19,28 @@ import html
 import json
 import math
 import platform
+import time
 from pathlib import Path
 from typing import Any
 
-from babyllama import stats, threads
+import numpy as np
+
+from babyllama import render, stats, threads
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import chance_rates, headline_columns, item_count, model_headlines
+from babyllama.evaluate.registry import (
+    chance_rates,
+    headline_columns,
+    item_count,
+    model_headlines,
+    pair_items,
+    pairs_dataset,
+)
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
-from babyllama.roles import Role, members, stage_order
+from babyllama.roles import REPORT, Role, members, stage_order
 from babyllama.run_state import RunState
 
 # -- gathering -----------------------------------------------------------------------------------------
@@ -84,13 +94,23 @@ def summarize(out_dir: Path) -> dict[str, Any]:
         models.append(model)
         withheld += notes
     manifest = _read_json_or_none(out_dir / "data" / "manifest.json") or {}
+    tests = differences(models, {m["name"]: m.pop("dev_windows") for m in models}, cfg.eval)
+    found = evaluations(models)
+    lines = verdict(models, tests, found)
+    for m in models:  # the item records fed the tests above; summary.json keeps the aggregates only
+        for key, _ in PAIR_TASKS:
+            if m[key]:
+                m[key] = {k: v for k, v in m[key].items() if k not in ("items", "paradigm_items")}
     return {
         "out_dir": str(out_dir),
         "config": cfg.model_dump(mode="json"),
-        "protocol": {"name": cfg.eval.protocol, "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
+        "protocol": {"name": cfg.eval.protocol, "finetune": bool(cfg.eval.finetune),
+                     "settings": [[k, v, p] for k, v, p in implied_settings(cfg.eval)]},
         "columns": list(headline_columns(cfg).values()),
         "models": models,
-        "verdict": verdict(models) + chance_lines(cfg, models),
+        "evaluations": found,
+        "differences": tests,
+        "verdict": lines + chance_lines(cfg, models),
         "approximations": approximations(models, out_dir),
         "withheld": withheld,
         "stages": RunState(out_dir).seconds(stage_order(cfg)),
@@ -137,6 +157,8 @@ def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[s
         "dev_ce_source": source,
         "dev_perplexity": ppl.get("perplexity"),
         "bits_per_word": ppl.get("bits_per_word"),
+        "dev_scored": {k: ppl.get(k) for k in ("windows", "seq_len", "tokens_scored")} if source == "evaluate" else None,
+        "dev_windows": ppl.get("window_ce") if source == "evaluate" else None,  # paired intervals; not in summary.json
         "blimp": results.get("blimp"),
         "supplement": results.get("supplement"),
         "headlines": headlines,  # {result key: headline}, as the registry reads them under the protocol
@@ -243,8 +265,86 @@ def environment() -> dict[str, Any]:
 # -- the answer to the paper's question -------------------------------------------------------------
 
 
-def verdict(models: list[dict[str, Any]]) -> list[str]:
-    """Plain sentences comparing the distilled student with the control and each teacher, signs included."""
+PAIR_TASKS = (("blimp", "BLiMP"), ("supplement", "BLiMP supplement"))
+
+
+def _item_bits(result: dict[str, Any] | None, ev: Any) -> dict[str, np.ndarray] | None:
+    """Per-item correctness grouped as the headline groups it (paradigms or phenomena), or None if unrecorded."""
+    if not result:
+        return None
+    groups = pair_items(result, ev) if ev is not None else result.get("items")
+    if not groups:
+        return None
+    return {g: np.frombuffer(bits.encode(), dtype=np.uint8) == ord("1") for g, bits in groups.items()}
+
+
+def differences(models: list[dict[str, Any]], windows: dict[str, list[float] | None] | None = None,
+                ev: Any = None) -> list[dict[str, Any]]:
+    """The student against every other model: dev CE paired over dev windows, minimal pairs paired over items.
+
+    Each entry is ``student - other`` (one sign convention everywhere: negative dev CE and positive
+    accuracy favour the student), with its 95% interval; a test needs both models' item-level records
+    (``windows``: per-window dev CE by model; ``ev``: the evaluation settings, which group the items)."""
+    student = _with_role(models, Role.STUDENT)
+    if student is None:
+        return []
+    out = []
+    order = {Role.CONTROL.value: 0, Role.TEACHER.value: 1}  # the control first: the question the run answers
+    for other in sorted((m for m in models if m is not student), key=lambda m: order.get(m["role"], 2)):
+        windows_a, windows_b = ((windows or {}).get(student["name"]), (windows or {}).get(other["name"]))
+        same_source = student.get("dev_ce_source") == other.get("dev_ce_source")  # never full dev vs a subset
+        if student["dev_ce"] is not None and other["dev_ce"] is not None and same_source:
+            test = stats.paired_values(windows_a, windows_b) if windows_a and windows_b else None
+            out.append({"metric": "dev_ce", "other": other["name"], "role": other["role"],
+                        "a": student["dev_ce"], "b": other["dev_ce"], "test": test})
+        for key, _ in PAIR_TASKS:
+            a, b = student.get(key), other.get(key)
+            head_a, head_b = (m.get("headlines", {}).get(key) for m in (student, other))  # the registry's headline
+            if head_a is None or head_b is None:
+                continue
+            bits_a, bits_b = _item_bits(a, ev), _item_bits(b, ev)
+            same = bits_a and bits_b and bits_a.keys() == bits_b.keys() and all(
+                len(bits_a[g]) == len(bits_b[g]) for g in bits_a)
+            test = stats.paired_items(bits_a, bits_b) if same else None
+            out.append({"metric": key, "other": other["name"], "role": other["role"],
+                        "a": head_a, "b": head_b, "test": test})
+    return out
+
+
+def difference_sentence(d: dict[str, Any], evaluations_: dict[str, str] | None = None) -> str:
+    """One line: who won on which metric, or 'no detectable difference' when the paired interval spans 0.
+
+    The difference is student - other with its sign, as everywhere in babyllama's reports (the sweep too)."""
+    short = d["role"].split()[0]
+    dev = d["metric"] == "dev_ce"
+    scale, digits, unit = (1.0, 4, "nats/token") if dev else (100.0, 1, "points")
+    diff, test = scale * (d["a"] - d["b"]), d["test"] or {}
+    if dev:
+        head, values = "Dev CE", f"{d['a']:.4f} vs {d['b']:.4f}; lower is better"
+        how = f"95% interval paired over {test['n']:,} dev windows" if test.get("n") else ""
+    else:
+        head = f"{dict(PAIR_TASKS)[d['metric']]} ({(evaluations_ or {}).get(d['metric'] + ':short', 'minimal pairs')})"
+        values = f"{100 * d['a']:.1f}% vs {100 * d['b']:.1f}%; higher is better"
+        how = (f"95% paired item bootstrap; {test['only_a']:,} pairs right for the student only, {test['only_b']:,} "
+               f"for the {short} only") if test else ""
+    head += f" vs {short} `{d['other']}`"
+    signed = f"student - {short} = {diff:+.{digits}f} {unit}"
+    ahead = diff < 0 if dev else diff > 0
+    if not test.get("ci"):
+        return (f"{head}: the student is {'ahead' if ahead else 'behind'}, untested (no item-level record; rerun "
+                f"the evaluation to get one): {signed} ({values}).")
+    lo, hi = (scale * x for x in test["ci"])
+    signed += f" [{lo:+.{digits}f}, {hi:+.{digits}f}]"
+    if lo <= 0 <= hi:
+        outcome = "no detectable difference (the interval spans 0)"
+    else:
+        outcome = "the distilled student beat it" if ahead else "the distilled student did NOT beat it"
+    return f"{head}: {outcome}, {signed} ({values}; {how})."
+
+
+def verdict(models: list[dict[str, Any]], tests: list[dict[str, Any]] | None = None,
+            evaluations_: dict[str, str] | None = None) -> list[str]:
+    """Plain sentences comparing the distilled student with the control and each teacher, each with its interval."""
     student = _with_role(models, Role.STUDENT)
     if student is None or student["dev_ce"] is None:
         return ["The distilled student has not been trained and evaluated yet: no comparison possible."]
@@ -252,20 +352,12 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
     if student.get("dev_ce_source") == "training":
         lines.append("Dev CE below is the training loop's last dev loss (train.eval_windows windows), not the evaluate "
                      "stage's full dev perplexity, which is missing or not verified; models are compared on one source.")
+    tests = differences(models) if tests is None else tests
+    evaluations_ = evaluations_ if evaluations_ is not None else evaluations(models)
+    lines += [difference_sentence(d, evaluations_) for d in tests]
     # never compare a full-dev CE with a training-time estimate on a subset of windows
     others = [m for m in models if m is not student and m["dev_ce"] is not None
               and m.get("dev_ce_source") == student.get("dev_ce_source")]
-    for other in others:
-        d_ce = student["dev_ce"] - other["dev_ce"]
-        better = "beat" if d_ce < 0 else ("tied with" if d_ce == 0 else "did NOT beat")
-        text = (f"Dev CE: the distilled student {better} the {other['role']} `{other['name']}` "
-                f"({student['dev_ce']:.4f} vs {other['dev_ce']:.4f} nats/token, difference {d_ce:+.4f}; lower is better).")
-        sb, ob = student["headlines"].get("blimp"), other["headlines"].get("blimp")
-        if sb is not None and ob is not None:
-            d_b = 100 * (sb - ob)
-            word = "higher" if d_b > 0 else ("equal" if d_b == 0 else "LOWER")
-            text += f" BLiMP headline accuracy: {100 * sb:.1f}% vs {100 * ob:.1f}% ({d_b:+.1f} points, {word})."
-        lines.append(text)
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]
     if control and teachers:
@@ -277,6 +369,21 @@ def verdict(models: list[dict[str, Any]]) -> list[str]:
             lines.append(f"Condition NOT met: no teacher is better than the control (best teacher {-gap:.4f} nats/token "
                          "worse). Distillation cannot be expected to help; train the teachers bigger or longer.")
     return lines
+
+
+def evaluations(models: list[dict[str, Any]]) -> dict[str, str]:
+    """{task: what it was scored on, with its size and headline}, from the first model that has the result."""
+    out = {}
+    dev = next((m["dev_scored"] for m in models if m.get("dev_scored") and m["dev_scored"].get("windows")), None)
+    if dev:
+        out["dev_ce"] = (f"the run's dev split, all {dev['windows']:,} non-overlapping windows of {dev['seq_len']} tokens "
+                         f"({dev['tokens_scored']:,} tokens predicted); mean next-token cross-entropy")
+    for key, label in PAIR_TASKS:
+        result = next((m[key] for m in models if m.get(key)), None)
+        if result:
+            out[key] = pairs_dataset(result, label)
+            out[f"{key}:short"] = pairs_dataset(result, label, short=True)
+    return out
 
 
 def chance_lines(cfg: Any, models: list[dict[str, Any]]) -> list[str]:
@@ -301,7 +408,7 @@ def _fmt(v: Any, kind: str = "") -> str:
     if v is None:
         return "–"
     if kind == "int":
-        return f"{int(v):,}"
+        return f"{round(v):,}"  # as the model card rounds: one words-seen figure everywhere
     if kind == "pct":
         return f"{100 * v:.1f}"
     if isinstance(v, float):
@@ -330,18 +437,19 @@ def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def _protocol_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Every setting the evaluation protocol implies, and where the config overrides it."""
-    rows = [[k, str(v), "" if v == p else f"overridden (protocol: {p})"] for k, v, p in summary["protocol"]["settings"]]
+    settings = summary["protocol"]["settings"]
+    if not summary["protocol"].get("finetune", True):  # no fine-tuning ran: its settings would only mislead
+        settings = [s for s in settings if not s[0].startswith("eval.finetune")]
+    rows = [[k, str(v), "" if v == p else f"overridden (protocol: {p})"] for k, v, p in settings]
+    if not summary["protocol"].get("finetune", True):
+        rows.append(["fine-tuning", "not run", "eval.finetune is empty; its settings are left out"])
     return ["setting", "value", "note"], rows
 
 
-def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def comparison_table(summary: dict[str, Any]) -> str:
-    return _markdown_table(*_table_rows(summary))
+    return render.markdown_table(*_table_rows(summary))
 
 
 def _phenomena_table(summary: dict[str, Any], key: str, group: str) -> tuple[list[str], list[list[str]]] | None:
@@ -357,8 +465,14 @@ def _phenomena_table(summary: dict[str, Any], key: str, group: str) -> tuple[lis
 # -- plots -----------------------------------------------------------------------------------------------
 
 
+FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fontsize": 9,
+        "xtick.labelsize": 10, "ytick.labelsize": 10}  # readable when a 1280 px page shows the figure at ~1000 px
+
+
 def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
-    """PNG plots: loss curves, the student's CE/KD parts, BLiMP per phenomenon. Written atomically."""
+    """PNG plots, each showing comparable quantities on one axis: every model's CE (the student's CE part,
+    not its combined loss), the student against the control on dev CE, the student's KD part on its own,
+    BLiMP per phenomenon. Written atomically."""
     import io
 
     import matplotlib
@@ -370,67 +484,113 @@ def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
 
     def save(fig: Any, name: str) -> None:
         buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         path = plot_dir / f"{name}.png"
         atomic_write_bytes(path, buf.getvalue())
         plots[name] = path
 
-    trained = [m for m in summary["models"] if m["curves"]["train"]]
-    if trained:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for i, m in enumerate(trained):
-            color = f"C{i}"
-            tr = [(t, loss) for t, loss, _, _ in m["curves"]["train"] if t is not None and loss is not None]
-            if tr:
-                ax.plot(*zip(*tr, strict=True), color=color, alpha=0.6, label=f"{m['name']} train loss")
-            dev = [(t, d) for t, d in m["curves"]["dev"] if t is not None]
-            if dev:
-                ax.plot(*zip(*dev, strict=True), color=color, marker="o", linestyle="--", label=f"{m['name']} dev CE")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("nats / token")
-        ax.set_title("Training and dev loss (the student's train loss is its combined distillation loss)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        save(fig, "loss_curves")
-
-    student = _with_role(summary["models"], Role.STUDENT)
-    if student and any(ce is not None for _, _, ce, _ in student["curves"]["train"]):
-        fig, ax = plt.subplots(figsize=(8, 4))
-        rows = [(t, ce, kd) for t, _, ce, kd in student["curves"]["train"] if t is not None and ce is not None]
-        ts, ces, kds = zip(*rows, strict=True)
-        ax.plot(ts, ces, label="CE part")
-        if any(k is not None for k in kds):
-            ax.plot(ts, [k if k is not None else float("nan") for k in kds], label="KD part (T² · divergence)")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel("loss")
-        ax.set_title(f"Distillation loss parts of {student['name']}")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        save(fig, "distill_parts")
-
-    curved = [m for m in summary["models"] if m.get("curve")]
-    if curved:
-        save(_curve_figure(plt, curved), "learning_curves")
-
-    table = _phenomena_table(summary, "blimp", "phenomena")
-    if table:
-        header, rows = table
-        names = header[1:]
-        fig, ax = plt.subplots(figsize=(max(8, len(rows) * 0.9), 4.5))
-        width = 0.8 / len(names)
-        for j, name in enumerate(names):
-            vals = [float(r[j + 1]) if r[j + 1] != "–" else 0.0 for r in rows]
-            ax.bar([i + j * width for i in range(len(rows))], vals, width=width, label=name)
-        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
-        ax.set_xticklabels([r[0] for r in rows], rotation=45, ha="right", fontsize=8)
-        ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
-        ax.set_ylabel("accuracy %")
-        ax.set_ylim(0, 100)
-        ax.set_title("BLiMP accuracy per phenomenon")
-        ax.legend(fontsize=7)
-        save(fig, "blimp_phenomena")
+    with plt.rc_context(FONT):
+        for name, figure in (("loss_curves", _ce_figure), ("student_vs_control", _student_control_figure),
+                             ("distill_parts", _distill_figure), ("learning_curves", _curve_figure),
+                             ("blimp_phenomena", _phenomena_figure)):
+            fig = figure(plt, summary)
+            if fig is not None:
+                save(fig, name)
     return plots
+
+
+def _train_ce(m: dict[str, Any]) -> list[tuple[float, float]]:
+    """(tokens seen, training CE): the student's CE part, everyone else's loss (their loss is CE)."""
+    distilled = any(ce is not None for _, _, ce, _ in m["curves"]["train"])
+    return [(t, ce if distilled else loss) for t, loss, ce, _ in m["curves"]["train"]
+            if t is not None and (ce if distilled else loss) is not None]
+
+
+def _ce_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    trained = [m for m in summary["models"] if m["curves"]["train"]]
+    if not trained:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 5))
+    for i, m in enumerate(trained):
+        if tr := _train_ce(m):
+            ax.plot(*zip(*tr, strict=True), color=f"C{i}", alpha=0.6, label=f"{m['name']} train CE")
+        if dev := [(t, d) for t, d in m["curves"]["dev"] if t is not None]:
+            ax.plot(*zip(*dev, strict=True), color=f"C{i}", marker="o", linestyle="--", label=f"{m['name']} dev CE")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title("Cross-entropy while training (the student's CE part; its KD part is plotted separately)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2)  # below the axes: never over a curve
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _student_control_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    """The two models the verdict compares, on their own axis: dev CE while training, the final value marked."""
+    pair = [m for m in (_with_role(summary["models"], Role.STUDENT), _with_role(summary["models"], Role.CONTROL))
+            if m and m["curves"]["dev"]]
+    if len(pair) < 2:
+        return None
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for m, color in zip(pair, ("C0", "C3"), strict=True):
+        dev = [(t, d) for t, d in m["curves"]["dev"] if t is not None]
+        if dev:
+            ax.plot(*zip(*dev, strict=True), color=color, marker="o", label=f"{m['name']} ({m['role']}) dev CE")
+        if m["dev_ce"] is not None:
+            ax.axhline(m["dev_ce"], color=color, linestyle=":", linewidth=1,
+                       label=f"{m['name']} evaluated: {m['dev_ce']:.4f}")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("dev CE (nats/token)")
+    ax.set_title("Student against control on dev CE, lower is better\n(dots: during training, on a subset of the "
+                 "dev windows; dotted lines: evaluated on all of them)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _distill_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    """The student's loss parts, each on its own axis: CE (nats/token) and the KD term (T²·divergence)."""
+    student = _with_role(summary["models"], Role.STUDENT)
+    if not student:
+        return None
+    rows = [(t, ce, kd) for t, _, ce, kd in student["curves"]["train"] if t is not None and ce is not None]
+    if not rows:
+        return None
+    ts, ces, kds = zip(*rows, strict=True)
+    has_kd = any(k is not None for k in kds)
+    fig, axes = plt.subplots(1, 2 if has_kd else 1, figsize=(10, 3.8), squeeze=False)
+    axes[0][0].plot(ts, ces, color="C0")
+    axes[0][0].set_title("CE part (nats/token)")
+    if has_kd:
+        axes[0][1].plot(ts, [k if k is not None else float("nan") for k in kds], color="C1")
+        axes[0][1].set_title("KD part (T² · divergence)")
+    for ax in axes[0]:
+        ax.set_xlabel("tokens seen")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Distillation loss parts of {student['name']}")
+    fig.tight_layout()
+    return fig
+
+
+def _phenomena_figure(plt: Any, summary: dict[str, Any]) -> Any:
+    table = _phenomena_table(summary, "blimp", "phenomena")
+    if not table:
+        return None
+    header, rows = table
+    names = header[1:]
+    fig, ax = plt.subplots(figsize=(max(10, len(rows) * 0.9), 5))
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        vals = [float(r[j + 1]) if r[j + 1] != "–" else 0.0 for r in rows]
+        ax.bar([i + j * width for i in range(len(rows))], vals, width=width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))])
+    ax.set_xticklabels([r[0] for r in rows], rotation=45, ha="right")
+    ax.axhline(50, color="grey", linewidth=0.8, linestyle=":")
+    ax.set_ylabel("accuracy %")
+    ax.set_ylim(0, 100)
+    ax.set_title("BLiMP accuracy per phenomenon (dotted: chance)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.42), ncols=min(4, len(names)))
+    return fig
 
 
 #: Curve panels: dev CE, then each fast-suite task a curve point may carry (registry FAST_SETS).
@@ -438,9 +598,12 @@ CURVE_PANELS = (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP %"), ("suppl
                 ("ewok", "EWoK %"), ("entity_tracking", "entity tracking %"))
 
 
-def _curve_figure(plt: Any, models: list[dict[str, Any]]) -> Any:
+def _curve_figure(plt: Any, summary: dict[str, Any]) -> Any:
     """Dev CE and every fast-suite score against words seen (train.save_at_words checkpoints): one panel per
     metric; the student (solid) and its control (dashed) side by side in each, teachers thin and grey."""
+    models = [m for m in summary["models"] if m.get("curve")]
+    if not models:
+        return None
     panels = [(k, label) for k, label in CURVE_PANELS if any(k in p for m in models for p in m["curve"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     style = {Role.STUDENT.value: {"linestyle": "-", "linewidth": 2}, Role.CONTROL.value: {"linestyle": "--", "linewidth": 2}}
@@ -454,7 +617,7 @@ def _curve_figure(plt: Any, models: list[dict[str, Any]]) -> Any:
         ax.set_xlabel("words seen")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend()
     fig.suptitle("Learning curves: student vs control at each checkpoint")
     return fig
 
@@ -478,25 +641,55 @@ def _curve_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]] | 
 # -- writing -----------------------------------------------------------------------------------------
 
 
+PLOTS_AFTER = "What each column was scored on"
+
+
+def _difference_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The verdict's numbers as a table: one row per (metric, other model), signed student - other."""
+    header = ["metric", "student vs", "student", "other", "student - other", "95% interval", "reading"]
+    rows = []
+    for d in summary["differences"]:
+        dev = d["metric"] == "dev_ce"
+        scale, digits = (1.0, 4) if dev else (100.0, 1)
+        ci = (d["test"] or {}).get("ci")
+        lo, hi = (scale * x for x in ci) if ci else (None, None)
+        diff = scale * (d["a"] - d["b"])
+        ahead = diff < 0 if dev else diff > 0
+        if ci is None:
+            reading = "untested"
+        elif lo <= 0 <= hi:
+            reading = "no detectable difference"
+        else:
+            reading = "student better" if ahead else "student worse"
+        value = (lambda v: f"{v:.4f}") if dev else (lambda v: f"{100 * v:.1f}%")
+        rows.append([("dev CE (nats/token)" if dev else f"{dict(PAIR_TASKS)[d['metric']]} (points)"),
+                     f"{d['role'].split()[0]} {d['other']}", value(d["a"]), value(d["b"]), f"{diff:+.{digits}f}",
+                     f"[{lo:+.{digits}f}, {hi:+.{digits}f}]" if ci else "–", reading])
+    return header, rows
+
+
 def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """(title, kind, payload) blocks shared by the Markdown and HTML writers."""
-    blocks: list[tuple[str, str, Any]] = [
-        ("Does distillation help?", "list", summary["verdict"]),
-        ("Comparison", "table", _table_rows(summary)),
-    ]
+    blocks: list[tuple[str, str, Any]] = [("Does distillation help?", "list", summary["verdict"])]
+    if summary.get("differences"):
+        blocks.append(("Differences (student - other model, 95% paired intervals)", "table", _difference_rows(summary)))
     if summary.get("approximations"):
-        blocks.insert(1, ("What the comparison rests on", "list", summary["approximations"]))
+        blocks.append(("What the comparison rests on", "list", summary["approximations"]))
+    compliance = summary.get("compliance")
+    if compliance and compliance.get("verdicts"):
+        title = f"Rules: {compliance['rules']}" + (" (this run BREAKS a rule)" if compliance.get("breaks_rules") else "")
+        blocks.insert(1, (title, "list", verdict_lines(compliance)))
+    blocks.append(("Comparison", "table", _table_rows(summary)))
     notes = list(summary.get("withheld") or [])
     if any(m.get("dev_ce_source") == "training" for m in summary["models"]):
         notes.append("dev CE marked (train): the training loop's last dev loss on train.eval_windows windows, shown "
                      "because the evaluate stage's perplexity result is missing or not verified")
     if notes:
-        blocks.insert(blocks.index(next(b for b in blocks if b[0] == "Comparison")) + 1,
-                      ("Not shown, or shown from another source", "list", notes))
-    compliance = summary.get("compliance")
-    if compliance and compliance.get("verdicts"):
-        title = f"Rules: {compliance['rules']}" + (" (this run BREAKS a rule)" if compliance.get("breaks_rules") else "")
-        blocks.insert(1, (title, "list", verdict_lines(compliance)))
+        blocks.append(("Not shown, or shown from another source", "list", notes))
+    if summary.get("evaluations"):
+        names = {"dev_ce": "dev CE", **dict(PAIR_TASKS)}
+        blocks.append((PLOTS_AFTER, "list",
+                       [f"{names.get(k, k)}: {v}." for k, v in summary["evaluations"].items() if ":" not in k]))
     if summary.get("protocol"):
         blocks.append((f"Evaluation protocol: {summary['protocol']['name']}", "table", _protocol_rows(summary)))
     notes = [f"{m['name']}: {n}" for m in summary["models"] for n in m.get("eval_notes") or []]
@@ -511,7 +704,8 @@ def _sections(summary: dict[str, Any]) -> list[tuple[str, str, Any]]:
         if t:
             blocks.append((title, "table", t))
     if summary["stages"]:
-        rows = [[k, f"{v:.1f}" if v is not None else "–"] for k, v in summary["stages"].items()]
+        rows = [[k if k != REPORT else f"{k} (this build)", f"{v:.1f}" if v is not None else "–"]
+                for k, v in summary["stages"].items()]
         blocks.append(("Wall time per stage (s, all invocations)", "table", (["stage", "seconds"], rows)))
     ledger = summary.get("ledger")
     if ledger:
@@ -553,55 +747,51 @@ def _threads_cell(t: dict | None) -> str:
             f"OMP_WAIT_POLICY={t['wait_policy']}")
 
 
+def _plots_after(summary: dict[str, Any]) -> str:
+    return PLOTS_AFTER if summary.get("evaluations") else "Comparison"
+
+
 def render_markdown(summary: dict[str, Any], plots: dict[str, Path], out_dir: Path) -> str:
     import yaml
 
     parts = [f"# babyllama report — `{summary['out_dir']}`", ""]
     for title, kind, payload in _sections(summary):
         parts += [f"## {title}", ""]
-        parts.append("\n".join(f"- {x}" for x in payload) if kind == "list" else _markdown_table(*payload))
+        parts.append("\n".join(f"- {x}" for x in payload) if kind == "list" else render.markdown_table(*payload))
         parts.append("")
-        if title == "Comparison" and plots:
+        if title == _plots_after(summary) and plots:
             parts += [f"![{name}]({p.relative_to(out_dir)})" for name, p in plots.items()] + [""]
     parts += ["## Resolved config", "", "```yaml", yaml.safe_dump(summary["config"], sort_keys=False).rstrip(), "```", ""]
     return "\n".join(parts)
 
 
-def _html_table(header: list[str], rows: list[list[str]]) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c.strip('*'))}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def render_html(summary: dict[str, Any], plots: dict[str, Path]) -> str:
     import yaml
 
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em;"
-             "text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}"
-             "img{max-width:100%;display:block;margin:1em 0}pre{background:#f7f7f7;padding:1em;overflow:auto}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>babyllama report</title><style>{style}</style>"
-             f"</head><body><h1>babyllama report — {html.escape(summary['out_dir'])}</h1>"]
+    parts = [render.page_head("babyllama report"), f"<h1>babyllama report — {html.escape(summary['out_dir'])}</h1>"]
     for title, kind, payload in _sections(summary):
         parts.append(f"<h2>{html.escape(title)}</h2>")
-        if kind == "list":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(x).replace('`', '')}</li>" for x in payload) + "</ul>")
-        else:
-            parts.append(_html_table(*payload))
-        if title == "Comparison":
+        parts.append(render.html_list(payload) if kind == "list" else render.html_table(*payload))
+        if title == _plots_after(summary):
             for name, p in plots.items():
                 data = base64.b64encode(p.read_bytes()).decode()
-                parts.append(f"<img alt='{name}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Resolved config</h2><pre>" + html.escape(yaml.safe_dump(summary["config"], sort_keys=False)) + "</pre>")
-    parts.append("</body></html>")
+                parts.append(render.html_image(name, data))
+    parts.append("<h2>Resolved config</h2>" + render.folded(
+        "config.yaml as this run resolved it (click to show)",
+        "<pre>" + html.escape(yaml.safe_dump(summary["config"], sort_keys=False)) + "</pre>"))
+    parts.append("<p>Every figure of this report is in <code>summary.json</code> next to it (see the README, "
+                 "&ldquo;What a run writes&rdquo;).</p></body></html>")
     return "\n".join(parts)
 
 
 def build_report(out_dir: Path) -> list[Path]:
     """Rebuild report.md, report.html and plots/ from what is on disk."""
     out_dir = Path(out_dir)
+    start = time.perf_counter()
     summary = summarize(out_dir)
     plots = make_plots(summary, out_dir / "plots")
+    # Its own time, measured now: run_state.json records the report stage only after this returns.
+    summary["stages"][REPORT] = time.perf_counter() - start
     md_path, html_path = out_dir / "report.md", out_dir / "report.html"
     atomic_write_text(md_path, render_markdown(summary, plots, out_dir))
     atomic_write_text(html_path, render_html(summary, plots))

@@ -127,23 +127,67 @@ def bootstrap_interval(seeds: Sequence[SeedItems], replicates: int = 2000, level
     return float(lo), float(hi)
 
 
+# -- one run: paired over items ----------------------------------------------------------------------------
+
+
+def paired_items(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray], replicates: int = 2000,
+                 level: float = LEVEL) -> dict[str, Any]:
+    """Two models on the same minimal pairs: macro difference A - B (mean over groups), its paired item
+    bootstrap interval, the discordant pairs and McNemar's exact two-sided p on them (pooled).
+
+    ``a[g]`` / ``b[g]``: per-item correctness of the group ``g`` (same items, same order)."""
+    items = {g: (np.asarray(a[g], dtype=bool), np.asarray(b[g], dtype=bool)) for g in a}
+    only_a = int(sum(np.sum(x & ~y) for x, y in items.values()))
+    only_b = int(sum(np.sum(~x & y) for x, y in items.values()))
+    lo, hi = bootstrap_interval([items], replicates, level)
+    return {"mean": macro_difference([items]), "ci": [lo, hi], "level": level, "n": int(sum(len(x) for x, _ in items.values())),
+            "only_a": only_a, "only_b": only_b, "mcnemar_p": mcnemar_exact(only_a, only_b)}
+
+
+def mcnemar_exact(only_a: int, only_b: int) -> float:
+    """Two-sided exact McNemar p: the discordant pairs as a fair coin (binomial, p = 1/2)."""
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    log_half = n * math.log(0.5)
+    terms = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half for i in range(k + 1)]
+    top = max(terms)
+    tail = math.exp(top) * sum(math.exp(t - top) for t in terms)
+    return min(1.0, 2 * tail)
+
+
+def paired_values(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> dict[str, Any] | None:
+    """Mean of A - B over paired values (e.g. dev windows) with its t interval; None unless paired and n >= 2."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) != len(y) or len(x) < 2:
+        return None
+    d = x - y
+    interval = t_interval(d, level)
+    return {"mean": float(d.mean()), "ci": list(interval) if interval else None, "level": level, "n": int(len(d))}
+
+
 # -- the sentence --------------------------------------------------------------------------------------
 
 
-def verdict(a: str, b: str, summary: Mapping[str, Any], unit: str, higher_is_better: bool, digits: int = 3) -> str:
-    """One sentence about A - B driven by the interval: a win, a loss, or no detectable difference."""
+def verdict(a: str, b: str, summary: Mapping[str, Any], unit: str, higher_is_better: bool, digits: int = 3,
+            expr: str | None = None) -> str:
+    """One sentence about A - B driven by the interval: a win, a loss, or no detectable difference.
+
+    The difference keeps its sign (A - B, as the tables and the forest plot show it), so a reader
+    never has to flip a number between the sentence and the table. ``expr`` names the difference as the
+    table does (default "A - B")."""
     mean, ci, n, holds = summary["mean"], summary.get("ci"), summary["n"], summary["holds"]
-    f = f"{{:.{digits}f}}"
+    f = f"{{:+.{digits}f}}"
+    better_word = "higher" if higher_is_better else "lower"
     if ci is None:
-        return f"{a} vs {b}: {f.format(mean)} {unit} from one seed; run more seeds for an interval."
+        return f"{expr or f'{a} - {b}'} = {f.format(mean)} {unit} from one seed; run more seeds for an interval."
     lo, hi = ci
+    signed = f"{expr or f'{a} - {b}'} = {f.format(mean)} {unit} [{f.format(lo)}, {f.format(hi)}]"
     if lo <= 0 <= hi:
-        return (f"{a} vs {b}: no detectable difference ({'+' if mean >= 0 else ''}{f.format(mean)} {unit}, "
-                f"interval [{f.format(lo)}, {f.format(hi)}] spans 0; {holds}/{n} seeds share the mean's sign).")
-    better = (mean > 0) == higher_is_better
-    size, lo_s, hi_s = (abs(mean), min(abs(lo), abs(hi)), max(abs(lo), abs(hi)))
-    verb = "beats" if better else "is WORSE than"
-    return f"{a} {verb} {b} by {f.format(size)} {unit} [{f.format(lo_s)}, {f.format(hi_s)}], {holds}/{n} seeds."
+        return (f"no detectable difference between {a} and {b}: {signed}, the interval spans 0; "
+                f"{holds}/{n} seeds share the mean's sign.")
+    verb = "beats" if (mean > 0) == higher_is_better else "is WORSE than"
+    return f"{a} {verb} {b}: {signed} ({better_word} is better), {holds}/{n} seeds."
 
 
 # -- many comparisons, and scores at chance ------------------------------------------------------------------

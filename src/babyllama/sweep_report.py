@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from babyllama import stats
+from babyllama import render, stats
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.evaluate.registry import (
@@ -151,16 +151,16 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
             title, _, higher, digits, _ = spec
             c = compare(f"student - control{at}", student, control, metric, spec, base.sweep.bootstrap)
             if c:
-                c["who"] = ("The distilled student" if not at else f"At {label}, the distilled student", "the control")
+                c["who"] = ("the distilled student" + ("" if not at else f" at {label}"), "the control")
                 comparisons.append(c)
             if label != "default":
                 c = compare(f"{label} - default (student)", student, model_rows(default, "student"), metric, spec,
                             base.sweep.bootstrap)
                 if c:
-                    c["who"] = (f"The student with {label}", "the default student")
+                    c["who"] = (f"the student with {label}", "the default student")
                     comparisons.append(c)
         gap = teacher_gap(runs)
-        conditions.append(_condition(label, gap))
+        conditions.append(_condition(label, gap, base.sweep.teacher_seeds == "shared"))
         effect = next((c for c in comparisons if c["name"] == f"student - control{at}" and c["metric"] == "dev_ce"), None)
         settings.append({"setting": label, "teacher_gap": gap and gap[0], "student_minus_control_dev_ce": effect and
                          {k: effect[k] for k in ("mean", "ci", "holds", "n")}})
@@ -168,9 +168,26 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
     result = {"out_dir": str(base.out), "seeds": sorted({m.seed for m in ms}), "members": rows, "missing": missing,
               "missing_why": reasons,
               "comparisons": comparisons, "verdict": verdicts, "conditions": [c for c in conditions if c],
-              "settings": settings}
+              "settings": settings, "conditional_on": conditional_on(base)}
     write(base, result)
     return result
+
+
+def conditional_on(base: Config) -> list[str]:
+    """What the seeds did NOT vary, so what every interval is conditional on (it measures training noise only)."""
+    lines = ["The data split and the evaluation data are the same for every seed (the experiment's seed)."]
+    if base.sweep.teacher_seeds == "shared":
+        lines.append("The teachers were trained once and are shared by every seed (sweep.teacher_seeds: shared): the "
+                     "intervals do not include teacher-training noise; sweep.teacher_seeds: per_seed would.")
+    else:
+        lines.append("Each seed trained its own teachers (sweep.teacher_seeds: per_seed): teacher-training noise is included.")
+    cache = base.distill.cache
+    if cache.enabled and cache.mode == "sample":
+        lines.append("The student read one teacher-cache draw per teacher set (the sampled cache is built once and "
+                     "reused by every seed): the intervals do not include the variation between cache draws.")
+    elif cache.enabled:
+        lines.append("The student read a deterministic top-k teacher cache, built once per teacher set.")
+    return lines
 
 
 def _at_chance(base: Config, rows: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
@@ -210,7 +227,7 @@ def _verdicts(comparisons: list[dict[str, Any]], chance: dict[str, tuple[float, 
 
 
 def _sentence(a: str, b: str, c: dict[str, Any], title: str, higher: bool, digits: int) -> str:
-    text = f"{title}: " + stats.verdict(a, b, c, c["unit"], higher, digits)
+    text = f"{title}: " + stats.verdict(a, b, c, c["unit"], higher, digits, expr=c["name"])
     if c.get("bootstrap_ci"):
         lo, hi = c["bootstrap_ci"]
         text += f" Item bootstrap (items resampled within each seed): [{lo:+.{digits}f}, {hi:+.{digits}f}] {c['unit']}."
@@ -228,14 +245,15 @@ def teacher_gap(runs: dict[int, tuple[dict, dict]]) -> tuple[float, int] | None:
     return (float(np.mean(gaps)), len(gaps)) if gaps else None
 
 
-def _condition(label: str, gap: tuple[float, int] | None) -> str | None:
+def _condition(label: str, gap: tuple[float, int] | None, shared: bool = True) -> str | None:
     """The teacher-gap condition of one setting: did the teachers have something to teach?"""
     if gap is None:
         return None
     (value, n), where = gap, "" if label == "default" else f" ({label})"
+    teachers = "the teachers trained once, shared by every seed" if shared else "the teachers trained once per seed"
     if value > 0:
-        return (f"Condition{where}: the best teacher is {value:.4f} nats/token below the control (mean over {n} "
-                "seed(s)), so the teachers had something to teach (in the paper the gap was about 0.27).")
+        return (f"Condition{where}: the best teacher is {value:.4f} nats/token below the control (control: mean over "
+                f"{n} seed(s); {teachers}), so the teachers had something to teach (in the paper the gap was about 0.27).")
     return (f"Condition NOT met{where}: no teacher is better than the control (best teacher {-value:.4f} nats/token "
             "worse); distillation cannot be expected to help.")
 
@@ -279,7 +297,8 @@ def member_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def setting_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Per setting: the teacher-control gap beside the distillation effect (does the effect follow the gap?)."""
-    header = ["setting", "teacher-control gap (nats/token)", "student - control dev CE", "95% interval", "seeds"]
+    header = ["setting", "control - best teacher dev CE (> 0: the teachers know more)", "student - control dev CE",
+              "95% interval", "seeds"]
     rows = []
     for r in result["settings"]:
         e = r["student_minus_control_dev_ce"]
@@ -289,9 +308,6 @@ def setting_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                      *("| " + " | ".join(r) + " |" for r in rows)])
 
 
 def forest_plot(result: dict[str, Any]) -> bytes | None:
@@ -305,25 +321,29 @@ def forest_plot(result: dict[str, Any]) -> bytes | None:
     if not metrics:
         return None
     rows = max(sum(c["metric"] == m for c in result["comparisons"]) for m in metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 1.2 + 0.55 * rows), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
+    # One panel per row: side by side, three panels at 1280 px left ~7 px text; stacked, each is full width.
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(10, len(metrics) * (1.6 + 0.6 * rows)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
         cs = [c for c in result["comparisons"] if c["metric"] == metric]
         for y, c in enumerate(cs):
-            ax.scatter(list(c["per_seed"].values()), [y + 0.18] * c["n"], s=12, color="0.55", zorder=2)
+            ax.scatter(list(c["per_seed"].values()), [y + 0.18] * c["n"], s=25, color="0.55", zorder=2)
             if c["ci"]:
                 ax.plot(c["ci"], [y, y], color="C0", lw=2.5, zorder=3)
             if c.get("bootstrap_ci"):
                 ax.plot(c["bootstrap_ci"], [y - 0.18] * 2, color="C1", lw=1.5, zorder=3)
-            ax.scatter([c["mean"]], [y], color="C0", marker="D", s=30, zorder=4)
+            ax.scatter([c["mean"]], [y], color="C0", marker="D", s=50, zorder=4)
         ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(cs)), [c["name"] for c in cs], fontsize=8)
-        ax.invert_yaxis()
+        ax.set_yticks(range(len(cs)), [c["name"] for c in cs], fontsize=12)
+        ax.tick_params(axis="x", labelsize=11)
+        ax.set_ylim(len(cs) - 0.5, -0.5)
         title, unit, higher = cs[0]["title"], cs[0]["unit"], cs[0]["higher"]
-        ax.set_title(f"{title}: A - B in {unit} ({'higher' if higher else 'lower'} is better for A)", fontsize=9)
-        ax.set_xlabel("mean (diamond), 95% t interval (blue), item bootstrap (orange), seeds (grey)", fontsize=8)
+        ax.set_title(f"{title}: A - B in {unit} ({'higher' if higher else 'lower'} is better for A)", fontsize=13)
+        ax.grid(axis="x", alpha=0.3)
+    fig.supxlabel("diamond: mean; blue: 95% t interval over seeds; orange: item bootstrap; grey dots: each seed",
+                  fontsize=11)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     return buf.getvalue()
 
@@ -338,10 +358,11 @@ def write(base: Config, result: dict[str, Any]) -> list[Path]:
     finished = f"{len(result['members'])} of {len(result['members']) + len(result['missing'])} members finished"
     md = [f"# babyllama sweep — `{out}`", "", f"Seeds {', '.join(map(str, result['seeds']))}; {finished}"
           + (f" (missing: {missing_members(result)})." if result["missing"] else "."), "", "## Verdict", ""]
-    md += [f"- {v}" for v in result["verdict"] + result["conditions"]] + ["", "## Comparisons (A - B, paired by seed)", ""]
-    md += [markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
-    md += ["## Effect against the teacher-control gap", "", markdown_table(*setting_rows(result)), ""]
-    md += ["## Members", "", markdown_table(*member_rows(result)), ""]
+    md += [f"- {v}" for v in result["verdict"] + result["conditions"]] + ["", "## What the intervals are conditional on", ""]
+    md += [f"- {v}" for v in result.get("conditional_on", [])] + ["", "## Comparisons (A - B, paired by seed)", ""]
+    md += [render.markdown_table(*comparison_rows(result)), ""] + ([f"![forest plot]({plot.relative_to(out)})", ""] if png else [])
+    md += ["## Effect against the teacher-control gap", "", render.markdown_table(*setting_rows(result)), ""]
+    md += ["## Members", "", render.markdown_table(*member_rows(result)), ""]
     atomic_write_text(out / "report.md", "\n".join(md))
     atomic_write_text(out / "report.html", _html(result, out, finished, png))
     return [out / "sweep.json", out / "report.md", out / "report.html"]
@@ -354,20 +375,12 @@ def missing_members(result: dict[str, Any]) -> str:
 
 
 def _html(result: dict[str, Any], out: Path, finished: str, png: bytes | None) -> str:
-    def table(header: list[str], rows: list[list[str]]) -> str:
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-             "table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.25em .6em}"
-             "th{background:#f3f3f3}img{max-width:100%}")
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>babyllama sweep</title><style>{style}</style>"
-             f"</head><body><h1>babyllama sweep — {html.escape(str(out))}</h1><p>{html.escape(finished)}</p>",
-             "<h2>Verdict</h2><ul>" + "".join(f"<li>{html.escape(v)}</li>" for v in result["verdict"] + result["conditions"])
-             + "</ul>", "<h2>Comparisons (A - B, paired by seed)</h2>", table(*comparison_rows(result))]
+    parts = [render.page_head("babyllama sweep"), f"<h1>babyllama sweep — {html.escape(str(out))}</h1>",
+             f"<p>Seeds {html.escape(', '.join(map(str, result['seeds'])))}; {html.escape(finished)}.</p>", "<h2>Verdict</h2>", render.html_list(result["verdict"] + result["conditions"]),
+             "<h2>What the intervals are conditional on</h2>", render.html_list(result.get("conditional_on", [])),
+             "<h2>Comparisons (A - B, paired by seed)</h2>", render.html_table(*comparison_rows(result))]
     if png:
-        parts.append(f"<img alt='forest plot' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
-    parts += ["<h2>Effect against the teacher-control gap</h2>", table(*setting_rows(result)),
-              "<h2>Members</h2>", table(*member_rows(result)), "</body></html>"]
+        parts.append(render.html_image("forest plot", base64.b64encode(png).decode()))
+    parts += ["<h2>Effect against the teacher-control gap</h2>", render.html_table(*setting_rows(result)),
+              "<h2>Members</h2>", render.html_table(*member_rows(result)), "</body></html>"]
     return "\n".join(parts)

@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 from tokenizers import Tokenizer
-from tqdm import tqdm
 
+from babyllama import progress as bars
 from babyllama.config import Config
 from babyllama.data.cleaning import CLEANERS, CLEANING_VERSION, cleaner_name
 from babyllama.data.corpora import Corpus, SourceFile, read_source, resolve_corpus
@@ -182,8 +182,8 @@ def _tokenizer(cfg: Config, train: list[Source], progress: bool) -> tuple[Tokeni
         return tok, vocab_size, special
     n_train_lines = sum(len(s.lines) for s in train)
     tok = train_tokenizer(
-        tqdm(_training_text(train, cfg.data.separator), total=-(-n_train_lines // _BATCH), desc="tokenizer",
-             unit="batch", disable=not progress),
+        bars.iterate(_training_text(train, cfg.data.separator), "prepare tokenizer", "batch", enabled=progress,
+                     total=-(-n_train_lines // _BATCH)),
         cfg.tokenizer.vocab_size,
         cfg.tokenizer.min_frequency,
         length=n_train_lines,
@@ -356,8 +356,7 @@ def encode(tok, sources: list[Source], separator: str, dtype: np.dtype, progress
     """One split's token stream (no special tokens but ``eos_id`` after each line when the separator is
     'eos'); also records each source's token count."""
     parts: list[np.ndarray] = []
-    bar = tqdm(total=sum(len(s.lines) for s in sources), desc=f"encode {sources[0].split}", unit="line",
-               disable=not progress)
+    bar = bars.bar(sum(len(s.lines) for s in sources), f"prepare encode {sources[0].split}", "line", enabled=progress)
     if separator == "none":
         # whole files are the units; a few at a time keeps every core busy and the bar moving
         for group in batched(sources, os.cpu_count() or 1):

@@ -93,6 +93,7 @@ from babyllama.io import (
     read_json,
     stable_hash,
 )
+from babyllama.progress import bar as progress_bar
 from babyllama.runtime import autocast
 
 CACHE_VERSION = 3
@@ -581,7 +582,7 @@ def ensure_cache(
         log(f"teacher cache {root.name}: scoring {n_todo} of {spec.n_windows} windows with the teachers "
             f"({spec.describe()}, {len(todo)} shard(s){resumed})")
         teacher_fn = teacher_fn_factory()
-        with tqdm(total=n_todo, desc="teacher cache", unit="window", disable=None if progress else True) as bar:
+        with progress_bar(n_todo, "teacher cache build", "window", enabled=progress) as bar:
             for i in todo:
                 _build_shard(root, spec, i, tokens, teacher_fn, device, batch_size, bar)
     if world_size() > 1:

@@ -52,8 +52,9 @@ Result JSON (what ``babyllama evaluate blimp --out`` writes; the report stage re
      "n_pairs": int, "ties": int,        # ties: pairs whose two scores are equal
      "by_ties": {rule: {"paradigms", "phenomena", "pooled": float}},   # the macros under every tie rule
      "headline_by_ties": {rule: float},  # the headline under every tie rule (random: seeded by "seed")
-     "items": {linguistics_term: "0110..."}}  # per pair, in data order: 1 = correct (paired bootstraps;
+     "items": {linguistics_term: "0110..."},  # per pair, in data order: 1 = correct (paired bootstraps;
                                               # under random/expected the seeded draw decides a tie)
+     "paradigm_items": {uid: "0110..."}}  # the same, grouped by paradigm (the babylm-2024/2025 headline groups)
 
 Accuracies are fractions in [0, 1].
 """
@@ -66,8 +67,8 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
+from babyllama import progress as progress_bars
 from babyllama.errors import UserError
 from babyllama.evaluate.decide import TIE_RULES, decide
 from babyllama.evaluate.formats import (
@@ -228,7 +229,7 @@ def score_sequences(
     order = sorted(inputs, key=lambda k: len(inputs[k][0]), reverse=True)
     scores: dict[tuple[Any, ...], float] = {}
     batches = range(0, len(order), batch_size)
-    for start in tqdm(batches, desc="scoring", unit="batch", disable=None if progress else True):
+    for start in progress_bars.iterate(batches, "scoring", "batch", enabled=progress):
         chunk = order[start : start + batch_size]
         rows = [inputs[k][0] for k in chunk]
         width = max(len(r) for r in rows)
@@ -346,9 +347,14 @@ def aggregate(pairs: list[Pair], good: list[float], bad: list[float], ties: str 
     # 0/1 per pair for paired bootstraps: under random and expected, the seeded draw decides a tie.
     decided = d.credit["random" if ties in ("random", "expected") else ties]
     items: dict[str, list[str]] = {}
+    paradigm_items: dict[str, list[str]] = {}
     for p, credit in zip(pairs, decided, strict=True):
         items.setdefault(p.phenomenon, []).append("1" if credit else "0")
+        if p.paradigm is not None:
+            paradigm_items.setdefault(p.paradigm, []).append("1" if credit else "0")
+    # grouped both ways: a paired test follows the headline's groups
     out["items"] = {k: "".join(v) for k, v in sorted(items.items())}
+    out["paradigm_items"] = {k: "".join(v) for k, v in sorted(paradigm_items.items())}
     out["by_ties"] = by_ties
     return out
 

@@ -54,9 +54,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from babyllama import config
+from babyllama import config, progress
 from babyllama.config import FinetuneConfig
 from babyllama.errors import UserError
 from babyllama.evaluate.classifier import load_classifier
@@ -291,7 +290,7 @@ def _train_and_select(model: Any, hp: FinetuneConfig, task: str, fit_idx: np.nda
     gen = torch.Generator().manual_seed(hp.seed)
     best, best_step, best_state, since_best, step = -math.inf, 0, None, 0, 0
     model.train()
-    bar = tqdm(total=total_steps, desc=f"finetune {task}", unit="step", disable=None)
+    bar = progress.bar(total_steps, progress.context_label(f"{task} finetune"), "step")
     try:
         for _ in range(hp.epochs):
             order = fit_idx[torch.randperm(len(fit_idx), generator=gen).numpy()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,27 @@ def text_field(path: Path, loc: str, row: dict[str, Any], key: str) -> str:
         raise UserError(f"{path}: {loc}: field {key!r} holds a lone surrogate (U+{ord(value[e.start]):04X}), "
                         "not text") from None
     return value
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+
+
+def resolve_model_dir(model: str | Path) -> Path:
+    """A model folder, or a Hub model id already in the local Hugging Face cache (looked up without network).
+
+    babyllama never downloads a model: an id that is not cached is named with the command that fetches it."""
+    path = Path(model).expanduser()
+    if path.is_dir() or not _REPO_ID.match(str(model)):
+        return path
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id=str(model), local_files_only=True))
+    except (LocalEntryNotFoundError, ValueError, OSError):
+        raise UserError(f"{model}: no such model folder, and no model {model!r} in the local Hugging Face cache "
+                        f"({constants.HF_HUB_CACHE}); babyllama does not download models: run "
+                        f"`huggingface-cli download {model}` first, or give a folder") from None
 
 
 def _first_line(e: BaseException) -> str:

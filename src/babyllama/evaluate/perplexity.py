@@ -29,7 +29,7 @@ from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import dev_subset, num_fixed_windows
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import load_causal_lm, max_positions
-from babyllama.lm.window_ce import window_ce
+from babyllama.lm.window_ce import window_ce_per_window
 from babyllama.runtime import resolve_device
 
 #: Seed of the dev-window subset when ``max_windows`` caps it (the same subset for every model).
@@ -83,7 +83,7 @@ def evaluate_perplexity(
         raise UserError(f"{model_dir}: has no tokenizer to compare with {data_dir}/tokenizer, which encoded dev.bin, so "
                         "its perplexity on these ids may be meaningless; add the tokenizer it was trained with, or pass "
                         "--allow-unchecked-tokenizer")
-    ce = window_ce(model, tokens, indices, seq_len, batch_size)
+    ce, per_window = window_ce_per_window(model, tokens, indices, seq_len, batch_size)
     dev = manifest["splits"]["dev"]
     tokens_per_word = dev["tokens"] / dev["words"] if dev.get("words") else float("nan")
     return {
@@ -99,6 +99,8 @@ def evaluate_perplexity(
         "dev_tokens": int(dev["tokens"]),
         "dev_words": int(dev.get("words") or 0),
         "tokenizer_checked": tokenizer is not None,
+        # each window's mean CE, in ``indices`` order: two models compare window by window (report's paired interval)
+        "window_ce": [round(float(v), 5) for v in per_window],
     }
 
 

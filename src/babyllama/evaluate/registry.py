@@ -300,6 +300,18 @@ def _curve_jobs(cfg: Config) -> list[Job]:
     return [Job("curve.json", None, settings, run, inputs)]
 
 
+def pairs_dataset(result: dict[str, Any], label: str = "BLiMP", short: bool = False) -> str:
+    """What a minimal-pair result was scored on, its size and what its headline averages, in words:
+    'embedded BLiMP subset (first 100 pairs of each paradigm), 6,700 pairs; headline = mean over phenomena'."""
+    data = str(result.get("data", "?"))
+    embedded = is_embedded(result)
+    n = f"{result.get('n_pairs', 0):,} pairs"
+    if short:
+        return f"{'embedded subset' if embedded else Path(data).name}, {n}"
+    where = f"embedded {label} subset (first 100 pairs of each paradigm)" if embedded else f"{label} at {data}"
+    return f"{where}, {n}; headline = mean over {result.get('aggregation', 'phenomena')}"
+
+
 def _data_id(data: str) -> str:
     return data if data.startswith("embedded:") else str(Path(data).expanduser())
 
@@ -364,7 +376,9 @@ def check_data(cfg: Config) -> None:
             try:
                 job.check()
             except UserError as err:
-                raise UserError(f"{e.switch}: {err}") from None
+                hint = ("; run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp), or run "
+                        "without it: --set eval.blimp=null") if e.name == "blimp" and "not found" in str(err) else ""
+                raise UserError(f"{e.switch}: {err}{hint}") from None
 
 
 def result_key(job: Job) -> str:
@@ -477,8 +491,16 @@ def headline_columns(cfg: Config) -> dict[str, str]:
 
 def pair_items(result: dict[str, Any], ev: EvalConfig) -> dict[str, str] | None:
     """Per-pair outcomes grouped as the headline averages them (for paired bootstraps); None when the file
-    does not carry them in that grouping (items are kept per phenomenon)."""
-    return result.get("items") if ev.aggregation == "phenomena" else None
+    does not carry them in that grouping (files written before paradigm_items was recorded)."""
+    return result.get("items") if ev.aggregation == "phenomena" else result.get("paradigm_items")
+
+
+def is_embedded(result: dict[str, Any]) -> bool:
+    """Whether a minimal-pair result was scored on the subset shipped with babyllama."""
+    from babyllama.evaluate.blimp import EMBEDDED
+
+    data = str(result.get("data", "?"))
+    return data.startswith("embedded:") or Path(data) in EMBEDDED.values()
 
 
 def chance_rates(cfg: Config) -> dict[str, float]:

@@ -14,10 +14,12 @@ import yaml
 from safetensors import safe_open
 
 import babyllama
+from babyllama.evaluate.registry import is_embedded, pairs_dataset
 from babyllama.export.record import ModelRecord
 from babyllama.roles import Role
 
 ARCH_NAMES = {"llama": "LLaMA", "gpt2": "GPT-2"}
+PAIR_LABELS = (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement"))
 
 
 def parameter_count(rec: ModelRecord) -> int:
@@ -79,9 +81,11 @@ def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
         if key not in rec.headlines or key.startswith("finetune/"):
             continue
         r, label = rec.results[key], _PAIRS.get(key, column.removesuffix(" %"))
+        subset = key in _PAIRS and is_embedded(r)
         results.append({
             "task": {"type": "text-generation", "name": f"{label} (zero-shot)"},
-            "dataset": {"name": label, "type": key},
+            "dataset": {"name": f"{label} ({pairs_dataset(r, label, short=True)})" if key in _PAIRS else label,
+                        "type": f"{key}-embedded-subset" if subset else key},
             "metrics": [_metric("accuracy", 100 * rec.headlines[key], _headline_name(rec, key),
                                 {**r.get("protocol", {}), **({"n_pairs": r["n_pairs"]} if "n_pairs" in r else {})})],
         })
@@ -94,10 +98,16 @@ def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
     return [{"name": rec.name, "results": results}] if results else []
 
 
-def front_matter(rec: ModelRecord, license_: str, language: str, extra_tags: list[str]) -> dict[str, Any]:
+def front_matter(rec: ModelRecord, license_: str, language: str, extra_tags: list[str], *, gguf: bool = False,
+                 base_model: str | None = None) -> dict[str, Any]:
+    """The Hub's metadata block; a GGUF card names its library as gguf and, given ``base_model``, the
+    original it quantizes (so the Hub lists it under the original's quantizations)."""
     tags = ["babylm", "babyllama", "distillation", rec.arch, *extra_tags]
-    fm: dict[str, Any] = {"language": [language], "license": license_, "library_name": "transformers",
+    fm: dict[str, Any] = {"language": [language], "license": license_, "library_name": "gguf" if gguf else "transformers",
                           "pipeline_tag": "text-generation", "tags": tags}
+    if gguf and base_model:
+        fm["base_model"] = base_model
+        fm["base_model_relation"] = "quantized"
     if datasets := _datasets(rec):
         fm["datasets"] = datasets
     if index := _model_index(rec):
@@ -202,7 +212,7 @@ def _pairs_line(rec: ModelRecord, key: str) -> str:
     return (f"- **{_PAIRS[key]}** {100 * rec.headlines[key]:.1f}%, the {_headline_name(rec, key)} (over phenomena "
             f"{100 * b.get('macro_phenomena', float('nan')):.1f}%, over paradigms "
             f"{100 * b.get('macro_paradigms', float('nan')):.1f}%, all pairs {100 * b.get('accuracy', float('nan')):.1f}%) "
-            f"on {b.get('n_pairs', '?'):,} pairs; prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, "
+            f"on the {pairs_dataset(b, _PAIRS[key])}; prefix `{p.get('prefix')}`, leading space {p.get('leading_space')}, "
             f"sentence score = {p.get('reduction')} of token log-probs, ties counted "
             f"{p.get('ties') or ('correct' if p.get('ties_correct') else 'wrong')}.")
 
@@ -268,9 +278,10 @@ def _tokenizer_note(rec: ModelRecord) -> list[str]:
 
 
 def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: list[str] | None = None,
-                source_sha256: str | None = None) -> str:
+                source_sha256: str | None = None, base_model: str | None = None) -> str:
     gguf_files = gguf_files or []
-    fm = front_matter(rec, license_, language, ["gguf"] if gguf_files else [])
+    fm = front_matter(rec, license_, language, ["gguf"] if gguf_files else [], gguf=bool(gguf_files),
+                      base_model=base_model)
     desc = (rec.training or {}).get("description")
     parts = ["---", yaml.safe_dump(fm, sort_keys=False, allow_unicode=True).rstrip(), "---", "",
              f"# {rec.name}", "",
@@ -283,7 +294,11 @@ def render_card(rec: ModelRecord, *, license_: str, language: str, gguf_files: l
              "## Data", "", *_data(rec), "", "## Evaluation", "", *_evaluation(rec), "",
              "## Environment", "", *_environment(rec), "", "## How to load", "", *_usage(rec, gguf_files), ""]
     if gguf_files:
-        parts += ["## Files", "", *[f"- `{f}`" for f in gguf_files], ""]
+        parts += ["## Files", "", "One file per quant, all from the same weights:", "",
+                  *[f"- `{f}`" for f in gguf_files], ""]
+        if base_model:
+            parts[parts.index("## Files") + 1:parts.index("## Files") + 1] = [
+                "", f"Quantized from [{base_model}](https://huggingface.co/{base_model})."]
     parts += [f"Exported by babyllama {babyllama.__version__}"
               + (f" from weights with sha256 {source_sha256}" if source_sha256 else "") + ".", ""]
     return "\n".join(parts)

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from babyllama import distributed as dist
+from babyllama import progress as bars
 from babyllama.data.windows import gather_windows, window_starts
 from babyllama.runtime import autocast
 
@@ -35,18 +36,38 @@ def window_ce(
     over ranks (a collective: every rank must call it); otherwise this process scores them all, so
     evaluation on rank 0 never waits for the others. The model's train/eval mode is restored.
     """
+    return _window_ce(model, tokens, indices, seq_len, batch_size, dtype, sharded, per_window=None)
+
+
+@torch.no_grad()
+def window_ce_per_window(model: Any, tokens: np.ndarray, indices: np.ndarray, seq_len: int,
+                         batch_size: int) -> tuple[float, np.ndarray]:
+    """``window_ce`` (the same number, computed the same way) and each window's own mean CE, with a bar.
+
+    The per-window values let two models be compared window by window (a paired interval)."""
+    per: list[np.ndarray] = []
+    mean = _window_ce(model, tokens, indices, seq_len, batch_size, None, False, per_window=per)
+    return mean, np.concatenate(per) if per else np.zeros(0)
+
+
+def _window_ce(model: Any, tokens: np.ndarray, indices: np.ndarray, seq_len: int, batch_size: int,
+               dtype: torch.dtype | None, sharded: bool, per_window: list[np.ndarray] | None) -> float:
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     mine = indices[dist.rank() :: dist.world_size()] if sharded else indices
     total = torch.zeros(2, dtype=torch.float64, device=device)
-    for i in range(0, len(mine), batch_size):
+    batches = range(0, len(mine), batch_size)
+    for i in batches if per_window is None else bars.iterate(batches, "dev CE", "batch"):  # evaluation: a bar
         x = torch.from_numpy(gather_windows(tokens, window_starts(mine[i : i + batch_size], seq_len), seq_len)).to(device)
         with autocast(device, dtype):
             out = model(input_ids=x, labels=x, use_cache=False)
         n = x.shape[0] * (x.shape[1] - 1)
         total[0] += out.loss.double() * n
         total[1] += n
+        if per_window is not None:
+            logp = torch.nn.functional.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), x[:, 1:], reduction="none")
+            per_window.append(logp.mean(-1).double().cpu().numpy())
     if sharded:
         dist.all_reduce_sum(total)
     model.train(was_training)

@@ -461,7 +461,7 @@ def fit(
     opt = build_optimisation(run, objective, resumed, last_dir)
     state = resumed or ckpt.TrainingState(config_hash=run.config_hash, components=run.components,
                                           data_hash=run.data_hash, world_size=run.world)
-    log = _open_log(run, opt, state.step, description)
+    log = _open_log(run, opt, state.step, description, objective)
     t_start, wall_before = time.perf_counter(), state.wall_time_s
 
     def wall() -> float:
@@ -488,9 +488,11 @@ def fit(
     return cfg.model_dir(model_cfg.name)
 
 
-def _open_log(run: RunPlan, opt: Optimisation, start_step: int, description: str) -> MetricsLogger:
+def _open_log(run: RunPlan, opt: Optimisation, start_step: int, description: str, objective: Objective) -> MetricsLogger:
+    stage = "distill" if objective.fingerprint().get("objective") == "distill" else "train"
     log = MetricsLogger(run.ck_dir / ckpt.METRICS_FILE, run.cfg.logging, enabled=run.main, total_steps=run.total_steps,
-                        start_step=start_step, run_name=run.model_cfg.name, description=description)
+                        start_step=start_step, run_name=run.model_cfg.name, label=f"{run.model_cfg.name} {stage}",
+                        description=description)
     if run.main and start_step == 0:
         log.log({"step": 0, "event": "start", "params": count_parameters(opt.model), "total_steps": run.total_steps,
                  "global_batch": run.global_batch, "windows": run.mode, "world_size": run.world,

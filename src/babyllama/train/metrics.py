@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from babyllama import progress
 from babyllama.config import LoggingConfig
 from babyllama.errors import UserError
 from babyllama.io import atomic_write_text
@@ -51,6 +49,7 @@ class MetricsLogger:
         total_steps: int,
         start_step: int,
         run_name: str,
+        label: str = "",
         description: str = "",
     ) -> None:
         self.enabled = enabled
@@ -65,10 +64,9 @@ class MetricsLogger:
         truncate_after(path, start_step)
         self._file = open(path, "a", encoding="utf-8")
         if logging.progress:
-            # On a terminal a live bar; in a log file at most one update a minute.
-            interval = 0.1 if sys.stderr.isatty() else 60.0
-            self._bar = tqdm(total=total_steps, initial=start_step, desc=description or run_name, unit="step",
-                             dynamic_ncols=True, mininterval=interval, maxinterval=max(interval, 10.0))
+            # A short label keeps room for the percentage, rate and ETA; the description gets its own line.
+            self._bar = progress.bar(total_steps, label or run_name, "step", initial=start_step,
+                                     detail=description if len(description) > progress.LABEL_WIDTH else None)
         if logging.tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -98,9 +96,8 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(scalars, step=step)
         if self._bar is not None:
-            shown = {k: f"{record[k]:.4g}" for k in ("loss", "dev_loss", "lr") if k in record}
-            if shown:
-                self._bar.set_postfix(shown, refresh=False)
+            if "loss" in record:  # one number: at 80 columns more would push the ETA off the line
+                self._bar.set_postfix(loss=f"{record['loss']:.3g}", refresh=False)
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:

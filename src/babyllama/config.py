@@ -14,6 +14,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -155,13 +156,17 @@ def _plain_folder_name(v: str) -> str:
     return v
 
 
+#: A model's name: it becomes a folder under <out_dir>/models/ (and eval/, checkpoints/), so it must be plain.
+FolderName = Annotated[str, AfterValidator(_plain_folder_name)]
+
+
 class ModelConfig(Section):
     """One model trained here: a teacher, or the student (whose architecture the control shares)."""
 
     #: Trained here (an ExternalTeacherConfig is not).
     external: ClassVar[bool] = False
 
-    name: str = Field(..., min_length=1, description="Folder name under <out_dir>/models/.")
+    name: FolderName = Field(..., min_length=1, description="Folder name under <out_dir>/models/.")
     arch: Literal["gpt2", "llama"] = Field(..., description="Hugging Face class: GPT2LMHeadModel or LlamaForCausalLM.")
     hidden_size: int = Field(..., ge=8, description="Width of the residual stream.")
     num_layers: int = Field(..., ge=1, description="Transformer blocks.")
@@ -175,11 +180,6 @@ class ModelConfig(Section):
     rope_theta: float = Field(10000.0, gt=0, description="LLaMA rotary base.")
     initializer_range: float = Field(0.02, gt=0, description="Std of the normal weight initialisation.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="Optimisation settings for this model.")
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        return _plain_folder_name(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -210,7 +210,7 @@ class ExternalTeacherConfig(Section):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False, populate_by_name=True)
     external: ClassVar[bool] = True
 
-    name: str = Field(..., min_length=1, description="The teacher's name in the ensemble, the cache and the report.")
+    name: FolderName = Field(..., min_length=1, description="The teacher's name in the ensemble, the cache and the report.")
     from_: str = Field(
         ..., alias="from", min_length=1,
         description="An existing model as a teacher: a folder holding config.json + *.safetensors of any "
@@ -218,11 +218,6 @@ class ExternalTeacherConfig(Section):
         "already in the local HF cache (never downloaded). Loaded in the student's precision, never trained, "
         "identified by its weights' sha256. With `from`, a teacher takes no arch, size or train keys.",
     )
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        return _plain_folder_name(v)
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -316,6 +317,15 @@ class TokenizerConfig(Section):
         if self.from_ is not None and given:
             raise ValueError(f"`from` takes an existing tokenizer as it is: remove {', '.join(given)}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _without_bpe_settings(self, handler: Any) -> dict[str, Any]:
+        """With `from`, the BPE settings do not apply and are not written (a written config loads again)."""
+        data = handler(self)
+        if self.from_ is not None:
+            for key in ("vocab_size", "min_frequency"):
+                data.pop(key, None)
+        return data
 
     @field_validator("vocab_size")
     @classmethod

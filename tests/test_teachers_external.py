@@ -234,3 +234,37 @@ def test_a_sweep_point_swaps_an_existing_teacher_and_its_alignment(prepared_cfg:
     assert span.teachers[0].from_ == str(other) and span.distill.vocab_alignment == "span"
     assert teacher_home(base, ms[2]).distill.vocab_alignment == "span"  # its teachers are vetted under its own alignment
     assert member_config(base, ms[0]).teachers[0].from_ == str(same)
+
+
+def test_the_dev_text_read_again_by_the_same_tokenizer_is_dev_bin(prepared_cfg: Config) -> None:
+    from babyllama.data.tokenizer import load_tokenizer
+    from babyllama.data.tokens import load_tokens
+    from babyllama.evaluate.perplexity import own_dev_tokens
+
+    ids = own_dev_tokens(load_tokenizer(prepared_cfg.data_dir), prepared_cfg.data_dir, 2)
+    assert ids.tolist() == [int(i) for i in load_tokens(prepared_cfg.data_dir, "dev")]
+
+
+def test_an_existing_teacher_with_its_own_tokenizer_is_evaluated_per_word(prepared_cfg: Config, tmp_path: Path) -> None:
+    from babyllama.evaluate.registry import model_headlines, model_results
+    from babyllama.sweep_report import read_member
+
+    foreign = _foreign_with_tokenizer(prepared_cfg, tmp_path, 280)
+    tree = prepared_cfg.model_dump(mode="json", by_alias=True)
+    tree |= {"out_dir": str(tmp_path / "ext"), "control": False, "teachers": [{"name": "f", "from": str(foreign)}],
+             "distill": {**tree["distill"], "vocab_alignment": "span"},
+             "eval": {"blimp": str(Path(__file__).parent / "fixtures" / "eval" / "blimp_original")}}
+    assert main(["run", str(_write(tmp_path, tree))]) == 0
+    cfg = Config.model_validate(tree)
+    ppl = model_results(cfg, "f")["perplexity"]
+    assert ppl["tokenizer"] == "own" and "ce_nats_per_token" not in ppl and ppl["bits_per_word"] > 0
+    words = json.loads((cfg.data_dir / "manifest.json").read_text())["splits"]["dev"]["words"]
+    assert ppl["dev_words"] == words and ppl["own_dev_tokens"] > words  # its own tokens of the same words
+    headlines = model_headlines(cfg, "f")
+    assert "perplexity" not in headlines and "blimp" in headlines  # no per-token CE in the student's unit
+    report = (cfg.out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| f | external teacher |"))
+    assert f"{100 * headlines['blimp']:.1f}" in row and f"{ppl['bits_per_word']:.4f}" in row
+    assert "f: dev loss: read with its own tokenizer" in report
+    numbers, _ = read_member(cfg)
+    assert numbers["f"]["dev_ce"] is None and numbers["f"]["bits_per_word"] == ppl["bits_per_word"]

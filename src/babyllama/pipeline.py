@@ -111,7 +111,7 @@ def plan(cfg: Config) -> list[Stage]:
     def eval_id() -> str:
         return identity.evaluation_identity(model_ids(), cfg.eval)
 
-    names = [m.name for m in team]
+    names = [m.name for m in members(cfg)]  # existing teachers too: they are evaluated, never trained
     stages.append(Stage(EVALUATE, lambda: evaluate_all(cfg, names), eval_id, [cfg.out / "eval"],
                         deps=[s.name for s in trained], main_only=True, skip=Skip.UNCHANGED_KEEP_OUTPUTS,
                         check=lambda: unverified_results(cfg, names)))
@@ -318,12 +318,11 @@ def evaluate_all(cfg: Config, names: list[str]) -> None:
     the model files and data it records match the files now), so an interrupted evaluation resumes with
     the next missing result, and a deleted, damaged or stale one is redone.
     """
-    from babyllama.evaluate.registry import current_inputs, jobs, read_result, write_result
+    from babyllama.evaluate.registry import current_inputs, jobs, model_folder, read_result, write_result
 
-    todo = jobs(cfg)
     for name in names:
-        model_dir = cfg.model_dir(name)
-        for _, job in todo:
+        model_dir = model_folder(cfg, name)
+        for _, job in jobs(cfg, name):
             found = read_result(cfg, name, job)
             if found.value is not None:
                 continue
@@ -341,7 +340,7 @@ def unverified_results(cfg: Config, names: list[str]) -> str | None:
     from babyllama.evaluate.registry import jobs, read_result
 
     for name in names:
-        for _, job in jobs(cfg):
+        for _, job in jobs(cfg, name):
             found = read_result(cfg, name, job)
             if found.value is None:
                 return f"{found.path} is {found.problem}"

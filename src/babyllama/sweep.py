@@ -364,6 +364,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
         for t in mcfg.trained_teachers:
             _link(mcfg.model_dir(t.name), home.model_dir(t.name))
             _link(mcfg.checkpoint_dir(t.name), home.checkpoint_dir(t.name))
+        for t in mcfg.teachers:  # existing teachers are evaluated once too, in their home
             _link(mcfg.out / "eval" / t.name, home.out / "eval" / t.name)
         for stage in [PREPARE, *_teacher_stages(mcfg).values()]:
             RunState(mcfg.out).adopt(stage, RunState(home.out))
@@ -375,7 +376,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
 
         build_teacher_cache(mcfg)
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
-        evaluate_all(mcfg, list(_teacher_stages(mcfg)))
+        evaluate_all(mcfg, [t.name for t in mcfg.teachers])
 
 
 def adopt_identical(base: Config, mcfg: Config) -> None:

@@ -388,7 +388,8 @@ class DistillConfig(Section):
     vocab_alignment: Literal["exact", "span"] = Field(
         "exact",
         description="'exact': every teacher uses the student's tokenizer (same tokenizer.json; a mismatch is refused in "
-        "one line). 'span': teachers may have their own tokenizers; teacher and student tokens are aligned on the text "
+        "one line before anything is written: from the config when it decides it, else by prepare once the student's "
+        "BPE is trained, before it writes). 'span': teachers may have their own tokenizers; teacher and student tokens are aligned on the text "
         "by character offsets and the KD term is taken per aligned span (README, 'Distilling from teachers you did not "
         "train here'); live teachers only.",
     )

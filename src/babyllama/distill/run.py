@@ -18,6 +18,7 @@ from babyllama.config import Config
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import num_fixed_windows
 from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, plan_samples, weights_hash
+from babyllama.distill.formats import cache_format
 from babyllama.distill.loss import normalised_weights
 from babyllama.distill.objective import DistillObjective
 from babyllama.distill.span import SideTokenizer, SpanAligner
@@ -58,7 +59,8 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
     and the torch/transformers versions. ``samples`` resolves distill.cache.samples: auto."""
     opts = cfg.distill
     device = training_device()
-    sample = opts.cache.mode == "sample"
+    fields = cache_format(opts.cache.mode).spec_fields(opts.cache, samples=samples, seed=draw_seed(cfg),
+                                                       sets=draw_sets(cfg))
     return CacheSpec(
         teachers=tuple((name, sha) for name, sha in teachers),
         data_hash=str(manifest["data_hash"]),
@@ -68,11 +70,8 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
         ensemble=opts.ensemble,
         weights=tuple(normalised_weights(opts.weights, len(teachers))),
         temperature=opts.temperature,
-        top_k=0 if sample else opts.cache.top_k,
         mode=opts.cache.mode,
-        samples=(samples or int(opts.cache.samples)) if sample else 0,
-        seed=draw_seed(cfg) if sample else 0,
-        sets=draw_sets(cfg) if sample else 1,
+        **fields,
         teacher_configs=tuple(file_sha256(d / "config.json") for d in (dirs or teacher_dirs(cfg))),
         libraries=f"torch {torch.__version__}, transformers {transformers.__version__}",
         compute_dtype=str(teacher_dtype(_student(cfg).train.precision, device)).removeprefix("torch."),
@@ -103,7 +102,7 @@ def resolved_spec(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[
     <out_dir>/cache/plan-<hash>.json, so it is made once). An unplanned 'auto' gives None unless ``plan``:
     then the teachers are loaded and score a few windows (the one time the objective reads weights early)."""
     opts = cfg.distill.cache
-    if opts.mode != "sample" or opts.samples != "auto":
+    if not cache_format(opts.mode).needs_plan(opts):
         return cache_spec(cfg, manifest, teachers, n_tokens, dirs)
     draft = cache_spec(cfg, manifest, teachers, n_tokens, dirs, samples=1)
     plan_path = cfg.out / "cache" / f"plan-{stable_hash({**draft.as_dict(), 'samples': 'auto', 'target': opts.noise_target})[:20]}.json"

@@ -54,3 +54,25 @@ def test_each_format_writes_reads_and_reports_through_its_class(tmp_path, mode, 
     line = fmt.report_line(identity, fid)
     assert line.startswith(f"Teachers: the `{mode}` cache") and line.endswith(".")
     assert fmt.card_words(identity).startswith(", teacher logits from the")
+
+
+def test_one_teacher_pass_builds_every_seeds_cache_bit_identical_to_alone(tmp_path):
+    """A sweep's seeds share the teachers' forward: each cache equals the one its seed builds alone."""
+    from test_distill_cache import FakeTeachers, _tokens
+
+    from babyllama.distill.cache import ensure_caches
+
+    specs = [_spec(top_k=0, mode="sample", samples=8, seed=seed, sets=2) for seed in (1, 2, 3)]
+    teachers = FakeTeachers()
+    together = ensure_caches(tmp_path / "together", specs, _tokens(), lambda: teachers, device=torch.device("cpu"),
+                             batch_size=3, log=lambda _m: None)
+    assert teachers.windows == N_WINDOWS  # scored once for three caches
+    for spec, cache in zip(specs, together, strict=True):
+        alone, _ = _build(tmp_path / f"alone{spec.seed}", spec)
+        files = sorted(p.name for p in alone.root.glob("*.npy"))
+        assert files == sorted(p.name for p in cache.root.glob("*.npy"))
+        assert all((alone.root / f).read_bytes() == (cache.root / f).read_bytes() for f in files)
+    assert not torch.equal(together[0].rows(np.arange(4))[0], together[1].rows(np.arange(4))[0])
+    with pytest.raises(ValueError, match="differ at most in their draw seed"):
+        ensure_caches(tmp_path / "x", [specs[0], _spec(top_k=0, mode="sample", samples=9, seed=1)], _tokens(),
+                      lambda: teachers, device=torch.device("cpu"))

@@ -62,6 +62,7 @@ completed shards of an interrupted build are kept and the build continues where 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -238,11 +239,13 @@ def _save_npy(path: Path, array: np.ndarray) -> dict:
 
 
 @torch.no_grad()
-def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teacher_fn: TeacherFn,
+def _build_shard(group: Sequence[tuple[Path, CacheSpec]], i: int, tokens: np.ndarray, teacher_fn: TeacherFn,
                  device: torch.device, batch_size: int, bar: tqdm) -> None:
+    """Shard i of every cache of ``group`` (specs that differ at most in their draw seed) from one teacher pass."""
+    spec = group[0][1]
     first, last = spec.shard_range(i)
     n, length = last - first, spec.seq_len
-    writer = spec.format.writer(spec, n * length, first, device)
+    writers = [s.format.writer(s, n * length, first, device) for _, s in group]
     chunk_rows = max(1, CHUNK_ELEMENTS // spec.vocab_size)
     for start in range(first, last, batch_size):
         stop = min(start + batch_size, last)
@@ -258,11 +261,15 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
         bar.update(stop - start)
         for r in range(0, (stop - start) * length, chunk_rows):
             rows = slice(r, min(r + chunk_rows, (stop - start) * length))
-            writer.add(slice(offset + rows.start, offset + rows.stop), src.chunk(rows)[1])
-    arrays = {part: a.reshape(*a.shape[:-2], n, length, a.shape[-1]) if a.ndim == 3 else a.reshape(n, length, *a.shape[1:])
-              for part, a in writer.arrays.items()}
-    files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
-    atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})
+            out = slice(offset + rows.start, offset + rows.stop)
+            chunk = spec.format.prepare(spec, out, src.chunk(rows)[1])
+            for writer in writers:
+                writer.add(out, chunk)
+    for (root, _), writer in zip(group, writers, strict=True):
+        arrays = {part: a.reshape(*a.shape[:-2], n, length, a.shape[-1]) if a.ndim == 3 else a.reshape(n, length, *a.shape[1:])
+                  for part, a in writer.arrays.items()}
+        files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
+        atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})
 
 
 def _read_or_none(path: Path) -> object:
@@ -363,9 +370,58 @@ def ensure_cache(
     torchrun each rank builds every world_size-th shard. Every shard of a finished cache is verified
     against its sha256 when opened; a damaged one is reported and rebuilt.
     """
+    return ensure_caches(cache_root, [spec], tokens, teacher_fn_factory, device=device, batch_size=batch_size,
+                         log=log, progress=progress)[0]
+
+
+def same_pass(a: CacheSpec, b: CacheSpec) -> bool:
+    """Whether one teacher pass can build both caches: their specs differ at most in the draws' seed."""
+    return dataclasses.replace(a, seed=b.seed) == b
+
+
+def ensure_caches(
+    cache_root: Path,
+    specs: Sequence[CacheSpec],
+    tokens: np.ndarray,
+    teacher_fn_factory: Callable[[], TeacherFn],
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> list[TeacherCache]:
+    """:func:`ensure_cache` for specs that differ only in their draws' seed (a sweep's seeds), built together:
+    the teachers score each window once and every cache's draws come from the same ensemble rows (each
+    cache is bit-identical to one built alone: its draws depend only on its seed, set and shard)."""
+    specs = list(dict.fromkeys(specs))
+    if not specs or not all(same_pass(specs[0], s) for s in specs):
+        raise ValueError("ensure_caches: the specs must differ at most in their draw seed")
+    spec = specs[0]
     if len(tokens) < spec.n_windows * spec.seq_len:
         raise UserError(f"cache spec wants {spec.n_windows} windows of {spec.seq_len} tokens, the data has {len(tokens)} tokens")
-    root = Path(cache_root) / spec.key()
+    roots = [Path(cache_root) / s.key() for s in specs]
+    todos = [_shards_to_build(root, s, log) for root, s in zip(roots, specs, strict=True)]
+    shards = sorted(set().union(*todos))
+    if shards:
+        n_todo = sum(spec.shard_range(i)[1] - spec.shard_range(i)[0] for i in shards)
+        done = spec.n_shards - len(shards) if world_size() == 1 else None
+        resumed = f"; resuming: {done} of {spec.n_shards} shards already built" if done else ""
+        building = [(r, s) for r, s, t in zip(roots, specs, todos, strict=True) if t]
+        shared = f"; one teacher pass for {len(building)} caches, draw seeds {', '.join(str(s.seed) for _, s in building)}"
+        log(f"teacher cache {', '.join(r.name for r, _ in building)}: scoring {n_todo} of {spec.n_windows} windows with "
+            f"the teachers ({spec.describe()}, {len(shards)} shard(s){resumed}{shared if len(building) > 1 else ''})")
+        teacher_fn = teacher_fn_factory()
+        with progress_bar(n_todo, "teacher cache build", "window", enabled=progress) as bar:
+            for i in shards:
+                group = [(r, s) for r, s, t in zip(roots, specs, todos, strict=True) if i in t]
+                _build_shard(group, i, tokens, teacher_fn, device, batch_size, bar)
+    for root, s, todo in zip(roots, specs, todos, strict=True):
+        _finish(root, s, bool(todo), log)
+    return [TeacherCache(root, s) for root, s in zip(roots, specs, strict=True)]
+
+
+def _shards_to_build(root: Path, spec: CacheSpec, log: Callable[[str], None]) -> list[int]:
+    """This rank's shards of the cache at ``root`` that are missing or damaged (removed, to be built again)."""
     root.mkdir(parents=True, exist_ok=True)
     spec_path = root / SPEC_FILE
     if spec_path.is_file():
@@ -377,12 +433,10 @@ def ensure_cache(
             raise UserError(f"{spec_path}: records a different cache than its key {spec.key()}; delete {root} and rerun")
     elif rank() == 0:
         atomic_write_json(spec_path, spec.as_dict())
-
     manifest_path = root / MANIFEST_FILE
     verify_all = manifest_path.is_file()
-    mine = [i for i in range(spec.n_shards) if i % world_size() == rank()]
     todo = []
-    for i in mine:
+    for i in [i for i in range(spec.n_shards) if i % world_size() == rank()]:
         problem = _check_shard(root, spec, i, verify_hash=True)
         if problem is None:
             continue
@@ -393,15 +447,12 @@ def ensure_cache(
     if todo:
         if rank() == 0:
             manifest_path.unlink(missing_ok=True)
-        done = spec.n_shards - len(todo) if world_size() == 1 else None
-        resumed = f"; resuming: {done} of {spec.n_shards} shards already built" if done else ""
-        n_todo = sum(spec.shard_range(i)[1] - spec.shard_range(i)[0] for i in todo)
-        log(f"teacher cache {root.name}: scoring {n_todo} of {spec.n_windows} windows with the teachers "
-            f"({spec.describe()}, {len(todo)} shard(s){resumed})")
-        teacher_fn = teacher_fn_factory()
-        with progress_bar(n_todo, "teacher cache build", "window", enabled=progress) as bar:
-            for i in todo:
-                _build_shard(root, spec, i, tokens, teacher_fn, device, batch_size, bar)
+    return todo
+
+
+def _finish(root: Path, spec: CacheSpec, built: bool, log: Callable[[str], None]) -> None:
+    """Wait for the other ranks' shards, write the manifest (rank 0) and say how faithful a new cache is."""
+    manifest_path = root / MANIFEST_FILE
     if world_size() > 1:
         _wait_for(lambda: all(_check_shard(root, spec, i, verify_hash=False) is None for i in range(spec.n_shards)),
                   "cache shards")
@@ -410,13 +461,12 @@ def ensure_cache(
         manifest = {"key": spec.key(), "spec": spec.as_dict(), "shards": shards}
         if not manifest_path.is_file() or _read_or_none(manifest_path) != manifest:
             atomic_write_json(manifest_path, manifest)
-        line = spec.format.coverage_line(root.name, spec, shards) if todo else None
+        line = spec.format.coverage_line(root.name, spec, shards) if built else None
         if line:
             log(line)
     if world_size() > 1:
         _wait_for(manifest_path.is_file, "cache manifest")
     barrier()  # under torchrun, no rank reads the cache before rank 0 has finished writing its manifest
-    return TeacherCache(root, spec)
 
 
 #: Windows the teachers score to plan ``samples: auto`` (spread over the data), and the most draws it picks

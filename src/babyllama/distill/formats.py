@@ -13,6 +13,7 @@ class here plus its name in the config schema.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
@@ -30,7 +31,7 @@ class Writer(Protocol):
 
     arrays: dict[str, np.ndarray]  # part -> (n, ...) or, for per-set parts, (sets, n, ...)
 
-    def add(self, out: slice, lp: Tensor) -> None: ...
+    def add(self, out: slice, chunk: Any) -> None: ...
     def fidelity(self) -> dict: ...
 
 
@@ -96,6 +97,11 @@ class CacheFormat:
 
     def writer(self, spec: Any, n: int, first_window: int, device: torch.device) -> Writer:
         raise NotImplementedError
+
+    def prepare(self, spec: Any, out: slice, lp: Tensor) -> Any:
+        """What every writer of specs that differ only in their draw seed needs from a chunk of the ensemble's
+        log-probs ``lp`` (positions ``out`` of the shard): computed once, then handed to each writer's add."""
+        return lp
 
     def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
         """The picked rows of each part as tensors, ids int64 first (what ``TeacherCache.rows`` returns)."""
@@ -261,6 +267,9 @@ class SampleFormat(CacheFormat):
     def writer(self, spec: Any, n: int, first_window: int, device: torch.device) -> Writer:
         return _SampleWriter(spec, n, first_window, device)
 
+    def prepare(self, spec: Any, out: slice, lp: Tensor) -> _SampledChunk:
+        return _SampledChunk.of(lp, out, spec.samples)
+
     def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
         return (torch.from_numpy(picked["ids"].astype(np.int64)), torch.from_numpy(picked["counts"].astype(np.int32)),
                 torch.from_numpy(picked["entropy"]))
@@ -354,6 +363,34 @@ def systematic_noise(lp: Tensor, n_samples: int) -> Tensor:
     return torch.linalg.vecdot(f, 1 - f) / n_samples**2
 
 
+@dataclass
+class _SampledChunk:
+    """The part of a sampled shard's work that does not depend on the draws' seed: the CDF, the entropy and
+    the noise statistics of a chunk of positions, made once for every seed that draws from it."""
+
+    lp: Tensor
+    cdf: Tensor
+    entropy: np.ndarray
+    noise: float
+    p_sq: float
+    p_sum: Tensor
+    rows: int
+
+    @classmethod
+    def of(cls, lp: Tensor, out: slice, n_samples: int) -> _SampledChunk:
+        lp = lp if lp.dtype == torch.float64 else lp.float()
+        p = lp.exp()
+        entropy = -torch.linalg.vecdot(p, lp)  # -sum p log p from the log-probs at hand (no V-wide log)
+        bad = ~entropy.isfinite()  # a -inf log-prob (p = 0) gives 0 * -inf: count it 0, as the limit says
+        if bool(bad.any()):
+            entropy[bad] = -torch.linalg.vecdot(p[bad], lp[bad].clamp(min=torch.finfo(lp.dtype).min))
+        sub = slice(-out.start % NOISE_STRIDE, None, NOISE_STRIDE)  # the noise on every NOISE_STRIDE-th position
+        ps = p[sub]
+        stats = (float(systematic_noise(lp[sub], n_samples).sum()), float(torch.linalg.vecdot(ps, ps).sum()),
+                 ps.sum(0, dtype=torch.float64), len(range(*sub.indices(len(p)))))
+        return cls(lp, p.cumsum_(-1), entropy.float().cpu().numpy(), *stats)  # the CDF in place of p: one V-wide copy
+
+
 class _SampleWriter:
     """Fills a shard's sampled arrays, one independent set of draws per epoch; the uniforms depend only on
     the seed, the set and the shard's first window. Also measures the draws' noise (see :func:`noise_ratio`)."""
@@ -367,28 +404,20 @@ class _SampleWriter:
         self.mass, self.distinct, self.noise, self.p_sq, self.stat_rows = 0.0, 0.0, 0.0, 0.0, 0
         self.p_sum = torch.zeros(spec.vocab_size, dtype=torch.float64, device=device)
 
-    def add(self, out: slice, lp: Tensor) -> None:
-        lp = lp if lp.dtype == torch.float64 else lp.float()
-        p = lp.exp()
-        # -sum p log p from the log-probs at hand (no V-wide log); -inf log-probs (p = 0) count 0
-        entropy = -torch.linalg.vecdot(p, lp.clamp(min=torch.finfo(lp.dtype).min))
-        self.arrays["entropy"][out] = entropy.float().cpu().numpy()
-        sub = slice(-out.start % NOISE_STRIDE, None, NOISE_STRIDE)
-        self.noise += float(systematic_noise(lp[sub], self.spec.samples).sum())  # every NOISE_STRIDE-th position
-        self.p_sq += float(torch.linalg.vecdot(p[sub], p[sub]).sum())
-        self.p_sum += p[sub].sum(0, dtype=torch.float64)
-        self.stat_rows += len(range(*sub.indices(len(p))))
-        cdf = p.cumsum(-1)  # one CDF for every set of draws
+    def add(self, out: slice, chunk: _SampledChunk) -> None:
+        self.arrays["entropy"][out] = chunk.entropy
+        self.noise, self.p_sq, self.stat_rows = self.noise + chunk.noise, self.p_sq + chunk.p_sq, self.stat_rows + chunk.rows
+        self.p_sum += chunk.p_sum
         limit = np.iinfo(self.spec.counts_dtype).max
         for s, u in enumerate(self.u):
-            ids, counts = draw_from_cdf(cdf, torch.from_numpy(u[out]).to(self.device), self.spec.samples, self.spec.k)
+            ids, counts = draw_from_cdf(chunk.cdf, torch.from_numpy(u[out]).to(self.device), self.spec.samples, self.spec.k)
             if float(counts[:, 0].max()) > limit:  # cannot happen while counts_dtype follows samples; never wrap
                 raise RuntimeError(f"a count of {float(counts[:, 0].max()):.0f} does not fit {self.spec.counts_dtype}")
             self.arrays["ids"][s, out] = ids.cpu().numpy().astype(self.spec.ids_dtype)
             self.arrays["counts"][s, out] = counts.cpu().numpy().astype(self.spec.counts_dtype)
             if s == 0:
                 drawn = counts > 0
-                self.mass += float((p.gather(-1, ids) * drawn).sum())
+                self.mass += float((chunk.lp.gather(-1, ids).exp() * drawn).sum())
                 self.distinct += float(drawn.sum())
 
     def fidelity(self) -> dict:

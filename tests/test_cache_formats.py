@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from babyllama.distill.cache import fidelity
+from babyllama.distill.cache import ensure_caches, fidelity
 from babyllama.distill.formats import FORMATS, cache_format
 from babyllama.distill.loss import SampledTeachers, SparseTeachers
-from test_distill_cache import N_WINDOWS, _build, _spec
+from test_distill_cache import N_WINDOWS, FakeTeachers, _build, _spec, _tokens
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "babyllama"
 #: The two modules that may name a format: the registry, and the config schema that lists the valid names.
@@ -58,10 +58,6 @@ def test_each_format_writes_reads_and_reports_through_its_class(tmp_path, mode, 
 
 def test_one_teacher_pass_builds_every_seeds_cache_bit_identical_to_alone(tmp_path):
     """A sweep's seeds share the teachers' forward: each cache equals the one its seed builds alone."""
-    from test_distill_cache import FakeTeachers, _tokens
-
-    from babyllama.distill.cache import ensure_caches
-
     specs = [_spec(top_k=0, mode="sample", samples=8, seed=seed, sets=2) for seed in (1, 2, 3)]
     teachers = FakeTeachers()
     together = ensure_caches(tmp_path / "together", specs, _tokens(), lambda: teachers, device=torch.device("cpu"),

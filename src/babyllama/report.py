@@ -5,8 +5,9 @@ Everything is rebuilt from files on disk (the output contract of the other stage
 
 - ``config.yaml``, ``run_state.json`` (wall time per stage), ``data/manifest.json`` (word ledger)
 - ``models/<name>/model.safetensors`` (parameter count) and ``models/<name>/metrics.jsonl`` (curves)
-- ``eval/<name>/<file>``: the result files evaluate/registry.py names (perplexity, BLiMP, supplement,
-  EWoK, entity tracking, COMPS, ``finetune/<task>.json``), each with its headline number
+- ``eval/<name>/<file>``: the result files evaluate/registry.py names (perplexity, every zero-shot task
+  the config switches on, ``finetune/<task>.json``), read through its ``model_results`` and
+  ``model_headlines``: one column per ``headline_columns`` entry
 
 Outputs ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG data URIs) plus the
 PNG files under ``plots/``.

@@ -64,6 +64,7 @@ class Evaluator:
     # {protocol whose official code no longer scores it: the protocol to use instead}; configured data is
     # then not scored (check_data prints a note) and the CLI refuses.
     dropped: dict[str, str] = field(default_factory=dict)
+    download: str = ""  # what to do when its data is not found (a `babyllama download` verb), appended to the error
 
     def scores_under(self, protocol: str) -> bool:
         return protocol not in self.dropped
@@ -360,7 +361,8 @@ def _pairs_headline(result: dict[str, Any], ev: EvalConfig) -> float | None:
 REGISTRY: list[Evaluator] = [
     Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False,
               metric="cross_entropy", measure="cross-entropy"),
-    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline, chance=0.5),
+    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline, chance=0.5,
+              download="run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp)"),
     Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline, chance=0.5),
     Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli=_completion_cli("ewok"),
               chance=0.5),
@@ -411,9 +413,8 @@ def check_data(cfg: Config) -> None:
             try:
                 job.check()
             except UserError as err:
-                hint = ("; run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp), or run "
-                        "without it: --set eval.blimp=null") if e.name == "blimp" and "not found" in str(err) else ""
-                raise UserError(f"{e.switch}: {err}{hint}") from None
+                hint = f"; {e.download}, or run without it: --set {e.switch}=null" if e.download else ""
+                raise UserError(f"{e.switch}: {err}{hint if 'not found' in str(err) else ''}") from None
 
 
 def result_key(job: Job) -> str:

@@ -201,25 +201,12 @@ def _teacher_line(cache: dict[str, Any] | None, out_dir: Path) -> str | None:
     if not cache.get("enabled"):
         return "Teachers: live (the exact ensemble at every step; no cached approximation)."
     from babyllama.distill.cache import fidelity
+    from babyllama.distill.formats import FORMATS
 
-    fid = fidelity(out_dir / "cache" / str(cache.get("key")))
-    if cache.get("mode") == "sample":
-        sets = fid.get("sets", 1)
-        text = (f"Teachers: the `sample` cache, {fid.get('samples', cache.get('samples'))} tokens drawn per position "
-                "from the tempered ensemble" + (f", fresh draws for each of {sets} epochs" if sets > 1 else "")
-                + "; the forward-KL gradient is unbiased, its sampling noise is the cost")
-        if "sampled_mass" in fid:
-            text += (f" (the draws hit {fid['distinct']:.1f} distinct tokens per position, holding "
-                     f"{100 * fid['sampled_mass']:.1f}% of the ensemble's mass)")
-        if "noise_ratio" in fid:
-            text += (f"; measured noise: the draws' error is {fid['noise_ratio']:.3g} x the KD signal per position "
-                     "(squared norms, w.r.t. the logits; README, 'The teacher cache')")
-        return text + "."
-    text = (f"Teachers: the `top_k` cache, k = {cache.get('top_k')} plus one tail bucket; the KD is a lower bound "
-            "and the tail's shape is not taught")
-    if "topk_mass" in fid:
-        text += f" (the top-k hold {100 * fid['topk_mass']:.1f}% of the tempered ensemble's mass)"
-    return text + "."
+    fmt = FORMATS.get(str(cache.get("mode")))
+    if fmt is None:
+        return f"Teachers: a teacher cache of a format this version does not know ({cache.get('mode')!r})."
+    return fmt.report_line(cache, fidelity(out_dir / "cache" / str(cache.get("key"))))
 
 
 def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:

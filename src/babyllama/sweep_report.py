@@ -183,11 +183,10 @@ def conditional_on(base: Config) -> list[str]:
     else:
         lines.append("Each seed trained its own teachers (sweep.teacher_seeds: per_seed): teacher-training noise is included.")
     cache = base.distill.cache
-    if cache.enabled and cache.mode == "sample":
-        lines.append("The student read one teacher-cache draw per teacher set (the sampled cache is built once and "
-                     "reused by every seed): the intervals do not include the variation between cache draws.")
-    elif cache.enabled:
-        lines.append("The student read a deterministic top-k teacher cache, built once per teacher set.")
+    if cache.enabled:
+        from babyllama.distill.formats import cache_format
+
+        lines.append(cache_format(cache.mode).sweep_line(cache))
     return lines
 
 

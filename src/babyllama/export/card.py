@@ -141,9 +141,10 @@ def _cache_words(cache: dict[str, Any]) -> str:
     """How the student read its teachers: live, the sampled cache, or the top-k cache."""
     if not cache.get("enabled"):
         return ", teachers run live."
-    if cache.get("mode") == "sample":
-        return f", teacher logits from the sampled cache ({cache.get('samples')} tokens drawn per position)."
-    return f", teacher logits from the top-{cache.get('top_k')} cache."
+    from babyllama.distill.formats import FORMATS
+
+    fmt = FORMATS.get(str(cache.get("mode")))
+    return f", teacher logits from a {cache.get('mode')!r} cache." if fmt is None else fmt.card_words(cache)
 
 
 def _training(rec: ModelRecord) -> list[str]:

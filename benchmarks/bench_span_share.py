@@ -19,7 +19,8 @@ every student, so comparable) with its paired t interval over seeds, and the ret
 (span gain / exact gain) with a Fieller interval for a ratio of paired means (t with n - 1 df).
 The teachers' recipe is the demo's except ``--teacher-epochs`` (2 by default, the demo trains 3).
 
-    python benchmarks/bench_span_share.py --work runs/span-share            # 3 seeds, ~1 h on 2 shared cores
+    python benchmarks/bench_span_share.py --work runs/span-share --max-words 100000 --teacher-epochs 2 --jobs 2
+        # the README's figure: 3 seeds, ~65 min on 2 cores shared with other jobs
     python benchmarks/bench_span_share.py --work runs/span-share --seeds 1 --max-words 50000   # a quick look
 """
 

@@ -9,7 +9,7 @@ and tests, and its column appears in all three. Result files live under ``<out_d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -31,6 +31,8 @@ class Job:
     run: Callable[[Path], dict[str, Any]]
     inputs: Callable[[Path], tuple[list[Path], list[Path]]]  # (model folders, data files or folders)
     check: Callable[[], Any] | None = None  # reads and validates its data (before any training: check_data)
+    # several models' results at once, in order (read and tokenize the data once); None: `run` one by one
+    run_many: Callable[[list[Path]], Iterable[dict[str, Any]]] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,12 @@ def score_blimp(model_dir: Path, data: str, ev: EvalConfig, device: str | None =
     return evaluate_blimp(model_dir, resolve_data(data), device=device, **blimp_settings(ev))
 
 
+def score_blimp_models(model_dirs: list[Path], data: str, ev: EvalConfig) -> Iterator[dict[str, Any]]:
+    from babyllama.evaluate.blimp import evaluate_blimp_models, resolve_data
+
+    return evaluate_blimp_models(model_dirs, resolve_data(data), **blimp_settings(ev))
+
+
 def _pairs_jobs(key: str, column: str) -> Callable[[Config], list[Job]]:
     def jobs(cfg: Config) -> list[Job]:
         data = getattr(cfg.eval, key)
@@ -90,7 +98,7 @@ def _pairs_jobs(key: str, column: str) -> Callable[[Config], list[Job]]:
             return []
         return [Job(f"{key}.json", column, {"data": _data_id(data), **blimp_settings(cfg.eval)},
                     lambda d: score_blimp(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
-                    lambda: _load_pairs(data))]
+                    lambda: _load_pairs(data), lambda ds: score_blimp_models(ds, data, cfg.eval))]
     return jobs
 
 

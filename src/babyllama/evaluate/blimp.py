@@ -72,10 +72,12 @@ import torch.nn.functional as F
 from babyllama import progress as progress_bars
 from babyllama.errors import UserError
 from babyllama.evaluate.decide import TIE_RULES, decide
-from babyllama.evaluate.formats import (
+from babyllama.evaluate.formats import (  # noqa: F401 (EMBEDDED, resolve_data: their home is formats)
+    EMBEDDED,
     load_causal_lm,
     max_positions,
     read_json_rows,
+    resolve_data,
     special_token_id,
     text_field,
 )
@@ -95,19 +97,7 @@ class Pair:
 # -- data ----------------------------------------------------------------------------------------------
 
 
-#: Data shipped inside the package (evaluate/data/README.md: source, licence, how it was made).
-EMBEDDED = {"embedded:blimp": Path(__file__).parent / "data" / "blimp-100.jsonl.gz"}
 DATA_SUFFIXES = (".jsonl", ".json", ".jsonl.gz")
-
-
-def resolve_data(data: str | Path) -> Path:
-    """A data path, with ``embedded:<name>`` mapped to the package's copy and ``~`` expanded."""
-    text = str(data)
-    if text.startswith("embedded:"):
-        if text not in EMBEDDED:
-            raise UserError(f"{text}: no such embedded data set (known: {', '.join(EMBEDDED)})")
-        return EMBEDDED[text]
-    return Path(text).expanduser()
 
 
 def data_files(data: Path, what: str = "minimal pairs") -> list[Path]:

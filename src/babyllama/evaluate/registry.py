@@ -51,13 +51,16 @@ class Evaluator:
 
 
 def _perplexity_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.perplexity import evaluate_perplexity
-
     if not cfg.eval.perplexity:
         return []
     return [Job("perplexity.json", None, {"seq_len": cfg.data.seq_len},
-                lambda d: evaluate_perplexity(d, cfg.data_dir, seq_len=cfg.data.seq_len),
-                lambda d: ([d], dev_data(cfg)))]
+                lambda d: _perplexity(d, cfg), lambda d: ([d], dev_data(cfg)))]
+
+
+def _perplexity(model_dir: Path, cfg: Config) -> dict[str, Any]:
+    from babyllama.evaluate.perplexity import evaluate_perplexity  # here: readers of results need no torch
+
+    return evaluate_perplexity(model_dir, cfg.data_dir, seq_len=cfg.data.seq_len)
 
 
 def dev_data(cfg: Config) -> list[Path]:
@@ -69,7 +72,7 @@ def dev_data(cfg: Config) -> list[Path]:
 
 def data_path(data: str) -> Path:
     """A data set named in the config as the file or folder it reads (``embedded:`` ones included)."""
-    from babyllama.evaluate.blimp import resolve_data
+    from babyllama.evaluate.formats import resolve_data
 
     return resolve_data(data)
 
@@ -145,14 +148,18 @@ def _completion_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
 
 
 def _reading_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.reading import evaluate_reading
-
     data = cfg.eval.reading
     if not data:
         return []
     return [Job("reading.json", "reading ΔR² %", {"data": _data_id(data), "batch_size": cfg.eval.batch_size},
-                lambda d: evaluate_reading(d, data, batch_size=cfg.eval.batch_size), lambda d: ([d], [data_path(data)]),
+                lambda d: _reading(d, data, cfg.eval.batch_size), lambda d: ([d], [data_path(data)]),
                 lambda: _read_reading(data))]
+
+
+def _reading(model_dir: Path, data: str, batch_size: int) -> dict[str, Any]:
+    from babyllama.evaluate.reading import evaluate_reading  # here: readers of results need no torch
+
+    return evaluate_reading(model_dir, data, batch_size=batch_size)
 
 
 def _read_reading(data: str) -> Any:
@@ -205,9 +212,14 @@ def dropped_notes(cfg: Config) -> list[str]:
 
 
 def _finetune_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.finetune import find_task_files, finetune_task
-
     ev = cfg.eval
+    if not ev.finetune:
+        return []
+    from babyllama.evaluate.finetune import (  # torch: only when there is fine-tuning
+        find_task_files,
+        finetune_task,
+    )
+
     out: list[Job] = []
     # mnli before mnli-mm: under mnli_mm 'mnli_model' (BabyLM 2024) mnli-mm reuses the MNLI model's scores.
     for task in sorted(ev.finetune, key=lambda t: (t == "mnli-mm", ev.finetune.index(t))):
@@ -278,8 +290,6 @@ def _fast_scorer(task: str) -> Callable[..., dict[str, Any]]:
 
 
 def _curve_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.perplexity import evaluate_perplexity
-
     ev = cfg.eval
     if not ev.curves or not any(m.train.save_at_words for m in cfg.models()):
         return []
@@ -290,7 +300,7 @@ def _curve_jobs(cfg: Config) -> list[Job]:
         for words, ck in curve_checkpoints(cfg, model_dir.name):
             point: dict[str, Any] = {"words": words, "checkpoint": str(ck), "results": {}}
             if ev.perplexity:
-                point["dev_ce"] = evaluate_perplexity(ck, cfg.data_dir, seq_len=cfg.data.seq_len)["ce_nats_per_token"]
+                point["dev_ce"] = _perplexity(ck, cfg)["ce_nats_per_token"]
             for task, data in tasks.items():
                 result = _fast_scorer(task)(ck, data, ev)
                 point[task] = result["headline"]
@@ -505,7 +515,7 @@ def pair_items(result: dict[str, Any], ev: EvalConfig) -> dict[str, str] | None:
 
 def is_embedded(result: dict[str, Any]) -> bool:
     """Whether a minimal-pair result was scored on the subset shipped with babyllama."""
-    from babyllama.evaluate.blimp import EMBEDDED
+    from babyllama.evaluate.formats import EMBEDDED
 
     data = str(result.get("data", "?"))
     return data.startswith("embedded:") or Path(data) in EMBEDDED.values()

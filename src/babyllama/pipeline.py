@@ -278,14 +278,15 @@ def _print_summary(cfg: Config, timings: dict[str, float], config_arg: str | Non
 
 
 def verdict_lines(sentences: list[str], width: int | None = None, bullet: str = "  - ") -> list[str]:
-    """Each sentence wrapped to the terminal (at most 100 columns), as a bullet, for reading in a console."""
+    """Each sentence wrapped to the terminal (at most 100 columns), as a bullet, for reading in a console; a
+    word longer than a line (a long path in a command to copy) is kept whole."""
     import textwrap
 
     width = width or min(100, shutil.get_terminal_size((100, 24)).columns)
     out = []
     for s in sentences:
         out += textwrap.wrap(s.replace("`", ""), width, initial_indent=bullet, subsequent_indent=" " * len(bullet),
-                             break_on_hyphens=False)
+                             break_on_hyphens=False, break_long_words=False)
     return out
 
 

@@ -58,7 +58,7 @@ def _timed(fn) -> float:
 
 def run(out: Path, args: argparse.Namespace) -> dict:
     from babyllama.data.prepare import prepare
-    from babyllama.distill.cache import fidelity
+    from babyllama.distill.formats import fidelity
     from babyllama.distill.run import build_teacher_cache
     from babyllama.training import distill, train_model
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from babyllama.distill.cache import ensure_caches, fidelity
-from babyllama.distill.formats import FORMATS, cache_format
+from babyllama.distill.cache import ensure_caches
+from babyllama.distill.formats import FORMATS, cache_format, fidelity
 from babyllama.distill.loss import SampledTeachers, SparseTeachers
 from test_distill_cache import N_WINDOWS, FakeTeachers, _build, _spec, _tokens
 

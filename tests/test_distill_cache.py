@@ -213,7 +213,7 @@ def test_two_ranks_split_the_build(tmp_path):
 def test_damaged_cache_metadata_is_rebuilt_or_refused_in_one_line(tmp_path):
     import json
 
-    from babyllama.distill.cache import MANIFEST_FILE, fidelity
+    from babyllama.distill.formats import MANIFEST_FILE, fidelity
     from babyllama.io import file_sha256
 
     spec = _spec(top_k=8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import babyllama
@@ -110,3 +111,26 @@ def test_help_config_and_the_evaluators_declarations_load_no_torch(tmp_path):
                            str(reading)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "HEAVY []"
+
+
+FINISHED_PROBE = """
+import json
+import sys
+from babyllama.cli import main
+code = main(sys.argv[2:])
+print("LOADED", json.dumps(sorted(m for m in sys.argv[1].split(",") if m in sys.modules)))
+sys.exit(code)
+"""
+
+
+def modules_loaded_by(argv: list[str], watch: tuple[str, ...]) -> list[str]:
+    """Which of ``watch`` a fresh process has imported once `babyllama ARGV` returns (it must succeed)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FINISHED_PROBE, ",".join(watch), *argv],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("LOADED "), done.stdout[-2000:]
+    return json.loads(last.removeprefix("LOADED "))

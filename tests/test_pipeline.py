@@ -12,6 +12,9 @@ from pathlib import Path
 import yaml
 
 from babyllama.cli import main
+from test_import_graph import modules_loaded_by
+
+MODEL_CODE = ("transformers.modeling_utils", "torch._dynamo")
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
@@ -74,6 +77,11 @@ def test_run_whole_chain_then_skip_then_redo_what_changed(tmp_path: Path, tiny_c
     assert "is up to date" in again  # prepare runs every time and skips its own work
     for stage in ("teacher:t-llama", "teacher:t-gpt2", "distill", "control", "evaluate"):
         assert f"[run] {stage}: up to date, skipped" in again
+    assert _stamps(out) == before
+    # Fixed costs (#24): the report of a finished run loads no torch or transformers, and `run` on it
+    # plans and skips without transformers' model code or torch's compiler.
+    assert modules_loaded_by(["report", str(out)], ("torch", "transformers")) == []
+    assert modules_loaded_by(["run", str(cfg_path)], MODEL_CODE) == []
     assert _stamps(out) == before
 
     # A changed student setting redoes the student and the control, never the teachers.

@@ -34,7 +34,6 @@ from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.roles import EVALUATE, PREPARE, REPORT, Member, Role, members
 from babyllama.run_state import RunState
-from babyllama.runtime import training_device
 
 
 class Skip(Enum):
@@ -171,7 +170,10 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
     forced, redo = _expand_force(stages, force or [])
     if any(s.name == EVALUATE for s in stages) and distributed.is_main_process():
         note_missing_blimp(cfg)
-    distributed.init(training_device())  # under torchrun: join the group before any barrier
+    if distributed.is_distributed():  # under torchrun: join the group before any barrier (torch loads only then)
+        from babyllama.runtime import training_device
+
+        distributed.init(training_device())
     state = RunState(cfg.out)
     main = distributed.is_main_process()
     timings: dict[str, float] = {}

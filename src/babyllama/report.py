@@ -20,6 +20,7 @@ import html
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -203,8 +204,7 @@ def _teacher_line(cache: dict[str, Any] | None, out_dir: Path) -> str | None:
         return None
     if not cache.get("enabled"):
         return "Teachers: live (the exact ensemble at every step; no cached approximation)."
-    from babyllama.distill.cache import fidelity
-    from babyllama.distill.formats import FORMATS
+    from babyllama.distill.formats import FORMATS, fidelity
 
     fmt = FORMATS.get(str(cache.get("mode")))
     if fmt is None:
@@ -244,13 +244,21 @@ def environment() -> dict[str, Any]:
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
                            "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                            "packages": versions, "threads": threads.describe()}
+    env["gpus"] = _gpu_names()
+    return env
+
+
+def _gpu_names() -> list[str]:
+    """The GPUs torch sees; without a GPU driver on the machine there are none, and torch (seconds to
+    import) is not loaded just to say so."""
+    if "torch" not in sys.modules and not any(Path(p).exists() for p in ("/proc/driver/nvidia/gpus", "/dev/kfd")):
+        return []
     try:
         import torch
 
-        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     except Exception:  # torch missing or a broken CUDA install must not break the report
-        env["gpus"] = []
-    return env
+        return []
 
 
 # -- the answer to the paper's question -------------------------------------------------------------

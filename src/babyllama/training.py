@@ -19,7 +19,6 @@ from babyllama.config import Config, ModelConfig
 from babyllama.distill.run import distill_objective
 from babyllama.errors import UserError
 from babyllama.roles import Role, members
-from babyllama.train.loop import fit
 from babyllama.train.objective import LMObjective, Objective
 
 
@@ -37,6 +36,8 @@ class TrainingSpec:
         return identity.training_identity(self.cfg, self.model, self.objective.fingerprint(), self.windows)
 
     def fit(self, resume: bool = False) -> Path:
+        from babyllama.train.loop import fit  # here: planning a finished run loads no model code
+
         return fit(self.cfg, self.model, self.objective, resume=resume, windows=self.windows,
                    description=self.description)
 

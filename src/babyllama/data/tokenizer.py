@@ -14,14 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from babyllama.config import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from babyllama.errors import UserError
 from babyllama.io import atomic_path, atomic_write_json, file_sha256, read_json
+
+if TYPE_CHECKING:  # transformers loads where a tokenizer is saved or loaded: `run` on prepared data needs none
+    from transformers import PreTrainedTokenizerFast
 
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
 SPECIAL_TOKENS = [PAD, BOS, EOS]
@@ -66,6 +68,8 @@ def train_tokenizer(
 
 def save_tokenizer(tok: Tokenizer, folder: Path, model_max_length: int) -> None:
     """Write an AutoTokenizer-loadable folder atomically (all files appear at once)."""
+    from transformers import PreTrainedTokenizerFast
+
     hf = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, model_max_length=model_max_length
     )
@@ -114,6 +118,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     folder = tokenizer_dir(path)
     if not (folder / "tokenizer.json").is_file():
         raise UserError(f"{path}: no tokenizer: not prepared — run `babyllama prepare CONFIG` first")
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(folder))
 
 
@@ -146,6 +152,8 @@ def existing_tokenizer(folder: Path, key: str = "tokenizer.from") -> tuple[Token
         size = max(size, int(hf.get("vocab_size") or 0))
     if size > MAX_VOCAB_SIZE:
         raise UserError(f"{key}: {folder}: a vocabulary of {size:,} tokens (at most {MAX_VOCAB_SIZE:,} supported)")
+    from transformers import AutoTokenizer
+
     try:
         hf_tok = AutoTokenizer.from_pretrained(str(folder))
     except (OSError, ValueError) as e:

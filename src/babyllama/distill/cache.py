@@ -77,7 +77,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from babyllama.data.windows import gather_windows, window_starts
-from babyllama.distill.formats import CacheFormat, cache_format
+from babyllama.distill.formats import MANIFEST_FILE, CacheFormat, cache_format
 from babyllama.distill.loss import CHUNK_ELEMENTS, DenseTeachers, TeacherSource, next_tokens
 from babyllama.distributed import barrier, rank, world_size
 from babyllama.errors import UserError
@@ -94,7 +94,6 @@ from babyllama.runtime import autocast
 
 CACHE_VERSION = 3
 SPEC_FILE = "spec.json"
-MANIFEST_FILE = "manifest.json"
 #: Target bytes per shard (all of its files together).
 SHARD_BYTES = 64 << 20
 
@@ -278,17 +277,6 @@ def _read_or_none(path: Path) -> object:
         return read_json(path)
     except ValueError:
         return None
-
-
-def fidelity(root: Path) -> dict:
-    """How faithful a built cache is, from its manifest, as its format states it ({"topk_mass"} or
-    {"sampled_mass", "distinct", "noise_ratio", "samples", "sets"}; numbers only)."""
-    try:
-        manifest = read_json(Path(root) / MANIFEST_FILE)
-        shards, spec = manifest["shards"], manifest["spec"]
-        return cache_format(spec.get("mode", "top_k")).fidelity(spec, shards)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError):
-        return {}  # a damaged manifest states nothing (ensure_cache rewrites it from the verified shards)
 
 
 def _open_part(root: Path, spec: CacheSpec, i: int, part: str) -> np.ndarray:

@@ -15,16 +15,22 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from babyllama.distill.loss import SampledTeachers, SparseTeachers, TeacherSource
+from babyllama.io import read_json
+
+if TYPE_CHECKING:  # torch loads where tensors are made: the report and the sweep report read fidelity only
+    import torch
+    from torch import Tensor
+
+    from babyllama.distill.loss import TeacherSource
 
 #: The noise ratio is measured on every NOISE_STRIDE-th position of a shard (an estimate at 1/8 of the cost).
 NOISE_STRIDE = 8
+MANIFEST_FILE = "manifest.json"
 
 
 class Writer(Protocol):
@@ -184,10 +190,14 @@ class TopKFormat(CacheFormat):
         return _TopKWriter(spec, n)
 
     def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
+        import torch
+
         tail = torch.from_numpy(picked["tail"]) if "tail" in picked else None
         return torch.from_numpy(picked["ids"].astype(np.int64)), torch.from_numpy(picked["values"]), tail
 
     def source(self, rows: Sequence[Tensor | None]) -> TeacherSource:
+        from babyllama.distill.loss import SparseTeachers
+
         ids, values, tail = rows
         assert ids is not None and values is not None
         k = ids.shape[-1]
@@ -236,6 +246,8 @@ class _TopKWriter:
             self.arrays["tail"] = np.empty((n,), dtype=np.float32)
 
     def add(self, out: slice, lp: Tensor) -> None:
+        import torch
+
         top = lp.topk(self.k, dim=-1, sorted=True)
         self.arrays["ids"][out] = top.indices.cpu().numpy().astype(self.spec.ids_dtype)
         self.arrays["values"][out] = top.values.clamp(min=-6e4).cpu().numpy().astype(np.float16)
@@ -287,10 +299,14 @@ class SampleFormat(CacheFormat):
         return _SampledChunk.of(lp, out, spec.samples)
 
     def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
+        import torch
+
         return (torch.from_numpy(picked["ids"].astype(np.int64)), torch.from_numpy(picked["counts"].astype(np.int32)),
                 torch.from_numpy(picked["entropy"]))
 
     def source(self, rows: Sequence[Tensor | None]) -> TeacherSource:
+        from babyllama.distill.loss import SampledTeachers
+
         ids, counts, entropy = rows
         assert ids is not None and counts is not None and entropy is not None
         k = ids.shape[-1]
@@ -352,11 +368,15 @@ def draw_samples(lp: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Ten
     orders below the sampling noise sqrt(p_j / S) of any token that can be drawn at S <= 255. The
     grid is scaled by the CDF's last value instead of dividing V values by it.
     """
+    import torch
+
     return draw_from_cdf((lp if lp.dtype == torch.float64 else lp.float()).exp().cumsum_(-1), u, n_samples, slots)
 
 
 def draw_from_cdf(cdf: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Tensor, Tensor]:
     """:func:`draw_samples` from the rows' unnormalised CDF (n, V) (one CDF serves every set of draws)."""
+    import torch
+
     grid = (torch.arange(n_samples, dtype=cdf.dtype, device=cdf.device) + u.to(cdf.dtype).unsqueeze(-1))
     grid.mul_(cdf[:, -1:] / n_samples)
     draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=cdf.shape[-1] - 1)  # sorted along each row
@@ -375,6 +395,8 @@ def systematic_noise(lp: Tensor, n_samples: int) -> Tensor:
     with probability f_j = frac(S p_j), so its variance is f_j (1 - f_j) and the trace is
     sum_j f_j (1 - f_j) / S^2 (exact; the covariances do not enter a trace). It is at most the
     multinomial (1 - sum p^2) / S that ``samples: auto`` plans with."""
+    import torch
+
     f = torch.frac((lp if lp.dtype == torch.float64 else lp.float()).exp().mul_(n_samples))
     return torch.linalg.vecdot(f, 1 - f) / n_samples**2
 
@@ -394,6 +416,8 @@ class _SampledChunk:
 
     @classmethod
     def of(cls, lp: Tensor, out: slice, n_samples: int) -> _SampledChunk:
+        import torch
+
         lp = lp if lp.dtype == torch.float64 else lp.float()
         p = lp.exp()
         entropy = -torch.linalg.vecdot(p, lp)  # -sum p log p from the log-probs at hand (no V-wide log)
@@ -412,6 +436,8 @@ class _SampleWriter:
     the seed, the set and the shard's first window. Also measures the draws' noise (see :func:`noise_ratio`)."""
 
     def __init__(self, spec: Any, n: int, first_window: int, device: torch.device) -> None:
+        import torch
+
         self.spec, self.device, self.n = spec, device, n
         self.u = [np.random.default_rng([spec.seed, s, first_window]).random(n) for s in range(spec.sets)]
         self.arrays = {"ids": np.empty((spec.sets, n, spec.k), dtype=spec.ids_dtype),
@@ -421,6 +447,8 @@ class _SampleWriter:
         self.p_sum = torch.zeros(spec.vocab_size, dtype=torch.float64, device=device)
 
     def add(self, out: slice, chunk: _SampledChunk) -> None:
+        import torch
+
         self.arrays["entropy"][out] = chunk.entropy
         self.noise, self.p_sq, self.stat_rows = self.noise + chunk.noise, self.p_sq + chunk.p_sq, self.stat_rows + chunk.rows
         self.p_sum += chunk.p_sum
@@ -455,3 +483,14 @@ def cache_format(name: str) -> CacheFormat:
         return FORMATS[name]
     except (KeyError, TypeError):
         raise ValueError(f"cache mode must be one of {', '.join(map(repr, FORMATS))}, got {name!r}") from None
+
+
+def fidelity(root: Path) -> dict:
+    """How faithful a built cache is, from its manifest, as its format states it ({"topk_mass"} or
+    {"sampled_mass", "distinct", "noise_ratio", "samples", "sets"}; numbers only)."""
+    try:
+        manifest = read_json(Path(root) / MANIFEST_FILE)
+        shards, spec = manifest["shards"], manifest["spec"]
+        return cache_format(spec.get("mode", "top_k")).fidelity(spec, shards)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError):
+        return {}  # a damaged manifest states nothing (ensure_cache rewrites it from the verified shards)

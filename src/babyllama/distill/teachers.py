@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from babyllama.config import Config
 from babyllama.errors import UserError
@@ -24,6 +24,9 @@ from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
 from babyllama.runtime import resolve_precision
 from babyllama.train.checkpoint import MANIFEST_FILE, damaged_file
+
+if TYPE_CHECKING:  # transformers' model code loads with the teachers: `run` on a finished run plans without it
+    from transformers import PreTrainedModel
 
 
 def teacher_dirs(cfg: Config) -> list[Path]:
@@ -61,6 +64,8 @@ def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) ->
     expected = _tokenizer_identity(want_vocab, want_special)
     student = cfg.student.name if cfg.student else "student"
     prepared_tok = cfg.data_dir / str(manifest.get("tokenizer", "tokenizer")) / "tokenizer.json"
+    from transformers import AutoConfig
+
     for t, d in zip(cfg.teachers, dirs, strict=True):
         hf = AutoConfig.from_pretrained(str(d))
         text = getattr(hf, "text_config", None) or hf
@@ -96,6 +101,8 @@ class TeacherEnsemble:
 
     @classmethod
     def load(cls, dirs: Sequence[Path], device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
+        from transformers import AutoModelForCausalLM
+
         models = []
         with quiet_transformers():  # one "Loading weights" bar per teacher is noise here
             for d in dirs:

@@ -23,11 +23,11 @@ import shutil
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from safetensors.torch import load_model
-from transformers import PreTrainedModel
 
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
@@ -42,6 +42,9 @@ from babyllama.io import (  # noqa: F401
     remove_stale_temporaries,
     stable_hash,
 )
+
+if TYPE_CHECKING:  # a type only: transformers' model code loads where a model is built
+    from transformers import PreTrainedModel
 
 STATE_FILE = "training_state.pt"
 MANIFEST_FILE = CHECKPOINT_RECORD  # checkpoint.json: every file's sha256 (babyllama.io)

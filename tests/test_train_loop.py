@@ -15,8 +15,9 @@ from babyllama.data.tokens import load_tokens
 from babyllama.data.windows import dev_subset, gather_windows, num_fixed_windows, window_starts
 from babyllama.errors import UserError
 from babyllama.identity import is_trained as is_complete
-from babyllama.train.loop import WindowStream, fit
+from babyllama.train.loop import fit
 from babyllama.train.objective import Batch, LMObjective
+from babyllama.train.plan import WindowStream
 from babyllama.training import train_model
 from helpers import read_metrics, variant
 

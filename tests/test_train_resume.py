@@ -116,3 +116,34 @@ def test_refusals_and_recovery(prepared_cfg, tmp_path):
     state.write_bytes(state.read_bytes()[:100])
     with pytest.raises(UserError, match="checkpoint .* (corrupted|incomplete)"):
         train_model(cfg, "t-llama")
+
+
+def test_fp16_scaler_state_is_kept_and_old_checkpoints_without_it_resume(prepared_cfg, tmp_path, monkeypatch):
+    """The GradScaler always exists: enabled under fp16 its state is checkpointed; a checkpoint written
+    before that (no scaler state) still resumes, starting the scaler afresh."""
+    from babyllama.train import checkpoint as ckpt
+    from babyllama.train import loop
+
+    cfg = variant(prepared_cfg, tmp_path / "fp16", precision="fp16", max_steps=4, save_every=2)
+    real = loop.save_at_words
+
+    def stop_after_two(run, model, done):
+        if done == 3:
+            raise KeyboardInterrupt  # the step-2 checkpoint is on disk, nothing published
+        real(run, model, done)
+
+    monkeypatch.setattr(loop, "save_at_words", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cfg, "t-llama")
+    monkeypatch.undo()
+    last = cfg.checkpoint_dir("t-llama") / "last"
+    state = ckpt.TrainingState.read(last)
+    assert state.step == 2 and "scale" in state.scaler
+    state.scaler = {}  # as an older babyllama wrote it
+    torch.save(state.as_dict(), last / ckpt.STATE_FILE)
+    manifest = json.loads((last / ckpt.MANIFEST_FILE).read_text())
+    ckpt._write_manifest(last, {k: v for k, v in manifest.items() if k != "files"})
+
+    out = train_model(cfg, "t-llama", resume=True)
+    assert json.loads((out / "training_summary.json").read_text())["steps"] == 4
+    assert all(torch.isfinite(t.float()).all() for t in weights(out).values())

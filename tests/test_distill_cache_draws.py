@@ -11,7 +11,8 @@ import torch
 
 from babyllama.config import Config
 from babyllama.data.tokens import read_manifest
-from babyllama.distill.cache import draw_samples, fidelity, noise_ratio, systematic_noise
+from babyllama.distill.cache import fidelity
+from babyllama.distill.formats import draw_samples, noise_ratio, systematic_noise
 from babyllama.distill.loss import ensemble_log_probs, normalised_weights
 from babyllama.distill.objective import DistillObjective
 from babyllama.distill.run import _teachers, build_teacher_cache, cache_spec, distill_objective

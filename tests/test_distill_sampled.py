@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from babyllama.cli import main
-from babyllama.distill.cache import draw_samples, ensure_cache
+from babyllama.distill.cache import ensure_cache
+from babyllama.distill.formats import draw_samples
 from babyllama.distill.loss import DenseTeachers, SampledTeachers, SparseTeachers, combine, ensemble_log_probs
 from babyllama.distill.teachers import teacher_dtype
 from test_distill_cache import N_WINDOWS, FakeTeachers, L, V, _build, _exact, _spec, _tokens

@@ -128,19 +128,15 @@ def cmd_eval_blimp(args: argparse.Namespace) -> None:
     _write_result(result, args.out)
 
 
-def cmd_eval_completion(args: argparse.Namespace) -> None:
-    from babyllama.evaluate.completions import format_completion_table
-    from babyllama.evaluate.registry import SCORERS
+def cmd_eval_data(args: argparse.Namespace) -> None:
+    """`babyllama evaluate <task>` for every evaluator that scores a data file alone (registry.DataScorer)."""
+    from babyllama.evaluate.registry import evaluator
 
     _check_out_file(args.out)
     ev = _eval_settings(args, ("context_prefix", "ties", "seed", "truncate", "ewok_pairing", "entity_skip_nothing"))
-    result = SCORERS[args.task](_model_arg(args.model), args.data, ev, device=args.device)
-    if args.task.startswith("wug_"):
-        from babyllama.evaluate.wug import format_wug_table
-
-        print(format_wug_table(result))
-    else:
-        print(format_completion_table(result))
+    task = evaluator(args.task)
+    result = task.score_data(_model_arg(args.model), args.data, ev, device=args.device)
+    print(task.cli.table(result))
     _write_result(result, args.out)
 
 
@@ -418,7 +414,7 @@ def _add_evaluation_verbs(sub: Any) -> None:
     b.set_defaults(func=cmd_eval_blimp)
     from babyllama.evaluate.registry import REGISTRY
 
-    for e in (e for e in REGISTRY if e.cli_data):
+    for e in (e for e in REGISTRY if e.cli is not None):
         c = esub.add_parser(e.name.replace("_", "-"), aliases=[e.name] if "_" in e.name else [],
                             help=f"{e.name.replace('_', ' ')} zero-shot, in the BabyLM pipelines' format ({e.switch})")
         _add_scoring_args(c, "folder or file in the official format")
@@ -431,7 +427,7 @@ def _add_evaluation_verbs(sub: Any) -> None:
         if e.name == "entity_tracking":
             c.add_argument("--skip-nothing", dest="entity_skip_nothing", action="store_const", const=True, default=None,
                            help="leave out items with an option containing \"nothing\" (2026)")
-        c.set_defaults(func=cmd_eval_completion, task=e.name)
+        c.set_defaults(func=cmd_eval_data, task=e.name)
     r = esub.add_parser("reading", help="surprisal against human reading times (BabyLM 2025/2026 reading_data.csv)")
     r.add_argument("--model", required=True, help="Hugging Face causal-LM directory")
     r.add_argument("--data", required=True, help="the pipeline's reading_data.csv")

@@ -20,8 +20,6 @@ from babyllama.roles import Role, members
 from babyllama.rules import ModelFacts, Verdict, check
 
 LEDGER_FILE = "ledger.json"
-_ROLE_NAMES = {Role.TEACHER: "teacher", Role.EXTERNAL_TEACHER: "external teacher", Role.STUDENT: "student",
-               Role.CONTROL: "control"}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -45,7 +43,7 @@ def _planned_words(model_cfg: ModelConfig, pool: int, manifest: dict, seq_len: i
 def _external_facts(cfg: Config, name: str, spec: str) -> ModelFacts:
     from babyllama.existing import model_folder, model_info
 
-    facts = ModelFacts(name, "external teacher")
+    facts = ModelFacts(name, Role.EXTERNAL_TEACHER.short)
     try:
         info = model_info(model_folder(spec, f"teachers.{name}.from"))
     except (UserError, OSError, ValueError):
@@ -65,7 +63,7 @@ def gather(cfg: Config) -> tuple[int | None, list[ModelFacts]]:
             out.append(_external_facts(cfg, m.name, external[m.name]))
             continue
         model_cfg = cfg.model(m.name)
-        facts = ModelFacts(m.name, _ROLE_NAMES[m.role], pool_words=pool, save_at_words=list(model_cfg.train.save_at_words))
+        facts = ModelFacts(m.name, m.role.short, pool_words=pool, save_at_words=list(model_cfg.train.save_at_words))
         summary = _read(cfg.model_dir(m.name) / "training_summary.json")
         if summary and summary.get("words_seen") is not None:
             facts.words_seen, facts.parameters = float(summary["words_seen"]), summary.get("params")
@@ -78,7 +76,7 @@ def gather(cfg: Config) -> tuple[int | None, list[ModelFacts]]:
 def _model_row(f: ModelFacts) -> dict[str, Any]:
     row: dict[str, Any] = {"role": f.role, "pool_words": f.pool_words, "words_seen": f.words_seen,
                            "epochs": f.epochs, "planned": f.planned}
-    if f.role == "external teacher":
+    if f.role == Role.EXTERNAL_TEACHER.short:
         row |= {"parameters": f.parameters, "model_type": f.model_type, "words_seen": None,
                 "note": "trained elsewhere: its own training words are not known here and not counted"}
     return row
@@ -88,8 +86,8 @@ def build(cfg: Config) -> dict[str, Any]:
     """The ledger of ``cfg`` as it stands on disk (JSON-able)."""
     pool, facts = gather(cfg)
     verdicts = check(cfg.data.rules, cfg.data.word_budget, pool, facts)
-    student = next((f for f in facts if f.role == "student"), None)
-    teachers_seen = [f.words_seen for f in facts if f.role == "teacher"]
+    student = next((f for f in facts if f.role == Role.STUDENT.short), None)
+    teachers_seen = [f.words_seen for f in facts if f.role == Role.TEACHER.short]
     with_teachers = None
     if student is not None and student.words_seen is not None and all(w is not None for w in teachers_seen):
         with_teachers = student.words_seen + sum(w for w in teachers_seen if w is not None)

@@ -32,8 +32,8 @@ Each ``babylm-YYYY`` value sets what that year's official pipeline does, read fr
   and a NaN score counts as minus infinity; EWoK pairs one target with two contexts
   (``ewok_pairing: contexts``); entity-tracking items with an option containing "nothing" are left out
   (``entity_skip_nothing``); GlobalPIQA is new (``eval.global_piqa``, length-normalised); the WUG tasks
-  are dropped (registry.DROPPED: configured data is not scored, a note says so). Fine-tuning
-  is the 2025 script (below).
+  are dropped (``dropped`` in their registry declarations: configured data is not scored, a note says
+  so). Fine-tuning is the 2025 script (below).
 
 EWoK, entity tracking, COMPS and GlobalPIQA score a completion after a context; the 2023/2024 pipelines
 put no token before the context (``context_prefix: none``), 2025/2026 the tokenizer's own special tokens

@@ -57,3 +57,14 @@ def html_list(items: list[str]) -> str:
 def folded(summary: str, body_html: str) -> str:
     """A section folded away until clicked (long appendices)."""
     return f"<details><summary>{html.escape(summary)}</summary>{body_html}</details>"
+
+
+def teacher_gap_sentence(gap: float, *, where: str = "", basis: str = "") -> str:
+    """The one wording of the distillation condition (control dev CE minus the best teacher's), for the run
+    report and the sweep report alike: did the teachers have something to teach? ``where`` names a sweep
+    setting (" (lr=...)"), ``basis`` says what the numbers are (" (control: mean over 3 seeds; ...)")."""
+    if gap > 0:
+        return (f"Condition{where}: the best teacher is {gap:.4f} nats/token below the control{basis}, so the teachers "
+                "had something to teach (in the paper the gap was about 0.27).")
+    return (f"Condition NOT met{where}: no teacher is better than the control (best teacher {-gap:.4f} nats/token "
+            f"worse{basis}); distillation cannot be expected to help: train the teachers bigger or longer.")

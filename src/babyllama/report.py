@@ -5,8 +5,9 @@ Everything is rebuilt from files on disk (the output contract of the other stage
 
 - ``config.yaml``, ``run_state.json`` (wall time per stage), ``data/manifest.json`` (word ledger)
 - ``models/<name>/model.safetensors`` (parameter count) and ``models/<name>/metrics.jsonl`` (curves)
-- ``eval/<name>/<file>``: the result files evaluate/registry.py names (perplexity, BLiMP, supplement,
-  EWoK, entity tracking, COMPS, ``finetune/<task>.json``), each with its headline number
+- ``eval/<name>/<file>``: the result files evaluate/registry.py names (perplexity, every zero-shot task
+  the config switches on, ``finetune/<task>.json``), read through its ``model_results`` and
+  ``model_headlines``: one column per ``headline_columns`` entry
 
 Outputs ``report.md`` and a self-contained ``report.html`` (plots embedded as PNG data URIs) plus the
 PNG files under ``plots/``.
@@ -200,25 +201,12 @@ def _teacher_line(cache: dict[str, Any] | None, out_dir: Path) -> str | None:
     if not cache.get("enabled"):
         return "Teachers: live (the exact ensemble at every step; no cached approximation)."
     from babyllama.distill.cache import fidelity
+    from babyllama.distill.formats import FORMATS
 
-    fid = fidelity(out_dir / "cache" / str(cache.get("key")))
-    if cache.get("mode") == "sample":
-        sets = fid.get("sets", 1)
-        text = (f"Teachers: the `sample` cache, {fid.get('samples', cache.get('samples'))} tokens drawn per position "
-                "from the tempered ensemble" + (f", fresh draws for each of {sets} epochs" if sets > 1 else "")
-                + "; the forward-KL gradient is unbiased, its sampling noise is the cost")
-        if "sampled_mass" in fid:
-            text += (f" (the draws hit {fid['distinct']:.1f} distinct tokens per position, holding "
-                     f"{100 * fid['sampled_mass']:.1f}% of the ensemble's mass)")
-        if "noise_ratio" in fid:
-            text += (f"; measured noise: the draws' error is {fid['noise_ratio']:.3g} x the KD signal per position "
-                     "(squared norms, w.r.t. the logits; README, 'The teacher cache')")
-        return text + "."
-    text = (f"Teachers: the `top_k` cache, k = {cache.get('top_k')} plus one tail bucket; the KD is a lower bound "
-            "and the tail's shape is not taught")
-    if "topk_mass" in fid:
-        text += f" (the top-k hold {100 * fid['topk_mass']:.1f}% of the tempered ensemble's mass)"
-    return text + "."
+    fmt = FORMATS.get(str(cache.get("mode")))
+    if fmt is None:
+        return f"Teachers: a teacher cache of a format this version does not know ({cache.get('mode')!r})."
+    return fmt.report_line(cache, fidelity(out_dir / "cache" / str(cache.get("key"))))
 
 
 def approximations(models: list[dict[str, Any]], out_dir: Path) -> list[str]:
@@ -361,13 +349,7 @@ def verdict(models: list[dict[str, Any]], tests: list[dict[str, Any]] | None = N
     control = _with_role(others, Role.CONTROL)
     teachers = [m for m in others if m["role"] == Role.TEACHER.value]
     if control and teachers:
-        gap = control["dev_ce"] - min(t["dev_ce"] for t in teachers)
-        if gap > 0:
-            lines.append(f"Condition: the best teacher is {gap:.4f} nats/token below the control, so the teachers had "
-                         "something to teach (in the paper the gap was about 0.27).")
-        else:
-            lines.append(f"Condition NOT met: no teacher is better than the control (best teacher {-gap:.4f} nats/token "
-                         "worse). Distillation cannot be expected to help; train the teachers bigger or longer.")
+        lines.append(render.teacher_gap_sentence(control["dev_ce"] - min(t["dev_ce"] for t in teachers)))
     return lines
 
 
@@ -727,7 +709,7 @@ def _exposure_rows(compliance: dict[str, Any]) -> tuple[list[str], list[list[str
     """Words in the pool, words seen and epochs per model; the student's second reading last."""
     rows = []
     for name, m in compliance["models"].items():
-        seen = "not known (trained elsewhere)" if m["role"] == "external teacher" else _fmt(m.get("words_seen"), "int")
+        seen = "not known (trained elsewhere)" if m["role"] == Role.EXTERNAL_TEACHER.short else _fmt(m.get("words_seen"), "int")
         rows.append([name, m["role"], _fmt(m.get("pool_words"), "int"), seen + (" (planned)" if m.get("planned") else ""),
                      "–" if m.get("epochs") is None else f"{m['epochs']:.2f}"])
     if compliance.get("student_with_teachers_words") is not None:

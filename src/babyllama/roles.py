@@ -1,8 +1,11 @@
 """Who is who in an experiment: every model's role and the stage that trains it, in pipeline order.
 
 The one vocabulary for models: `babyllama run` plans one training stage per member (prepare → the models
-→ evaluate → report) and `--force teachers` selects by role; the report, the sweep report (``Role.kind``)
-and the model card name models from here, never by matching names or stage strings.
+→ evaluate → report) and `--force teachers` selects by ``Role``, not by a stage name's prefix. Each role
+has three spellings, all declared here: ``value`` (how the run report names it), ``short`` (ledger.json
+and the rule checks, which take it as a plain string: external teachers apart) and ``kind`` (sweep.json
+and the sweep report: every teacher alike). Other modules compare roles or these spellings, never model
+names or stage strings.
 """
 
 from __future__ import annotations
@@ -25,13 +28,20 @@ class Role(Enum):
     CONTROL = "control (no distillation)"
 
     @property
+    def short(self) -> str:
+        """The plain name of ledger.json and the rule checks: 'teacher', 'external teacher', 'student', 'control'."""
+        return {Role.STUDENT: "student", Role.CONTROL: "control"}.get(self, self.value)
+
+    @property
     def kind(self) -> str:
-        """The short name files and tables use (``sweep.json``): 'teacher' (external ones too), 'student', 'control'."""
-        return {Role.STUDENT: "student", Role.CONTROL: "control"}.get(self, "teacher")
+        """The name of ``sweep.json`` and the sweep report: 'teacher' (external ones too), 'student', 'control'."""
+        return "teacher" if self is Role.EXTERNAL_TEACHER else self.short
 
 
 @dataclass(frozen=True)
 class Member:
+    """One model of a run: its folder name, its role and the `run` stage that trains it."""
+
     name: str  # the model's folder name under <out_dir>/models/
     role: Role
     stage: str | None  # the `run` stage that trains it; None for an external teacher

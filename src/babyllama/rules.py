@@ -34,7 +34,7 @@ class ModelFacts:
     """What the ledger knows of one model; None where it cannot know."""
 
     name: str
-    role: str  # "teacher", "external teacher", "student", "control"
+    role: str  # roles.Role.short: "teacher", "external teacher", "student", "control" (no import: config imports this)
     pool_words: int | None = None  # words in the pool it trained on (None for an external teacher)
     words_seen: float | None = None  # with repetition
     planned: bool = False  # words_seen is the config's plan, not a finished run's count

@@ -362,9 +362,16 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
     if mcfg.distill.cache.enabled:
         from babyllama.distill.run import build_teacher_cache
 
-        build_teacher_cache(mcfg)
+        build_teacher_cache(mcfg, _cache_companions(base, mcfg, home))
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
         evaluate_all(mcfg, list(_teacher_stages(mcfg)))
+
+
+def _cache_companions(base: Config, mcfg: Config, home: Config) -> list[Config]:
+    """The planned members that distil from this member's teachers (same teacher home): their teacher caches,
+    which differ only in the draws' seed, are built in this member's pass of the teachers."""
+    return [c for m, _ in read_plan(base) or [] if teacher_home(base, m).out == home.out
+            for c in [member_config(base, m)] if c.out != mcfg.out]
 
 
 def adopt_identical(base: Config, mcfg: Config) -> None:

@@ -85,8 +85,9 @@ def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
     return numbers, items
 
 
-def _by_role(numbers: dict[str, Any], role: str) -> str | None:
-    return next((n for n, v in numbers.items() if v["role"] == role), None)
+def _by_role(numbers: dict[str, Any], role: Role) -> str | None:
+    """The model of ``role`` in one member's numbers (``sweep.json`` names roles by ``Role.kind``)."""
+    return next((n for n, v in numbers.items() if v["role"] == role.kind), None)
 
 
 def _bits(s: str) -> np.ndarray:
@@ -136,7 +137,7 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
     comparisons, verdicts, conditions, settings = [], [], [], []
     default = per_point.get("default", {})
 
-    def model_rows(runs: dict[int, tuple[dict, dict]], role: str) -> dict[int, tuple]:
+    def model_rows(runs: dict[int, tuple[dict, dict]], role: Role) -> dict[int, tuple]:
         out = {}
         for seed, (numbers, items) in runs.items():
             name = _by_role(numbers, role)
@@ -146,7 +147,7 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
 
     for label, runs in per_point.items():
         at = "" if label == "default" else f" @ {label}"
-        student, control = model_rows(runs, "student"), model_rows(runs, "control")
+        student, control = model_rows(runs, Role.STUDENT), model_rows(runs, Role.CONTROL)
         for metric, spec in sweep_metrics(base).items():
             title, _, higher, digits, _ = spec
             c = compare(f"student - control{at}", student, control, metric, spec, base.sweep.bootstrap)
@@ -154,7 +155,7 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
                 c["who"] = ("the distilled student" + ("" if not at else f" at {label}"), "the control")
                 comparisons.append(c)
             if label != "default":
-                c = compare(f"{label} - default (student)", student, model_rows(default, "student"), metric, spec,
+                c = compare(f"{label} - default (student)", student, model_rows(default, Role.STUDENT), metric, spec,
                             base.sweep.bootstrap)
                 if c:
                     c["who"] = (f"the student with {label}", "the default student")
@@ -168,7 +169,7 @@ def collect(base: Config, ms: list[SweepMember]) -> dict[str, Any]:
     result = {"out_dir": str(base.out), "seeds": sorted({m.seed for m in ms}), "members": rows, "missing": missing,
               "missing_why": reasons,
               "comparisons": comparisons, "verdict": verdicts, "conditions": [c for c in conditions if c],
-              "settings": settings, "conditional_on": conditional_on(base)}
+              "settings": settings, "conditional_on": conditional_on(base), "columns": headline_columns(base)}
     write(base, result)
     return result
 
@@ -182,11 +183,10 @@ def conditional_on(base: Config) -> list[str]:
     else:
         lines.append("Each seed trained its own teachers (sweep.teacher_seeds: per_seed): teacher-training noise is included.")
     cache = base.distill.cache
-    if cache.enabled and cache.mode == "sample":
-        lines.append("The student read one teacher-cache draw per teacher set (the sampled cache is built once and "
-                     "reused by every seed): the intervals do not include the variation between cache draws.")
-    elif cache.enabled:
-        lines.append("The student read a deterministic top-k teacher cache, built once per teacher set.")
+    if cache.enabled:
+        from babyllama.distill.formats import cache_format
+
+        lines.append(cache_format(cache.mode).sweep_line(cache))
     return lines
 
 
@@ -238,24 +238,20 @@ def teacher_gap(runs: dict[int, tuple[dict, dict]]) -> tuple[float, int] | None:
     """(control dev CE - best teacher dev CE, averaged over seeds; the number of seeds), None without both."""
     gaps = []
     for numbers, _ in runs.values():
-        control = _by_role(numbers, "control")
-        teachers = [v["dev_ce"] for v in numbers.values() if v["role"] == "teacher" and v["dev_ce"] is not None]
+        control = _by_role(numbers, Role.CONTROL)
+        teachers = [v["dev_ce"] for v in numbers.values() if v["role"] == Role.TEACHER.kind and v["dev_ce"] is not None]
         if control and teachers and numbers[control]["dev_ce"] is not None:
             gaps.append(numbers[control]["dev_ce"] - min(teachers))
     return (float(np.mean(gaps)), len(gaps)) if gaps else None
 
 
 def _condition(label: str, gap: tuple[float, int] | None, shared: bool = True) -> str | None:
-    """The teacher-gap condition of one setting: did the teachers have something to teach?"""
+    """The teacher-gap condition of one setting (render.teacher_gap_sentence), or None without a gap."""
     if gap is None:
         return None
     (value, n), where = gap, "" if label == "default" else f" ({label})"
     teachers = "the teachers trained once, shared by every seed" if shared else "the teachers trained once per seed"
-    if value > 0:
-        return (f"Condition{where}: the best teacher is {value:.4f} nats/token below the control (control: mean over "
-                f"{n} seed(s); {teachers}), so the teachers had something to teach (in the paper the gap was about 0.27).")
-    return (f"Condition NOT met{where}: no teacher is better than the control (best teacher {-value:.4f} nats/token "
-            "worse); distillation cannot be expected to help.")
+    return render.teacher_gap_sentence(value, where=where, basis=f" (control: mean over {n} seed(s); {teachers})")
 
 
 # -- writing ---------------------------------------------------------------------------------------------
@@ -279,19 +275,23 @@ def comparison_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]
 
 
 def member_rows(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    header = ["member", "setting", "seed", "student dev CE", "control dev CE", "best teacher dev CE", "student BLiMP %",
-              "control BLiMP %"]
+    """One row per member: dev CE of the student, the control and the best teacher, then every headline
+    column (registry.headline_columns) as 'student / control'."""
+    columns = result.get("columns") or {"blimp": "BLiMP %"}  # sweep.json files written before "columns"
+    header = ["member", "setting", "seed", "student dev CE", "control dev CE", "best teacher dev CE",
+              *[f"{title.removesuffix(' %')} (student / control)" for title in columns.values()]]
     rows = []
     for r in result["members"]:
         ms = r["models"]
-        s, c = ms.get(_by_role(ms, "student") or "", {}), ms.get(_by_role(ms, "control") or "", {})
-        teachers = [v["dev_ce"] for v in ms.values() if v["role"] == "teacher" and v["dev_ce"] is not None]
+        s, c = ms.get(_by_role(ms, Role.STUDENT) or "", {}), ms.get(_by_role(ms, Role.CONTROL) or "", {})
+        teachers = [v["dev_ce"] for v in ms.values() if v["role"] == Role.TEACHER.kind and v["dev_ce"] is not None]
 
         def num(x: float | None, pct: bool = False) -> str:
             return "–" if x is None else (f"{100 * x:.1f}" if pct else f"{x:.4f}")
 
         rows.append([r["name"], r["setting"], str(r["seed"]), num(s.get("dev_ce")), num(c.get("dev_ce")),
-                     num(min(teachers) if teachers else None), num(s.get("blimp"), True), num(c.get("blimp"), True)])
+                     num(min(teachers) if teachers else None),
+                     *[f"{num(s.get(k), True)} / {num(c.get(k), True)}" for k in columns]])
     return header, rows
 
 

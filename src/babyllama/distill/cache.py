@@ -1,6 +1,7 @@
 """The teacher-logit cache: one pass of the ensemble over the fixed training windows, stored compactly.
 
-Two modes (``distill.cache.mode``) store, per position of every fixed ``seq_len`` window (window i =
+Two formats (``distill.cache.mode``; each a class of :mod:`babyllama.distill.formats`, which owns
+what differs between them) store, per position of every fixed ``seq_len`` window (window i =
 tokens[i*L : (i+1)*L]), a sparse picture of the tempered ensemble p:
 
 ``sample`` (the default; the random-sampling KD of Anshumann et al., "Sparse Logit Sampling", ACL 2025)
@@ -24,7 +25,7 @@ tokens[i*L : (i+1)*L]), a sparse picture of the tempered ensemble p:
 
   Noise: each shard records the draws' exact mean squared error E||p_hat - p||^2 per position and the
   teachers' spread E||p - p_bar||^2 around the shard's mean distribution; their quotient is the noise
-  ratio (:func:`noise_ratio`) the build logs and the report prints.
+  ratio (:func:`babyllama.distill.formats.noise_ratio`) the build logs and the report prints.
 
 ``top_k``
 
@@ -61,6 +62,7 @@ completed shards of an interrupted build are kept and the build continues where 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -75,14 +77,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from babyllama.data.windows import gather_windows, window_starts
-from babyllama.distill.loss import (
-    CHUNK_ELEMENTS,
-    DenseTeachers,
-    SampledTeachers,
-    SparseTeachers,
-    TeacherSource,
-    next_tokens,
-)
+from babyllama.distill.formats import CacheFormat, cache_format
+from babyllama.distill.loss import CHUNK_ELEMENTS, DenseTeachers, TeacherSource, next_tokens
 from babyllama.distributed import barrier, rank, world_size
 from babyllama.errors import UserError
 from babyllama.io import (
@@ -145,22 +141,24 @@ class CacheSpec:
     libraries: str = ""  # torch and transformers versions (kernels and model code change numbers)
 
     def __post_init__(self) -> None:
-        if self.mode not in ("top_k", "sample"):
-            raise ValueError(f"cache mode must be 'top_k' or 'sample', got {self.mode!r}")
-        if self.sets < 1 or (self.mode == "top_k" and self.sets != 1):
-            raise ValueError(f"draw sets must be >= 1 (1 for top_k), got {self.sets}")
+        self.format.check(self)
         if self.shard_windows <= 0:
             per_window = self.seq_len * self.bytes_per_position
             object.__setattr__(self, "shard_windows", max(1, SHARD_BYTES // per_window))
 
     @property
+    def format(self) -> CacheFormat:
+        """What a position holds and how it is written and read (:mod:`babyllama.distill.formats`)."""
+        return cache_format(self.mode)
+
+    @property
     def k(self) -> int:
         """Slots per position: the top-k, or room for every distinct token of the draws."""
-        return min(self.samples if self.mode == "sample" else self.top_k, self.vocab_size)
+        return self.format.slots(self)
 
     @property
     def has_tail(self) -> bool:
-        return self.mode == "top_k" and self.k < self.vocab_size
+        return "tail" in self.parts()
 
     @property
     def ids_dtype(self) -> np.dtype:
@@ -172,15 +170,10 @@ class CacheSpec:
 
     @property
     def bytes_per_position(self) -> int:
-        if self.mode == "sample":
-            return self.sets * self.k * (self.ids_dtype.itemsize + self.counts_dtype.itemsize) + 4
-        return self.k * (self.ids_dtype.itemsize + 2) + (4 if self.has_tail else 0)
+        return self.format.bytes_per_position(self)
 
     def describe(self) -> str:
-        if self.mode == "sample":
-            sets = f", {self.sets} independent sets (one per epoch)" if self.sets > 1 else ""
-            return f"{self.samples} draws per position from the tempered ensemble{sets}"
-        return f"top-{self.k} of vocab {self.vocab_size}"
+        return self.format.describe(self)
 
     @property
     def n_shards(self) -> int:
@@ -199,9 +192,7 @@ class CacheSpec:
         return i * self.shard_windows, min((i + 1) * self.shard_windows, self.n_windows)
 
     def parts(self) -> tuple[str, ...]:
-        if self.mode == "sample":
-            return ("ids", "counts", "entropy")
-        return ("ids", "values", "tail") if self.has_tail else ("ids", "values")
+        return self.format.parts(self)
 
 
 def _shard_name(i: int) -> str:
@@ -247,127 +238,14 @@ def _save_npy(path: Path, array: np.ndarray) -> dict:
     return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
 
 
-def draw_samples(lp: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Tensor, Tensor]:
-    """Systematic draws from the rows of log-probs ``lp`` (n, V), one uniform ``u`` (n,) per row.
-
-    Draw i of a row is the token whose CDF interval holds (i + u) / n_samples, so token j is drawn
-    floor or ceil of n_samples * p_j times and exactly n_samples * p_j times in expectation. Returns the
-    ``slots`` most drawn tokens (n, slots) int64 and their counts (n, slots) float32, most drawn first;
-    slots beyond the distinct draws have count 0.
-
-    Cost: one exp, one cumsum and one searchsorted over V; everything after that is on (n, S). The
-    draws come out sorted, so the counts are run lengths (no V-wide count tensor, no top-k over V).
-    The CDF is float32 (float64 input stays float64): each of its values is off by at most a few
-    float32 ulps (~1e-7 absolute, as the CPU accumulates the sum in float64; a GPU scan in float32 is
-    off by ~1e-6 at V = 16k), so a token's drawing probability moves by that much, three or more
-    orders below the sampling noise sqrt(p_j / S) of any token that can be drawn at S <= 255. The
-    grid is scaled by the CDF's last value instead of dividing V values by it.
-    """
-    return draw_from_cdf((lp if lp.dtype == torch.float64 else lp.float()).exp().cumsum_(-1), u, n_samples, slots)
-
-
-def draw_from_cdf(cdf: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Tensor, Tensor]:
-    """:func:`draw_samples` from the rows' unnormalised CDF (n, V) (one CDF serves every set of draws)."""
-    grid = (torch.arange(n_samples, dtype=cdf.dtype, device=cdf.device) + u.to(cdf.dtype).unsqueeze(-1))
-    grid.mul_(cdf[:, -1:] / n_samples)
-    draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=cdf.shape[-1] - 1)  # sorted along each row
-    start = torch.ones(draws.shape, dtype=torch.bool, device=cdf.device)
-    start[:, 1:] = draws[:, 1:] != draws[:, :-1]
-    run = start.cumsum(-1).sub_(1)  # slot of each draw: its run among the distinct tokens
-    counts = torch.zeros(draws.shape, dtype=torch.float32, device=cdf.device).scatter_add_(
-        -1, run, torch.ones(draws.shape, dtype=torch.float32, device=cdf.device))
-    ids = torch.zeros_like(draws).scatter_(-1, run, draws)
-    counts, order = counts.sort(dim=-1, descending=True, stable=True)  # (n, S), not (n, V)
-    return ids.gather(-1, order[:, :slots]), counts[:, :slots]
-
-
-def systematic_noise(lp: Tensor, n_samples: int) -> Tensor:
-    """Per row, E||p_hat - p||^2 of the systematic draws: token j's count is floor(S p_j) plus one
-    with probability f_j = frac(S p_j), so its variance is f_j (1 - f_j) and the trace is
-    sum_j f_j (1 - f_j) / S^2 (exact; the covariances do not enter a trace). It is at most the
-    multinomial (1 - sum p^2) / S that ``samples: auto`` plans with."""
-    f = torch.frac((lp if lp.dtype == torch.float64 else lp.float()).exp().mul_(n_samples))
-    return torch.linalg.vecdot(f, 1 - f) / n_samples**2
-
-
-class _TopKWriter:
-    """Fills a shard's top-k arrays, chunk by chunk, and measures how much mass the top-k hold."""
-
-    def __init__(self, spec: CacheSpec, n: int, first_window: int, device: torch.device) -> None:
-        self.spec, self.k = spec, spec.k
-        self.arrays = {"ids": np.empty((n, self.k), dtype=spec.ids_dtype), "values": np.empty((n, self.k), dtype=np.float16)}
-        if spec.has_tail:
-            self.arrays["tail"] = np.empty((n,), dtype=np.float32)
-
-    def add(self, out: slice, lp: Tensor) -> None:
-        top = lp.topk(self.k, dim=-1, sorted=True)
-        self.arrays["ids"][out] = top.indices.cpu().numpy().astype(self.spec.ids_dtype)
-        self.arrays["values"][out] = top.values.clamp(min=-6e4).cpu().numpy().astype(np.float16)
-        if "tail" in self.arrays:
-            self.arrays["tail"][out] = lp.scatter(-1, top.indices, -torch.inf).logsumexp(-1).float().cpu().numpy()
-
-    def fidelity(self) -> dict:
-        """How much of the tempered ensemble the top-k hold: the rest is taught only as one tail bucket."""
-        tail = self.arrays.get("tail")
-        return {"topk_mass": 1.0 if tail is None else float(1.0 - np.exp(tail.astype(np.float64)).mean())}
-
-
-#: The noise ratio is measured on every NOISE_STRIDE-th position of a shard (an estimate at 1/8 of the cost).
-NOISE_STRIDE = 8
-
-
-class _SampleWriter:
-    """Fills a shard's sampled arrays, one independent set of draws per epoch; the uniforms depend only on
-    the seed, the set and the shard's first window. Also measures the draws' noise (see :func:`noise_ratio`)."""
-
-    def __init__(self, spec: CacheSpec, n: int, first_window: int, device: torch.device) -> None:
-        self.spec, self.device, self.n = spec, device, n
-        self.u = [np.random.default_rng([spec.seed, s, first_window]).random(n) for s in range(spec.sets)]
-        self.arrays = {"ids": np.empty((spec.sets, n, spec.k), dtype=spec.ids_dtype),
-                       "counts": np.empty((spec.sets, n, spec.k), dtype=spec.counts_dtype),
-                       "entropy": np.empty((n,), dtype=np.float32)}
-        self.mass, self.distinct, self.noise, self.p_sq, self.stat_rows = 0.0, 0.0, 0.0, 0.0, 0
-        self.p_sum = torch.zeros(spec.vocab_size, dtype=torch.float64, device=device)
-
-    def add(self, out: slice, lp: Tensor) -> None:
-        lp = lp if lp.dtype == torch.float64 else lp.float()
-        p = lp.exp()
-        # -sum p log p from the log-probs at hand (no V-wide log); -inf log-probs (p = 0) count 0
-        entropy = -torch.linalg.vecdot(p, lp.clamp(min=torch.finfo(lp.dtype).min))
-        self.arrays["entropy"][out] = entropy.float().cpu().numpy()
-        sub = slice(-out.start % NOISE_STRIDE, None, NOISE_STRIDE)
-        self.noise += float(systematic_noise(lp[sub], self.spec.samples).sum())  # every NOISE_STRIDE-th position
-        self.p_sq += float(torch.linalg.vecdot(p[sub], p[sub]).sum())
-        self.p_sum += p[sub].sum(0, dtype=torch.float64)
-        self.stat_rows += len(range(*sub.indices(len(p))))
-        cdf = p.cumsum(-1)  # one CDF for every set of draws
-        limit = np.iinfo(self.spec.counts_dtype).max
-        for s, u in enumerate(self.u):
-            ids, counts = draw_from_cdf(cdf, torch.from_numpy(u[out]).to(self.device), self.spec.samples, self.spec.k)
-            if float(counts[:, 0].max()) > limit:  # cannot happen while counts_dtype follows samples; never wrap
-                raise RuntimeError(f"a count of {float(counts[:, 0].max()):.0f} does not fit {self.spec.counts_dtype}")
-            self.arrays["ids"][s, out] = ids.cpu().numpy().astype(self.spec.ids_dtype)
-            self.arrays["counts"][s, out] = counts.cpu().numpy().astype(self.spec.counts_dtype)
-            if s == 0:
-                drawn = counts > 0
-                self.mass += float((p.gather(-1, ids) * drawn).sum())
-                self.distinct += float(drawn.sum())
-
-    def fidelity(self) -> dict:
-        """The share of the ensemble's mass on the tokens drawn, the distinct tokens per position, and the
-        draws' noise against the signal (per position, means over the shard; see :func:`noise_ratio`)."""
-        m = max(self.stat_rows, 1)
-        spread = self.p_sq / m - float(self.p_sum.square().sum()) / m**2  # mean ||p - p_bar||^2
-        return {"sampled_mass": self.mass / self.n, "distinct": self.distinct / self.n,
-                "noise": self.noise / m, "signal": max(spread, 0.0)}
-
-
 @torch.no_grad()
-def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teacher_fn: TeacherFn,
+def _build_shard(group: Sequence[tuple[Path, CacheSpec]], i: int, tokens: np.ndarray, teacher_fn: TeacherFn,
                  device: torch.device, batch_size: int, bar: tqdm) -> None:
+    """Shard i of every cache of ``group`` (specs that differ at most in their draw seed) from one teacher pass."""
+    spec = group[0][1]
     first, last = spec.shard_range(i)
     n, length = last - first, spec.seq_len
-    writer = (_SampleWriter if spec.mode == "sample" else _TopKWriter)(spec, n * length, first, device)
+    writers = [s.format.writer(s, n * length, first, device) for _, s in group]
     chunk_rows = max(1, CHUNK_ELEMENTS // spec.vocab_size)
     for start in range(first, last, batch_size):
         stop = min(start + batch_size, last)
@@ -383,11 +261,15 @@ def _build_shard(root: Path, spec: CacheSpec, i: int, tokens: np.ndarray, teache
         bar.update(stop - start)
         for r in range(0, (stop - start) * length, chunk_rows):
             rows = slice(r, min(r + chunk_rows, (stop - start) * length))
-            writer.add(slice(offset + rows.start, offset + rows.stop), src.chunk(rows)[1])
-    arrays = {part: a.reshape(*a.shape[:-2], n, length, a.shape[-1]) if a.ndim == 3 else a.reshape(n, length, *a.shape[1:])
-              for part, a in writer.arrays.items()}
-    files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
-    atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})
+            out = slice(offset + rows.start, offset + rows.stop)
+            chunk = spec.format.prepare(spec, out, src.chunk(rows)[1])
+            for writer in writers:
+                writer.add(out, chunk)
+    for (root, _), writer in zip(group, writers, strict=True):
+        arrays = {part: a.reshape(*a.shape[:-2], n, length, a.shape[-1]) if a.ndim == 3 else a.reshape(n, length, *a.shape[1:])
+                  for part, a in writer.arrays.items()}
+        files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
+        atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})
 
 
 def _read_or_none(path: Path) -> object:
@@ -398,63 +280,15 @@ def _read_or_none(path: Path) -> object:
         return None
 
 
-def _mean_over_shards(shards: list[dict], key: str) -> float | None:
-    sizes = [s["windows"][1] - s["windows"][0] for s in shards]
-    values = [s.get(key) for s in shards]
-    if not sizes or any(v is None for v in values):
-        return None
-    return sum(v * n for v, n in zip(values, sizes, strict=True)) / sum(sizes)
-
-
-def noise_ratio(shards: list[dict]) -> float | None:
-    """The sampled KD gradient's noise relative to its signal, w.r.t. the student logits, per position:
-
-        E ||p_hat - p||^2  /  E ||p - p_bar||^2,
-
-    the numerator the exact variance of the stored draws (:func:`systematic_noise`), the denominator how far
-    the teachers' distributions p sit from their mean p_bar over the shard, i.e. the KD gradient (q - p) / T
-    for a student q that knows only that average (every student passes it in its first steps). The factor
-    1/T and the loss weights are common to both and cancel. Below 1, the draws' error is smaller than what
-    the teachers teach position by position; it is per epoch, and fresh draws each epoch average it down.
-    The batch's parameter gradient averages it further over the batch's positions (not counted here)."""
-    noise, signal = _mean_over_shards(shards, "noise"), _mean_over_shards(shards, "signal")
-    return None if noise is None or not signal else noise / signal
-
-
 def fidelity(root: Path) -> dict:
-    """How faithful a built cache is, from its manifest: {"topk_mass"} or {"sampled_mass", "distinct",
-    "noise_ratio"} (the last for caches built since it was measured)."""
+    """How faithful a built cache is, from its manifest, as its format states it ({"topk_mass"} or
+    {"sampled_mass", "distinct", "noise_ratio", "samples", "sets"}; numbers only)."""
     try:
         manifest = read_json(Path(root) / MANIFEST_FILE)
         shards, spec = manifest["shards"], manifest["spec"]
-        out = {key: _mean_over_shards(shards, key) for key in ("topk_mass", "sampled_mass", "distinct")}
-        out["noise_ratio"] = noise_ratio(shards)
-        if spec.get("mode") == "sample":
-            out.update(samples=spec.get("samples"), sets=spec.get("sets", 1))
+        return cache_format(spec.get("mode", "top_k")).fidelity(spec, shards)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, ZeroDivisionError):
         return {}  # a damaged manifest states nothing (ensure_cache rewrites it from the verified shards)
-    return {k: float(v) if k == "noise_ratio" or k in ("topk_mass", "sampled_mass", "distinct") else int(v)
-            for k, v in out.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
-
-def _report_coverage(name: str, spec: CacheSpec, shards: list[dict], log: Callable[[str], None]) -> None:
-    """Say how faithful the cache is: the top-k's share of the mass, or what the draws cover."""
-    if spec.mode == "sample":
-        mass, distinct = _mean_over_shards(shards, "sampled_mass"), _mean_over_shards(shards, "distinct")
-        ratio = noise_ratio(shards)
-        if mass is not None and distinct is not None:
-            log(f"teacher cache {name}: {spec.samples} draws per position hit {distinct:.1f} distinct tokens holding "
-                f"{100 * mass:.1f}% of the tempered ensemble's mass (the KD gradient is unbiased either way)"
-                + ("" if ratio is None else f"; draw noise / KD signal per position {ratio:.3g}"))
-        return
-    mass = _mean_over_shards(shards, "topk_mass")
-    if mass is None:
-        return
-    msg = f"teacher cache {name}: the top-{spec.k} hold {100 * mass:.1f}% of the tempered ensemble's probability mass"
-    if mass < 0.5:
-        msg += (" — most of the KD signal is the single tail bucket; use distill.cache.mode: sample, raise "
-                "distill.cache.top_k or lower distill.temperature, or distil from live teachers")
-    log(msg)
 
 
 def _open_part(root: Path, spec: CacheSpec, i: int, part: str) -> np.ndarray:
@@ -467,8 +301,7 @@ def _open_part(root: Path, spec: CacheSpec, i: int, part: str) -> np.ndarray:
         raise UserError(f"{path}: not a plain numeric array ({str(e).splitlines()[0]}); delete {root} and run "
                         "again to rebuild the cache") from None
     lo, hi = spec.shard_range(i)
-    sets = spec.mode == "sample" and part in ("ids", "counts")  # (sets, windows, L, S)
-    lead = (spec.sets, hi - lo) if sets else (hi - lo,)
+    lead = (spec.sets, hi - lo) if spec.format.per_set(part) else (hi - lo,)
     if array.dtype.kind not in "iuf" or array.ndim < len(lead) or tuple(array.shape[:len(lead)]) != lead:
         raise UserError(f"{path}: holds {array.dtype} {array.shape}, not the cache's layout; delete {root} and run "
                         "again to rebuild the cache")
@@ -497,27 +330,18 @@ class TeacherCache:
         if wids.size and (wids.min() < 0 or wids.max() >= self.spec.n_windows):
             raise ValueError(f"window ids must lie in [0, {self.spec.n_windows}) for the cache (fixed windows), got "
                              f"{wids.min()}..{wids.max()}")
-        sw, sets = self.spec.shard_windows, self.spec.sets
+        sw, sets, fmt = self.spec.shard_windows, self.spec.sets, self.spec.format
         ep = np.zeros(len(wids), dtype=np.int64) if epochs is None else np.asarray(epochs, dtype=np.int64).reshape(-1)
-        picked = {part: np.stack([self._shards[w // sw][part][(e % sets, w % sw) if sampled else w % sw]
+        picked = {part: np.stack([self._shards[w // sw][part][(e % sets, w % sw) if per_set else w % sw]
                                   for w, e in zip(wids, ep, strict=True)])
-                  for part in self.spec.parts() for sampled in [self.spec.mode == "sample" and part != "entropy"]}
-        ids = torch.from_numpy(picked["ids"].astype(np.int64))
-        if self.spec.mode == "sample":
-            return ids, torch.from_numpy(picked["counts"].astype(np.int32)), torch.from_numpy(picked["entropy"])
-        tail = torch.from_numpy(picked["tail"]) if "tail" in picked else None
-        return ids, torch.from_numpy(picked["values"]), tail
+                  for part in self.spec.parts() for per_set in [fmt.per_set(part)]}
+        return fmt.rows(picked)
 
     def source(self, window_ids: Tensor | np.ndarray, device: torch.device,
                epochs: Tensor | np.ndarray | None = None) -> TeacherSource:
         """The teachers' distributions for a batch of windows, flattened to (B * L) rows on ``device``."""
-        ids, second, third = (None if t is None else t.to(device, non_blocking=True)
-                              for t in self.rows(window_ids, epochs))
-        k = ids.shape[-1]
-        if self.spec.mode == "sample":
-            return SampledTeachers.from_counts(ids.reshape(-1, k), second.reshape(-1, k), third.reshape(-1))
-        return SparseTeachers.from_top_k(ids.reshape(-1, k), second.reshape(-1, k),
-                                         None if third is None else third.reshape(-1))
+        return self.spec.format.source([None if t is None else t.to(device, non_blocking=True)
+                                        for t in self.rows(window_ids, epochs)])
 
 
 def _wait_for(predicate: Callable[[], bool], what: str, poll_s: float = 2.0, timeout_s: float = 12 * 3600) -> None:
@@ -546,9 +370,58 @@ def ensure_cache(
     torchrun each rank builds every world_size-th shard. Every shard of a finished cache is verified
     against its sha256 when opened; a damaged one is reported and rebuilt.
     """
+    return ensure_caches(cache_root, [spec], tokens, teacher_fn_factory, device=device, batch_size=batch_size,
+                         log=log, progress=progress)[0]
+
+
+def same_pass(a: CacheSpec, b: CacheSpec) -> bool:
+    """Whether one teacher pass can build both caches: their specs differ at most in the draws' seed."""
+    return dataclasses.replace(a, seed=b.seed) == b
+
+
+def ensure_caches(
+    cache_root: Path,
+    specs: Sequence[CacheSpec],
+    tokens: np.ndarray,
+    teacher_fn_factory: Callable[[], TeacherFn],
+    *,
+    device: torch.device,
+    batch_size: int = 32,
+    log: Callable[[str], None] = print,
+    progress: bool = False,
+) -> list[TeacherCache]:
+    """:func:`ensure_cache` for specs that differ only in their draws' seed (a sweep's seeds), built together:
+    the teachers score each window once and every cache's draws come from the same ensemble rows (each
+    cache is bit-identical to one built alone: its draws depend only on its seed, set and shard)."""
+    specs = list(dict.fromkeys(specs))
+    if not specs or not all(same_pass(specs[0], s) for s in specs):
+        raise ValueError("ensure_caches: the specs must differ at most in their draw seed")
+    spec = specs[0]
     if len(tokens) < spec.n_windows * spec.seq_len:
         raise UserError(f"cache spec wants {spec.n_windows} windows of {spec.seq_len} tokens, the data has {len(tokens)} tokens")
-    root = Path(cache_root) / spec.key()
+    roots = [Path(cache_root) / s.key() for s in specs]
+    todos = [_shards_to_build(root, s, log) for root, s in zip(roots, specs, strict=True)]
+    shards = sorted(set().union(*todos))
+    if shards:
+        n_todo = sum(spec.shard_range(i)[1] - spec.shard_range(i)[0] for i in shards)
+        done = spec.n_shards - len(shards) if world_size() == 1 else None
+        resumed = f"; resuming: {done} of {spec.n_shards} shards already built" if done else ""
+        building = [(r, s) for r, s, t in zip(roots, specs, todos, strict=True) if t]
+        shared = f"; one teacher pass for {len(building)} caches, draw seeds {', '.join(str(s.seed) for _, s in building)}"
+        log(f"teacher cache {', '.join(r.name for r, _ in building)}: scoring {n_todo} of {spec.n_windows} windows with "
+            f"the teachers ({spec.describe()}, {len(shards)} shard(s){resumed}{shared if len(building) > 1 else ''})")
+        teacher_fn = teacher_fn_factory()
+        with progress_bar(n_todo, "teacher cache build", "window", enabled=progress) as bar:
+            for i in shards:
+                group = [(r, s) for r, s, t in zip(roots, specs, todos, strict=True) if i in t]
+                _build_shard(group, i, tokens, teacher_fn, device, batch_size, bar)
+    for root, s, todo in zip(roots, specs, todos, strict=True):
+        _finish(root, s, bool(todo), log)
+    return [TeacherCache(root, s) for root, s in zip(roots, specs, strict=True)]
+
+
+def _shards_to_build(root: Path, spec: CacheSpec, log: Callable[[str], None]) -> list[int]:
+    """This rank's shards of the cache at ``root`` that are missing or damaged (removed, to be built again)."""
     root.mkdir(parents=True, exist_ok=True)
     spec_path = root / SPEC_FILE
     if spec_path.is_file():
@@ -560,12 +433,10 @@ def ensure_cache(
             raise UserError(f"{spec_path}: records a different cache than its key {spec.key()}; delete {root} and rerun")
     elif rank() == 0:
         atomic_write_json(spec_path, spec.as_dict())
-
     manifest_path = root / MANIFEST_FILE
     verify_all = manifest_path.is_file()
-    mine = [i for i in range(spec.n_shards) if i % world_size() == rank()]
     todo = []
-    for i in mine:
+    for i in [i for i in range(spec.n_shards) if i % world_size() == rank()]:
         problem = _check_shard(root, spec, i, verify_hash=True)
         if problem is None:
             continue
@@ -576,15 +447,12 @@ def ensure_cache(
     if todo:
         if rank() == 0:
             manifest_path.unlink(missing_ok=True)
-        done = spec.n_shards - len(todo) if world_size() == 1 else None
-        resumed = f"; resuming: {done} of {spec.n_shards} shards already built" if done else ""
-        n_todo = sum(spec.shard_range(i)[1] - spec.shard_range(i)[0] for i in todo)
-        log(f"teacher cache {root.name}: scoring {n_todo} of {spec.n_windows} windows with the teachers "
-            f"({spec.describe()}, {len(todo)} shard(s){resumed})")
-        teacher_fn = teacher_fn_factory()
-        with progress_bar(n_todo, "teacher cache build", "window", enabled=progress) as bar:
-            for i in todo:
-                _build_shard(root, spec, i, tokens, teacher_fn, device, batch_size, bar)
+    return todo
+
+
+def _finish(root: Path, spec: CacheSpec, built: bool, log: Callable[[str], None]) -> None:
+    """Wait for the other ranks' shards, write the manifest (rank 0) and say how faithful a new cache is."""
+    manifest_path = root / MANIFEST_FILE
     if world_size() > 1:
         _wait_for(lambda: all(_check_shard(root, spec, i, verify_hash=False) is None for i in range(spec.n_shards)),
                   "cache shards")
@@ -593,12 +461,12 @@ def ensure_cache(
         manifest = {"key": spec.key(), "spec": spec.as_dict(), "shards": shards}
         if not manifest_path.is_file() or _read_or_none(manifest_path) != manifest:
             atomic_write_json(manifest_path, manifest)
-        if todo:
-            _report_coverage(root.name, spec, shards, log)
+        line = spec.format.coverage_line(root.name, spec, shards) if built else None
+        if line:
+            log(line)
     if world_size() > 1:
         _wait_for(manifest_path.is_file, "cache manifest")
     barrier()  # under torchrun, no rank reads the cache before rank 0 has finished writing its manifest
-    return TeacherCache(root, spec)
 
 
 #: Windows the teachers score to plan ``samples: auto`` (spread over the data), and the most draws it picks
@@ -609,7 +477,7 @@ PLAN_WINDOWS, MAX_AUTO_SAMPLES = 16, 255
 @torch.no_grad()
 def plan_samples(spec: CacheSpec, tokens: np.ndarray, teacher_fn: TeacherFn, device: torch.device,
                  target: float) -> dict:
-    """``samples: auto``: the fewest draws per position whose noise ratio (:func:`noise_ratio`) stays under
+    """``samples: auto``: the fewest draws per position whose noise ratio (:func:`babyllama.distill.formats.noise_ratio`) stays under
     ``target`` on PLAN_WINDOWS windows spread over the data, planned with the multinomial bound
     (1 - sum p^2) / S of the noise, which the systematic draws never exceed:
     S = ceil(mean(1 - sum p^2) / (target * mean ||p - p_bar||^2)), clipped to 1..MAX_AUTO_SAMPLES.

@@ -17,6 +17,7 @@ import torch
 from babyllama.config import DistillConfig
 from babyllama.distill import span
 from babyllama.distill.cache import TeacherCache
+from babyllama.distill.formats import cache_format
 from babyllama.distill.loss import DenseTeachers, TeacherSource, combine, combine_linear, next_tokens
 from babyllama.distill.span import SpanAligner
 from babyllama.distill.teachers import TeacherEnsemble
@@ -155,5 +156,4 @@ def _cache_identity(opts: DistillConfig, cache_key: str | None) -> dict:
     """How the teachers were read: live, or a cache of some mode (and its size), named by its key."""
     if cache_key is None:
         return {"enabled": False, "key": None}
-    size = {"samples": opts.cache.samples} if opts.cache.mode == "sample" else {"top_k": opts.cache.top_k}
-    return {"enabled": True, "mode": opts.cache.mode, **size, "key": cache_key}
+    return {"enabled": True, "mode": opts.cache.mode, **cache_format(opts.cache.mode).identity(opts.cache), "key": cache_key}

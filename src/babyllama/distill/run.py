@@ -7,6 +7,7 @@ distillation identity is ``DistillObjective.fingerprint`` and nothing else.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,16 @@ from babyllama import distributed as dist
 from babyllama.config import Config
 from babyllama.data.tokens import load_tokens, read_manifest
 from babyllama.data.windows import num_fixed_windows
-from babyllama.distill.cache import CacheSpec, TeacherCache, ensure_cache, plan_samples, weights_hash
+from babyllama.distill.cache import (
+    MANIFEST_FILE,
+    CacheSpec,
+    TeacherCache,
+    ensure_caches,
+    plan_samples,
+    same_pass,
+    weights_hash,
+)
+from babyllama.distill.formats import cache_format
 from babyllama.distill.loss import normalised_weights
 from babyllama.distill.objective import DistillObjective
 from babyllama.distill.span import SideTokenizer, SpanAligner
@@ -58,7 +68,8 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
     and the torch/transformers versions. ``samples`` resolves distill.cache.samples: auto."""
     opts = cfg.distill
     device = training_device()
-    sample = opts.cache.mode == "sample"
+    fields = cache_format(opts.cache.mode).spec_fields(opts.cache, samples=samples, seed=draw_seed(cfg),
+                                                       sets=draw_sets(cfg))
     return CacheSpec(
         teachers=tuple((name, sha) for name, sha in teachers),
         data_hash=str(manifest["data_hash"]),
@@ -68,11 +79,8 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
         ensemble=opts.ensemble,
         weights=tuple(normalised_weights(opts.weights, len(teachers))),
         temperature=opts.temperature,
-        top_k=0 if sample else opts.cache.top_k,
         mode=opts.cache.mode,
-        samples=(samples or int(opts.cache.samples)) if sample else 0,
-        seed=draw_seed(cfg) if sample else 0,
-        sets=draw_sets(cfg) if sample else 1,
+        **fields,
         teacher_configs=tuple(file_sha256(d / "config.json") for d in (dirs or teacher_dirs(cfg))),
         libraries=f"torch {torch.__version__}, transformers {transformers.__version__}",
         compute_dtype=str(teacher_dtype(_student(cfg).train.precision, device)).removeprefix("torch."),
@@ -103,7 +111,7 @@ def resolved_spec(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[
     <out_dir>/cache/plan-<hash>.json, so it is made once). An unplanned 'auto' gives None unless ``plan``:
     then the teachers are loaded and score a few windows (the one time the objective reads weights early)."""
     opts = cfg.distill.cache
-    if opts.mode != "sample" or opts.samples != "auto":
+    if not cache_format(opts.mode).needs_plan(opts):
         return cache_spec(cfg, manifest, teachers, n_tokens, dirs)
     draft = cache_spec(cfg, manifest, teachers, n_tokens, dirs, samples=1)
     plan_path = cfg.out / "cache" / f"plan-{stable_hash({**draft.as_dict(), 'samples': 'auto', 'target': opts.noise_target})[:20]}.json"
@@ -126,13 +134,24 @@ def resolved_spec(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[
     return cache_spec(cfg, manifest, teachers, n_tokens, dirs, samples=int(plan["samples"]))
 
 
-def build_teacher_cache(cfg: Config) -> TeacherCache:
-    """Build (or verify and open) the teacher-logit cache for ``cfg``, whatever distill.cache.enabled says."""
+def build_teacher_cache(cfg: Config, companions: Sequence[Config] = ()) -> TeacherCache:
+    """Build (or verify and open) the teacher-logit cache for ``cfg``, whatever distill.cache.enabled says.
+
+    ``companions`` (configs that distil from the same teacher folders, e.g. the other members of a sweep
+    with the same teacher home): those whose cache differs from this one only in its draw seed and is not
+    built yet are built in the same pass of the teachers (one forward serves every seed's draws)."""
     manifest, dirs, teachers = _teachers(cfg)
     tokens = load_tokens(cfg.data_dir, "train")
     spec = resolved_spec(cfg, manifest, dirs, teachers, len(tokens), plan=True)
     assert spec is not None
-    return _ensure(cfg, spec, dirs, tokens, training_device())
+    others = []
+    for c in companions:
+        if not c.distill.cache.enabled or [t.name for t in c.teachers] != [t.name for t in cfg.teachers]:
+            continue
+        other = resolved_spec(c, manifest, dirs, teachers, len(tokens))
+        if other is not None and same_pass(spec, other) and not (cfg.out / "cache" / other.key() / MANIFEST_FILE).is_file():
+            others.append(other)
+    return _ensure(cfg, [spec, *others], dirs, tokens, training_device())[0]
 
 
 def build_batch(spec: CacheSpec, n_teachers: int, device: torch.device, train_batch: int) -> int:
@@ -145,13 +164,14 @@ def build_batch(spec: CacheSpec, n_teachers: int, device: torch.device, train_ba
     return max(train_batch, tokens // spec.seq_len)
 
 
-def _ensure(cfg: Config, spec: CacheSpec, dirs: list[Path], tokens: np.ndarray, device: torch.device) -> TeacherCache:
+def _ensure(cfg: Config, specs: list[CacheSpec], dirs: list[Path], tokens: np.ndarray,
+            device: torch.device) -> list[TeacherCache]:
     def load() -> TeacherEnsemble:
-        return TeacherEnsemble.load(dirs, device, getattr(torch, spec.compute_dtype))
+        return TeacherEnsemble.load(dirs, device, getattr(torch, specs[0].compute_dtype))
 
-    batch = build_batch(spec, len(dirs), device, _student(cfg).train.batch_size)
-    return ensure_cache(cfg.out / "cache", spec, tokens, load, device=device, batch_size=batch, log=_log,
-                        progress=cfg.logging.progress and dist.is_main_process())
+    batch = build_batch(specs[0], len(dirs), device, _student(cfg).train.batch_size)
+    return ensure_caches(cfg.out / "cache", specs, tokens, load, device=device, batch_size=batch, log=_log,
+                         progress=cfg.logging.progress and dist.is_main_process())
 
 
 def distill_objective(cfg: Config) -> tuple[DistillObjective, str]:
@@ -171,7 +191,7 @@ def distill_objective(cfg: Config) -> tuple[DistillObjective, str]:
         assert spec is not None
         objective = DistillObjective(
             cfg.distill, teachers, weights, cache_key=spec.key(), fused=student.train.fused_loss,
-            open_cache=lambda device: _ensure(cfg, spec, dirs, load_tokens(cfg.data_dir, "train"), device))
+            open_cache=lambda device: _ensure(cfg, [spec], dirs, load_tokens(cfg.data_dir, "train"), device)[0])
         return objective, f"student {student.name} distilled from {names} (cache: {spec.describe()})"
 
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:

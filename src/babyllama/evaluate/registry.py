@@ -1,14 +1,17 @@
 """Every evaluator, declared once, and the one reader of their results.
 
-Each declaration says what switches it on, which file it writes, how it runs and how its headline is
-read under the config's protocol. `babyllama run` (pipeline.evaluate_all) and the `babyllama evaluate
-<task>` verbs run the jobs; the report, the sweep report and the model card read results only through
-`model_results` and `model_headlines`, so adding a task is one declaration here plus its scoring module
-and tests, and its column appears in all three. Result files live under ``<out_dir>/eval/<model>/``.
+Each declaration says what switches it on, which file it writes, how it runs, how its headline is read
+under the config's protocol and what that headline measures, which protocols no longer score it, and how
+`babyllama evaluate <task> --data PATH` scores a file and prints it. `babyllama run`
+(pipeline.evaluate_all) runs the jobs; the report, the sweep report and the model card read results only
+through `model_results`, `model_headlines` and `headline_columns`, so adding a zero-shot task is its
+scoring module, one declaration here, its config key (eval.<task>) and tests: its column then appears in
+all three and its CLI verb in `babyllama evaluate`. Result files live under ``<out_dir>/eval/<model>/``.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -33,16 +36,46 @@ class Job:
     check: Callable[[], Any] | None = None  # reads and validates its data (before any training: check_data)
 
 
+Scorer = Callable[..., dict[str, Any]]  # (model_dir, data, eval settings, device=None) -> result
+
+
+@dataclass(frozen=True)
+class DataScorer:
+    """How `babyllama evaluate <name> --model DIR --data PATH` scores a data file and prints the result."""
+
+    score: Scorer
+    table: Callable[[dict[str, Any]], str]  # the result as a Markdown table for the console
+
+
 @dataclass(frozen=True)
 class Evaluator:
+    """One evaluation task: what turns it on, the result files it writes and how their headline is read."""
+
     name: str
     switch: str  # the config key that turns it on
     jobs: Callable[[Config], list[Job]]  # [] when switched off
     headline: Callable[[dict[str, Any], EvalConfig], float | None]  # (result, the config's eval section)
     percent: bool = True
-    cli_data: bool = False  # `babyllama evaluate <name> --model DIR --data PATH` scores a data file
+    metric: str = "accuracy"  # the headline's metric id (the model card's model-index)
+    measure: str = "accuracy"  # what the headline is, in words (the model card)
+    cli: DataScorer | None = None  # its `babyllama evaluate <name>` verb, when it scores a data file alone
     aliases: list[str] = field(default_factory=list)
     chance: float | None = None  # a guessing model's headline (two-way choices: 0.5); None when it varies
+    # {protocol whose official code no longer scores it: the protocol to use instead}; configured data is
+    # then not scored (check_data prints a note) and the CLI refuses.
+    dropped: dict[str, str] = field(default_factory=dict)
+    download: str = ""  # what to do when its data is not found (a `babyllama download` verb), appended to the error
+
+    def scores_under(self, protocol: str) -> bool:
+        return protocol not in self.dropped
+
+    def score_data(self, model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
+        """The CLI's scoring of one data file, refused under a protocol that no longer scores the task."""
+        assert self.cli is not None, self.name
+        if not self.scores_under(ev.protocol):
+            raise UserError(f"{self.name}: the {ev.protocol} protocol does not score it (its official code dropped "
+                            f"it); use --protocol {self.dropped[ev.protocol]}")
+        return self.cli.score(model_dir, data, ev, device=device)
 
 
 # -- declarations ------------------------------------------------------------------------------------
@@ -83,21 +116,28 @@ def score_blimp(model_dir: Path, data: str, ev: EvalConfig, device: str | None =
     return evaluate_blimp(model_dir, resolve_data(data), device=device, **blimp_settings(ev))
 
 
-def _pairs_jobs(key: str, column: str) -> Callable[[Config], list[Job]]:
+def _data_jobs(task: str, column: str, settings: Callable[[EvalConfig], dict[str, Any]], score: Scorer,
+               load: Callable[[str, EvalConfig], Any]) -> Callable[[Config], list[Job]]:
+    """The one result file of a task that scores the data set named by ``eval.<task>``: ``settings`` are the
+    eval keys its score depends on, ``load`` reads and validates the data (check_data, before training)."""
     def jobs(cfg: Config) -> list[Job]:
-        data = getattr(cfg.eval, key)
+        data = getattr(cfg.eval, task)
         if not data:
             return []
-        return [Job(f"{key}.json", column, {"data": _data_id(data), **blimp_settings(cfg.eval)},
-                    lambda d: score_blimp(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
-                    lambda: _load_pairs(data))]
+        return [Job(f"{task}.json", column, {"data": _data_id(data), **settings(cfg.eval)},
+                    lambda d: score(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
+                    lambda: load(data, cfg.eval))]
     return jobs
 
 
-def _load_pairs(data: str) -> Any:
+def _load_pairs(data: str, ev: EvalConfig) -> Any:
     from babyllama.evaluate.blimp import load_pairs
 
     return load_pairs(data)
+
+
+def _pairs_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
+    return _data_jobs(task, column, blimp_settings, score_blimp, _load_pairs)
 
 
 def _load_items(task: str, data: str, ev: EvalConfig) -> Any:
@@ -117,7 +157,7 @@ def completion_settings(ev: EvalConfig, task: str) -> dict[str, Any]:
     return out
 
 
-def _completion_scorer(task: str) -> Callable[..., dict[str, Any]]:
+def _completion_scorer(task: str) -> Scorer:
     def score(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
         from babyllama.evaluate.completions import evaluate_completions
 
@@ -126,74 +166,50 @@ def _completion_scorer(task: str) -> Callable[..., dict[str, Any]]:
 
 
 def _completion_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
-    def jobs(cfg: Config) -> list[Job]:
-        data = getattr(cfg.eval, task)
-        if not data:
-            return []
-        return [Job(f"{task}.json", column, {"data": _data_id(data), **completion_settings(cfg.eval, task)},
-                    lambda d: _completion_scorer(task)(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
-                    lambda: _load_items(task, data, cfg.eval))]
-    return jobs
+    return _data_jobs(task, column, lambda ev: completion_settings(ev, task), _completion_scorer(task),
+                      partial(_load_items, task))
 
 
-def _reading_jobs(cfg: Config) -> list[Job]:
+def _score_reading(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
     from babyllama.evaluate.reading import evaluate_reading
 
-    data = cfg.eval.reading
-    if not data:
-        return []
-    return [Job("reading.json", "reading ΔR² %", {"data": _data_id(data), "batch_size": cfg.eval.batch_size},
-                lambda d: evaluate_reading(d, data, batch_size=cfg.eval.batch_size), lambda d: ([d], [data_path(data)]),
-                lambda: _read_reading(data))]
+    return evaluate_reading(model_dir, data, batch_size=ev.batch_size, device=device)
 
 
-def _read_reading(data: str) -> Any:
+def _read_reading(data: str, ev: EvalConfig) -> Any:
     from babyllama.evaluate.reading import read_rows
 
     return read_rows(data)
-
-
-#: Tasks a protocol's official code no longer scores: configured data is not scored under it (check_data says so).
-DROPPED = {"babylm-2026": ("wug_adj", "wug_past")}
 
 
 def wug_settings(ev: EvalConfig) -> dict[str, Any]:
     return {"context_prefix": ev.context_prefix, "truncate": ev.truncate, "batch_size": ev.batch_size}
 
 
-def _wug_scorer(task: str) -> Callable[..., dict[str, Any]]:
+def _wug_scorer(task: str) -> Scorer:
     def score(model_dir: Path, data: str, ev: EvalConfig, device: str | None = None) -> dict[str, Any]:
         from babyllama.evaluate.wug import evaluate_wug
 
-        if task in DROPPED.get(ev.protocol, ()):
-            raise UserError(f"{task}: the {ev.protocol} protocol does not score it (its official code dropped the "
-                            "WUG tasks); use --protocol babylm-2025")
         return evaluate_wug(task, model_dir, data, device=device, **wug_settings(ev))
     return score
 
 
 def _wug_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
-    def jobs(cfg: Config) -> list[Job]:
-        data = getattr(cfg.eval, task)
-        if not data or task in DROPPED.get(cfg.eval.protocol, ()):
-            return []
-        return [Job(f"{task}.json", column, {"data": _data_id(data), **wug_settings(cfg.eval)},
-                    lambda d: _wug_scorer(task)(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
-                    lambda: _load_wug(task, data))]
-    return jobs
+    return _data_jobs(task, column, wug_settings, _wug_scorer(task), partial(_load_wug, task))
 
 
-def _load_wug(task: str, data: str) -> Any:
+def _load_wug(task: str, data: str, ev: EvalConfig) -> Any:
     from babyllama.evaluate.wug import load_wug
 
     return load_wug(data, task)
 
 
 def dropped_notes(cfg: Config) -> list[str]:
-    """One line per configured data set that the protocol does not score (its official code dropped the task)."""
-    return [f"eval.{t} is set but not scored: the {cfg.eval.protocol} protocol's official code no longer scores "
-            f"{t} (use eval.protocol babylm-2025 to score it)"
-            for t in DROPPED.get(cfg.eval.protocol, ()) if getattr(cfg.eval, t, None)]
+    """One line per configured task that the protocol does not score (its official code dropped the task)."""
+    protocol = cfg.eval.protocol
+    return [f"{e.switch} is set but not scored: the {protocol} protocol's official code no longer scores {e.name} "
+            f"(use eval.protocol {e.dropped[protocol]} to score it)"
+            for e in REGISTRY if not e.scores_under(protocol) and e.jobs(cfg)]
 
 
 def _finetune_jobs(cfg: Config) -> list[Job]:
@@ -265,7 +281,7 @@ def curve_tasks(ev: EvalConfig) -> dict[str, str]:
     return out
 
 
-def _fast_scorer(task: str) -> Callable[..., dict[str, Any]]:
+def _fast_scorer(task: str) -> Scorer:
     return score_blimp if task in ("blimp", "supplement") else _completion_scorer(task)
 
 
@@ -316,6 +332,23 @@ def _data_id(data: str) -> str:
     return data if data.startswith("embedded:") else str(Path(data).expanduser())
 
 
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """``module.name``, imported when first called (the scorers pull in torch and transformers)."""
+    return lambda *args, **kwargs: getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+
+def _completion_cli(task: str) -> DataScorer:
+    return DataScorer(_completion_scorer(task), _lazy("babyllama.evaluate.completions", "format_completion_table"))
+
+
+def _wug_cli(task: str) -> DataScorer:
+    return DataScorer(_wug_scorer(task), _lazy("babyllama.evaluate.wug", "format_wug_table"))
+
+
+#: The WUG tasks' official code is BabyLM 2025's; the 2026 pipeline dropped them.
+_WUG_DROPPED = {"babylm-2026": "babylm-2025"}
+
+
 def _get(key: str) -> Callable[[dict[str, Any], EvalConfig], float | None]:
     return lambda r, ev: r.get(key)
 
@@ -326,31 +359,34 @@ def _pairs_headline(result: dict[str, Any], ev: EvalConfig) -> float | None:
 
 
 REGISTRY: list[Evaluator] = [
-    Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False),
-    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline, chance=0.5),
+    Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False,
+              metric="cross_entropy", measure="cross-entropy"),
+    Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline, chance=0.5,
+              download="run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp)"),
     Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline, chance=0.5),
-    Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli_data=True, chance=0.5),
+    Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli=_completion_cli("ewok"),
+              chance=0.5),
     Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
-              _get("headline"), cli_data=True, aliases=["entity-tracking"]),
-    Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli_data=True,
+              _get("headline"), cli=_completion_cli("entity_tracking"), aliases=["entity-tracking"]),
+    Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli=_completion_cli("comps"),
               chance=0.5),
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),
-              cli_data=True, aliases=["global-piqa"]),
+              cli=_completion_cli("global_piqa"), aliases=["global-piqa"]),
     # The reading scores are already percentages (of the R² left to explain); the report's columns take fractions.
-    Evaluator("reading", "eval.reading", _reading_jobs, lambda r, ev: r["headline"] / 100 if "headline" in r else None),
+    Evaluator("reading", "eval.reading",
+              _data_jobs("reading", "reading ΔR² %", lambda ev: {"batch_size": ev.batch_size}, _score_reading,
+                         _read_reading), lambda r, ev: r["headline"] / 100 if "headline" in r else None,
+              metric="delta_r2", measure="share of the explainable reading-time R² (ΔR²)"),
     # Spearman ρ between the model's and people's ratios (a fraction, shown × 100); BabyLM 2025 only.
-    Evaluator("wug_adj", "eval.wug_adj", _wug_jobs("wug_adj", "WUG adj ρ %"), _get("headline"), cli_data=True,
-              aliases=["wug-adj"]),
-    Evaluator("wug_past", "eval.wug_past", _wug_jobs("wug_past", "WUG past ρ %"), _get("headline"), cli_data=True,
-              aliases=["wug-past"]),
-    Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score")),
+    Evaluator("wug_adj", "eval.wug_adj", _wug_jobs("wug_adj", "WUG adj ρ %"), _get("headline"), cli=_wug_cli("wug_adj"),
+              metric="spearmanr", measure="Spearman correlation with human ratios", aliases=["wug-adj"],
+              dropped=_WUG_DROPPED),
+    Evaluator("wug_past", "eval.wug_past", _wug_jobs("wug_past", "WUG past ρ %"), _get("headline"),
+              cli=_wug_cli("wug_past"), metric="spearmanr", measure="Spearman correlation with human ratios",
+              aliases=["wug-past"], dropped=_WUG_DROPPED),
+    Evaluator("finetune", "eval.finetune", _finetune_jobs, _get("score"), measure="score"),
     Evaluator("curves", "eval.curves", _curve_jobs, lambda r, ev: None),
 ]
-
-#: How `babyllama evaluate <name>` scores a data file with each cli_data evaluator.
-SCORERS: dict[str, Callable[..., dict[str, Any]]] = {
-    e.name: _wug_scorer(e.name) if e.name in ("wug_adj", "wug_past") else _completion_scorer(e.name)
-    for e in REGISTRY if e.cli_data}
 
 
 def evaluator(name: str) -> Evaluator:
@@ -361,8 +397,9 @@ def evaluator(name: str) -> Evaluator:
 
 
 def jobs(cfg: Config) -> list[tuple[Evaluator, Job]]:
-    """Every result file this config asks for, per model, in registry order."""
-    return [(e, j) for e in REGISTRY for j in e.jobs(cfg)]
+    """Every result file this config asks for, per model, in registry order (none of a task its protocol
+    no longer scores)."""
+    return [(e, j) for e in REGISTRY if e.scores_under(cfg.eval.protocol) for j in e.jobs(cfg)]
 
 
 def check_data(cfg: Config) -> None:
@@ -376,9 +413,8 @@ def check_data(cfg: Config) -> None:
             try:
                 job.check()
             except UserError as err:
-                hint = ("; run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp), or run "
-                        "without it: --set eval.blimp=null") if e.name == "blimp" and "not found" in str(err) else ""
-                raise UserError(f"{e.switch}: {err}{hint}") from None
+                hint = f"; {e.download}, or run without it: --set {e.switch}=null" if e.download else ""
+                raise UserError(f"{e.switch}: {err}{hint if 'not found' in str(err) else ''}") from None
 
 
 def result_key(job: Job) -> str:
@@ -487,6 +523,11 @@ def result_notes(cfg: Config, name: str, results: dict[str, dict[str, Any]] | No
 def headline_columns(cfg: Config) -> dict[str, str]:
     """{result key: column title} of every headline shown as a column (perplexity and curves are shown apart)."""
     return {result_key(j): j.column for _, j in jobs(cfg) if j.column is not None}
+
+
+def headline_measures(cfg: Config) -> dict[str, tuple[str, str]]:
+    """{result key: (metric id, what the headline is in words)} of every headline column."""
+    return {result_key(j): (e.metric, e.measure) for e, j in jobs(cfg) if j.column is not None}
 
 
 def pair_items(result: dict[str, Any], ev: EvalConfig) -> dict[str, str] | None:

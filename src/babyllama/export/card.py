@@ -19,7 +19,6 @@ from babyllama.export.record import ModelRecord
 from babyllama.roles import Role
 
 ARCH_NAMES = {"llama": "LLaMA", "gpt2": "GPT-2"}
-PAIR_LABELS = (("blimp", "BLiMP"), ("supplement", "BabyLM BLiMP supplement"))
 
 
 def parameter_count(rec: ModelRecord) -> int:
@@ -61,7 +60,13 @@ def _headline_name(rec: ModelRecord, key: str) -> str:
     result = rec.results.get(key, {})
     if key in _PAIRS:
         return f"macro accuracy over {result.get('aggregation', 'phenomena')} (%, protocol {rec.protocol})"
-    return f"headline accuracy (%, protocol {rec.protocol})"
+    metric, words = _measure(rec, key)
+    return f"headline {words} ({'%' if metric == 'accuracy' else 'x100'}, protocol {rec.protocol})"
+
+
+def _measure(rec: ModelRecord, key: str) -> tuple[str, str]:
+    """(metric id, words) of result ``key``'s headline, as its evaluator declares it (registry.Evaluator)."""
+    return rec.measures.get(key, ("accuracy", "accuracy"))
 
 
 def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
@@ -86,7 +91,7 @@ def _model_index(rec: ModelRecord) -> list[dict[str, Any]]:
             "task": {"type": "text-generation", "name": f"{label} (zero-shot)"},
             "dataset": {"name": f"{label} ({pairs_dataset(r, label, short=True)})" if key in _PAIRS else label,
                         "type": f"{key}-embedded-subset" if subset else key},
-            "metrics": [_metric("accuracy", 100 * rec.headlines[key], _headline_name(rec, key),
+            "metrics": [_metric(_measure(rec, key)[0], 100 * rec.headlines[key], _headline_name(rec, key),
                                 {**r.get("protocol", {}), **({"n_pairs": r["n_pairs"]} if "n_pairs" in r else {})})],
         })
     for task, r in rec.finetune.items():
@@ -136,9 +141,10 @@ def _cache_words(cache: dict[str, Any]) -> str:
     """How the student read its teachers: live, the sampled cache, or the top-k cache."""
     if not cache.get("enabled"):
         return ", teachers run live."
-    if cache.get("mode") == "sample":
-        return f", teacher logits from the sampled cache ({cache.get('samples')} tokens drawn per position)."
-    return f", teacher logits from the top-{cache.get('top_k')} cache."
+    from babyllama.distill.formats import FORMATS
+
+    fmt = FORMATS.get(str(cache.get("mode")))
+    return f", teacher logits from a {cache.get('mode')!r} cache." if fmt is None else fmt.card_words(cache)
 
 
 def _training(rec: ModelRecord) -> list[str]:
@@ -198,7 +204,7 @@ def _compliance(rec: ModelRecord) -> list[str]:
         epochs = f", {own['epochs']:.2f} epochs" if own.get("epochs") is not None else ""
         lines += ["", f"Exposure (ledger.json): {own['words_seen']:,.0f} words seen of a {own.get('pool_words') or 0:,}-word "
                       f"pool{epochs}" + (" (planned, not yet trained)" if own.get("planned") else "") + "."]
-    if own and own.get("role") == "student" and led.get("student_with_teachers_words") is not None:
+    if own and own.get("role") == Role.STUDENT.short and led.get("student_with_teachers_words") is not None:
         lines.append(f"With its teachers' words added (a second reading of the cap): "
                      f"{led['student_with_teachers_words']:,.0f} words.")
     if led.get("verdicts"):
@@ -233,7 +239,8 @@ def _evaluation(rec: ModelRecord) -> list[str]:
             lines.append(_pairs_line(rec, key))
         else:
             n = rec.results[key].get("n_items")
-            lines.append(f"- **{column.removesuffix(' %')}** {100 * rec.headlines[key]:.1f}%, the {_headline_name(rec, key)}"
+            unit = "%" if _measure(rec, key)[0] == "accuracy" else ""
+            lines.append(f"- **{column.removesuffix(' %')}** {100 * rec.headlines[key]:.1f}{unit}, the {_headline_name(rec, key)}"
                          + (f" on {n:,} items." if isinstance(n, int) else "."))
     for task, r in rec.finetune.items():
         where = "the validation file itself" if r.get("selected_on") == "validation" else "a hold-out of train"

@@ -18,7 +18,7 @@ import yaml
 
 from babyllama.config import load_config
 from babyllama.errors import UserError
-from babyllama.evaluate.registry import headline_columns, model_headlines, model_results
+from babyllama.evaluate.registry import headline_columns, headline_measures, model_headlines, model_results
 from babyllama.roles import Role, members
 
 WEIGHT_INDEX = "model.safetensors.index.json"
@@ -39,6 +39,7 @@ class ModelRecord:
     results: dict[str, dict[str, Any]] = field(default_factory=dict)  # registry.model_results
     headlines: dict[str, float] = field(default_factory=dict)  # registry.model_headlines (the protocol's)
     columns: dict[str, str] = field(default_factory=dict)  # registry.headline_columns: result key -> title
+    measures: dict[str, tuple[str, str]] = field(default_factory=dict)  # registry.headline_measures
     protocol: str | None = None  # eval.protocol of the run
     run_role: Role | None = None  # the model's role in its run (roles.members)
     config_problem: str | None = None  # why the run's config.yaml could not be read (results then unknown)
@@ -130,4 +131,4 @@ def _read_results(rec: ModelRecord, run_dir: Path) -> None:
     rec.protocol = cfg.eval.protocol
     rec.run_role = next((m.role for m in members(cfg) if m.name == rec.name), None)
     rec.results, rec.headlines = model_results(cfg, rec.name), model_headlines(cfg, rec.name)
-    rec.columns = headline_columns(cfg)
+    rec.columns, rec.measures = headline_columns(cfg), headline_measures(cfg)

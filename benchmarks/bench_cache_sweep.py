@@ -12,8 +12,8 @@ Every student trains on the fixed windows (the cache's), with the same seeds; ti
 seconds (time.process_time, one torch thread; other processes on a shared machine barely move them) and
 wall seconds, the cache builds included. Ratios are live / cached: above 1, the cache is faster.
 
-    python benchmarks/bench_cache_sweep.py --seeds 5                     # the demo corpus (300k words)
-    python benchmarks/bench_cache_sweep.py --seeds 3 --max-words 40000   # quick
+    python benchmarks/bench_cache_sweep.py --seeds 5 --work /tmp/cache-sweep   # the demo corpus (300k words)
+    python benchmarks/bench_cache_sweep.py --seeds 5 --max-words 40000 --work /tmp/cache-sweep   # quick
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def _config(out: Path, args: argparse.Namespace, extra: list[str]):
             f"distill.temperature={args.temperature}"]
     if args.max_words:
         base += [f"data.max_words={args.max_words}"]
-    return load_config(args.config, base + extra)
+    return load_config(args.config, base + list(args.set) + extra)
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -112,6 +112,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=1)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-words", type=int, default=None, help="data.max_words (default: the config's)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override (repeatable), e.g. 'teachers.0.train.epochs=1'")
     parser.add_argument("--work", type=Path, required=True, help="run folders (data and teachers are reused)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()

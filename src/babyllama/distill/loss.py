@@ -302,7 +302,10 @@ class _Terms:
                                  a=a, c=c, out=out, entropy=entropy)
         self.ce += (ce_rows * w_ce).sum()
         self.kd += (d * w_kd).sum()
-        self.agree += ((s.argmax(-1) == top) & (y >= 0) & (w_kd > 0)).sum()
+        # the student's top-1 is the teacher's when that logit is the row's maximum (a tie counts as agreement):
+        # a max over V is ~6x cheaper on the CPU than an argmax, which was a tenth of a cached step
+        top1 = s.gather(-1, top.unsqueeze(-1)).squeeze(-1) >= s.amax(-1)
+        self.agree += (top1 & (y >= 0) & (w_kd > 0)).sum()
 
     def outputs(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         kd = self.kd * self.temperature**2

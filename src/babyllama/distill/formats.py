@@ -12,6 +12,7 @@ class here plus its name in the config schema.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
@@ -59,81 +60,96 @@ def noise_ratio(shards: Sequence[Mapping]) -> float | None:
     return None if noise is None or not signal else noise / signal
 
 
-class CacheFormat:
+class CacheFormat(ABC):
     """The interface every format implements (``spec`` is a :class:`babyllama.distill.cache.CacheSpec`)."""
 
     name: ClassVar[str]
 
+    @abstractmethod
     def check(self, spec: Any) -> None:
         """Refuse a spec this format cannot store (ValueError)."""
 
+    @abstractmethod
     def slots(self, spec: Any) -> int:
         """Stored entries per position (the k of the (..., k) arrays)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def parts(self, spec: Any) -> tuple[str, ...]:
         """The arrays of one shard, by name (``shard-NNNNN.<part>.npy``)."""
-        raise NotImplementedError
+        ...
 
     def per_set(self, part: str) -> bool:
         """Whether ``part`` holds one row per set of draws (leading axis ``sets``)."""
         return False
 
+    @abstractmethod
     def bytes_per_position(self, spec: Any) -> int:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def describe(self, spec: Any) -> str:
         """What one position holds, for the build's log and the run's description."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def spec_fields(self, opts: Any, *, samples: int | None, seed: int, sets: int) -> dict:
         """This format's fields of the cache spec from ``distill.cache`` (``opts``); ``samples`` resolves
         ``samples: auto`` when given. Fields the format does not use keep their neutral values."""
-        raise NotImplementedError
+        ...
 
     def needs_plan(self, opts: Any) -> bool:
         """Whether the spec needs the teachers to be scored first (``samples: auto``)."""
         return False
 
+    @abstractmethod
     def writer(self, spec: Any, n: int, first_window: int, device: torch.device) -> Writer:
-        raise NotImplementedError
+        ...
 
     def prepare(self, spec: Any, out: slice, lp: Tensor) -> Any:
         """What every writer of specs that differ only in their draw seed needs from a chunk of the ensemble's
         log-probs ``lp`` (positions ``out`` of the shard): computed once, then handed to each writer's add."""
         return lp
 
+    @abstractmethod
     def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
         """The picked rows of each part as tensors, ids int64 first (what ``TeacherCache.rows`` returns)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def source(self, rows: Sequence[Tensor | None]) -> TeacherSource:
         """The objective's teacher source from :meth:`rows` (flattened to (B * L) positions)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def fidelity(self, spec: Mapping, shards: Sequence[Mapping]) -> dict:
         """How faithful a built cache is, from its manifest's spec and shard records (numbers only)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def coverage_line(self, name: str, spec: Any, shards: Sequence[Mapping]) -> str | None:
         """What the build logs once a cache is built."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def identity(self, opts: Any) -> dict:
         """The cache's size as a student's fingerprint and training summary name it."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def report_line(self, identity: Mapping, fid: Mapping) -> str:
         """The report's sentence on what reading the teachers from this cache costs."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def card_words(self, identity: Mapping) -> str:
         """The model card's words on how the student read its teachers."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def sweep_line(self, opts: Any) -> str:
         """The sweep report's sentence on whether the seeds' intervals include the cache's variance."""
-        raise NotImplementedError
+        ...
 
 
 class TopKFormat(CacheFormat):

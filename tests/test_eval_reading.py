@@ -102,3 +102,15 @@ def test_format_errors_are_one_line(llama_dir, tmp_path, capsys, broken, says) -
     assert main(["evaluate", "reading", "--model", str(llama_dir), "--data", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reading_data.csv" in err[0] and says in err[0]
+
+
+def test_a_context_longer_than_learned_positions_is_one_line(tmp_path, capsys) -> None:
+    gpt2 = make_model_dir(tmp_path / "gpt2", "gpt2", n_positions=8)
+    long_item = " ".join(SENTENCES[0].split(" ") * 3)
+    rows = [{"item": "The cat", "word": " sees", "prev_item": "The", "prev_word": " cat", **{k: 1.0 for k in NUMERIC}},
+            {"item": long_item, "word": " sees", "prev_item": None, "prev_word": None, **{k: 1.0 for k in NUMERIC}}]
+    path = _write(tmp_path / "reading_data.csv", rows)
+    capsys.readouterr()
+    assert main(["evaluate", "reading", "--model", str(gpt2), "--data", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "reading_data.csv: line 3: field 'item'" in err[0] and "8 positions" in err[0], err

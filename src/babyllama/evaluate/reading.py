@@ -10,7 +10,9 @@ Surprisal, as the official causal scorer computes it: ``item`` is tokenized with
 special tokens and the model's last position gives p(first token of ``word``); each further token of the
 word is scored after appending the decoded previous token to the text and tokenizing it again; the
 word's surprisal is -log of the product. (The texts never depend on the model, so we build every query
-first and score them in batches; the numbers are those of one query at a time.)
+first and score them in batches; the numbers are those of one query at a time.) Like the official code we
+never truncate: a query longer than a model with learned positions can read stops the run with one line
+naming the data line; a rotary model reads on and the result's notes say so.
 
 Scores (× 100, as the pipeline prints them): for each eye-tracking measure, ordinary least squares of
 the measure on frequency, length, context length and their pairwise interactions, without and with the
@@ -36,6 +38,7 @@ import numpy as np
 import torch
 
 from babyllama.errors import UserError
+from babyllama.evaluate.blimp import reads_past_positions
 from babyllama.evaluate.formats import load_causal_lm, max_positions
 from babyllama.hf_logging import quiet_transformers
 from babyllama.runtime import resolve_device
@@ -159,11 +162,29 @@ def _gain(rows: list[dict[str, Any]], dv: str, base: tuple[str, ...]) -> float:
     return 100 * (r2_model - r2_base) / (1 - r2_base)
 
 
+def _check_positions(data: str | Path, rows: list[dict[str, Any]], config: Any, tokenizer: Any) -> None:
+    """Stop on the first context longer than a model with learned positions can read (it would index past its
+    position table). The official scorer does not truncate, so neither do we; rotary models read on (a note says so)."""
+    limit = max_positions(config)
+    if limit is None or reads_past_positions(config):
+        return
+    with quiet_transformers():
+        for lineno, r in enumerate(rows, start=2):
+            for field, word in (("item", "word"), ("prev_item", "prev_word")):
+                if r[field] is None:
+                    continue
+                n = len(_queries(tokenizer, r[field], r[word])[-1][0])
+                if n > limit:
+                    raise UserError(f"{data}: line {lineno}: field {field!r} with its {word!r} needs {n} tokens, more "
+                                    f"than the model's {limit} positions (the official scorer does not truncate)")
+
+
 def evaluate_reading(model_dir: str | Path, data: str | Path, *, batch_size: int = 64,
                      device: str | None = None) -> dict[str, Any]:
     """Score the reading task with the causal LM in ``model_dir`` (schema above)."""
     rows = read_rows(data)
     model, tokenizer = load_causal_lm(model_dir, resolve_device(device))
+    _check_positions(data, rows, model.config, tokenizer)
     pairs = [(r["item"], r["word"]) for r in rows]
     prev = [(r["prev_item"], r["prev_word"]) for r in rows if r["prev_item"] is not None]
     scores = surprisals(model, tokenizer, pairs + prev, batch_size)

@@ -25,7 +25,9 @@ demo: setup
 	$(VENV)/bin/babyllama run $(CONFIG)
 
 test: setup
-	$(PY) -m pytest
+	@# two workers (pytest-xdist), one module per worker at a time so module fixtures are built once:
+	@# the suite is mostly single-threaded tiny models and subprocesses, so 2 cores take half the time
+	$(PY) -m pytest -n 2 --dist loadscope
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -11,7 +11,14 @@ import torch
 
 from babyllama.cli import main
 from babyllama.errors import UserError
-from babyllama.evaluate.blimp import encode, evaluate_blimp, format_blimp_table, load_pairs, score_sequences
+from babyllama.evaluate.blimp import (
+    encode,
+    evaluate_blimp,
+    evaluate_blimp_models,
+    format_blimp_table,
+    load_pairs,
+    score_sequences,
+)
 from babyllama.evaluate.formats import load_causal_lm
 from fixtures.eval.tiny_models import make_model_dir, one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -73,6 +80,22 @@ def test_score_is_sum_of_token_logprobs_after_the_prefix(llama_dir):
     assert s_mean == pytest.approx(s_eos / len(ids), abs=1e-6)
     (s_bos,) = score_sequences(model, [ids], prefix_id=tok.bos_token_id)
     assert s_bos != s_eos
+
+
+def test_several_models_at_once_equal_one_at_a_time(llama_dir, gpt2_dir):
+    """One read and one tokenization shared by the models changes no result (nor the order of the results)."""
+    together = list(evaluate_blimp_models([llama_dir, gpt2_dir, llama_dir], FIX / "supplement", device="cpu"))
+    alone = [evaluate_blimp(d, FIX / "supplement", device="cpu") for d in (llama_dir, gpt2_dir, llama_dir)]
+    assert together == alone and together[0]["model"] == str(llama_dir) and together[1]["model"] == str(gpt2_dir)
+
+
+def test_encode_gives_the_tokenizers_own_ids(llama_dir):
+    _, tok = load_causal_lm(llama_dir, torch.device("cpu"))
+    sentences = [s for folder in ("blimp_original", "supplement") for p in load_pairs(FIX / folder)[0]
+                 for s in (p.good, p.bad)]
+    for space in (True, False):
+        texts = [(" " + s) if space else s for s in sentences]
+        assert encode(tok, sentences, space) == tok(texts, add_special_tokens=False)["input_ids"]
 
 
 def test_long_inputs_are_truncated_from_the_left(tmp_path):

@@ -77,3 +77,36 @@ def test_layers_point_one_way():
         assert not _imports_any(graph, module, "babyllama.train"), module
     assert not _imports_any(graph, "babyllama.config", "babyllama.evaluate")
     assert not _imports_any(graph, "babyllama.sweep", "babyllama.train")
+
+
+HEAVY = ("torch", "transformers", "matplotlib")
+
+NO_TORCH_PROBE = """
+import sys
+from babyllama.cli import main
+from babyllama.config import load_config
+from babyllama.evaluate.registry import jobs
+
+for argv in (["--help"], ["config", sys.argv[1]]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+cfg = load_config(sys.argv[1], ["eval.reading=" + sys.argv[2]])
+assert [job.file for _, job in jobs(cfg)] == ["perplexity.json", "blimp.json", "reading.json"]
+print("HEAVY", sorted(m for m in %r if m in sys.modules))
+"""
+
+
+def test_help_config_and_the_evaluators_declarations_load_no_torch(tmp_path):
+    """The quick commands and the readers of results stay quick: torch and transformers load where a model is."""
+    import subprocess
+    import sys
+
+    root = Path(babyllama.__file__).parents[2]
+    reading = tmp_path / "reading.csv"
+    reading.write_text("x\n")
+    done = subprocess.run([sys.executable, "-c", NO_TORCH_PROBE % (HEAVY,), str(root / "configs" / "demo.yaml"),
+                           str(reading)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "HEAVY []"

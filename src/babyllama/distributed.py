@@ -8,11 +8,23 @@ so the global batch is batch_size x grad_accum x world_size sequences.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+if TYPE_CHECKING:  # torch is imported where a process group is used: `babyllama report` needs none
+    import torch
+
+
+def _dist() -> Any:
+    import torch.distributed as dist
+
+    return dist
+
+
+def _initialized() -> bool:
+    """Whether a process group exists; none can before torch.distributed is imported (no import for that)."""
+    return "torch.distributed" in sys.modules and _dist().is_initialized()
 
 
 def rank() -> int:
@@ -37,6 +49,9 @@ def is_distributed() -> bool:
 
 def init(device: torch.device) -> None:
     """Join the process group (once) when launched by torchrun with more than one process."""
+    import torch
+
+    dist = _dist()
     if not is_distributed() or dist.is_initialized():
         return
     if device.type == "cuda":
@@ -47,21 +62,23 @@ def init(device: torch.device) -> None:
 
 
 def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
+    if _initialized():
+        _dist().barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks, in place (a no-op for one process)."""
-    if dist.is_initialized():
+    if _initialized():
+        dist = _dist()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj``, in rank order (``[obj]`` for one process)."""
-    if not dist.is_initialized():
+    if not _initialized():
         return [obj]
+    dist = _dist()
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
@@ -69,8 +86,8 @@ def all_gather_objects(obj: Any) -> list[Any]:
 
 def broadcast_object(obj: Any) -> Any:
     """Rank 0's ``obj`` on every rank."""
-    if not dist.is_initialized():
+    if not _initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    _dist().broadcast_object_list(box, src=0)
     return box[0]

@@ -278,14 +278,15 @@ def _print_summary(cfg: Config, timings: dict[str, float], config_arg: str | Non
 
 
 def verdict_lines(sentences: list[str], width: int | None = None, bullet: str = "  - ") -> list[str]:
-    """Each sentence wrapped to the terminal (at most 100 columns), as a bullet, for reading in a console."""
+    """Each sentence wrapped to the terminal (at most 100 columns), as a bullet, for reading in a console; a
+    word longer than a line (a long path in a command to copy) is kept whole."""
     import textwrap
 
     width = width or min(100, shutil.get_terminal_size((100, 24)).columns)
     out = []
     for s in sentences:
         out += textwrap.wrap(s.replace("`", ""), width, initial_indent=bullet, subsequent_indent=" " * len(bullet),
-                             break_on_hyphens=False)
+                             break_on_hyphens=False, break_long_words=False)
     return out
 
 
@@ -320,20 +321,27 @@ def evaluate_all(cfg: Config, names: list[str]) -> None:
     """
     from babyllama.evaluate.registry import current_inputs, jobs, read_result, write_result
 
-    todo = jobs(cfg)
-    for name in names:
-        model_dir = cfg.model_dir(name)
-        for _, job in todo:
+    for _, job in jobs(cfg):  # job by job: one that scores several models at once reads its data once
+        what = job.file.removesuffix(".json")
+        pending = []
+        for name in names:
             found = read_result(cfg, name, job)
             if found.value is not None:
                 continue
             why = "" if found.problem == "missing" else f" (the result on disk is {found.problem})"
-            what = job.file.removesuffix(".json")
             print(f"[run] evaluate {name}: {what}{why}", flush=True)
-            inputs = current_inputs(cfg, name, job)  # before computing: what the result is computed from
-            with progress.current(f"{name} {what.replace('finetune/', '')}"):  # the bar's label
-                result = job.run(model_dir)
-            write_result(cfg, name, job, inputs, result)
+            pending.append((name, current_inputs(cfg, name, job)))  # before computing: what it is computed from
+        label = what.replace("finetune/", "")
+        if job.run_many is not None and len(pending) > 1:
+            with progress.current(f"{len(pending)} models {label}"):  # the bar's label
+                # each result is written as it comes, so an interrupted evaluation keeps the finished ones
+                for (name, inputs), result in zip(pending, job.run_many([cfg.model_dir(n) for n, _ in pending]),
+                                                  strict=True):
+                    write_result(cfg, name, job, inputs, result)
+            continue
+        for name, inputs in pending:
+            with progress.current(f"{name} {label}"):
+                write_result(cfg, name, job, inputs, job.run(cfg.model_dir(name)))
 
 
 def unverified_results(cfg: Config, names: list[str]) -> str | None:

@@ -61,6 +61,7 @@ Accuracies are fractions in [0, 1].
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -71,10 +72,12 @@ import torch.nn.functional as F
 from babyllama import progress as progress_bars
 from babyllama.errors import UserError
 from babyllama.evaluate.decide import TIE_RULES, decide
-from babyllama.evaluate.formats import (
+from babyllama.evaluate.formats import (  # noqa: F401 (EMBEDDED, resolve_data: their home is formats)
+    EMBEDDED,
     load_causal_lm,
     max_positions,
     read_json_rows,
+    resolve_data,
     special_token_id,
     text_field,
 )
@@ -94,19 +97,7 @@ class Pair:
 # -- data ----------------------------------------------------------------------------------------------
 
 
-#: Data shipped inside the package (evaluate/data/README.md: source, licence, how it was made).
-EMBEDDED = {"embedded:blimp": Path(__file__).parent / "data" / "blimp-100.jsonl.gz"}
 DATA_SUFFIXES = (".jsonl", ".json", ".jsonl.gz")
-
-
-def resolve_data(data: str | Path) -> Path:
-    """A data path, with ``embedded:<name>`` mapped to the package's copy and ``~`` expanded."""
-    text = str(data)
-    if text.startswith("embedded:"):
-        if text not in EMBEDDED:
-            raise UserError(f"{text}: no such embedded data set (known: {', '.join(EMBEDDED)})")
-        return EMBEDDED[text]
-    return Path(text).expanduser()
 
 
 def data_files(data: Path, what: str = "minimal pairs") -> list[Path]:
@@ -174,8 +165,14 @@ def load_pairs(data: str | Path) -> tuple[list[Pair], list[str]]:
 
 
 def encode(tokenizer: Any, sentences: list[str], leading_space: bool) -> list[list[int]]:
-    """Token ids of each sentence, without special tokens (the prefix is added by the scorer)."""
+    """Token ids of each sentence, without special tokens (the prefix is added by the scorer).
+
+    A fast tokenizer encodes the whole batch in its Rust backend (the same ids as its ``__call__``,
+    without building a BatchEncoding of 134,000 rows for the full BLiMP)."""
     texts = [(" " + s) if leading_space else s for s in sentences]
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is not None:
+        return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
@@ -184,17 +181,16 @@ def _input(s: list[int], span: tuple[int, int] | None, prefix_id: int | None, cu
 
     Position 0 is never scored (nothing predicts it); ``cut_at`` keeps only the last that many tokens.
     """
-    head = [prefix_id] if prefix_id is not None else []
-    x = head + list(s)
+    head = 0 if prefix_id is None else 1
+    x = [prefix_id, *s] if head else s
     start, stop = span if span is not None else (0, len(s))
-    first, stop = max(1, start + len(head)), stop + len(head)
+    first, stop = max(1, start + head), stop + head
     if cut_at and len(x) > cut_at:
         cut = len(x) - cut_at
         x, first, stop = x[cut:], max(1, first - cut), stop - cut
     return x, first, stop
 
 
-@torch.no_grad()
 def score_sequences(
     model: Any,
     seqs: list[list[int]],
@@ -218,32 +214,50 @@ def score_sequences(
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
-    device = next(model.parameters()).device
     limit = max_positions(model.config)
     cut_at = limit if truncate or not reads_past_positions(model.config) else None
-    if spans is None:
-        spans = [(len(s) - n, len(s)) for s, n in zip(seqs, scored, strict=True)] if scored is not None else [None] * len(seqs)
-    keys = [(*s, span) for s, span in zip(seqs, spans, strict=True)]
-    inputs = {k: _input(s, span, prefix_id, cut_at) for k, s, span in zip(keys, seqs, spans, strict=True)}
-    # Longest first: the first batch is the biggest, so an out-of-memory error shows up at once.
-    order = sorted(inputs, key=lambda k: len(inputs[k][0]), reverse=True)
-    scores: dict[tuple[Any, ...], float] = {}
-    batches = range(0, len(order), batch_size)
-    for start in progress_bars.iterate(batches, "scoring", "batch", enabled=progress):
+    if spans is None and scored is not None:
+        spans = [(len(s) - n, len(s)) for s, n in zip(seqs, scored, strict=True)]
+    # Identical inputs are scored once: `index[i]` is sequence i's place among the distinct inputs.
+    slot: dict[tuple[Any, ...], int] = {}
+    inputs: list[tuple[list[int], int, int]] = []
+    index = []
+    for i, s in enumerate(seqs):
+        span = spans[i] if spans is not None else None
+        key = (*s, span)
+        j = slot.get(key)
+        if j is None:
+            j = slot[key] = len(inputs)
+            inputs.append(_input(s, span, prefix_id, cut_at))
+        index.append(j)
+    scores = _score_inputs(model, inputs, reduction, batch_size, progress)
+    return [scores[j] for j in index]
+
+
+@torch.inference_mode()
+def _score_inputs(model: Any, inputs: list[tuple[list[int], int, int]], reduction: str, batch_size: int,
+                  progress: bool) -> list[float]:
+    """The score of each (input ids, first, stop) in batches of ``batch_size`` sorted by length, longest first
+    (the first batch is the biggest, so an out-of-memory error shows up at once); right-padded, with an
+    attention mask and explicit positions, so an input's score does not depend on its batch mates."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(inputs)), key=lambda j: len(inputs[j][0]), reverse=True)
+    scores = [0.0] * len(inputs)  # a batch with nothing to predict (width < 2) keeps its zeros
+    for start in progress_bars.iterate(range(0, len(order), batch_size), "scoring", "batch", enabled=progress):
         chunk = order[start : start + batch_size]
-        rows = [inputs[k][0] for k in chunk]
-        width = max(len(r) for r in rows)
-        if width < 2:  # nothing is predicted in any of these
-            scores.update({k: 0.0 for k in chunk})
+        rows = [inputs[j][0] for j in chunk]
+        width = len(rows[0])
+        if width < 2:
             continue
         ids = torch.tensor([r + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long, device=device)
-        # Target t (the token at position t + 1) counts when t + 1 lies in the row's [first, stop).
-        first = torch.tensor([inputs[k][1] for k in chunk], device=device)
-        stop = torch.tensor([inputs[k][2] for k in chunk], device=device)
-        target = torch.arange(1, width, device=device)
-        counted = (target >= first[:, None]) & (target < stop[:, None])
         positions = torch.arange(width, device=device).expand(len(rows), width)
+        lengths = torch.tensor([len(r) for r in rows], device=device)
+        mask = (positions < lengths[:, None]).long()
+        # Target t (the token at position t + 1) counts when t + 1 lies in the row's [first, stop).
+        first = torch.tensor([inputs[j][1] for j in chunk], device=device)
+        stop = torch.tensor([inputs[j][2] for j in chunk], device=device)
+        target = positions[0, 1:]
+        counted = (target >= first[:, None]) & (target < stop[:, None])
         logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False).logits
         logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
         token_logp = logp.gather(-1, ids[:, 1:, None]).squeeze(-1)
@@ -251,8 +265,9 @@ def score_sequences(
         total = (token_logp * weight).sum(-1)
         if reduction == "mean":
             total = total / weight.sum(-1).clamp(min=1)
-        scores.update(zip(chunk, total.tolist(), strict=True))
-    return [scores[k] for k in keys]
+        for j, v in zip(chunk, total.tolist(), strict=True):
+            scores[j] = v
+    return scores
 
 
 def reads_past_positions(config: Any) -> bool:
@@ -368,8 +383,14 @@ def _encode_pairs(tokenizer: Any, pairs: list[Pair], prefix: str, leading_space:
     return official_inputs(tokenizer, texts, texts)
 
 
-def evaluate_blimp(
-    model_dir: str | Path,
+def evaluate_blimp(model_dir: str | Path, data: str | Path, **settings: Any) -> dict[str, Any]:
+    """Score every minimal pair under ``data`` with the causal LM in ``model_dir`` (schema above; the
+    keywords are those of `evaluate_blimp_models`)."""
+    return next(evaluate_blimp_models([model_dir], data, **settings))
+
+
+def evaluate_blimp_models(
+    model_dirs: list[str | Path],
     data: str | Path,
     *,
     prefix: Literal["eos", "bos", "none", "tokenizer"] = "eos",
@@ -381,33 +402,55 @@ def evaluate_blimp(
     truncate: bool = True,
     batch_size: int = 64,
     device: str | None = None,
-) -> dict[str, Any]:
-    """Score every minimal pair under ``data`` with the causal LM in ``model_dir`` (schema above)."""
+) -> Iterator[dict[str, Any]]:
+    """One result per model folder (schema above), in order, each as soon as it is scored: the pairs are read
+    once, and the models that share a tokenizer share one tokenization of them (the full BLiMP is 134,000
+    sentences). The settings are checked before anything is read."""
     if aggregation not in ("phenomena", "paradigms"):
         raise UserError(f"aggregation must be phenomena or paradigms, got {aggregation!r}")
     if reduction not in ("sum", "mean"):
         raise UserError(f"reduction must be sum or mean, got {reduction!r}")
     pairs, formats = load_pairs(data)
-    model, tokenizer = load_causal_lm(model_dir, resolve_device(device))
-    pid = prefix_token_id(tokenizer, model.config, prefix, model_dir)
-    seqs, spans = _encode_pairs(tokenizer, pairs, prefix, leading_space)
-    scores = score_sequences(model, seqs, prefix_id=pid, reduction=reduction, batch_size=batch_size,
-                             progress=True, spans=spans, truncate=truncate)
-    note = length_note(model.config, [len(s) + (pid is not None) for s in seqs], truncate)
-    result = {
-        "model": str(model_dir),
-        "data": str(data),
-        "protocol": {"prefix": prefix, "prefix_token_id": pid, "leading_space": leading_space,
-                     "reduction": reduction, "ties": ties, "seed": seed, "ties_correct": ties == "correct",
-                     "truncate": truncate},
-        "formats": formats,
-        "notes": [note] if note else [],
-    }
-    result.update(aggregate(pairs, scores[: len(pairs)], scores[len(pairs) :], ties, seed))
-    result["aggregation"] = aggregation
-    result["headline"] = result[f"macro_{aggregation}"]
-    result["headline_by_ties"] = {rule: v[aggregation] for rule, v in result["by_ties"].items()}
-    return result
+    return _score_models(model_dirs, data, pairs, formats, prefix=prefix, leading_space=leading_space,
+                         reduction=reduction, ties=ties, seed=seed, aggregation=aggregation, truncate=truncate,
+                         batch_size=batch_size, device=device)
+
+
+def _score_models(model_dirs: list[str | Path], data: str | Path, pairs: list[Pair], formats: list[str], *,
+                  prefix: str, leading_space: bool, reduction: Literal["sum", "mean"], ties: str, seed: int,
+                  aggregation: str, truncate: bool, batch_size: int, device: str | None) -> Iterator[dict[str, Any]]:
+    encoded: dict[str, tuple[list[list[int]], list | None]] = {}
+    for model_dir in model_dirs:
+        model, tokenizer = load_causal_lm(model_dir, resolve_device(device))
+        pid = prefix_token_id(tokenizer, model.config, prefix, model_dir)
+        key = _tokenizer_key(tokenizer)
+        if key not in encoded:
+            encoded[key] = _encode_pairs(tokenizer, pairs, prefix, leading_space)
+        seqs, spans = encoded[key]
+        scores = score_sequences(model, seqs, prefix_id=pid, reduction=reduction, batch_size=batch_size,
+                                 progress=True, spans=spans, truncate=truncate)
+        note = length_note(model.config, [len(s) + (pid is not None) for s in seqs], truncate)
+        result = {
+            "model": str(model_dir),
+            "data": str(data),
+            "protocol": {"prefix": prefix, "prefix_token_id": pid, "leading_space": leading_space,
+                         "reduction": reduction, "ties": ties, "seed": seed, "ties_correct": ties == "correct",
+                         "truncate": truncate},
+            "formats": formats,
+            "notes": [note] if note else [],
+        }
+        result.update(aggregate(pairs, scores[: len(pairs)], scores[len(pairs) :], ties, seed))
+        result["aggregation"] = aggregation
+        result["headline"] = result[f"macro_{aggregation}"]
+        result["headline_by_ties"] = {rule: v[aggregation] for rule, v in result["by_ties"].items()}
+        yield result
+
+
+def _tokenizer_key(tokenizer: Any) -> str:
+    """Equal for tokenizers that encode every text alike: a fast tokenizer's whole definition (vocabulary,
+    merges, normalizer), else the object's identity (a slow tokenizer shares with no other)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    return backend.to_str() if backend is not None else f"id:{id(tokenizer)}"
 
 
 def format_blimp_table(result: dict[str, Any]) -> str:

@@ -10,14 +10,15 @@ import gzip
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from safetensors import SafetensorError
 
 from babyllama.errors import UserError
 from babyllama.hf_logging import quiet_transformers
-from babyllama.runtime import resolve_device  # noqa: F401 (defined in runtime; kept importable from here)
+
+if TYPE_CHECKING:  # torch is imported where a model is loaded: readers of data and results need none
+    import torch
 
 #: What loading a damaged model folder raises (truncated or corrupted safetensors, wrong shapes).
 LOAD_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
@@ -31,6 +32,20 @@ def _config_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # older huggingface_hub: configs are not validated this way
         return (ValueError, OSError, KeyError, TypeError, AttributeError)
     return (ValueError, OSError, KeyError, TypeError, AttributeError, StrictDataclassError)
+
+
+#: Data shipped inside the package (evaluate/data/README.md: source, licence, how it was made).
+EMBEDDED = {"embedded:blimp": Path(__file__).parent / "data" / "blimp-100.jsonl.gz"}
+
+
+def resolve_data(data: str | Path) -> Path:
+    """A data path, with ``embedded:<name>`` mapped to the package's copy and ``~`` expanded."""
+    text = str(data)
+    if text.startswith("embedded:"):
+        if text not in EMBEDDED:
+            raise UserError(f"{text}: no such embedded data set (known: {', '.join(EMBEDDED)})")
+        return EMBEDDED[text]
+    return Path(text).expanduser()
 
 
 def read_json_rows(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
@@ -200,6 +215,7 @@ def load_causal_lm(model_dir: str | Path, device: torch.device, *, need_tokenize
     Scores are computed in fp32 whatever dtype the checkpoint was saved in, so they do not depend on
     the machine's half-precision kernels.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     path = check_model_files(model_dir)

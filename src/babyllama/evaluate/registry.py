@@ -12,7 +12,7 @@ all three and its CLI verb in `babyllama evaluate`. Result files live under ``<o
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -34,6 +34,8 @@ class Job:
     run: Callable[[Path], dict[str, Any]]
     inputs: Callable[[Path], tuple[list[Path], list[Path]]]  # (model folders, data files or folders)
     check: Callable[[], Any] | None = None  # reads and validates its data (before any training: check_data)
+    # several models' results at once, in order (read and tokenize the data once); None: `run` one by one
+    run_many: Callable[[list[Path]], Iterable[dict[str, Any]]] | None = None
 
 
 Scorer = Callable[..., dict[str, Any]]  # (model_dir, data, eval settings, device=None) -> result
@@ -82,13 +84,16 @@ class Evaluator:
 
 
 def _perplexity_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.perplexity import evaluate_perplexity
-
     if not cfg.eval.perplexity:
         return []
     return [Job("perplexity.json", None, {"seq_len": cfg.data.seq_len},
-                lambda d: evaluate_perplexity(d, cfg.data_dir, seq_len=cfg.data.seq_len),
-                lambda d: ([d], dev_data(cfg)))]
+                lambda d: _perplexity(d, cfg), lambda d: ([d], dev_data(cfg)))]
+
+
+def _perplexity(model_dir: Path, cfg: Config) -> dict[str, Any]:
+    from babyllama.evaluate.perplexity import evaluate_perplexity  # here: readers of results need no torch
+
+    return evaluate_perplexity(model_dir, cfg.data_dir, seq_len=cfg.data.seq_len)
 
 
 def dev_data(cfg: Config) -> list[Path]:
@@ -100,7 +105,7 @@ def dev_data(cfg: Config) -> list[Path]:
 
 def data_path(data: str) -> Path:
     """A data set named in the config as the file or folder it reads (``embedded:`` ones included)."""
-    from babyllama.evaluate.blimp import resolve_data
+    from babyllama.evaluate.formats import resolve_data
 
     return resolve_data(data)
 
@@ -116,17 +121,26 @@ def score_blimp(model_dir: Path, data: str, ev: EvalConfig, device: str | None =
     return evaluate_blimp(model_dir, resolve_data(data), device=device, **blimp_settings(ev))
 
 
+def score_blimp_models(model_dirs: list[Path], data: str, ev: EvalConfig) -> Iterator[dict[str, Any]]:
+    from babyllama.evaluate.blimp import evaluate_blimp_models, resolve_data
+
+    return evaluate_blimp_models(model_dirs, resolve_data(data), **blimp_settings(ev))
+
+
 def _data_jobs(task: str, column: str, settings: Callable[[EvalConfig], dict[str, Any]], score: Scorer,
-               load: Callable[[str, EvalConfig], Any]) -> Callable[[Config], list[Job]]:
+               load: Callable[[str, EvalConfig], Any],
+               many: Callable[[list[Path], str, EvalConfig], Iterable[dict[str, Any]]] | None = None,
+               ) -> Callable[[Config], list[Job]]:
     """The one result file of a task that scores the data set named by ``eval.<task>``: ``settings`` are the
-    eval keys its score depends on, ``load`` reads and validates the data (check_data, before training)."""
+    eval keys its score depends on, ``load`` reads and validates the data (check_data, before training),
+    ``many`` (optional) scores several models at once, reading the data once."""
     def jobs(cfg: Config) -> list[Job]:
         data = getattr(cfg.eval, task)
         if not data:
             return []
         return [Job(f"{task}.json", column, {"data": _data_id(data), **settings(cfg.eval)},
                     lambda d: score(d, data, cfg.eval), lambda d: ([d], [data_path(data)]),
-                    lambda: load(data, cfg.eval))]
+                    lambda: load(data, cfg.eval), None if many is None else lambda ds: many(ds, data, cfg.eval))]
     return jobs
 
 
@@ -137,7 +151,7 @@ def _load_pairs(data: str, ev: EvalConfig) -> Any:
 
 
 def _pairs_jobs(task: str, column: str) -> Callable[[Config], list[Job]]:
-    return _data_jobs(task, column, blimp_settings, score_blimp, _load_pairs)
+    return _data_jobs(task, column, blimp_settings, score_blimp, _load_pairs, score_blimp_models)
 
 
 def _load_items(task: str, data: str, ev: EvalConfig) -> Any:
@@ -213,9 +227,14 @@ def dropped_notes(cfg: Config) -> list[str]:
 
 
 def _finetune_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.finetune import find_task_files, finetune_task
-
     ev = cfg.eval
+    if not ev.finetune:
+        return []
+    from babyllama.evaluate.finetune import (  # torch: only when there is fine-tuning
+        find_task_files,
+        finetune_task,
+    )
+
     out: list[Job] = []
     # mnli before mnli-mm: under mnli_mm 'mnli_model' (BabyLM 2024) mnli-mm reuses the MNLI model's scores.
     for task in sorted(ev.finetune, key=lambda t: (t == "mnli-mm", ev.finetune.index(t))):
@@ -286,8 +305,6 @@ def _fast_scorer(task: str) -> Scorer:
 
 
 def _curve_jobs(cfg: Config) -> list[Job]:
-    from babyllama.evaluate.perplexity import evaluate_perplexity
-
     ev = cfg.eval
     if not ev.curves or not any(m.train.save_at_words for m in cfg.models()):
         return []
@@ -298,7 +315,7 @@ def _curve_jobs(cfg: Config) -> list[Job]:
         for words, ck in curve_checkpoints(cfg, model_dir.name):
             point: dict[str, Any] = {"words": words, "checkpoint": str(ck), "results": {}}
             if ev.perplexity:
-                point["dev_ce"] = evaluate_perplexity(ck, cfg.data_dir, seq_len=cfg.data.seq_len)["ce_nats_per_token"]
+                point["dev_ce"] = _perplexity(ck, cfg)["ce_nats_per_token"]
             for task, data in tasks.items():
                 result = _fast_scorer(task)(ck, data, ev)
                 point[task] = result["headline"]
@@ -538,7 +555,7 @@ def pair_items(result: dict[str, Any], ev: EvalConfig) -> dict[str, str] | None:
 
 def is_embedded(result: dict[str, Any]) -> bool:
     """Whether a minimal-pair result was scored on the subset shipped with babyllama."""
-    from babyllama.evaluate.blimp import EMBEDDED
+    from babyllama.evaluate.formats import EMBEDDED
 
     data = str(result.get("data", "?"))
     return data.startswith("embedded:") or Path(data) in EMBEDDED.values()

@@ -85,9 +85,9 @@ def test_perplexity_cli_and_bad_inputs(prepared_cfg, tmp_path, capsys):
                  "--seq-len", str(cfg.data.seq_len), "--device", "cpu", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["student"]["seq_len"] == cfg.data.seq_len
 
-    other = make_model_dir(tmp_path / "other", "llama", n_positions=64)  # trained on other text
-    with pytest.raises(UserError, match="tokenizer differs"):
-        evaluate_perplexity(other, cfg.data_dir, seq_len=16, device="cpu")
+    other = make_model_dir(tmp_path / "other", "llama", n_positions=64)  # trained on other text: read per word
+    own = evaluate_perplexity(other, cfg.data_dir, seq_len=16, device="cpu")
+    assert own["tokenizer"] == "own" and "perplexity" not in own and own["bits_per_word"] > 0
     small = tmp_path / "small"
     LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
                                  num_attention_heads=1, max_position_embeddings=32)).save_pretrained(small)
@@ -109,16 +109,18 @@ def test_perplexity_cli_and_bad_inputs(prepared_cfg, tmp_path, capsys):
     assert "Traceback" not in capsys.readouterr().err
 
 
-def test_perplexity_refuses_a_different_tokenizer(prepared_cfg, tmp_path):
+def test_a_different_tokenizer_reads_the_dev_text_itself(prepared_cfg, tmp_path):
     cfg = prepared_cfg
     folder = save_trained_stand_in(cfg, "student", seed=5)
+    same = evaluate_perplexity(folder, cfg.data_dir, seq_len=16, device="cpu")
     vocab = json.loads((folder / "tokenizer.json").read_text())
     v = vocab["model"]["vocab"]
     a, b = list(v)[300 - 2], list(v)[300 - 1]
     v[a], v[b] = v[b], v[a]  # same size, two ids swapped
     (folder / "tokenizer.json").write_text(json.dumps(vocab))
-    with pytest.raises(UserError, match="tokenizer differs"):
-        evaluate_perplexity(folder, cfg.data_dir, seq_len=16, device="cpu")
+    own = evaluate_perplexity(folder, cfg.data_dir, seq_len=16, device="cpu")  # not dev.bin's ids: the text again
+    assert own["tokenizer"] == "own" and "ce_nats_per_token" not in own and own["own_dev_tokens"] == same["dev_tokens"]
+    assert own["bits_per_word"] != same["bits_per_word"]  # the two swapped ids mean other text to it
 
 
 def test_no_trained_model(prepared_cfg):

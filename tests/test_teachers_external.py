@@ -170,3 +170,101 @@ def test_tokenizer_from_a_model_folder(prepared_cfg: Config, tmp_path: Path) -> 
     assert prepare(Config.model_validate(tree))["vocab_size"] == 320
     with pytest.raises(Exception, match="remove vocab_size"):
         Config.model_validate({**tree, "tokenizer": {"from": str(source), "vocab_size": 400}})
+
+
+def _foreign_with_tokenizer(cfg: Config, tmp_path: Path, vocab_size: int) -> Path:
+    """A tiny Qwen2 teacher saved with a BPE of ``vocab_size`` tokens trained on the same corpus (another tokenizer)."""
+    tree = cfg.model_dump(mode="json", by_alias=True)
+    tree |= {"out_dir": str(tmp_path / f"v{vocab_size}"), "tokenizer": {"vocab_size": vocab_size, "min_frequency": 2}}
+    other = Config.model_validate(tree)
+    prepare(other)
+    vocab = json.loads((other.data_dir / "manifest.json").read_text())["vocab_size"]
+    return _save_foreign(_qwen2(vocab), tmp_path / f"foreign{vocab_size}", other.data_dir / "tokenizer")
+
+
+def test_a_vocabulary_that_cannot_be_aligned_is_refused_before_anything_is_written(
+        tiny_cfg: Config, tmp_path: Path, capsys) -> None:
+    from tokenizers import Tokenizer, models
+
+    smaller = _foreign_with_tokenizer(tiny_cfg, tmp_path, 280)  # the student trains a 300-token BPE
+    word_level = _save_foreign(_qwen2(8), tmp_path / "word-level", None)
+    Tokenizer(models.WordLevel({"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}, unk_token="<unk>")).save(
+        str(word_level / "tokenizer.json"))
+    foreign = _foreign_with_tokenizer(tiny_cfg, tmp_path, 290)
+    capsys.readouterr()  # the fixtures' own output
+    base = tiny_cfg.model_dump(mode="json", by_alias=True)
+
+    def refused(tree: dict, expected: str, verb: tuple[str, ...] = ("run",)) -> None:
+        assert main([verb[0], str(_write(tmp_path, tree)), *verb[1:]]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err and "vocab_alignment: span" in err, err
+        assert not (Path(tree["out_dir"]) / "data").exists() and not (Path(tree["out_dir"]) / "models").exists()
+
+    # decided by the config alone: nothing at all is written
+    refused({**base, "teachers": [{"name": "w", "from": str(word_level)}]}, "a WordLevel tokenizer")
+    assert not Path(tiny_cfg.out_dir).exists()
+    refused({**base, "tokenizer": {"from": str(tmp_path / "v280" / "data" / "tokenizer")},
+             "teachers": [{"name": "f", "from": str(foreign)}]},
+            "do not share a tokenizer")
+    assert not Path(tiny_cfg.out_dir).exists()
+    # a BPE that the student's could be until it is trained: refused by `prepare` before it writes (and so
+    # before any teacher trains: our own llama teacher stays untrained)
+    refused({**base, "teachers": [*base["teachers"], {"name": "f", "from": str(smaller)}]}, "do not share a tokenizer")
+    # a sweep point is checked like a config, before its plan is written
+    sweep = {**base, "out_dir": str(tmp_path / "sweep"), "distill": {**base["distill"], "vocab_alignment": "span"},
+             "teachers": [{"name": "w", "from": str(word_level)}], "sweep": {"grid": {"distill.vocab_alignment": ["exact"]}}}
+    refused(sweep, "a WordLevel tokenizer", ("sweep", "--plan"))
+    assert not (tmp_path / "sweep").exists()
+    assert main(["sweep", str(_write(tmp_path, {**sweep, "sweep": {}})), "--plan"]) == 0  # span alone is fine
+
+
+def test_a_sweep_point_swaps_an_existing_teacher_and_its_alignment(prepared_cfg: Config, tmp_path: Path) -> None:
+    from babyllama.sweep import member_config, sweep_members, teacher_home
+
+    vocab = json.loads((prepared_cfg.data_dir / "manifest.json").read_text())["vocab_size"]
+    same = _save_foreign(_qwen2(vocab), tmp_path / "same", prepared_cfg.data_dir / "tokenizer")
+    other = _foreign_with_tokenizer(prepared_cfg, tmp_path, 280)
+    tree = prepared_cfg.model_dump(mode="json", by_alias=True)
+    tree |= {"tokenizer": {"from": str(same)}, "teachers": [{"name": "t", "from": str(same)}],
+             "sweep": {"grid": {"distill.vocab_alignment": ["span"], "teachers.0.from": [str(other)]}}}
+    base = Config.model_validate(tree)
+    ms = sweep_members(base, 2)
+    assert [m.label for m in ms] == ["default"] * 2 + [f'distill.vocab_alignment="span", teachers.0.from="{other}"'] * 2
+    span = member_config(base, ms[2])
+    assert span.teachers[0].from_ == str(other) and span.distill.vocab_alignment == "span"
+    assert teacher_home(base, ms[2]).distill.vocab_alignment == "span"  # its teachers are vetted under its own alignment
+    assert member_config(base, ms[0]).teachers[0].from_ == str(same)
+
+
+def test_the_dev_text_read_again_by_the_same_tokenizer_is_dev_bin(prepared_cfg: Config) -> None:
+    from babyllama.data.tokenizer import load_tokenizer
+    from babyllama.data.tokens import load_tokens
+    from babyllama.evaluate.perplexity import own_dev_tokens
+
+    ids = own_dev_tokens(load_tokenizer(prepared_cfg.data_dir), prepared_cfg.data_dir, 2)
+    assert ids.tolist() == [int(i) for i in load_tokens(prepared_cfg.data_dir, "dev")]
+
+
+def test_an_existing_teacher_with_its_own_tokenizer_is_evaluated_per_word(prepared_cfg: Config, tmp_path: Path) -> None:
+    from babyllama.evaluate.registry import model_headlines, model_results
+    from babyllama.sweep_report import read_member
+
+    foreign = _foreign_with_tokenizer(prepared_cfg, tmp_path, 280)
+    tree = prepared_cfg.model_dump(mode="json", by_alias=True)
+    tree |= {"out_dir": str(tmp_path / "ext"), "control": False, "teachers": [{"name": "f", "from": str(foreign)}],
+             "distill": {**tree["distill"], "vocab_alignment": "span"},
+             "eval": {"blimp": str(Path(__file__).parent / "fixtures" / "eval" / "blimp_original")}}
+    assert main(["run", str(_write(tmp_path, tree))]) == 0
+    cfg = Config.model_validate(tree)
+    ppl = model_results(cfg, "f")["perplexity"]
+    assert ppl["tokenizer"] == "own" and "ce_nats_per_token" not in ppl and ppl["bits_per_word"] > 0
+    words = json.loads((cfg.data_dir / "manifest.json").read_text())["splits"]["dev"]["words"]
+    assert ppl["dev_words"] == words and ppl["own_dev_tokens"] > words  # its own tokens of the same words
+    headlines = model_headlines(cfg, "f")
+    assert "perplexity" not in headlines and "blimp" in headlines  # no per-token CE in the student's unit
+    report = (cfg.out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| f | external teacher |"))
+    assert f"{100 * headlines['blimp']:.1f}" in row and f"{ppl['bits_per_word']:.4f}" in row
+    assert "f: dev loss: read with its own tokenizer" in report
+    numbers, _ = read_member(cfg)
+    assert numbers["f"]["dev_ce"] is None and numbers["f"]["bits_per_word"] == ppl["bits_per_word"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +47,16 @@ def _lock(args: argparse.Namespace, out: Path) -> None:
         args.held.enter_context(out_dir_lock(out, " ".join(["babyllama", *args.argv])[:200]))
 
 
-def _load(args: argparse.Namespace, lock: bool = True):
+def _load(args: argparse.Namespace, lock: bool = True, vet: Callable[[Any], object] | None = None):
+    """The config, vetted (``vet``: a command's own checks, also before anything is written), locked, saved."""
     from babyllama.config import load_config, save_resolved
     from babyllama.distributed import is_main_process
     from babyllama.existing import check_sources
 
     cfg = load_config(args.config, args.overrides)
     check_sources(cfg)  # existing models named by `from`: vetted before anything is written
+    if vet is not None:
+        vet(cfg)
     if lock:
         _lock(args, cfg.out)
     if is_main_process():
@@ -230,11 +234,12 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
     # One member (a child of `sweep --jobs`, or a scheduler's array job) locks its own folder, not the
     # sweep's: members run side by side, sharing data and teachers under the sweep's own lock.
-    cfg = _load(args, lock=args.member is None)
     if args.seeds is not None and args.seeds < 1:
         raise UserError(f"sweep --seeds {args.seeds}: expected at least 1")
     if args.jobs < 1:
         raise UserError(f"sweep --jobs {args.jobs}: expected at least 1")
+    # every member's config (its grid point's teachers and vocabularies too) is vetted before anything is written
+    cfg = _load(args, lock=args.member is None, vet=lambda c: sweep.sweep_members(c, args.seeds or c.sweep.seeds))
     n_seeds = args.seeds or cfg.sweep.seeds
     members = sweep.sweep_members(cfg, n_seeds)
     if args.plan:

@@ -22,6 +22,7 @@ from pydantic import (
     Tag,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -317,6 +318,15 @@ class TokenizerConfig(Section):
             raise ValueError(f"`from` takes an existing tokenizer as it is: remove {', '.join(given)}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _without_bpe_settings(self, handler: Any) -> dict[str, Any]:
+        """With `from`, the BPE settings do not apply and are not written (a written config loads again)."""
+        data = handler(self)
+        if self.from_ is not None:
+            for key in ("vocab_size", "min_frequency"):
+                data.pop(key, None)
+        return data
+
     @field_validator("vocab_size")
     @classmethod
     def _room_for_bytes(cls, v: int) -> int:
@@ -378,7 +388,8 @@ class DistillConfig(Section):
     vocab_alignment: Literal["exact", "span"] = Field(
         "exact",
         description="'exact': every teacher uses the student's tokenizer (same tokenizer.json; a mismatch is refused in "
-        "one line). 'span': teachers may have their own tokenizers; teacher and student tokens are aligned on the text "
+        "one line before anything is written: from the config when it decides it, else by prepare once the student's "
+        "BPE is trained, before it writes). 'span': teachers may have their own tokenizers; teacher and student tokens are aligned on the text "
         "by character offsets and the KD term is taken per aligned span (README, 'Distilling from teachers you did not "
         "train here'); live teachers only.",
     )

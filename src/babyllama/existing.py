@@ -17,6 +17,7 @@ from pathlib import Path
 
 from babyllama.config import Config
 from babyllama.errors import UserError
+from babyllama.io import file_sha256
 
 #: How a Hub id looks ("org/name" or a bare legacy "name"); a folder of that name wins.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -116,7 +117,8 @@ def model_info(folder: Path) -> ModelInfo:
 
 
 def check_sources(cfg: Config) -> None:
-    """Vet every `from` of ``cfg`` (teachers, tokenizer) before a command writes anything."""
+    """Vet every `from` of ``cfg`` (teachers, tokenizer) before a command writes anything, the teachers'
+    vocabularies included as far as the config decides them."""
     for t in cfg.external_teachers:
         key = f"teachers.{t.name}.from"
         info = model_info(model_folder(t.from_, key))
@@ -125,3 +127,62 @@ def check_sources(cfg: Config) -> None:
                             f"{cfg.data.seq_len}")
     if cfg.tokenizer.from_ is not None:
         tokenizer_folder(cfg.tokenizer.from_, "tokenizer.from")
+    check_teacher_vocabularies(cfg)
+
+
+#: What to do about a teacher whose tokenizer is not the student's (vocab_alignment 'exact').
+VOCAB_REMEDY = ("retrain the teacher on this data, take the student's tokenizer from it (tokenizer.from), or align the "
+                "two vocabularies on the text (distill.vocab_alignment: span)")
+
+
+def _not_babyllamas(tok_json: Path, vocab_size: int) -> str | None:
+    """Why ``tok_json`` cannot be the byte-level BPE babyllama trains with ``vocab_size`` tokens (None: it may
+    be one; only training the student's tokenizer on the data decides then)."""
+    from tokenizers import Tokenizer
+
+    from babyllama.data.tokenizer import SPECIAL_TOKENS, new_tokenizer
+
+    try:
+        raw = json.loads(tok_json.read_text(encoding="utf-8"))
+        tok = Tokenizer.from_file(str(tok_json))
+    except Exception as e:  # OSError, bad JSON, or the tokenizers library's own error type
+        return f"not a readable tokenizer.json: {str(e).splitlines()[0]}"
+    ours = json.loads(new_tokenizer().to_str())
+    kind = (raw.get("model") or {}).get("type")
+    size = tok.get_vocab_size(with_added_tokens=True)
+    if kind != ours["model"]["type"]:
+        return f"a {kind} tokenizer; babyllama trains a byte-level BPE"
+    if size > vocab_size:
+        return f"{size:,} tokens, tokenizer.vocab_size is {vocab_size:,}"
+    if [tok.id_to_token(i) for i in range(len(SPECIAL_TOKENS))] != SPECIAL_TOKENS:
+        return f"its first tokens are not {' '.join(SPECIAL_TOKENS)}"
+    if any(raw.get(k) != ours.get(k) for k in ("normalizer", "pre_tokenizer")):
+        return "another normaliser or pre-tokenizer than babyllama's byte-level BPE"
+    return None
+
+
+def check_teacher_vocabularies(cfg: Config, student_tokenizer: Path | None = None) -> None:
+    """vocab_alignment 'exact': refuse, before anything is written, an existing teacher whose tokenizer
+    cannot be the student's, in one line. ``student_tokenizer`` is the student's tokenizer.json once it is
+    known (prepared, or trained in memory); before that it is tokenizer.from's, and with a BPE still to be
+    trained here only what is certain refuses (another kind of tokenizer, a larger vocabulary). The
+    distillation's own check (distill.teachers.check_shared_tokenizer) still decides in full."""
+    if cfg.distill.vocab_alignment != "exact" or cfg.student is None or not cfg.external_teachers:
+        return
+    if student_tokenizer is None and cfg.tokenizer.from_ is not None:
+        student_tokenizer = tokenizer_folder(cfg.tokenizer.from_, "tokenizer.from") / "tokenizer.json"
+    for t in cfg.external_teachers:
+        tok = model_folder(t.from_, f"teachers.{t.name}.from") / "tokenizer.json"
+        if not tok.is_file():
+            if cfg.distill.allow_unchecked_tokenizer:
+                continue
+            raise UserError(f"teacher {t.name!r} ({tok.parent}) has no tokenizer.json to compare with the student's: a "
+                            "vocabulary of the same size may number its tokens differently; add the tokenizer it was "
+                            "trained with, or set distill.allow_unchecked_tokenizer: true")
+        if student_tokenizer is not None:
+            if file_sha256(tok) != file_sha256(student_tokenizer):
+                raise UserError(f"teacher {t.name!r} ({tok}) and the student ({student_tokenizer}) do not share a "
+                                f"tokenizer (distill.vocab_alignment: exact); {VOCAB_REMEDY}")
+        elif (why := _not_babyllamas(tok, cfg.tokenizer.vocab_size)) is not None:
+            raise UserError(f"teacher {t.name!r} ({tok}) cannot share the tokenizer babyllama trains for the student "
+                            f"({why}; distill.vocab_alignment: exact); {VOCAB_REMEDY}")

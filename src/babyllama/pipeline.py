@@ -111,7 +111,7 @@ def plan(cfg: Config) -> list[Stage]:
     def eval_id() -> str:
         return identity.evaluation_identity(model_ids(), cfg.eval)
 
-    names = [m.name for m in team]
+    names = [m.name for m in members(cfg)]  # existing teachers too: they are evaluated, never trained
     stages.append(Stage(EVALUATE, lambda: evaluate_all(cfg, names), eval_id, [cfg.out / "eval"],
                         deps=[s.name for s in trained], main_only=True, skip=Skip.UNCHANGED_KEEP_OUTPUTS,
                         check=lambda: unverified_results(cfg, names)))
@@ -319,12 +319,13 @@ def evaluate_all(cfg: Config, names: list[str]) -> None:
     the model files and data it records match the files now), so an interrupted evaluation resumes with
     the next missing result, and a deleted, damaged or stale one is redone.
     """
-    from babyllama.evaluate.registry import current_inputs, jobs, read_result, write_result
+    from babyllama.evaluate.registry import current_inputs, jobs, model_folder, read_result, write_result
 
+    own = {name: {j.file for _, j in jobs(cfg, name)} for name in names}  # an existing teacher has fewer
     for _, job in jobs(cfg):  # job by job: one that scores several models at once reads its data once
         what = job.file.removesuffix(".json")
         pending = []
-        for name in names:
+        for name in [n for n in names if job.file in own[n]]:
             found = read_result(cfg, name, job)
             if found.value is not None:
                 continue
@@ -335,13 +336,13 @@ def evaluate_all(cfg: Config, names: list[str]) -> None:
         if job.run_many is not None and len(pending) > 1:
             with progress.current(f"{len(pending)} models {label}"):  # the bar's label
                 # each result is written as it comes, so an interrupted evaluation keeps the finished ones
-                for (name, inputs), result in zip(pending, job.run_many([cfg.model_dir(n) for n, _ in pending]),
+                for (name, inputs), result in zip(pending, job.run_many([model_folder(cfg, n) for n, _ in pending]),
                                                   strict=True):
                     write_result(cfg, name, job, inputs, result)
             continue
         for name, inputs in pending:
             with progress.current(f"{name} {label}"):
-                write_result(cfg, name, job, inputs, job.run(cfg.model_dir(name)))
+                write_result(cfg, name, job, inputs, job.run(model_folder(cfg, name)))
 
 
 def unverified_results(cfg: Config, names: list[str]) -> str | None:
@@ -349,7 +350,7 @@ def unverified_results(cfg: Config, names: list[str]) -> str | None:
     from babyllama.evaluate.registry import jobs, read_result
 
     for name in names:
-        for _, job in jobs(cfg):
+        for _, job in jobs(cfg, name):
             found = read_result(cfg, name, job)
             if found.value is None:
                 return f"{found.path} is {found.problem}"

@@ -124,12 +124,14 @@ def summarize(out_dir: Path) -> dict[str, Any]:
 def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """One model's figures, each from a verified file, and a note for every result withheld (damaged, stale,
     or a model whose stage was redone and did not finish: the folder still holds the previous model)."""
-    from babyllama.evaluate.registry import model_result_files, result_key, result_notes
+    from babyllama.evaluate.registry import model_folder, model_result_files, result_key, result_notes
 
-    name, model_dir = member.name, cfg.model_dir(member.name)
+    # an existing teacher is read where `from` names it; its training there is not this run's (no metrics)
+    existing = member.role is Role.EXTERNAL_TEACHER
+    name, model_dir = member.name, model_folder(cfg, member.name) if existing else cfg.model_dir(member.name)
     record = state.get(member.stage) if isinstance(state, dict) and member.stage else None
     current = not (isinstance(record, dict) and record.get("done") is False and model_dir.exists())
-    metrics = _read_jsonl(model_dir / "metrics.jsonl") if current else []
+    metrics = _read_jsonl(model_dir / "metrics.jsonl") if current and not existing else []
     train_rows = [r for r in metrics if "loss" in r]
     last = train_rows[-1] if train_rows else {}
     dev_rows = [r for r in metrics if r.get("dev_loss") is not None]
@@ -167,7 +169,8 @@ def _model_summary(cfg: Any, member: Any, state: dict[str, Any]) -> tuple[dict[s
         "scores": {c: headlines[k] for k, c in columns.items() if k in headlines},  # {report column: headline}
         "eval_notes": result_notes(cfg, name, results),  # ties, long inputs, items left out
         "curve": (results.get("curve") or {}).get("points", []),  # train.save_at_words
-        "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json") if current else None),
+        "training": _training_facts(_read_json_or_none(model_dir / "training_summary.json")
+                                    if current and not existing else None),
         "curves": {
             "train": [(r.get("tokens_seen"), r.get("loss"), r.get("ce"), r.get("kd")) for r in train_rows],
             "dev": [(r.get("tokens_seen") or (per_step and r["step"] * per_step), r["dev_loss"]) for r in dev_rows],

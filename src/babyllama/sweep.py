@@ -48,6 +48,7 @@ from typing import Any, TypeVar
 from babyllama import distributed
 from babyllama.config import Config, apply_override, save_resolved, validate_tree
 from babyllama.errors import UserError
+from babyllama.existing import check_sources
 from babyllama.io import atomic_write_json, read_json, stable_hash
 from babyllama.roles import PREPARE, Role, members
 from babyllama.run_state import RunState
@@ -100,7 +101,8 @@ def _with_point(base: Config, point: dict[str, Any]) -> dict[str, Any]:
     for key, value in point.items():
         if key == "teachers":
             continue
-        for parts in _paths(tree, key.split("."), [], key):
+        dumped = ["from_" if part == "from" else part for part in key.split(".")]  # the dump's name of the alias
+        for parts in _paths(tree, dumped, [], key):
             apply_override(tree, parts, copy.deepcopy(value), f"sweep.grid.{key}={value}")
     return tree
 
@@ -140,6 +142,8 @@ def points(base: Config) -> list[dict[str, Any]]:
             point |= {"teachers": subset} if subset else {}
             tree = _with_point(base, point)
             _check_member_tree(_validate(tree, f"grid point {_label(point)}"), point)
+            # the point's own teachers and their vocabularies, before anything is written
+            check_sources(_validate(_keep_teachers(copy.deepcopy(tree), subset), f"grid point {_label(point)}"))
             h = stable_hash([tree, subset])
             if h not in seen:
                 seen.add(h)
@@ -163,6 +167,8 @@ def _teacher_trees(base: Config, m: SweepMember) -> list[dict[str, Any]]:
     """The member's full teacher list (before any subset), each with its seed made explicit."""
     tree = _with_point(base, m.point)
     for t in tree["teachers"]:
+        if "train" not in t:  # an existing model (`from`): never trained here, it has no seed
+            continue
         if base.sweep.teacher_seeds == "per_seed":
             t["train"]["seed"] = m.seed
         elif t["train"].get("seed") is None:
@@ -176,7 +182,7 @@ def teacher_home(base: Config, m: SweepMember) -> Config:
     mine = _teacher_trees(base, m)
     if mine == own:
         return base
-    tree = base.model_dump(mode="json")
+    tree = _with_point(base, m.point)  # the point's distill settings too: they decide how its teachers are checked
     tree["teachers"] = mine
     tree["out_dir"] = str(sweep_dir(base) / "teachers" / stable_hash(mine)[:12])
     return _validate(tree, f"teachers of {m.label}")
@@ -190,14 +196,19 @@ def member_config(base: Config, m: SweepMember) -> Config:
     draws = tree["distill"]["cache"]
     if draws.get("seed") is not None:  # a fixed draw seed moves with the member's, as the student's does
         draws["seed"] += m.seed - base.seed
-    subset = m.point.get("teachers")
+    _keep_teachers(tree, m.point.get("teachers"))
+    tree["out_dir"] = str(sweep_dir(base) / m.name)
+    return _validate(tree, f"member {m.name}")
+
+
+def _keep_teachers(tree: dict[str, Any], subset: list[str] | None) -> dict[str, Any]:
+    """The tree with only the teachers of ``subset`` (and their weights), in place; all of them for None."""
     if subset:
         keep = [i for i, t in enumerate(tree["teachers"]) if t["name"] in subset]
         tree["teachers"] = [tree["teachers"][i] for i in keep]
         if tree["distill"].get("weights"):
             tree["distill"]["weights"] = [tree["distill"]["weights"][i] for i in keep]
-    tree["out_dir"] = str(sweep_dir(base) / m.name)
-    return _validate(tree, f"member {m.name}")
+    return tree
 
 
 def member_fingerprint(base: Config, m: SweepMember) -> str:
@@ -353,6 +364,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
         for t in mcfg.trained_teachers:
             _link(mcfg.model_dir(t.name), home.model_dir(t.name))
             _link(mcfg.checkpoint_dir(t.name), home.checkpoint_dir(t.name))
+        for t in mcfg.teachers:  # existing teachers are evaluated once too, in their home
             _link(mcfg.out / "eval" / t.name, home.out / "eval" / t.name)
         for stage in [PREPARE, *_teacher_stages(mcfg).values()]:
             RunState(mcfg.out).adopt(stage, RunState(home.out))
@@ -364,7 +376,7 @@ def prepare_shared(base: Config, mcfg: Config, home: Config) -> None:
 
         build_teacher_cache(mcfg, _cache_companions(base, mcfg, home))
     if main:  # the teachers' results are shared too: evaluated once, here, not by every member
-        evaluate_all(mcfg, list(_teacher_stages(mcfg)))
+        evaluate_all(mcfg, [t.name for t in mcfg.teachers])
 
 
 def _cache_companions(base: Config, mcfg: Config, home: Config) -> list[Config]:

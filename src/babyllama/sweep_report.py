@@ -68,8 +68,7 @@ def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
         outdated = f"its run cannot be checked ({e})"
     if outdated:
         return outdated
-    # external teachers are not evaluated here
-    roles = {m.name: m.role.kind for m in members(mcfg) if m.role is not Role.EXTERNAL_TEACHER}
+    roles = {m.name: m.role.kind for m in members(mcfg)}
     numbers, items = {}, {}
     keys = headline_columns(mcfg)
     for name, role in roles.items():
@@ -79,7 +78,9 @@ def read_member(mcfg: Config) -> tuple[dict[str, Any], dict[str, Any]] | str:
                 return f"{result.path.relative_to(mcfg.out)} is {result.problem}"
             results[result_key(job)] = result.value
         headlines = model_headlines(mcfg, name, results)
+        # dev CE only over the student's tokens (None for a teacher with its own tokenizer); bits/word for every model
         numbers[name] = {"role": role, DEV_CE: headlines.get("perplexity"), **{k: headlines.get(k) for k in keys},
+                         "bits_per_word": (results.get("perplexity") or {}).get("bits_per_word"),
                          "n_items": {k: item_count(results[k]) for k in keys if k in results}}
         items[name] = {k: pair_items(results[k], mcfg.eval) for k in keys if k in results}
     return numbers, items

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ def prepare(cfg: Config) -> dict:
     current = _up_to_date(data_dir, ihash)
     if current is not None:
         current = _refresh(cfg, current)
+        _check_teachers(cfg, data_dir / TOKENIZER_DIR / "tokenizer.json")
         print(f"prepare: {data_dir} is up to date (same inputs and settings), nothing to do")
         return current
 
@@ -130,6 +132,8 @@ def prepare(cfg: Config) -> dict:
     t = time.perf_counter()
     progress = cfg.logging.progress
     tok, vocab_size, special = _tokenizer(cfg, train, progress)
+    if cfg.tokenizer.from_ is None:
+        _check_teachers(cfg, tok)
     dtype = token_dtype(vocab_size)
     timings["tokenizer"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -161,6 +165,21 @@ def prepare(cfg: Config) -> dict:
           f"vocab {vocab_size}) in {manifest['seconds']:.1f} s ("
           + ", ".join(f"{k} {v:.1f} s" for k, v in manifest["timings"].items()) + ")")
     return manifest
+
+
+def _check_teachers(cfg: Config, student: Path | Tokenizer) -> None:
+    """An existing teacher that cannot share the student's tokenizer (vocab_alignment 'exact') is refused
+    as soon as that tokenizer is known: the prepared one, or the one just trained, before anything is written."""
+    from babyllama.existing import check_teacher_vocabularies
+
+    if cfg.distill.vocab_alignment != "exact" or cfg.student is None or not cfg.external_teachers:
+        return
+    if isinstance(student, Path):
+        check_teacher_vocabularies(cfg, student)
+        return
+    with tempfile.TemporaryDirectory() as tmp:  # the very file prepare would write, to compare it byte for byte
+        save_tokenizer(student, Path(tmp) / TOKENIZER_DIR, _model_max_length(cfg))
+        check_teacher_vocabularies(cfg, Path(tmp) / TOKENIZER_DIR / "tokenizer.json")
 
 
 def _tokenizer_source(cfg: Config) -> Path:

@@ -18,6 +18,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.evaluate.formats import LOAD_ERRORS
+from babyllama.existing import VOCAB_REMEDY as _REMEDY
 from babyllama.existing import model_folder
 from babyllama.hf_logging import quiet_transformers
 from babyllama.io import file_sha256
@@ -48,9 +49,6 @@ def _tokenizer_identity(vocab_size: int, special: dict) -> str:
     return f"vocab {vocab_size}, pad/bos/eos {special.get('pad')}/{special.get('bos')}/{special.get('eos')}"
 
 
-#: What to do about a teacher whose tokenizer is not the student's.
-_REMEDY = ("retrain the teacher on this data, take the student's tokenizer from it (tokenizer.from), or align the two "
-           "vocabularies on the text (distill.vocab_alignment: span)")
 
 
 def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) -> None:

@@ -5,8 +5,15 @@ The dev token stream (``<out_dir>/data/dev.bin``) is cut into fixed, non-overlap
 subset of the same windows (``train.eval_windows``) with the same function (babyllama.lm.window_ce);
 inside each window every token but the first is predicted from the ones before it. The CE is the mean
 over all predicted tokens, in nats; perplexity is exp(CE). Bits per word rescales the per-token CE by the dev
-split's tokens per word (both counts from the manifest), so models with different tokenizers could be
-compared; here they share one, so it mostly makes the figure readable.
+split's tokens per word (both counts from the manifest): the dev text's total loss per word, a unit that
+does not depend on the tokenizer.
+
+A model with its own tokenizer (an existing teacher, `teachers[].from`) cannot read dev.bin's ids: the dev
+text is decoded from them by the data's tokenizer, document by document, encoded again by the model's
+own tokenizer (documents joined by its eos, as the data stage joins ours), and cut into windows of
+``seq_len`` of its tokens the same way. Its loss per one of ITS tokens is not comparable with ours, so that
+result has no ``ce_nats_per_token`` / ``perplexity`` (the report's dev CE column stays empty for it) and
+shows ``bits_per_word`` only, next to ``ce_nats_per_own_token`` and its own token count.
 
 Result (one model)::
 
@@ -14,6 +21,10 @@ Result (one model)::
      "ce_nats_per_token": float, "perplexity": float, "bits_per_token": float,
      "bits_per_word": float, "dev_tokens": int, "dev_words": int,
      "tokenizer_checked": bool}       # false: the model folder has no tokenizer to compare with the data's
+
+    own tokenizer: {"model", "data_dir", "seq_len", "windows", "tokens_scored", "tokenizer": "own",
+     "ce_nats_per_own_token": float, "own_dev_tokens": int, "bits_per_word": float, "dev_words": int,
+     "tokenizer_checked": true}
 """
 
 from __future__ import annotations
@@ -36,14 +47,46 @@ from babyllama.runtime import resolve_device
 SUBSET_SEED = 0
 
 
-def _check_tokenizer(model_dir: Path, tokenizer: Any, data_dir: Path) -> None:
-    """The model must read the ids in dev.bin as the data stage wrote them: same vocabulary."""
+def _reads_dev_ids(tokenizer: Any, data_dir: Path) -> bool:
+    """Whether the model reads the ids in dev.bin as the data stage wrote them (the same vocabulary)."""
     from babyllama.data.tokenizer import load_tokenizer
 
-    data_vocab = load_tokenizer(data_dir).get_vocab()
-    if tokenizer.get_vocab() != data_vocab:
-        raise UserError(f"{model_dir}: its tokenizer differs from {data_dir}/tokenizer, which encoded dev.bin; "
-                        "perplexity on these tokens would be meaningless")
+    return bool(tokenizer.get_vocab() == load_tokenizer(data_dir).get_vocab())
+
+
+def own_dev_tokens(tokenizer: Any, data_dir: Path, eos: int | None) -> np.ndarray:
+    """The dev split as a model with its own tokenizer reads it: each document's text (decoded from dev.bin by
+    the data's tokenizer; documents end at the data's eos) encoded by ``tokenizer``, joined by its eos."""
+    from babyllama.data.tokenizer import load_tokenizer
+
+    ids = np.asarray(load_tokens(data_dir, "dev"), dtype=np.int64)
+    ends = np.flatnonzero(ids == eos) if eos is not None else np.zeros(0, dtype=np.int64)
+    docs = np.split(ids, ends + 1)
+    data_tok = load_tokenizer(data_dir)
+    texts = [data_tok.decode(d.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False).lstrip(" ")
+             for d in docs if len(d)]
+    own_eos = getattr(tokenizer, "eos_token_id", None)
+    out: list[int] = []
+    for encoded in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        out += [*encoded, *([own_eos] if own_eos is not None else [])]
+    return np.asarray(out, dtype=np.int64)
+
+
+def _own_tokenizer_result(model: Any, tokenizer: Any, model_dir: Path, data_dir: Path, manifest: dict[str, Any],
+                          seq_len: int, batch_size: int, max_windows: int | None) -> dict[str, Any]:
+    """Dev loss of a model with its own tokenizer, per word of the dev text (see the module docstring)."""
+    tokens = own_dev_tokens(tokenizer, data_dir, manifest["special_tokens"].get("eos"))
+    n_windows = num_fixed_windows(len(tokens), seq_len)
+    if n_windows == 0:
+        raise UserError(f"{model_dir}: the dev text is {len(tokens)} of its tokens, fewer than one window of {seq_len}")
+    indices = dev_subset(n_windows, max_windows, SUBSET_SEED) if max_windows else np.arange(n_windows, dtype=np.int64)
+    ce, _ = window_ce_per_window(model, tokens, indices, seq_len, batch_size)
+    words = int(manifest["splits"]["dev"].get("words") or 0)
+    return {"model": str(model_dir), "data_dir": str(data_dir), "seq_len": seq_len, "windows": int(len(indices)),
+            "tokens_scored": int(len(indices) * (seq_len - 1)), "tokenizer": "own", "ce_nats_per_own_token": ce,
+            "own_dev_tokens": int(len(tokens)),
+            "bits_per_word": ce * len(tokens) / words / math.log(2) if words else float("nan"),
+            "dev_words": words, "tokenizer_checked": True}
 
 
 def evaluate_perplexity(
@@ -74,12 +117,13 @@ def evaluate_perplexity(
     limit = max_positions(model.config)
     if limit is not None and seq_len > limit:
         raise UserError(f"{model_dir}: seq_len {seq_len} exceeds the model's {limit} positions")
+    if tokenizer is not None and not _reads_dev_ids(tokenizer, data_dir):
+        return _own_tokenizer_result(model, tokenizer, Path(model_dir), data_dir, manifest, seq_len, batch_size,
+                                     max_windows)
     if manifest["vocab_size"] > model.get_input_embeddings().num_embeddings:
         raise UserError(f"{model_dir}: the model has {model.get_input_embeddings().num_embeddings} token embeddings, "
                         f"the data's vocabulary {manifest['vocab_size']}")
-    if tokenizer is not None:
-        _check_tokenizer(Path(model_dir), tokenizer, data_dir)
-    elif not allow_unchecked_tokenizer:
+    if tokenizer is None and not allow_unchecked_tokenizer:
         raise UserError(f"{model_dir}: has no tokenizer to compare with {data_dir}/tokenizer, which encoded dev.bin, so "
                         "its perplexity on these ids may be meaningless; add the tokenizer it was trained with, or pass "
                         "--allow-unchecked-tokenizer")
@@ -124,7 +168,7 @@ def perplexity_for_config(cfg: Config, device: str | None = None) -> dict[str, d
 def format_perplexity_table(results: dict[str, dict[str, Any]]) -> str:
     """Markdown table: one row per model."""
     lines = ["| model | dev CE (nats/token) | perplexity | bits/word | windows |", "|---|---:|---:|---:|---:|"]
-    for name, r in results.items():
-        lines.append(f"| {name} | {r['ce_nats_per_token']:.4f} | {r['perplexity']:.2f} | {r['bits_per_word']:.3f} "
-                     f"| {r['windows']} |")
+    for name, r in results.items():  # a model with its own tokenizer: per word only (its tokens are not ours)
+        ce, ppl = (f"{r['ce_nats_per_token']:.4f}", f"{r['perplexity']:.2f}") if "perplexity" in r else ("–", "–")
+        lines.append(f"| {name} | {ce} | {ppl} | {r['bits_per_word']:.3f} | {r['windows']} |")
     return "\n".join(lines)

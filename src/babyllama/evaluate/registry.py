@@ -413,10 +413,26 @@ def evaluator(name: str) -> Evaluator:
     raise KeyError(name)
 
 
-def jobs(cfg: Config) -> list[tuple[Evaluator, Job]]:
+#: What an existing model (`teachers[].from`) is not evaluated on: it was not trained here, so it has no
+#: checkpoints for curves, and fine-tuning a model trained elsewhere says nothing about this experiment.
+NOT_FOR_EXISTING = ("finetune", "curves")
+
+
+def jobs(cfg: Config, name: str | None = None) -> list[tuple[Evaluator, Job]]:
     """Every result file this config asks for, per model, in registry order (none of a task its protocol
-    no longer scores)."""
-    return [(e, j) for e in REGISTRY if e.scores_under(cfg.eval.protocol) for j in e.jobs(cfg)]
+    no longer scores; ``name``: of that model, which for an existing teacher leaves out NOT_FOR_EXISTING)."""
+    existing = name is not None and any(t.name == name for t in cfg.external_teachers)
+    return [(e, j) for e in REGISTRY if e.scores_under(cfg.eval.protocol) and not (existing and e.name in NOT_FOR_EXISTING)
+            for j in e.jobs(cfg)]
+
+
+def model_folder(cfg: Config, name: str) -> Path:
+    """Where model ``name`` is read from: ``models/<name>/`` when trained here, the folder its `from` names
+    (or the cached Hub snapshot) for an existing teacher."""
+    from babyllama.existing import model_folder as existing_folder
+
+    source = next((t.from_ for t in cfg.external_teachers if t.name == name), None)
+    return cfg.model_dir(name) if source is None else existing_folder(source, f"teachers.{name}.from")
 
 
 def check_data(cfg: Config) -> None:
@@ -456,7 +472,7 @@ def current_inputs(cfg: Config, model: str, job: Job) -> dict[str, Any]:
     """The ``_inputs`` record a result of ``job`` for ``model`` must hold to be current (provenance)."""
     from babyllama.evaluate.provenance import inputs_record
 
-    models, data = job.inputs(cfg.model_dir(model))
+    models, data = job.inputs(model_folder(cfg, model))
     return inputs_record(models, data, job.settings)
 
 
@@ -492,7 +508,7 @@ def write_result(cfg: Config, model: str, job: Job, inputs: dict[str, Any], valu
 
 def model_result_files(cfg: Config, name: str) -> list[tuple[Evaluator, Job, Result]]:
     """Every result the config asks for of model ``name``, each as the reader found it (with why not, if not)."""
-    return [(e, j, read_result(cfg, name, j)) for e, j in jobs(cfg)]
+    return [(e, j, read_result(cfg, name, j)) for e, j in jobs(cfg, name)]
 
 
 def model_results(cfg: Config, name: str) -> dict[str, dict[str, Any]]:
@@ -508,7 +524,7 @@ def model_headlines(cfg: Config, name: str, results: dict[str, dict[str, Any]] |
     """
     results = model_results(cfg, name) if results is None else results
     out = {}
-    for e, job in jobs(cfg):
+    for e, job in jobs(cfg, name):
         result = results.get(result_key(job))
         value = e.headline(result, cfg.eval) if result is not None else None
         if value is not None:
@@ -521,7 +537,7 @@ def result_notes(cfg: Config, name: str, results: dict[str, dict[str, Any]] | No
     and their other readings, the items it left out (``results``: model_results, when the caller has them)."""
     results = model_results(cfg, name) if results is None else results
     out = []
-    for e, job in jobs(cfg):
+    for e, job in jobs(cfg, name):
         result = results.get(result_key(job))
         if job.column is None or result is None:
             continue
@@ -534,6 +550,11 @@ def result_notes(cfg: Config, name: str, results: dict[str, dict[str, Any]] | No
                        f"{100 * by['expected']:.1f} by expected credit")
         if result.get("skipped"):
             out.append(f"{title}: {result['skipped']} items left out (an option contains \"nothing\")")
+    ppl = results.get("perplexity") or {}
+    if ppl.get("tokenizer") == "own":
+        out.append(f"dev loss: read with its own tokenizer ({ppl['own_dev_tokens']:,} of its tokens for the dev text's "
+                   f"{ppl['dev_words']:,} words, {ppl['ce_nats_per_own_token']:.4f} nats per one of them), so only its "
+                   "bits/word compares with the other models")
     return out
 
 

@@ -113,8 +113,67 @@ def test_a_teacher_with_another_tokenizer_distils_with_span(prepared_cfg: Config
     assert summary["objective"]["vocab_alignment"] == "span" and summary["objective"]["span_top_k"] == span.SPAN_TOP_K
 
 
-def test_span_refuses_the_cache_and_per_token_weighting() -> None:
-    with pytest.raises(Exception, match="runs the teachers live"):
+def test_span_cache_needs_its_mode_and_refuses_per_token_weighting() -> None:
+    with pytest.raises(Exception, match="set both to span, or neither"):
         DistillConfig(vocab_alignment="span", cache={"enabled": True})
+    with pytest.raises(Exception, match="set both to span, or neither"):
+        DistillConfig(cache={"enabled": True, "mode": "span"})
+    assert DistillConfig(vocab_alignment="span", cache={"enabled": True, "mode": "span"}).cache.mode == "span"
     with pytest.raises(Exception, match="use weighting: fixed"):
         DistillConfig(vocab_alignment="span", weighting="confidence")
+
+
+def _foreign_teacher(folder: Path, tokenizer: Path, seed: int) -> Path:
+    """A random tiny llama saved with a tokenizer of its own, as an external (`from:`) teacher."""
+    vocab = json.loads((tokenizer / "tokenizer.json").read_text())
+    size = len(vocab["model"]["vocab"]) + sum(1 for t in vocab.get("added_tokens", []) if t["id"] >= len(vocab["model"]["vocab"]))
+    _model(seed, size, 16).save_pretrained(folder, safe_serialization=True)
+    for f in tokenizer.iterdir():
+        shutil.copy(f, folder / f.name)
+    return folder
+
+
+def test_span_cache_gives_the_live_span_loss_and_reports_its_fidelity(prepared_cfg: Config, tmp_path: Path) -> None:
+    """Two teachers, two tokenizers: the cache stores what the span loss reads, so loss and gradient match live."""
+    from babyllama.distill.run import distill_objective
+    from babyllama.report import approximations
+    from babyllama.roles import Role
+
+    other = _other_tokenizer(prepared_cfg, tmp_path, vocab=400)  # coarser: some student positions are not aligned
+    dirs = [_foreign_teacher(tmp_path / "ta", other.data_dir / "tokenizer", 1),
+            _foreign_teacher(tmp_path / "tb", prepared_cfg.data_dir / "tokenizer", 2)]
+    tree = prepared_cfg.model_dump(mode="json", by_alias=True)
+    tree |= {"teachers": [{"name": "a", "from": str(dirs[0])}, {"name": "b", "from": str(dirs[1])}]}
+    tree["distill"] = {**tree["distill"], "vocab_alignment": "span", "weights": [0.7, 0.3], "alpha": 0.2,
+                       "divergence": "js"}
+    live_cfg = Config.model_validate(tree)
+    tree["distill"] = {**tree["distill"], "cache": {"enabled": True, "mode": "span"}}
+    cached_cfg = Config.model_validate(tree)
+    length = prepared_cfg.data.seq_len
+    tokens = np.asarray(load_tokens(prepared_cfg.data_dir, "train"), dtype=np.int64)
+    wids = torch.arange(0, 60, 4)
+    ids = torch.from_numpy(np.stack([tokens[w * length : (w + 1) * length] for w in wids.tolist()]))
+    student = _model(3, 300)
+    out = []
+    for cfg in (live_cfg, cached_cfg):
+        obj, _ = distill_objective(cfg)
+        obj.setup(torch.device("cpu"), None)
+        student.zero_grad()
+        loss, parts = obj.loss(student, Batch(ids, wids))
+        loss.backward()
+        out.append((loss.item(), parts["aligned"], [p.grad.clone() for p in student.parameters()]))
+    assert 0.5 < out[0][1] < 1.0 and out[1][1] == pytest.approx(out[0][1])  # one teacher splits text otherwise
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-5)
+    for a, b in zip(out[0][2], out[1][2], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+    key = obj.cache_key
+    line = approximations([{"role": Role.STUDENT.value, "training": {"teacher_cache": obj.fingerprint()["cache"]}}],
+                          cached_cfg.out)[0]
+    assert line.startswith("Teachers: the `span` cache") and "% of the predicting positions are aligned" in line
+    assert key is not None and obj.cache is not None
+    spec = obj.cache.spec
+    stored = sum(np.load(p, mmap_mode="r").nbytes for p in (cached_cfg.out / "cache" / key).glob("*.npy"))
+    assert stored == spec.n_windows * spec.seq_len * spec.bytes_per_position  # the size the format states
+    out_dir = distill(cached_cfg)  # the loop reads the cache by fixed window
+    steps = [r for r in map(json.loads, (out_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert steps and all(0.5 < r["aligned"] < 1.0 and r["kd"] > 0 for r in steps)

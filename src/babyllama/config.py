@@ -337,11 +337,12 @@ class TokenizerConfig(Section):
 
 class CacheConfig(Section):
     enabled: bool = Field(False, description="Read the teachers' ensemble from a precomputed cache instead of running the teachers.")
-    mode: Literal["sample", "top_k"] = Field(
+    mode: Literal["sample", "top_k", "span"] = Field(
         "sample",
         description="'sample': per position, `samples` tokens drawn from the tempered ensemble (ids + counts): the forward-KL "
         "gradient is unbiased (forward_kl only); 'top_k': the top_k log-probs + one tail bucket, a lower bound of the "
-        "KD that loses the tail's shape (any divergence).",
+        "KD that loses the tail's shape (any divergence); 'span' (required with distill.vocab_alignment: span): per "
+        "teacher, what the span loss reads at every aligned position, each teacher run on its own tokens (exact).",
     )
     samples: int | Literal["auto"] = Field(
         64, description="Draws per position in 'sample' mode (3 bytes each per set + 4 per position), 1..65535; 'auto': "
@@ -391,7 +392,7 @@ class DistillConfig(Section):
         "one line before anything is written: from the config when it decides it, else by prepare once the student's "
         "BPE is trained, before it writes). 'span': teachers may have their own tokenizers; teacher and student tokens are aligned on the text "
         "by character offsets and the KD term is taken per aligned span (README, 'Distilling from teachers you did not "
-        "train here'); live teachers only.",
+        "train here'); live teachers, or the cache with distill.cache.mode: span.",
     )
     weighting: Literal["fixed", "confidence", "best_token"] = Field(
         "fixed",
@@ -400,6 +401,11 @@ class DistillConfig(Section):
         "teacher counts more); 'best_token' (per token, only the teacher with the lowest loss on the true next "
         "token; ties to the first). Combined as distill.ensemble says.",
     )
+
+    @property
+    def span_aligned(self) -> bool:
+        """Whether each teacher is aligned with the student on the text (vocab_alignment 'span')."""
+        return self.vocab_alignment == "span"
 
     @field_validator("weights")
     @classmethod
@@ -413,9 +419,10 @@ class DistillConfig(Section):
         if self.vocab_alignment == "span" and self.weighting != "fixed":
             raise ValueError(f"weighting {self.weighting!r} mixes teachers token by token over one vocabulary; with "
                              "vocab_alignment 'span' each teacher has its own buckets: use weighting: fixed")
-        if self.cache.enabled and self.vocab_alignment == "span":
-            raise ValueError("vocab_alignment 'span' runs the teachers live: the cache stores distributions over the "
-                             "student's vocabulary only; set distill.cache.enabled: false")
+        if self.cache.enabled and (self.vocab_alignment == "span") != (self.cache.mode == "span"):
+            raise ValueError(f"distill.cache.mode {self.cache.mode!r} with vocab_alignment {self.vocab_alignment!r}: the "
+                             "'span' cache (each teacher on its own tokens) goes with vocab_alignment 'span' and only "
+                             "with it; set both to span, or neither")
         if self.cache.enabled and self.cache.mode == "sample" and self.divergence != "forward_kl":
             raise ValueError(f"divergence {self.divergence!r} cannot be estimated from sampled tokens (the 'sample' cache "
                              "is unbiased for forward_kl only); set distill.cache.mode: top_k, or disable the cache")

@@ -1,8 +1,10 @@
 """The teacher-logit cache: one pass of the ensemble over the fixed training windows, stored compactly.
 
-Two formats (``distill.cache.mode``; each a class of :mod:`babyllama.distill.formats`, which owns
+Three formats (``distill.cache.mode``; each a class of :mod:`babyllama.distill.formats`, which owns
 what differs between them) store, per position of every fixed ``seq_len`` window (window i =
-tokens[i*L : (i+1)*L]), a sparse picture of the tempered ensemble p:
+tokens[i*L : (i+1)*L]), a sparse picture of the tempered ensemble p (``span``, for
+``vocab_alignment: span``, instead stores each teacher's aligned buckets as span.py's loss reads them,
+every teacher run on its own tokenization of the window; formats.SpanFormat):
 
 ``sample`` (the default; the random-sampling KD of Anshumann et al., "Sparse Logit Sampling", ACL 2025)
 
@@ -97,7 +99,8 @@ SPEC_FILE = "spec.json"
 #: Target bytes per shard (all of its files together).
 SHARD_BYTES = 64 << 20
 
-#: Runs the teachers on (b, L) input ids and returns their logits, each (b, L, V).
+#: Runs the teachers on (b, L) input ids and returns their logits, each (b, L, V) (for a ``per_teacher`` format:
+#: each teacher's aligned rows, span.AlignedRows).
 TeacherFn = Callable[[Tensor], Sequence[Tensor]]
 
 
@@ -251,13 +254,17 @@ def _build_shard(group: Sequence[tuple[Path, CacheSpec]], i: int, tokens: np.nda
         x = gather_windows(tokens, window_starts(np.arange(start, stop), length), length)
         with autocast(device, None if spec.compute_dtype == "float32" else getattr(torch, spec.compute_dtype)):
             logits = teacher_fn(torch.from_numpy(x).to(device))  # as live teachers run: inside the loop's autocast
+        offset = (start - first) * length
+        bar.update(stop - start)
+        if spec.format.per_teacher:  # each teacher's aligned rows over the student's ids (span.py), all stored
+            for writer in writers:
+                writer.add(slice(offset, offset + (stop - start) * length), logits)
+            continue
         for z in logits:
             if z.shape[-1] != spec.vocab_size:
                 raise UserError(f"a teacher returned {z.shape[-1]} logits per token, expected vocab size {spec.vocab_size}")
         src = DenseTeachers([z.reshape(-1, spec.vocab_size) for z in logits], spec.temperature, spec.ensemble,
                             spec.weights, spec.weighting, next_tokens(torch.from_numpy(x.astype(np.int64)).to(device)))
-        offset = (start - first) * length
-        bar.update(stop - start)
         for r in range(0, (stop - start) * length, chunk_rows):
             rows = slice(r, min(r + chunk_rows, (stop - start) * length))
             out = slice(offset + rows.start, offset + rows.stop)
@@ -265,7 +272,7 @@ def _build_shard(group: Sequence[tuple[Path, CacheSpec]], i: int, tokens: np.nda
             for writer in writers:
                 writer.add(out, chunk)
     for (root, _), writer in zip(group, writers, strict=True):
-        arrays = {part: a.reshape(*a.shape[:-2], n, length, a.shape[-1]) if a.ndim == 3 else a.reshape(n, length, *a.shape[1:])
+        arrays = {part: a.reshape(*a.shape[:-2], n, length, a.shape[-1]) if spec.format.per_set(part) else a.reshape(n, length, *a.shape[1:])
                   for part, a in writer.arrays.items()}
         files = {part: _save_npy(root / f"{_shard_name(i)}.{part}.npy", a) for part, a in arrays.items()}
         atomic_write_json(root / f"{_shard_name(i)}.json", {"windows": [first, last], "files": files, **writer.fidelity()})

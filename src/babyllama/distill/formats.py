@@ -70,6 +70,8 @@ class CacheFormat(ABC):
     """The interface every format implements (``spec`` is a :class:`babyllama.distill.cache.CacheSpec`)."""
 
     name: ClassVar[str]
+    #: The build's teacher_fn returns each teacher's aligned rows (span.py), not logits over the student's vocabulary.
+    per_teacher: ClassVar[bool] = False
 
     @abstractmethod
     def check(self, spec: Any) -> None:
@@ -473,8 +475,126 @@ class _SampleWriter:
                 "noise": self.noise / m, "signal": max(spread, 0.0)}
 
 
+class SpanFormat(CacheFormat):
+    """``vocab_alignment: span``: per teacher and student position, exactly what the live span loss reads
+    (span.py): the teacher's top shared tokens as student ids, their tempered log-probs, the tail's log
+    mass and whether the position is aligned. Each teacher runs on its own tokenization of the window
+    (the build's ``teacher_fn`` returns one :class:`babyllama.distill.span.AlignedRows` per teacher), so the
+    cached loss equals the live one up to the float32 storage of the values."""
+
+    name = "span"
+    per_teacher = True
+
+    def check(self, spec: Any) -> None:
+        if spec.top_k < 1:
+            raise ValueError(f"span buckets per position must be >= 1, got {spec.top_k}")
+
+    def slots(self, spec: Any) -> int:
+        return spec.top_k
+
+    def parts(self, spec: Any) -> tuple[str, ...]:
+        return ("ids", "values", "tail", "aligned")
+
+    def bytes_per_position(self, spec: Any) -> int:
+        return len(spec.teachers) * (self.slots(spec) * (spec.ids_dtype.itemsize + 4) + 5)
+
+    def describe(self, spec: Any) -> str:
+        return (f"per teacher, its top-{spec.top_k} shared tokens + tail at every aligned position, each teacher on its "
+                "own tokenization")
+
+    def spec_fields(self, opts: Any, *, samples: int | None, seed: int, sets: int) -> dict:
+        from babyllama.distill import span
+
+        return {"top_k": span.SPAN_TOP_K, "samples": 0, "seed": 0, "sets": 1}
+
+    def writer(self, spec: Any, n: int, first_window: int, device: torch.device) -> Writer:
+        return _SpanWriter(spec, n)
+
+    def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
+        import torch
+
+        return (torch.from_numpy(picked["ids"].astype(np.int64)), torch.from_numpy(np.ascontiguousarray(picked["values"])),
+                torch.from_numpy(np.ascontiguousarray(picked["tail"])), torch.from_numpy(picked["aligned"] != 0))
+
+    def source(self, rows: Sequence[Tensor | None]) -> Any:
+        """One :class:`babyllama.distill.span.AlignedRows` per teacher (the span objective reads them)."""
+        from babyllama.distill.span import AlignedRows
+
+        ids, values, tail, aligned = rows
+        assert ids is not None and values is not None and tail is not None and aligned is not None
+        b, length, n_teachers, k = ids.shape
+        out = []
+        for t in range(n_teachers):
+            v = values[..., t, :].reshape(-1, k)
+            own = int(v[0].isfinite().sum()) if len(v) else k  # slots past the teacher's shared tokens hold -inf
+            tl = tail[..., t].reshape(-1)
+            out.append(AlignedRows(ids[..., t, :own].reshape(-1, own), v[:, :own],
+                                   None if bool(tl.isnan().all()) else tl, aligned[..., t].reshape(-1),
+                                   b * (length - 1)))
+        return out
+
+    def fidelity(self, spec: Mapping, shards: Sequence[Mapping]) -> dict:
+        out = {key: mean_over_shards(shards, key) for key in ("aligned", "bucket_mass")}
+        return {k: float(v) for k, v in out.items() if v is not None}
+
+    def coverage_line(self, name: str, spec: Any, shards: Sequence[Mapping]) -> str | None:
+        aligned, mass = mean_over_shards(shards, "aligned"), mean_over_shards(shards, "bucket_mass")
+        if aligned is None or mass is None:
+            return None
+        return (f"teacher cache {name}: {100 * aligned:.1f}% of the student's predicting positions are aligned with "
+                f"the teachers' tokens (mean over teachers); there the top-{spec.top_k} shared tokens hold "
+                f"{100 * mass:.1f}% of the teachers' tempered mass")
+
+    def identity(self, opts: Any) -> dict:
+        from babyllama.distill import span
+
+        return {"span_top_k": span.SPAN_TOP_K}
+
+    def report_line(self, identity: Mapping, fid: Mapping) -> str:
+        text = (f"Teachers: the `span` cache, per teacher its top-{identity.get('span_top_k')} shared tokens plus one "
+                "tail bucket at every aligned position (what the live span loss reads, stored exactly)")
+        if "aligned" in fid and "bucket_mass" in fid:
+            text += (f"; {100 * fid['aligned']:.1f}% of the predicting positions are aligned, and there the buckets "
+                     f"hold {100 * fid['bucket_mass']:.1f}% of the teachers' tempered mass")
+        return text + "."
+
+    def card_words(self, identity: Mapping) -> str:
+        return f", span-aligned teacher logits from the cache (top-{identity.get('span_top_k')} shared tokens per teacher)."
+
+    def sweep_line(self, opts: Any) -> str:
+        return "The student read a deterministic span-aligned teacher cache, built once per teacher set."
+
+
+class _SpanWriter:
+    """Fills a span shard from each teacher's aligned rows; measures the aligned share and the buckets' mass."""
+
+    def __init__(self, spec: Any, n: int) -> None:
+        t, k = len(spec.teachers), spec.top_k
+        self.arrays = {"ids": np.zeros((n, t, k), dtype=spec.ids_dtype),
+                       "values": np.full((n, t, k), -np.inf, dtype=np.float32),
+                       "tail": np.full((n, t), np.nan, dtype=np.float32), "aligned": np.zeros((n, t), dtype=np.uint8)}
+        self.aligned, self.mass, self.positions = 0.0, 0.0, 0
+
+    def add(self, out: slice, chunk: Sequence[Any]) -> None:
+        self.positions += chunk[0].positions
+        for t, rows in enumerate(chunk):
+            k = rows.ids.shape[-1]
+            self.arrays["ids"][out, t, :k] = rows.ids.cpu().numpy()
+            self.arrays["values"][out, t, :k] = rows.values.float().cpu().numpy()
+            if rows.tail is not None:
+                self.arrays["tail"][out, t] = rows.tail.float().cpu().numpy()
+            self.arrays["aligned"][out, t] = rows.mask.cpu().numpy()
+            n_aligned = float(rows.mask.sum())
+            self.aligned += n_aligned / len(chunk)
+            self.mass += float(rows.values[rows.mask].float().exp().sum()) / len(chunk)
+
+    def fidelity(self) -> dict:
+        """The share of predicting positions aligned (mean over teachers) and, there, the buckets' mass."""
+        return {"aligned": self.aligned / max(self.positions, 1), "bucket_mass": self.mass / max(self.aligned, 1e-9)}
+
+
 #: The registry: every cache format by the name ``distill.cache.mode`` gives it.
-FORMATS: dict[str, CacheFormat] = {f.name: f for f in (SampleFormat(), TopKFormat())}
+FORMATS: dict[str, CacheFormat] = {f.name: f for f in (SampleFormat(), TopKFormat(), SpanFormat())}
 
 
 def cache_format(name: str) -> CacheFormat:

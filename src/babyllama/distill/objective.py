@@ -51,12 +51,13 @@ class DistillObjective:
         self.teachers = list(teachers)
         self.weights = list(weights)
         self.cache_key = cache_key
-        self.fused = fused and aligners is None  # span alignment takes its own loss from the full logits
         self._load_teachers = load_teachers
         self._open_cache = open_cache
         self.aligners = list(aligners) if aligners is not None else None  # span alignment, one per teacher
+        self.span = self.aligners is not None or (open_cache is not None and cache_format(opts.cache.mode).per_teacher)
         if self.aligners is not None and (open_cache is not None or len(self.aligners) != len(self.teachers)):
-            raise ValueError("span alignment needs live teachers and one aligner per teacher")
+            raise ValueError("live span alignment needs live teachers and one aligner per teacher")
+        self.fused = fused and not self.span  # span alignment takes its own loss from the full logits
         self.ensemble: TeacherEnsemble | None = None
         self.cache: TeacherCache | None = None
         self.device = torch.device("cpu")
@@ -91,7 +92,7 @@ class DistillObjective:
                                          divergence=self.opts.divergence, reduction=self.opts.reduction)
             return loss, dict(parts)
         logits = model(input_ids=batch.input_ids, use_cache=False).logits
-        if self.aligners is not None:
+        if self.span:
             return self._span_loss(logits, batch)
         source = self._source(batch, logits.shape[-1])
         loss, parts = combine(logits, source, batch.input_ids, alpha=self.opts.alpha,
@@ -99,23 +100,25 @@ class DistillObjective:
                               reduction=self.opts.reduction)
         return loss, dict(parts)
 
+    def _aligned(self, batch: Batch, vocab: int) -> list[span.AlignedRows]:
+        """Each teacher's aligned bucket rows for the batch: from the span cache, or its model run live."""
+        if self.cache is not None:
+            return self.cache.source(batch.window_ids, self.device, batch.epochs)  # the span format's rows
+        assert self.ensemble is not None and self.aligners is not None, "setup() was not called"
+        return span.score_aligned(self.ensemble.models, self.aligners, batch.input_ids, vocab, self.opts.temperature,
+                                  self.device)
+
     def _span_loss(self, logits: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, Metric]]:
         """Each teacher aligned to the student on the text, its divergence taken on the aligned positions,
         the teachers' losses averaged with the ensemble weights (span.py says what this approximates)."""
-        assert self.ensemble is not None and self.aligners is not None, "setup() was not called"
-        b, length, vocab = logits.shape
         total: torch.Tensor | None = None
         parts: dict[str, Metric] = {}
         aligned = 0.0
-        for teacher, aligner, w in zip(self.ensemble.models, self.aligners, self.weights, strict=True):
-            al = aligner.align(batch.input_ids)
-            with torch.no_grad():
-                z = teacher(input_ids=al.teacher_ids.to(self.device), use_cache=False).logits
-            source, mask = aligner.buckets(z, al, b * length, vocab, self.opts.temperature, span.SPAN_TOP_K)
-            loss, own = combine(logits, source, batch.input_ids, alpha=self.opts.alpha,
+        for rows, w in zip(self._aligned(batch, logits.shape[-1]), self.weights, strict=True):
+            loss, own = combine(logits, rows.source(), batch.input_ids, alpha=self.opts.alpha,
                                 temperature=self.opts.temperature, divergence=self.opts.divergence,
-                                reduction=self.opts.reduction, kd_mask=mask)
-            share = len(al.student_rows) / max(al.positions, 1)
+                                reduction=self.opts.reduction, kd_mask=rows.mask)
+            share = rows.share
             aligned += w * share
             total = loss * w if total is None else total + loss * w
             for key, value in own.items():  # agree counts aligned positions only: rescale to their share
@@ -136,7 +139,7 @@ def distill_fingerprint(opts: DistillConfig, teachers: Sequence[tuple[str, str]]
     trained before they existed keep their identity."""
     later = {k: v for k, v in (("weighting", opts.weighting), ("vocab_alignment", opts.vocab_alignment))
              if v != type(opts).model_fields[k].default}
-    if opts.vocab_alignment == "span":
+    if opts.span_aligned:
         later["span_top_k"] = span.SPAN_TOP_K
     return {
         "objective": "distill",

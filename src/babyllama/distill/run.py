@@ -22,6 +22,7 @@ from babyllama.distill.cache import (
     MANIFEST_FILE,
     CacheSpec,
     TeacherCache,
+    TeacherFn,
     ensure_caches,
     plan_samples,
     same_pass,
@@ -30,7 +31,7 @@ from babyllama.distill.cache import (
 from babyllama.distill.formats import cache_format
 from babyllama.distill.loss import normalised_weights
 from babyllama.distill.objective import DistillObjective
-from babyllama.distill.span import SideTokenizer, SpanAligner
+from babyllama.distill.span import SideTokenizer, SpanAligner, score_aligned
 from babyllama.distill.teachers import TeacherEnsemble, check_shared_tokenizer, teacher_dirs, teacher_dtype
 from babyllama.errors import UserError
 from babyllama.existing import model_info
@@ -166,8 +167,12 @@ def build_batch(spec: CacheSpec, n_teachers: int, device: torch.device, train_ba
 
 def _ensure(cfg: Config, specs: list[CacheSpec], dirs: list[Path], tokens: np.ndarray,
             device: torch.device) -> list[TeacherCache]:
-    def load() -> TeacherEnsemble:
-        return TeacherEnsemble.load(dirs, device, getattr(torch, specs[0].compute_dtype))
+    def load() -> TeacherFn:
+        ensemble = TeacherEnsemble.load(dirs, device, getattr(torch, specs[0].compute_dtype))
+        if not specs[0].format.per_teacher:
+            return ensemble
+        aligners = span_aligners(cfg, read_manifest(cfg.data_dir), dirs)  # each teacher on its own tokens
+        return lambda x: score_aligned(ensemble.models, aligners, x, specs[0].vocab_size, specs[0].temperature, device)
 
     batch = build_batch(specs[0], len(dirs), device, _student(cfg).train.batch_size)
     return ensure_caches(cfg.out / "cache", specs, tokens, load, device=device, batch_size=batch, log=_log,
@@ -197,7 +202,7 @@ def distill_objective(cfg: Config) -> tuple[DistillObjective, str]:
     def load(device: torch.device, dtype: torch.dtype) -> TeacherEnsemble:
         return TeacherEnsemble.load(dirs, device, dtype)
 
-    aligners = span_aligners(cfg, manifest, dirs) if cfg.distill.vocab_alignment == "span" else None
+    aligners = span_aligners(cfg, manifest, dirs) if cfg.distill.span_aligned else None
     objective = DistillObjective(cfg.distill, teachers, weights, load_teachers=load, aligners=aligners,
                                  fused=student.train.fused_loss and aligners is None)
     how = " (span-aligned on the text)" if aligners else ""

@@ -24,11 +24,16 @@ teacher's text, the positions that end there are not aligned); a teacher whose t
 (it gets its BOS first, as in its training, and that position is not used); document separators (the
 student's </s> becomes the teacher's eos, aligned one to one); teacher text longer than the teacher's
 context (cut; positions beyond are not aligned).
+
+With the teacher cache (``distill.cache.mode: span``) the build calls :func:`score_aligned` once per
+window and stores every teacher's :class:`AlignedRows` (formats.SpanFormat): the cached loss is the
+live one.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -244,10 +249,10 @@ class SpanAligner:
         return Alignment(torch.from_numpy(teacher), torch.tensor(s_rows, dtype=torch.long),
                          torch.tensor(t_rows, dtype=torch.long), b * (length - 1))
 
-    def buckets(self, teacher_logits: Tensor, alignment: Alignment, n_rows: int, student_vocab: int,
-                temperature: float, top_k: int = SPAN_TOP_K) -> tuple[SparseTeachers, Tensor]:
-        """(the teacher's tempered distributions over shared-token buckets for every flattened student row,
-        (n_rows,) bool mask of the aligned rows); unaligned rows hold a placeholder the mask switches off."""
+    def aligned_rows(self, teacher_logits: Tensor, alignment: Alignment, n_rows: int, student_vocab: int,
+                     temperature: float, top_k: int = SPAN_TOP_K) -> AlignedRows:
+        """The teacher's tempered distributions over shared-token buckets for every flattened student row;
+        unaligned rows hold a placeholder the mask switches off (what the loss reads, live or cached)."""
         device = teacher_logits.device
         z = teacher_logits.reshape(-1, teacher_logits.shape[-1])[alignment.teacher_rows.to(device)]
         lp = F.log_softmax(_upcast(z) / temperature, dim=-1).gather(-1, self.shared_teacher.to(device).expand(len(z), -1))
@@ -263,4 +268,44 @@ class SpanAligner:
         mask = torch.zeros(n_rows, dtype=torch.bool, device=device)
         mask[rows] = True
         full = k == self.shared == teacher_logits.shape[-1] == student_vocab  # one bucket per token, both sides
-        return SparseTeachers.from_top_k(all_ids, all_values, None if full else all_tail), mask
+        return AlignedRows(all_ids, all_values, None if full else all_tail, mask, alignment.positions)
+
+    def buckets(self, teacher_logits: Tensor, alignment: Alignment, n_rows: int, student_vocab: int,
+                temperature: float, top_k: int = SPAN_TOP_K) -> tuple[SparseTeachers, Tensor]:
+        """(the bucket distributions of :meth:`aligned_rows` as a teacher source, (n_rows,) aligned mask)."""
+        rows = self.aligned_rows(teacher_logits, alignment, n_rows, student_vocab, temperature, top_k)
+        return rows.source(), rows.mask
+
+
+@dataclass
+class AlignedRows:
+    """One teacher's aligned bucket distributions over a batch's flattened student rows (N = B * L):
+    ids (N, k) student ids, values (N, k) tempered log-probs, tail (N,) log tail mass (None when every
+    token is its own bucket), mask (N,) the aligned rows, positions the rows that predict a token."""
+
+    ids: Tensor
+    values: Tensor
+    tail: Tensor | None
+    mask: Tensor
+    positions: int
+
+    def source(self) -> SparseTeachers:
+        return SparseTeachers.from_top_k(self.ids, self.values, self.tail)
+
+    @property
+    def share(self) -> float:
+        """The share of predicting positions with a KD term from this teacher."""
+        return float(self.mask.sum()) / max(self.positions, 1)
+
+
+def score_aligned(models: Sequence[torch.nn.Module], aligners: Sequence[SpanAligner], input_ids: Tensor,
+                  student_vocab: int, temperature: float, device: torch.device) -> list[AlignedRows]:
+    """Every teacher run on its own tokenization of the student windows ``input_ids`` (B, L), its
+    distributions mapped onto the student's rows (the live objective and the span cache's build share it)."""
+    out = []
+    for teacher, aligner in zip(models, aligners, strict=True):
+        al = aligner.align(input_ids)
+        with torch.no_grad():
+            z = teacher(input_ids=al.teacher_ids.to(device), use_cache=False).logits
+        out.append(aligner.aligned_rows(z, al, input_ids.numel(), student_vocab, temperature, SPAN_TOP_K))
+    return out

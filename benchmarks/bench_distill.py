@@ -286,6 +286,84 @@ def run_worker(*args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def run_as_worker(argv: list[str]) -> dict:
+    """One measurement in this (1-thread) process, for the parent's run_worker."""
+    import torch
+
+    torch.set_num_threads(1)
+    kind, rest = argv[0], argv[1:]
+    if kind == "prepare":
+        return worker_prepare(json.loads(rest[0]))
+    if kind == "distill":
+        return worker_distill(json.loads(rest[0]), rest[1])
+    if kind == "loss":
+        return worker_loss(int(rest[0]), int(rest[1]), rest[2], int(rest[3]))
+    return worker_approx(json.loads(rest[0]))
+
+
+def loss_section(quick: bool) -> None:
+    """One training step of the student, by loss implementation."""
+    repeats = 2 if quick else 3
+    print(f"\n== one student step (LLaMA 128 x 4: forward + CE/KD loss + backward), teachers' logits precomputed, "
+          f"T={TEMPERATURE}, alpha={ALPHA}; tokens per CPU-second, best of {repeats}")
+    print(f"{'vocab':>6} {'batch':>7} {'loss':<11} {'tok/CPU-s':>9} {'vs naive':>8} {'peak RSS MB':>12} "
+          f"{'of which step':>14}")
+    for vocab, batch in [(4000, 16), (8000, 32)]:
+        naive = None
+        for variant in ["naive", "fused", "ours-live", "ours-cache"]:
+            r = run_worker("loss", str(vocab), str(batch), variant, str(repeats))
+            naive = naive or r["tok_s"]
+            print(f"{vocab:>6} {batch:>4}x128 {variant:<11} {r['tok_s']:>9,.0f} {r['tok_s'] / naive:>7.2f}x "
+                  f"{r['peak_rss_mb']:>12,.0f} {r['peak_rss_mb'] - r['base_rss_mb']:>14,.0f}", flush=True)
+    print("(naive/fused: the reference recipe, torch.stack(teachers).mean(0) then a (B, L, V) KL under autograd; "
+          "'of which step': RSS growth during the timed steps, beyond model and logits)")
+
+
+def end_to_end(name: str, work: Path, quick: bool) -> tuple[str, dict, dict]:
+    """Distill 3 epochs with live teachers and with the cache: CPU time, dev CE, memory."""
+    tree = setting(name, work)
+    prep = run_worker("prepare", json.dumps(tree))
+    print(f"\n== {name}: distill 3 epochs, vocab {prep['vocab']}, {prep['train_tokens']:,} train tokens "
+          f"(teachers trained in {prep['teacher_s']:.0f} s, not counted)")
+    print(f"{'run':<11} {'CPU s':>7} {'(cache build)':>13} {'wall s':>7} {'tok/CPU-s':>9} {'dev CE':>7} "
+          f"{'peak RSS MB':>12}")
+    modes = ["live", "cached"] if quick or name != "demo" else ["live", "live-fixed", "cached"]
+    res = {}
+    for mode in modes:
+        r = res[mode] = run_worker("distill", json.dumps(tree), mode)
+        print(f"{mode:<11} {r['cpu_s']:>7.1f} {r['build_cpu_s']:>13.1f} {r['wall_s']:>7.1f} "
+              f"{r['tokens'] / r['cpu_s']:>9,.0f} {r['dev_ce']:>7.3f} {r['peak_rss_mb']:>12,.0f}", flush=True)
+    live, cached = res["live"], res["cached"]
+    print(f"cached vs live, 3 epochs including the cache build: {live['cpu_s'] / cached['cpu_s']:.2f}x less CPU "
+          f"time (wall {live['wall_s'] / cached['wall_s']:.2f}x; target >= 2x); the training alone "
+          f"{live['cpu_s'] / (cached['cpu_s'] - cached['build_cpu_s']):.2f}x; dev CE "
+          f"{cached['dev_ce'] / live['dev_ce'] - 1:+.2%} (target within 1%)")
+    per_epoch = (live["cpu_s"] / 3, (cached["cpu_s"] - cached["build_cpu_s"]) / 3)
+    print(f"projected from these runs for the paper's 6 epochs: "
+          f"{6 * per_epoch[0] / (cached['build_cpu_s'] + 6 * per_epoch[1]):.2f}x less CPU time with the cache")
+    if "live-fixed" in res:
+        print(f"cached vs live on the same fixed windows: dev CE "
+              f"{cached['dev_ce'] / res['live-fixed']['dev_ce'] - 1:+.2%}")
+    if name == "paper-small":
+        print(f"whole distillation with live teachers, 1 thread: ours {live['tokens'] / live['cpu_s']:,.0f} tok/CPU-s; "
+              f"the issue's {REFERENCE['fused']:,.0f} (fused) / {REFERENCE['naive']:,.0f} (naive) tok/s were "
+              f"measured on another machine with other teachers")
+    return name, tree, res
+
+
+def approx_section(tree: dict) -> None:
+    """The cache's approximation against exact KD on held-out windows."""
+    r = run_worker("approx", json.dumps(tree))
+    print(f"\n== cached (top-k + tail bucket) vs exact KD on {r['windows']} held-out dev windows "
+          f"(the demo teachers and the cache-distilled student; KD = T^2 x token-mean divergence)")
+    print(f"{'divergence':<11} {'T':>3} {'k':>4} {'top-k mass':>10} {'exact KD':>9} {'cached KD':>9} "
+          f"{'rel. diff':>9} {'grad cosine':>11}")
+    for row in r["rows"]:
+        rel = row["cached"] / row["exact"] - 1
+        print(f"{row['divergence']:<11} {row['T']:>3g} {row['k']:>4} {row['topk_mass']:>10.3f} {row['exact']:>9.4f} "
+              f"{row['cached']:>9.4f} {rel:>+9.2%} {row['grad_cos']:>11.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="skip the live fixed-window run; fewer loss repeats")
@@ -293,19 +371,7 @@ def main() -> None:
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        import torch
-
-        torch.set_num_threads(1)
-        kind, rest = args.worker[0], args.worker[1:]
-        if kind == "prepare":
-            result = worker_prepare(json.loads(rest[0]))
-        elif kind == "distill":
-            result = worker_distill(json.loads(rest[0]), rest[1])
-        elif kind == "loss":
-            result = worker_loss(int(rest[0]), int(rest[1]), rest[2], int(rest[3]))
-        else:
-            result = worker_approx(json.loads(rest[0]))
-        print(json.dumps(result))
+        print(json.dumps(run_as_worker(args.worker)))
         return
 
     t_all = time.perf_counter()
@@ -314,65 +380,10 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start "
           f"(shared with other engineers: each measurement runs in its own 1-thread process, timed in CPU seconds)")
     try:
-        # 1. one training step of the student, by loss implementation
-        repeats = 2 if args.quick else 3
-        print(f"\n== one student step (LLaMA 128 x 4: forward + CE/KD loss + backward), teachers' logits precomputed, "
-              f"T={TEMPERATURE}, alpha={ALPHA}; tokens per CPU-second, best of {repeats}")
-        print(f"{'vocab':>6} {'batch':>7} {'loss':<11} {'tok/CPU-s':>9} {'vs naive':>8} {'peak RSS MB':>12} "
-              f"{'of which step':>14}")
-        for vocab, batch in [(4000, 16), (8000, 32)]:
-            naive = None
-            for variant in ["naive", "fused", "ours-live", "ours-cache"]:
-                r = run_worker("loss", str(vocab), str(batch), variant, str(repeats))
-                naive = naive or r["tok_s"]
-                print(f"{vocab:>6} {batch:>4}x128 {variant:<11} {r['tok_s']:>9,.0f} {r['tok_s'] / naive:>7.2f}x "
-                      f"{r['peak_rss_mb']:>12,.0f} {r['peak_rss_mb'] - r['base_rss_mb']:>14,.0f}", flush=True)
-        print("(naive/fused: the reference recipe, torch.stack(teachers).mean(0) then a (B, L, V) KL under autograd; "
-              "'of which step': RSS growth during the timed steps, beyond model and logits)")
+        loss_section(args.quick)
 
-        # 2. end to end, 3 epochs, live vs cached
-        summary = []
-        for name in ["demo", "paper-small"]:
-            tree = setting(name, work)
-            prep = run_worker("prepare", json.dumps(tree))
-            print(f"\n== {name}: distill 3 epochs, vocab {prep['vocab']}, {prep['train_tokens']:,} train tokens "
-                  f"(teachers trained in {prep['teacher_s']:.0f} s, not counted)")
-            print(f"{'run':<11} {'CPU s':>7} {'(cache build)':>13} {'wall s':>7} {'tok/CPU-s':>9} {'dev CE':>7} "
-                  f"{'peak RSS MB':>12}")
-            modes = ["live", "cached"] if args.quick or name != "demo" else ["live", "live-fixed", "cached"]
-            res = {}
-            for mode in modes:
-                r = res[mode] = run_worker("distill", json.dumps(tree), mode)
-                print(f"{mode:<11} {r['cpu_s']:>7.1f} {r['build_cpu_s']:>13.1f} {r['wall_s']:>7.1f} "
-                      f"{r['tokens'] / r['cpu_s']:>9,.0f} {r['dev_ce']:>7.3f} {r['peak_rss_mb']:>12,.0f}", flush=True)
-            live, cached = res["live"], res["cached"]
-            print(f"cached vs live, 3 epochs including the cache build: {live['cpu_s'] / cached['cpu_s']:.2f}x less CPU "
-                  f"time (wall {live['wall_s'] / cached['wall_s']:.2f}x; target >= 2x); the training alone "
-                  f"{live['cpu_s'] / (cached['cpu_s'] - cached['build_cpu_s']):.2f}x; dev CE "
-                  f"{cached['dev_ce'] / live['dev_ce'] - 1:+.2%} (target within 1%)")
-            per_epoch = (live["cpu_s"] / 3, (cached["cpu_s"] - cached["build_cpu_s"]) / 3)
-            print(f"projected from these runs for the paper's 6 epochs: "
-                  f"{6 * per_epoch[0] / (cached['build_cpu_s'] + 6 * per_epoch[1]):.2f}x less CPU time with the cache")
-            if "live-fixed" in res:
-                print(f"cached vs live on the same fixed windows: dev CE "
-                      f"{cached['dev_ce'] / res['live-fixed']['dev_ce'] - 1:+.2%}")
-            if name == "paper-small":
-                print(f"whole distillation with live teachers, 1 thread: ours {live['tokens'] / live['cpu_s']:,.0f} tok/CPU-s; "
-                      f"the issue's {REFERENCE['fused']:,.0f} (fused) / {REFERENCE['naive']:,.0f} (naive) tok/s were "
-                      f"measured on another machine with other teachers")
-            summary.append((name, tree, res))
-
-        # 3. the cache's approximation on held-out windows
-        tree = summary[0][1]
-        r = run_worker("approx", json.dumps(tree))
-        print(f"\n== cached (top-k + tail bucket) vs exact KD on {r['windows']} held-out dev windows "
-              f"(the demo teachers and the cache-distilled student; KD = T^2 x token-mean divergence)")
-        print(f"{'divergence':<11} {'T':>3} {'k':>4} {'top-k mass':>10} {'exact KD':>9} {'cached KD':>9} "
-              f"{'rel. diff':>9} {'grad cosine':>11}")
-        for row in r["rows"]:
-            rel = row["cached"] / row["exact"] - 1
-            print(f"{row['divergence']:<11} {row['T']:>3g} {row['k']:>4} {row['topk_mass']:>10.3f} {row['exact']:>9.4f} "
-                  f"{row['cached']:>9.4f} {rel:>+9.2%} {row['grad_cos']:>11.4f}")
+        summary = [end_to_end(name, work, args.quick) for name in ["demo", "paper-small"]]
+        approx_section(summary[0][1])
         print(f"\ntotal benchmark time {time.perf_counter() - t_all:.0f} s, load average {os.getloadavg()[0]:.1f} at end")
     finally:
         if not args.keep:

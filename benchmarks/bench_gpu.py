@@ -124,6 +124,16 @@ def distill_step(torch, student, teachers, x, autocast, cfg, cached_mode: bool):
     return step
 
 
+def print_table(rows: list[tuple]) -> None:
+    """The summary: one row per measured step, MFU against the measured and the datasheet peak."""
+    width = max(len(r[0]) for r in rows)
+    print(f"\n{'step':<{width}} {'batch':>5} {'tok/s':>12} {'MFU (measured peak)':>20} {'MFU (datasheet)':>16}")
+    for label, batch, tps, mfu, mfu_sheet in rows:
+        sheet_txt = f"{mfu_sheet:.1%}" if mfu_sheet is not None else "–"
+        print(f"{label:<{width}} {batch:>5} {tps:>12,.0f} {mfu:>20.1%} {sheet_txt:>16}")
+    print("distill live counts the teachers' forward FLOPs; distill cached counts the student's only")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "babylm-2023-strict-small.yaml"))
@@ -203,12 +213,7 @@ def main() -> int:
                       steps, 3 if compile else 1)
         report(f"distill cached ({cfg.distill.cache.mode}){' compiled' if compile else ''}", x.shape[0], t, student_fpt)
 
-    width = max(len(r[0]) for r in rows)
-    print(f"\n{'step':<{width}} {'batch':>5} {'tok/s':>12} {'MFU (measured peak)':>20} {'MFU (datasheet)':>16}")
-    for label, batch, tps, mfu, mfu_sheet in rows:
-        sheet_txt = f"{mfu_sheet:.1%}" if mfu_sheet is not None else "–"
-        print(f"{label:<{width}} {batch:>5} {tps:>12,.0f} {mfu:>20.1%} {sheet_txt:>16}")
-    print("distill live counts the teachers' forward FLOPs; distill cached counts the student's only")
+    print_table(rows)
     return 0
 
 

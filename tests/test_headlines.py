@@ -21,7 +21,7 @@ from babyllama.report import summarize
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 ZERO_SHOT = {"ewok": "EWoK", "entity_tracking": "entity tracking", "comps": "COMPS", "global_piqa": "GlobalPIQA",
              "supplement": "supplement", "reading": "reading ΔR²", "wug_adj": "WUG adj ρ", "wug_past": "WUG past ρ"}
-CARD_LABELS = {"supplement": "BabyLM BLiMP supplement"}  # the card names the minimal-pair sets in full
+CARD_LABELS = {"supplement": "BLiMP supplement"}  # the card names the minimal-pair sets in full (registry title)
 DROPPED = {"babylm-2026": ("wug_adj", "wug_past")}  # the official 2026 code no longer scores them
 
 

@@ -426,12 +426,8 @@ def _add_evaluation_verbs(sub: Any) -> None:
         c.add_argument("--context-prefix", choices=["eos", "bos", "none", "tokenizer"], default=None,
                        help="token before each context (default: the protocol's; official pipelines: none, or the "
                        "tokenizer's own special tokens from 2025 on)")
-        if e.name == "ewok":
-            c.add_argument("--ewok-pairing", choices=["targets", "contexts"], default=None,
-                           help="targets: one context, two targets (2024/2025); contexts: two contexts, one target (2026)")
-        if e.name == "entity_tracking":
-            c.add_argument("--skip-nothing", dest="entity_skip_nothing", action="store_const", const=True, default=None,
-                           help="leave out items with an option containing \"nothing\" (2026)")
+        for option in e.cli_options:
+            c.add_argument(*option.flags, **option.kwargs)
         c.set_defaults(func=cmd_eval_data, task=e.name)
     r = esub.add_parser("reading", help="surprisal against human reading times (BabyLM 2025/2026 reading_data.csv)")
     r.add_argument("--model", required=True, help="Hugging Face causal-LM directory")

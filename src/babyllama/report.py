@@ -32,10 +32,12 @@ from babyllama.config import load_config
 from babyllama.errors import UserError
 from babyllama.evaluate.registry import (
     chance_rates,
+    curve_panels,
     headline_columns,
     item_count,
     model_headlines,
     pair_items,
+    pair_tasks,
     pairs_dataset,
 )
 from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
@@ -264,7 +266,7 @@ def _gpu_names() -> list[str]:
 # -- the answer to the paper's question -------------------------------------------------------------
 
 
-PAIR_TASKS = (("blimp", "BLiMP"), ("supplement", "BLiMP supplement"))
+PAIR_TASKS = pair_tasks()
 
 
 def _item_bits(result: dict[str, Any] | None, ev: Any) -> dict[str, np.ndarray] | None:
@@ -586,18 +588,13 @@ def _phenomena_figure(plt: Any, summary: dict[str, Any]) -> Any:
     return fig
 
 
-#: Curve panels: dev CE, then each fast-suite task a curve point may carry (registry FAST_SETS).
-CURVE_PANELS = (("dev_ce", "dev CE (nats/token)"), ("blimp", "BLiMP %"), ("supplement", "supplement %"),
-                ("ewok", "EWoK %"), ("entity_tracking", "entity tracking %"))
-
-
 def _curve_figure(plt: Any, summary: dict[str, Any]) -> Any:
     """Dev CE and every fast-suite score against words seen (train.save_at_words checkpoints): one panel per
     metric; the student (solid) and its control (dashed) side by side in each, teachers thin and grey."""
     models = [m for m in summary["models"] if m.get("curve")]
     if not models:
         return None
-    panels = [(k, label) for k, label in CURVE_PANELS if any(k in p for m in models for p in m["curve"])]
+    panels = [(k, label) for k, label in curve_panels() if any(k in p for m in models for p in m["curve"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
     style = {Role.STUDENT.value: {"linestyle": "-", "linewidth": 2}, Role.CONTROL.value: {"linestyle": "--", "linewidth": 2}}
     for ax, (key, label) in zip(axes[0], panels, strict=True):

@@ -42,6 +42,14 @@ Scorer = Callable[..., dict[str, Any]]  # (model_dir, data, eval settings, devic
 
 
 @dataclass(frozen=True)
+class CliOption:
+    """One extra option of a task's `babyllama evaluate` verb: argparse's flags and keyword arguments."""
+
+    flags: tuple[str, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class DataScorer:
     """How `babyllama evaluate <name> --model DIR --data PATH` scores a data file and prints the result."""
 
@@ -67,6 +75,13 @@ class Evaluator:
     # then not scored (check_data prints a note) and the CLI refuses.
     dropped: dict[str, str] = field(default_factory=dict)
     download: str = ""  # what to do when its data is not found (a `babyllama download` verb), appended to the error
+    label: str = ""  # its name in tables, cards and plots ("" = the name, spaced)
+    pairs: bool = False  # minimal pairs (BLiMP-style): phenomena/paradigm tables, per-pair bootstrap
+    cli_options: tuple[CliOption, ...] = ()  # options of its `babyllama evaluate` verb beyond the common ones
+
+    @property
+    def title(self) -> str:
+        return self.label or self.name.replace("_", " ")
 
     def scores_under(self, protocol: str) -> bool:
         return protocol not in self.dropped
@@ -286,6 +301,16 @@ FAST_SETS = {"blimp": "blimp_fast", "supplement": "supplement_fast", "ewok": "ew
              "entity_tracking": "entity_tracking_fast"}
 
 
+def pair_tasks() -> tuple[tuple[str, str], ...]:
+    """(name, label) of the minimal-pair tasks, in registry order: the report's and the card's pair tables."""
+    return tuple((e.name, e.title) for e in REGISTRY if e.pairs)
+
+
+def curve_panels() -> tuple[tuple[str, str], ...]:
+    """(key, axis label) of the learning-curve panels: dev CE, then each task of the fast suite."""
+    return (("dev_ce", "dev CE (nats/token)"), *((t, f"{evaluator(t).title} %") for t in FAST_SETS))
+
+
 def curve_tasks(ev: EvalConfig) -> dict[str, str]:
     """{task: data} the protocol's fast suite scores at every checkpoint: the official fast sets found under
     ``eval.fast_data``, else the full data of every zero-shot task the config names."""
@@ -379,12 +404,18 @@ REGISTRY: list[Evaluator] = [
     Evaluator("perplexity", "eval.perplexity", _perplexity_jobs, _get("ce_nats_per_token"), percent=False,
               metric="cross_entropy", measure="cross-entropy"),
     Evaluator("blimp", "eval.blimp", _pairs_jobs("blimp", "BLiMP %"), _pairs_headline, chance=0.5,
-              download="run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp)"),
-    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline, chance=0.5),
+              label="BLiMP", pairs=True, download="run `babyllama download blimp` (it fetches BLiMP into ~/.cache/babyllama/blimp)"),
+    Evaluator("supplement", "eval.supplement", _pairs_jobs("supplement", "supplement %"), _pairs_headline, chance=0.5,
+              label="BLiMP supplement", pairs=True),
     Evaluator("ewok", "eval.ewok", _completion_jobs("ewok", "EWoK %"), _get("headline"), cli=_completion_cli("ewok"),
-              chance=0.5),
+              chance=0.5, label="EWoK", cli_options=(CliOption(("--ewok-pairing",), {
+                  "choices": ["targets", "contexts"], "default": None,
+                  "help": "targets: one context, two targets (2024/2025); contexts: two contexts, one target (2026)"}),)),
     Evaluator("entity_tracking", "eval.entity_tracking", _completion_jobs("entity_tracking", "entity tracking %"),
-              _get("headline"), cli=_completion_cli("entity_tracking"), aliases=["entity-tracking"]),
+              _get("headline"), cli=_completion_cli("entity_tracking"), aliases=["entity-tracking"],
+              cli_options=(CliOption(("--skip-nothing",), {
+                  "dest": "entity_skip_nothing", "action": "store_const", "const": True, "default": None,
+                  "help": "leave out items with an option containing \"nothing\" (2026)"}),)),
     Evaluator("comps", "eval.comps", _completion_jobs("comps", "COMPS %"), _get("headline"), cli=_completion_cli("comps"),
               chance=0.5),
     Evaluator("global_piqa", "eval.global_piqa", _completion_jobs("global_piqa", "GlobalPIQA %"), _get("headline"),

@@ -14,7 +14,7 @@ import yaml
 from safetensors import safe_open
 
 import babyllama
-from babyllama.evaluate.registry import is_embedded, pairs_dataset
+from babyllama.evaluate.registry import is_embedded, pair_tasks, pairs_dataset
 from babyllama.export.record import ModelRecord
 from babyllama.roles import Role
 
@@ -52,7 +52,7 @@ def _metric(type_: str, value: float, name: str, args: dict[str, Any] | None = N
 
 
 #: Result keys the card describes in detail; every other headline column gets one generic line.
-_PAIRS = {"blimp": "BLiMP", "supplement": "BabyLM BLiMP supplement"}
+_PAIRS = dict(pair_tasks())
 
 
 def _headline_name(rec: ModelRecord, key: str) -> str:

@@ -24,6 +24,7 @@ distillation). What it does, in order:
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import math
@@ -352,6 +353,11 @@ def fit(
     log.close()
     if run.main:
         publish(run, opt.model, objective, state, description)
+    # The DDP reducer holds the process group and the gloo work that references Python tensors: free it while
+    # the group lives. Freed after the group is destroyed, gloo's destructor joins a worker thread that waits
+    # for the GIL this thread holds (a hang at the end of a torchrun job).
+    del s, opt
+    gc.collect()
     dist.barrier()
     if initialised_here:
         torch.distributed.destroy_process_group()

@@ -26,6 +26,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,6 +135,16 @@ def report(results: dict) -> None:
                   f"sweep of {len(seeds)}: {sum(live_s) / sum(cached):.2f}x")
 
 
+def finish(results: dict, json_path: Path | None, report: Callable[[dict], None], t0: float, load: float,
+           note: str = "") -> None:
+    """The end every result benchmark shares: the JSON record if asked, the printed report, wall time and load."""
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=1))
+    report(results)
+    print(f"\n({time.perf_counter() - t0:.0f} s wall in all; 1-minute load average at the start {load:.1f} "
+          f"on {os.cpu_count()} CPUs{note})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5, help="student seeds (1..N)")
@@ -152,12 +163,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         out = args.work or Path(tmp) / "run"
         t0, load = time.perf_counter(), os.getloadavg()[0]
-        results = run(out, args)
-        if args.json:
-            args.json.write_text(json.dumps(results, indent=1))
-        report(results)
-        print(f"\n({time.perf_counter() - t0:.0f} s wall in all; 1-minute load average at the start {load:.1f} "
-              f"on {os.cpu_count()} CPUs)")
+        finish(run(out, args), args.json, report, t0, load)
 
 
 if __name__ == "__main__":

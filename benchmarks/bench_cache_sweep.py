@@ -24,6 +24,8 @@ import os
 import time
 from pathlib import Path
 
+from bench_cache_retention import finish
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -122,12 +124,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     t0, load = time.perf_counter(), os.getloadavg()[0]
-    results = run(args)
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    report(results)
-    print(f"\n({time.perf_counter() - t0:.0f} s wall in all; 1-minute load average at the start {load:.1f} "
-          f"on {os.cpu_count()} CPUs; under load: other jobs shared the machine)")
+    finish(run(args), args.json, report, t0, load)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ The teachers' recipe is the demo's except ``--teacher-epochs`` (2 by default, th
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -38,6 +37,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from bench_cache_retention import finish
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "llama-teacher"
@@ -168,11 +169,7 @@ def main() -> None:
     _babyllama("sweep", str(sweep_cfg), "--seeds", str(args.seeds), "--jobs", str(args.jobs))
     results = measure(sweep_cfg, args.seeds) | {"vocab": vocab, "other_vocab": args.other_vocab,
                                                  "teacher_epochs": args.teacher_epochs}
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
-    report(results)
-    print(f"\n({time.perf_counter() - t0:.0f} s wall in all; 1-minute load average at the start {load:.1f} "
-          f"on {os.cpu_count()} CPUs)")
+    finish(results, args.json, report, t0, load)
 
 
 if __name__ == "__main__":

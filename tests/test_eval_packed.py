@@ -100,3 +100,24 @@ def test_evaluation_agrees_with_one_sentence_per_row(tmp_path):
         n = len(pairs)
         decided = "".join("1" if g > b else "0" for g, b in zip(scores[:n], scores[n:], strict=True))
         assert "".join(result["paradigm_items"][p] for p in dict.fromkeys(p.paradigm for p in pairs)) == decided
+
+
+def test_chunked_tokenization_gives_the_tokenizers_own_ids(tmp_path):
+    """Tokenizing distinct words (evaluate/chunked.py) gives each text the ids the tokenizer gives it whole,
+    including texts that must go whole (other whitespace) and characters NFKC turns into a space."""
+    from tokenizers import normalizers, pre_tokenizers
+
+    from babyllama.evaluate.chunked import encode_chunked
+    from fixtures.eval.tiny_models import train_tokenizer
+
+    tok = train_tokenizer()
+    backend = tok.backend_tokenizer
+    backend.normalizer = normalizers.NFKC()
+    texts = [s for pair in PAIRS for s in pair] + ["A: Did you eat?\nB: Yes.", "two  spaces", "trailing ", "",
+                                                   "no\u00a0break", "umlaut \u00a8 sign", "it's the dog's 42nd bone."]
+    texts += [" " + t for t in texts]
+    whole = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
+    assert encode_chunked(backend, texts) == whole
+    assert encode(tok, texts * 80, leading_space=False) == whole * 80  # through encode, past CHUNKED_FROM texts
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()  # splits differently: not chunked
+    assert encode_chunked(backend, texts) is None

@@ -76,6 +76,7 @@ import torch.nn.functional as F
 from babyllama import progress as progress_bars
 from babyllama.errors import UserError
 from babyllama.evaluate import packed
+from babyllama.evaluate.chunked import encode_chunked
 from babyllama.evaluate.decide import TIE_RULES, decide
 from babyllama.evaluate.formats import (  # noqa: F401 (EMBEDDED, resolve_data: their home is formats)
     EMBEDDED,
@@ -169,15 +170,21 @@ def load_pairs(data: str | Path) -> tuple[list[Pair], list[str]]:
 
 # -- scoring -------------------------------------------------------------------------------------------
 
+#: From this many texts on, `encode` tokenizes a byte-level BPE's distinct words rather than each text.
+CHUNKED_FROM = 1000
+
 
 def encode(tokenizer: Any, sentences: list[str], leading_space: bool) -> list[list[int]]:
     """Token ids of each sentence, without special tokens (the prefix is added by the scorer).
 
     A fast tokenizer encodes the whole batch in its Rust backend (the same ids as its ``__call__``,
-    without building a BatchEncoding of 134,000 rows for the full BLiMP)."""
+    without building a BatchEncoding of 134,000 rows for the full BLiMP); from ``CHUNKED_FROM`` texts on,
+    a byte-level BPE encodes each distinct word once (evaluate/chunked.py: the same ids)."""
     texts = [(" " + s) if leading_space else s for s in sentences]
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is not None:
+        if len(texts) >= CHUNKED_FROM and (ids := encode_chunked(backend, texts)) is not None:
+            return ids
         return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 

@@ -66,13 +66,15 @@ def normalised_weights(weights: Sequence[float] | None, n: int) -> list[float]:
 
 
 def ensemble_log_probs(
-    teacher_logits: Sequence[Tensor], temperature: float, ensemble: str, weights: Sequence[float] | Tensor
+    teacher_logits: Sequence[Tensor], temperature: float, ensemble: str, weights: Sequence[float] | Tensor,
+    *, normalise: bool = True,
 ) -> Tensor:
     """Tempered ensemble log-probabilities (float32) of same-shaped teacher logits (..., V).
 
     ``weights`` are one number per teacher, or per-position weights shaped (teachers, ...) (see
     :func:`token_weights`). Adds one teacher at a time, so at most one float32 copy of a teacher exists
-    besides the result.
+    besides the result. ``normalise=False`` may return them up to a constant per position (the
+    'logit_mean' sum before its log-softmax), for a caller that normalises them more cheaply itself.
     """
     if ensemble not in ENSEMBLES:
         raise ValueError(f"ensemble must be one of {ENSEMBLES}, got {ensemble!r}")
@@ -92,7 +94,7 @@ def ensemble_log_probs(
             term = F.log_softmax(_upcast(z) / temperature, dim=-1).add_(math.log(w) if w > 0 else -math.inf)
             acc = term if acc is None else torch.logaddexp(acc, term, out=acc)
     assert acc is not None, "no teachers"
-    return F.log_softmax(acc, dim=-1) if ensemble == "logit_mean" else acc
+    return F.log_softmax(acc, dim=-1) if ensemble == "logit_mean" and normalise else acc
 
 
 def token_weights(teacher_logits: Sequence[Tensor], targets: Tensor | None, temperature: float, weighting: str,
@@ -147,10 +149,14 @@ class DenseTeachers:
     targets: Tensor | None = None
 
     def chunk(self, rows: slice) -> tuple[Tensor | None, Tensor]:
+        return None, self.ensemble_rows(rows)
+
+    def ensemble_rows(self, rows: slice, *, normalise: bool = True) -> Tensor:
+        """The tempered ensemble's log-probs on ``rows`` (up to a constant per row unless ``normalise``)."""
         logits = [z[rows] for z in self.logits]
         targets = None if self.targets is None else self.targets[rows]
         weights = token_weights(logits, targets, self.temperature, self.weighting, self.weights)
-        return None, ensemble_log_probs(logits, self.temperature, self.ensemble, weights)
+        return ensemble_log_probs(logits, self.temperature, self.ensemble, weights, normalise=normalise)
 
 
 def next_tokens(labels: Tensor) -> Tensor:

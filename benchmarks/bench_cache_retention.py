@@ -9,7 +9,8 @@ distils for 3 epochs on the fixed windows, and so does its control (one data str
   T = 2, per student seed (``student.train.seed``, which also seeds the sampled caches' draws: each seed
   draws its own sample; teachers and data are shared);
 * CPU seconds of the distillation: live teachers (the reference) beside each cache, its build
-  included, and the dev CE each reached.
+  included (one teacher pass builds every seed's cache of a mode and T, as in a sweep; each seed is
+  charged its share), and the dev CE each reached.
 
 Targets (issue 21): retention >= 0.95 at T = 1 and >= 0.9 at T = 2, with the interval. Everything runs in this process with one torch thread and is timed in process CPU
 seconds (time.process_time), which other processes on a shared machine barely disturb.
@@ -71,24 +72,40 @@ def run(out: Path, args: argparse.Namespace) -> dict:
     teacher_s = _timed(lambda: [train_model(cfg, t.name) for t in cfg.teachers])
     results: dict = {"teachers": {t.name: _dev_ce(cfg, t.name, args.dev_windows) for t in cfg.teachers},
                      "teacher_cpu_s": teacher_s, "epochs": args.epochs, "max_words": args.max_words, "runs": []}
-    for seed in range(1, args.seeds + 1):
+    def student(seed: int, temp: float, mode: str):
+        return _config(out, args, [f"student.name=s{seed}-T{temp:g}-{mode}", f"student.train.seed={seed}",
+                                   f"distill.temperature={temp}", f"distill.cache.enabled={mode != 'live'}", *MODES[mode]])
+
+    seeds = range(1, args.seeds + 1)
+    builds = {}  # one teacher pass per (T, mode) builds every seed's cache, as a sweep does (ensure_caches)
+    for temp in args.temperatures:
+        for mode in modes_at(args.modes, temp):
+            first, *others = [student(s, temp, mode) for s in seeds]
+            builds[temp, mode] = _timed(lambda f=first, o=others: build_teacher_cache(f, companions=o))
+            print(json.dumps({"T": temp, "mode": mode, "shared_build_cpu_s": builds[temp, mode]}), flush=True)
+    results["shared_builds"] = [{"T": t, "mode": m, "cpu_s": v} for (t, m), v in builds.items()]
+    for seed in seeds:
         ctl = _config(out, args, [f"student.name=s{seed}", f"student.train.seed={seed}"])
         ctl_s = _timed(lambda c=ctl: train_model(c, "control"))
         control = _dev_ce(ctl, ctl.control_name, args.dev_windows)
         for temp in args.temperatures:
-            for mode, sets in [(m, MODES[m]) for m in ["live", *args.modes]]:
-                name = f"s{seed}-T{temp:g}-{mode}"
-                c = _config(out, args, [f"student.name={name}", f"student.train.seed={seed}",
-                                        f"distill.temperature={temp}", f"distill.cache.enabled={mode != 'live'}", *sets])
-                build_s = _timed(lambda c=c: build_teacher_cache(c)) if mode != "live" else 0.0
+            for mode in ["live", *modes_at(args.modes, temp)]:
+                c = student(seed, temp, mode)
+                build_s = builds.get((temp, mode), 0.0) / args.seeds  # the shared pass, per seed
                 train_s = _timed(lambda c=c: distill(c))
                 row = {"seed": seed, "T": temp, "mode": mode, "control": control, "control_cpu_s": ctl_s,
-                       "dev_ce": _dev_ce(c, name, args.dev_windows), "build_cpu_s": build_s, "train_cpu_s": train_s}
+                       "dev_ce": _dev_ce(c, c.student.name, args.dev_windows), "build_cpu_s": build_s,
+                       "train_cpu_s": train_s}
                 if mode != "live":
                     row["fidelity"] = fidelity(build_teacher_cache(c).root)
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
     return results
+
+
+def modes_at(modes: list[str], temp: float) -> list[str]:
+    """The cached modes run at temperature ``temp``: each entry of --modes is a mode, or mode@T for one T only."""
+    return [m.split("@")[0] for m in modes if "@" not in m or float(m.split("@")[1]) == temp]
 
 
 def _bootstrap_ratio(gains: list[tuple[float, float]], replicates: int = 4000) -> tuple[float, float, float]:
@@ -134,6 +151,7 @@ def report(results: dict) -> None:
                 line += f"; {'/'.join(str(d) for d in sorted(draws))} draws"
             print(line + f" over {len(seeds)} seeds")
         live_s = [by[s, "live"]["train_cpu_s"] for s in seeds]
+        print("  (CPU s per seed: each cached mode's build is one teacher pass for all seeds, divided by the seeds)")
         for mode in [m for m in CACHED if (seeds[0], m) in by]:
             cached = [by[s, mode]["build_cpu_s"] + by[s, mode]["train_cpu_s"] for s in seeds]
             print(f"  CPU s, {mode}: {statistics.mean(cached):.1f} per seed (build {statistics.mean(by[s, mode]['build_cpu_s'] for s in seeds):.1f}) "
@@ -156,7 +174,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="student seeds (1..N)")
     parser.add_argument("--epochs", type=float, default=1, help="student epochs (3: the 3-epoch variant)")
     parser.add_argument("--temperatures", default="1,2", help="comma-separated T values")
-    parser.add_argument("--modes", default=",".join(CACHED), help=f"cached modes beside live (of {', '.join(CACHED)})")
+    parser.add_argument("--modes", default=",".join(CACHED),
+                        help=f"cached modes beside live (of {', '.join(CACHED)}); mode@T runs one at that T only")
     parser.add_argument("--max-words", type=int, default=None, help="data.max_words (default: the demo's 300k)")
     parser.add_argument("--dev-windows", type=int, default=None, help="dev CE on this many windows (default: all)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
@@ -164,7 +183,7 @@ def main() -> None:
     args = parser.parse_args()
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
     args.modes = [m for m in args.modes.split(",") if m]
-    if unknown := set(args.modes) - set(CACHED):
+    if unknown := {m.split("@")[0] for m in args.modes} - set(CACHED):
         parser.error(f"--modes: unknown mode(s) {', '.join(sorted(unknown))} (choose from {', '.join(CACHED)})")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch

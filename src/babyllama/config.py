@@ -651,7 +651,7 @@ class Config(Section):
         description="`babyllama run` trains the teachers at the same time, each in its own process with a share of the "
         "CPU threads: a small model's step is many small operations, which scale poorly across threads (each one "
         "wakes the other threads), so two teachers at 1 thread each can beat one after the other at 2 threads (README, "
-        "'The demo'). 'auto': on the CPU with at least 2 threads; true: on the CPU even with one; false: never. "
+        "'Benchmarks'). 'auto': on the CPU with at least 2 threads; true: on the CPU even with one; false: never. "
         "Never on a GPU or under torchrun. The models match up to rounding (a model's numbers depend on its thread count).",
     )
 

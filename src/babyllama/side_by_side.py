@@ -5,7 +5,7 @@ is many small operations. With babyllama's OMP_WAIT_POLICY=PASSIVE (babyllama.th
 threads sleep, so a shared machine is not stalled by spinning) every parallel operation first wakes the
 other threads, which costs about as much as a small operation itself; one thread per process has no
 such hand-off. So two teachers trained at once with one thread each can finish sooner than the same two
-one after the other with two threads each (README, "The demo"). ``side_by_side`` (config.py) says when
+one after the other with two threads each (README, "Benchmarks"). ``side_by_side`` (config.py) says when
 `babyllama run` does it: 'auto' on the CPU outside torchrun when this process has at least 2 threads;
 GPUs and DDP runs train one stage at a time.
 

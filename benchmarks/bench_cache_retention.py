@@ -4,17 +4,19 @@ On the demo config (configs/demo.yaml: LLaMA + GPT-2 teachers, a 0.36M LLaMA stu
 distils for 3 epochs on the fixed windows, and so does its control (one data stream for the pair):
 
 * gain retention = (control - cached student) / (control - live student), dev CE over all dev windows,
-  for the `sample` cache (64 draws per position, unbiased) and the `top_k` cache (k = 64), at T = 1
-  and T = 2, per student seed (``student.train.seed``; teachers, data and caches are shared);
-* CPU seconds of the 3-epoch distillation: live teachers (the reference) beside each cache, its build
-  included, and the dev CE each reached.
+  for the `sample` cache (64 draws per position, unbiased), the same with `samples: auto` (as many draws,
+  at most 255, as hold the noise ratio under its target) and the `top_k` cache (k = 64), at T = 1 and
+  T = 2, per student seed (``student.train.seed``, which also seeds the sampled caches' draws: each seed
+  draws its own sample; teachers and data are shared);
+* CPU seconds of the distillation: live teachers (the reference) beside each cache, its build
+  included (one teacher pass builds every seed's cache of a mode and T, as in a sweep; each seed is
+  charged its share), and the dev CE each reached.
 
-Targets (issue 9): retention >= 0.95 at T = 1 and >= 0.9 at T = 2; cached >= 2x less CPU than live at
-equal dev CE (+-0.5%). Everything runs in this process with one torch thread and is timed in process CPU
+Targets (issue 21): retention >= 0.95 at T = 1 and >= 0.9 at T = 2, with the interval. Everything runs in this process with one torch thread and is timed in process CPU
 seconds (time.process_time), which other processes on a shared machine barely disturb.
 
-    python benchmarks/bench_cache_retention.py            # demo corpus (300k words), 3 seeds
-    python benchmarks/bench_cache_retention.py --quick    # 50k words, 1 seed, dev CE on 160 dev windows
+    python benchmarks/bench_cache_retention.py                      # demo corpus (300k words), 5 seeds, T = 1, 2
+    python benchmarks/bench_cache_retention.py --seeds 2 --max-words 20000 --dev-windows 96   # small scale
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {"live": [], "sample": ["distill.cache.mode=sample", "distill.cache.samples=64"],
+         "sample_auto": ["distill.cache.mode=sample", "distill.cache.samples=auto"],
          "top_k": ["distill.cache.mode=top_k", "distill.cache.top_k=64"]}
+CACHED = [m for m in MODES if m != "live"]
 
 
 def _config(out: Path, args: argparse.Namespace, extra: list[str]):
@@ -68,24 +72,40 @@ def run(out: Path, args: argparse.Namespace) -> dict:
     teacher_s = _timed(lambda: [train_model(cfg, t.name) for t in cfg.teachers])
     results: dict = {"teachers": {t.name: _dev_ce(cfg, t.name, args.dev_windows) for t in cfg.teachers},
                      "teacher_cpu_s": teacher_s, "epochs": args.epochs, "max_words": args.max_words, "runs": []}
-    for seed in range(1, args.seeds + 1):
+    def student(seed: int, temp: float, mode: str):
+        return _config(out, args, [f"student.name=s{seed}-T{temp:g}-{mode}", f"student.train.seed={seed}",
+                                   f"distill.temperature={temp}", f"distill.cache.enabled={mode != 'live'}", *MODES[mode]])
+
+    seeds = range(1, args.seeds + 1)
+    builds = {}  # one teacher pass per (T, mode) builds every seed's cache, as a sweep does (ensure_caches)
+    for temp in args.temperatures:
+        for mode in modes_at(args.modes, temp):
+            first, *others = [student(s, temp, mode) for s in seeds]
+            builds[temp, mode] = _timed(lambda f=first, o=others: build_teacher_cache(f, companions=o))
+            print(json.dumps({"T": temp, "mode": mode, "shared_build_cpu_s": builds[temp, mode]}), flush=True)
+    results["shared_builds"] = [{"T": t, "mode": m, "cpu_s": v} for (t, m), v in builds.items()]
+    for seed in seeds:
         ctl = _config(out, args, [f"student.name=s{seed}", f"student.train.seed={seed}"])
         ctl_s = _timed(lambda c=ctl: train_model(c, "control"))
         control = _dev_ce(ctl, ctl.control_name, args.dev_windows)
         for temp in args.temperatures:
-            for mode, sets in MODES.items():
-                name = f"s{seed}-T{temp:g}-{mode}"
-                c = _config(out, args, [f"student.name={name}", f"student.train.seed={seed}",
-                                        f"distill.temperature={temp}", f"distill.cache.enabled={mode != 'live'}", *sets])
-                build_s = _timed(lambda c=c: build_teacher_cache(c)) if mode != "live" else 0.0
+            for mode in ["live", *modes_at(args.modes, temp)]:
+                c = student(seed, temp, mode)
+                build_s = builds.get((temp, mode), 0.0) / args.seeds  # the shared pass, per seed
                 train_s = _timed(lambda c=c: distill(c))
                 row = {"seed": seed, "T": temp, "mode": mode, "control": control, "control_cpu_s": ctl_s,
-                       "dev_ce": _dev_ce(c, name, args.dev_windows), "build_cpu_s": build_s, "train_cpu_s": train_s}
+                       "dev_ce": _dev_ce(c, c.student.name, args.dev_windows), "build_cpu_s": build_s,
+                       "train_cpu_s": train_s}
                 if mode != "live":
                     row["fidelity"] = fidelity(build_teacher_cache(c).root)
                 results["runs"].append(row)
                 print(json.dumps(row), flush=True)
     return results
+
+
+def modes_at(modes: list[str], temp: float) -> list[str]:
+    """The cached modes run at temperature ``temp``: each entry of --modes is a mode, or mode@T for one T only."""
+    return [m.split("@")[0] for m in modes if "@" not in m or float(m.split("@")[1]) == temp]
 
 
 def _bootstrap_ratio(gains: list[tuple[float, float]], replicates: int = 4000) -> tuple[float, float, float]:
@@ -114,11 +134,11 @@ def report(results: dict) -> None:
         live_gain = [by[s, "live"]["control"] - by[s, "live"]["dev_ce"] for s in seeds]
         print(f"\nT = {temp:g}: live gain over the control {statistics.mean(live_gain):.4f} nats "
               f"(per seed {', '.join(f'{g:.4f}' for g in live_gain)})")
-        for mode in ("sample", "top_k"):
+        for mode in [m for m in CACHED if (seeds[0], m) in by]:
             gains = [(by[s, mode]["control"] - by[s, mode]["dev_ce"], g) for s, g in zip(seeds, live_gain, strict=True)]
             diff = [by[s, mode]["dev_ce"] - by[s, "live"]["dev_ce"] for s in seeds]
             ci = t_interval(diff)
-            line = f"  {mode:7s}: cached - live dev CE {statistics.mean(diff):+.4f}"
+            line = f"  {mode:11s}: cached - live dev CE {statistics.mean(diff):+.4f}"
             line += f" [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else ""
             if len(seeds) > 1 and sum(g for _, g in gains) > 0:
                 point, lo, hi = _bootstrap_ratio(gains)
@@ -126,9 +146,13 @@ def report(results: dict) -> None:
             noise = [by[s, mode].get("fidelity", {}).get("noise_ratio") for s in seeds]
             if all(n is not None for n in noise):
                 line += f"; noise ratio {statistics.mean(noise):.3g}"
+            draws = {by[s, mode].get("fidelity", {}).get("samples") for s in seeds} - {None}
+            if draws:
+                line += f"; {'/'.join(str(d) for d in sorted(draws))} draws"
             print(line + f" over {len(seeds)} seeds")
         live_s = [by[s, "live"]["train_cpu_s"] for s in seeds]
-        for mode in ("sample", "top_k"):
+        print("  (CPU s per seed: each cached mode's build is one teacher pass for all seeds, divided by the seeds)")
+        for mode in [m for m in CACHED if (seeds[0], m) in by]:
             cached = [by[s, mode]["build_cpu_s"] + by[s, mode]["train_cpu_s"] for s in seeds]
             print(f"  CPU s, {mode}: {statistics.mean(cached):.1f} per seed (build {statistics.mean(by[s, mode]['build_cpu_s'] for s in seeds):.1f}) "
                   f"vs live {statistics.mean(live_s):.1f}: {statistics.mean(live_s) / statistics.mean(cached):.2f}x; "
@@ -150,12 +174,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="student seeds (1..N)")
     parser.add_argument("--epochs", type=float, default=1, help="student epochs (3: the 3-epoch variant)")
     parser.add_argument("--temperatures", default="1,2", help="comma-separated T values")
+    parser.add_argument("--modes", default=",".join(CACHED),
+                        help=f"cached modes beside live (of {', '.join(CACHED)}); mode@T runs one at that T only")
     parser.add_argument("--max-words", type=int, default=None, help="data.max_words (default: the demo's 300k)")
     parser.add_argument("--dev-windows", type=int, default=None, help="dev CE on this many windows (default: all)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
+    args.modes = [m for m in args.modes.split(",") if m]
+    if unknown := {m.split("@")[0] for m in args.modes} - set(CACHED):
+        parser.error(f"--modes: unknown mode(s) {', '.join(sorted(unknown))} (choose from {', '.join(CACHED)})")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 

@@ -200,3 +200,30 @@ def test_the_fused_step_matches_the_plain_one(kind):
         torch.testing.assert_close(fparts[key], parts[key])
     for a, e in zip(got, expected, strict=True):
         torch.testing.assert_close(a, e)
+
+
+@pytest.mark.parametrize(("vocab", "samples"), [(1000, 64), (37, 8), (5000, 255)])
+def test_block_draws_are_the_full_cdf_draws(vocab, samples):
+    """Finding the block first and scanning only it draws exactly the tokens a search of the whole
+    float64 CDF draws, zero-probability tokens never (also where the vocabulary is no multiple of a block)."""
+    g = torch.Generator().manual_seed(vocab)
+    lp = torch.log_softmax(torch.randn(16, vocab, generator=g, dtype=torch.float64) * 3, -1)
+    lp[:, ::7] = -torch.inf  # tokens that cannot be drawn, a last block that ends in them included
+    lp = lp - lp.logsumexp(-1, keepdim=True)
+    u = torch.rand(16, generator=g, dtype=torch.float64)
+    ids, counts = draw_samples(lp, u, samples, samples)
+    cdf = lp.exp().cumsum(-1)
+    grid = (torch.arange(samples, dtype=torch.float64) + u.unsqueeze(-1)) / samples * cdf[:, -1:]
+    expected = torch.searchsorted(cdf, grid, right=True)
+    got = torch.repeat_interleave(ids.reshape(-1), counts.long().reshape(-1)).reshape(16, samples)
+    assert torch.equal(got.sort(-1).values, expected)
+    assert counts.sum(-1).eq(samples).all() and not (ids[counts > 0] % 7 == 0).any()
+
+
+def test_a_rounding_overshoot_in_a_block_lands_on_a_drawable_token():
+    from babyllama.distill.formats import BlockCDF, draw_from_blocks
+
+    p = torch.tensor([[0.25, 0.75, 0.0, 0.0]])
+    prefix = torch.tensor([[1.0 + 1e-6]], dtype=torch.float64)  # the block sum a hair above the block's own scan
+    ids, counts = draw_from_blocks(BlockCDF(p, prefix, 4, 1), torch.tensor([0.9999999]), 1)
+    assert ids.tolist() == [[1]] and counts.tolist() == [[1.0]]

@@ -96,6 +96,9 @@ from babyllama.runtime import autocast
 
 CACHE_VERSION = 3
 SPEC_FILE = "spec.json"
+#: Ensemble elements (positions x vocab) a CPU build handles at a time: 4 MB of float32, so the few V-wide
+#: passes after the teachers' forward (softmax, entropy, CDF) run in cache, not from memory.
+CPU_BUILD_CHUNK = 1 << 20
 #: Target bytes per shard (all of its files together).
 SHARD_BYTES = 64 << 20
 
@@ -248,7 +251,7 @@ def _build_shard(group: Sequence[tuple[Path, CacheSpec]], i: int, tokens: np.nda
     first, last = spec.shard_range(i)
     n, length = last - first, spec.seq_len
     writers = [s.format.writer(s, n * length, first, device) for _, s in group]
-    chunk_rows = max(1, CHUNK_ELEMENTS // spec.vocab_size)
+    chunk_rows = max(1, (CHUNK_ELEMENTS if device.type != "cpu" else CPU_BUILD_CHUNK) // spec.vocab_size)
     for start in range(first, last, batch_size):
         stop = min(start + batch_size, last)
         x = gather_windows(tokens, window_starts(np.arange(start, stop), length), length)
@@ -268,7 +271,7 @@ def _build_shard(group: Sequence[tuple[Path, CacheSpec]], i: int, tokens: np.nda
         for r in range(0, (stop - start) * length, chunk_rows):
             rows = slice(r, min(r + chunk_rows, (stop - start) * length))
             out = slice(offset + rows.start, offset + rows.stop)
-            chunk = spec.format.prepare(spec, out, src.chunk(rows)[1])
+            chunk = spec.format.prepare(spec, out, src.ensemble_rows(rows, normalise=False))
             for writer in writers:
                 writer.add(out, chunk)
     for (root, _), writer in zip(group, writers, strict=True):

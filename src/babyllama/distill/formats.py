@@ -12,6 +12,7 @@ class here plus its name in the config schema.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -114,10 +115,13 @@ class CacheFormat(ABC):
     def writer(self, spec: Any, n: int, first_window: int, device: torch.device) -> Writer:
         ...
 
-    def prepare(self, spec: Any, out: slice, lp: Tensor) -> Any:
+    def prepare(self, spec: Any, out: slice, logits: Tensor) -> Any:
         """What every writer of specs that differ only in their draw seed needs from a chunk of the ensemble's
-        log-probs ``lp`` (positions ``out`` of the shard): computed once, then handed to each writer's add."""
-        return lp
+        log-probs up to a constant per row, ``logits`` (positions ``out`` of the shard): computed once, then
+        handed to each writer's add (here: the normalised log-probs)."""
+        import torch
+
+        return torch.log_softmax(logits, dim=-1)
 
     @abstractmethod
     def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -297,8 +301,8 @@ class SampleFormat(CacheFormat):
     def writer(self, spec: Any, n: int, first_window: int, device: torch.device) -> Writer:
         return _SampleWriter(spec, n, first_window, device)
 
-    def prepare(self, spec: Any, out: slice, lp: Tensor) -> _SampledChunk:
-        return _SampledChunk.of(lp, out, spec.samples)
+    def prepare(self, spec: Any, out: slice, logits: Tensor) -> _SampledChunk:
+        return _SampledChunk.of(logits, out, spec.samples)
 
     def rows(self, picked: Mapping[str, np.ndarray]) -> tuple[Tensor, Tensor, Tensor | None]:
         import torch
@@ -361,32 +365,74 @@ def draw_samples(lp: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Ten
     floor or ceil of n_samples * p_j times and exactly n_samples * p_j times in expectation. Returns the
     ``slots`` most drawn tokens (n, slots) int64 and their counts (n, slots) float32, most drawn first;
     slots beyond the distinct draws have count 0.
-
-    Cost: one exp, one cumsum and one searchsorted over V; everything after that is on (n, S). The
-    draws come out sorted, so the counts are run lengths (no V-wide count tensor, no top-k over V).
-    The CDF is float32 (float64 input stays float64): each of its values is off by at most a few
-    float32 ulps (~1e-7 absolute, as the CPU accumulates the sum in float64; a GPU scan in float32 is
-    off by ~1e-6 at V = 16k), so a token's drawing probability moves by that much, three or more
-    orders below the sampling noise sqrt(p_j / S) of any token that can be drawn at S <= 255. The
-    grid is scaled by the CDF's last value instead of dividing V values by it.
     """
     import torch
 
-    return draw_from_cdf((lp if lp.dtype == torch.float64 else lp.float()).exp().cumsum_(-1), u, n_samples, slots)
+    return draw_from_blocks(BlockCDF.of((lp if lp.dtype == torch.float64 else lp.float()).exp(), n_samples), u, slots)
 
 
-def draw_from_cdf(cdf: Tensor, u: Tensor, n_samples: int, slots: int) -> tuple[Tensor, Tensor]:
-    """:func:`draw_samples` from the rows' unnormalised CDF (n, V) (one CDF serves every set of draws)."""
+@dataclass
+class BlockCDF:
+    """What the draws of a chunk of rows read, made once for every set of draws: the probabilities (or
+    any positive multiple per row) ``p`` (n, V) cut into blocks of ``block`` tokens (the last one padded
+    with zeros) and the running sum of the block sums ``cdf`` (n, blocks), in float64.
+
+    Why blocks: a full (n, V) cumulative sum is a sequential scan, the build's costliest pass after the
+    teachers at a large vocabulary. The block sums are a vectorised reduction; a draw first finds its
+    block in ``cdf`` and then scans only that block's ``block`` tokens, so the work per row is V + V/block
+    + S * block instead of a V-wide scan (``block`` ~ sqrt(V / S)). The block prefix is exact to float64,
+    the scan in a block float32 over at most 64 tokens: a token's drawing probability moves by ~1e-7,
+    orders below the sampling noise sqrt(p_j / S) of any token that can be drawn at S <= 255.
+    """
+
+    p: Tensor
+    cdf: Tensor
+    block: int
+    n_samples: int
+
+    @classmethod
+    def of(cls, p: Tensor, n_samples: int) -> BlockCDF:
+        import torch
+
+        v = p.shape[-1]
+        block = int(min(64, max(4, 2 ** round(math.log2(max(1.0, math.sqrt(v / n_samples)))))))
+        pad = -v % block
+        padded = torch.nn.functional.pad(p, (0, pad)) if pad else p
+        ones = torch.ones(block, dtype=p.dtype, device=p.device)  # a matrix-vector product: faster than sum(-1)
+        sums = (padded.view(-1, block) @ ones).view(p.shape[0], -1).to(torch.float64)  # <= 64 terms: float32 suffices
+        return cls(padded, sums.cumsum_(-1), block, n_samples)
+
+
+def draw_from_blocks(cdf: BlockCDF, u: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+    """:func:`draw_samples` from a chunk's :class:`BlockCDF` (one serves every set of draws)."""
     import torch
 
-    grid = (torch.arange(n_samples, dtype=cdf.dtype, device=cdf.device) + u.to(cdf.dtype).unsqueeze(-1))
-    grid.mul_(cdf[:, -1:] / n_samples)
-    draws = torch.searchsorted(cdf, grid, right=True).clamp_(max=cdf.shape[-1] - 1)  # sorted along each row
-    start = torch.ones(draws.shape, dtype=torch.bool, device=cdf.device)
+    n, n_blocks = cdf.cdf.shape
+    s, b = cdf.n_samples, cdf.block
+    grid = (torch.arange(s, dtype=torch.float64, device=cdf.cdf.device) + u.to(torch.float64).unsqueeze(-1))
+    grid.mul_(cdf.cdf[:, -1:] / s)
+    blk = torch.searchsorted(cdf.cdf, grid, right=True).clamp_(max=n_blocks - 1)  # (n, S), sorted along each row
+    before = torch.where(blk > 0, cdf.cdf.gather(-1, (blk - 1).clamp_(min=0)), 0.0)
+    rest = (grid - before).to(cdf.p.dtype).unsqueeze(-1)  # where the draw falls inside its block
+    rows = torch.arange(n, device=blk.device).unsqueeze(-1) * n_blocks
+    inside = cdf.p.view(n * n_blocks, b).index_select(0, (rows + blk).view(-1)).view(n, s, b)  # each draw's block
+    pos = torch.searchsorted(inside.cumsum(-1), rest, right=True).squeeze(-1)
+    over = pos >= b  # only a rounding overshoot past the block can pick a zero-probability token: take its last drawable one
+    if bool(over.any()):
+        pos[over] = b - 1 - (inside[over].flip(-1) > 0).to(torch.uint8).argmax(-1)
+    return _run_counts((blk * b + pos).clamp_(max=cdf.p.shape[-1] - 1), slots)
+
+
+def _run_counts(draws: Tensor, slots: int) -> tuple[Tensor, Tensor]:
+    """The distinct tokens of rows of sorted draws (n, S) and their counts, most drawn first: the counts
+    are run lengths (no V-wide count tensor, no top-k over V)."""
+    import torch
+
+    start = torch.ones(draws.shape, dtype=torch.bool, device=draws.device)
     start[:, 1:] = draws[:, 1:] != draws[:, :-1]
     run = start.cumsum(-1).sub_(1)  # slot of each draw: its run among the distinct tokens
-    counts = torch.zeros(draws.shape, dtype=torch.float32, device=cdf.device).scatter_add_(
-        -1, run, torch.ones(draws.shape, dtype=torch.float32, device=cdf.device))
+    counts = torch.zeros(draws.shape, dtype=torch.float32, device=draws.device).scatter_add_(
+        -1, run, torch.ones(draws.shape, dtype=torch.float32, device=draws.device))
     ids = torch.zeros_like(draws).scatter_(-1, run, draws)
     counts, order = counts.sort(dim=-1, descending=True, stable=True)  # (n, S), not (n, V)
     return ids.gather(-1, order[:, :slots]), counts[:, :slots]
@@ -399,7 +445,14 @@ def systematic_noise(lp: Tensor, n_samples: int) -> Tensor:
     multinomial (1 - sum p^2) / S that ``samples: auto`` plans with."""
     import torch
 
-    f = torch.frac((lp if lp.dtype == torch.float64 else lp.float()).exp().mul_(n_samples))
+    return noise_of_probs((lp if lp.dtype == torch.float64 else lp.float()).exp(), n_samples)
+
+
+def noise_of_probs(p: Tensor, n_samples: int) -> Tensor:
+    """:func:`systematic_noise` from the probabilities (n, V) themselves."""
+    import torch
+
+    f = torch.frac(p * n_samples)
     return torch.linalg.vecdot(f, 1 - f) / n_samples**2
 
 
@@ -408,8 +461,9 @@ class _SampledChunk:
     """The part of a sampled shard's work that does not depend on the draws' seed: the CDF, the entropy and
     the noise statistics of a chunk of positions, made once for every seed that draws from it."""
 
-    lp: Tensor
-    cdf: Tensor
+    logits: Tensor  # the ensemble's log-probs up to a constant per row
+    lse: Tensor  # (n, 1) that constant: log-probs = logits - lse
+    cdf: BlockCDF
     entropy: np.ndarray
     noise: float
     p_sq: float
@@ -417,20 +471,28 @@ class _SampledChunk:
     rows: int
 
     @classmethod
-    def of(cls, lp: Tensor, out: slice, n_samples: int) -> _SampledChunk:
+    def of(cls, logits: Tensor, out: slice, n_samples: int) -> _SampledChunk:
+        """From the ensemble's log-probs up to a constant per row (normalised here: one softmax, the cheapest
+        V-wide pass, instead of a log-softmax and an exp): V-wide work is a max, the softmax, one dot
+        product and the block sums of :class:`BlockCDF`."""
         import torch
 
-        lp = lp if lp.dtype == torch.float64 else lp.float()
-        p = lp.exp()
-        entropy = -torch.linalg.vecdot(p, lp)  # -sum p log p from the log-probs at hand (no V-wide log)
-        bad = ~entropy.isfinite()  # a -inf log-prob (p = 0) gives 0 * -inf: count it 0, as the limit says
+        a = logits if logits.dtype == torch.float64 else logits.float()
+        p = torch.softmax(a, dim=-1)
+        lse = a.amax(-1, keepdim=True) - p.amax(-1, keepdim=True).log()  # p at the argmax is exp(max - lse)
+        entropy = lse.squeeze(-1) - torch.linalg.vecdot(p, a)  # -sum p log p = lse - sum p a
+        bad = ~entropy.isfinite()  # a -inf logit (p = 0) gives 0 * -inf: count it 0, as the limit says
         if bool(bad.any()):
-            entropy[bad] = -torch.linalg.vecdot(p[bad], lp[bad].clamp(min=torch.finfo(lp.dtype).min))
+            entropy[bad] = lse[bad].squeeze(-1) - torch.linalg.vecdot(p[bad], a[bad].clamp(min=torch.finfo(a.dtype).min))
         sub = slice(-out.start % NOISE_STRIDE, None, NOISE_STRIDE)  # the noise on every NOISE_STRIDE-th position
         ps = p[sub]
-        stats = (float(systematic_noise(lp[sub], n_samples).sum()), float(torch.linalg.vecdot(ps, ps).sum()),
+        stats = (float(noise_of_probs(ps, n_samples).sum()), float(torch.linalg.vecdot(ps, ps).sum()),
                  ps.sum(0, dtype=torch.float64), len(range(*sub.indices(len(p)))))
-        return cls(lp, p.cumsum_(-1), entropy.float().cpu().numpy(), *stats)  # the CDF in place of p: one V-wide copy
+        return cls(a, lse, BlockCDF.of(p, n_samples), entropy.float().cpu().numpy(), *stats)
+
+    def probs_at(self, ids: Tensor) -> Tensor:
+        """The ensemble's probabilities of tokens ``ids`` (n, k)."""
+        return (self.logits.gather(-1, ids) - self.lse).exp()
 
 
 class _SampleWriter:
@@ -456,14 +518,14 @@ class _SampleWriter:
         self.p_sum += chunk.p_sum
         limit = np.iinfo(self.spec.counts_dtype).max
         for s, u in enumerate(self.u):
-            ids, counts = draw_from_cdf(chunk.cdf, torch.from_numpy(u[out]).to(self.device), self.spec.samples, self.spec.k)
+            ids, counts = draw_from_blocks(chunk.cdf, torch.from_numpy(u[out]).to(self.device), self.spec.k)
             if float(counts[:, 0].max()) > limit:  # cannot happen while counts_dtype follows samples; never wrap
                 raise RuntimeError(f"a count of {float(counts[:, 0].max()):.0f} does not fit {self.spec.counts_dtype}")
             self.arrays["ids"][s, out] = ids.cpu().numpy().astype(self.spec.ids_dtype)
             self.arrays["counts"][s, out] = counts.cpu().numpy().astype(self.spec.counts_dtype)
             if s == 0:
                 drawn = counts > 0
-                self.mass += float((chunk.lp.gather(-1, ids).exp() * drawn).sum())
+                self.mass += float((chunk.probs_at(ids) * drawn).sum())
                 self.distinct += float(drawn.sum())
 
     def fidelity(self) -> dict:

@@ -223,12 +223,15 @@ def _run_side_by_side(cfg: Config, stages: list[Stage], state: RunState, timings
     """Train ``stages`` at the same time, each in its own process with a share of the threads (babyllama.side_by_side);
     one alone, or on a GPU, here as usual."""
     from babyllama import side_by_side, threads
-    from babyllama.runtime import training_device
 
     policy = threads.current()
     n_threads = policy.threads if policy else 1
-    at_once = side_by_side.decide(cfg.side_by_side, n_threads, len(stages), on_cpu=len(stages) > 1 and
-                                  training_device().type == "cpu", distributed=False)
+    at_once = 1
+    if len(stages) > 1:  # only then is the device asked (torch loaded): a finished run skips without it
+        from babyllama.runtime import training_device
+
+        at_once = side_by_side.decide(cfg.side_by_side, n_threads, len(stages),
+                                      on_cpu=training_device().type == "cpu", distributed=False)
     if at_once < 2:
         for stage in stages:
             timings[stage.name] = _run_stage(stage, state, True)

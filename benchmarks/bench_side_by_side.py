@@ -155,7 +155,10 @@ def main() -> None:
     ap.add_argument("--whole", action="store_true", help="also time the teachers' stages as `babyllama run` trains them")
     ap.add_argument("--whole-steps", type=int, default=120)
     args = ap.parse_args()
+    from babyllama import threads
     from babyllama.config import load_config
+
+    threads.apply(log=False)  # this process's policy, as `babyllama run` decides it (for --whole)
 
     cfg = load_config(DEMO)
     teachers = [t.name for t in cfg.teachers]

@@ -10,13 +10,22 @@ CONFIG ?= configs/demo.yaml
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	@# Torch first, and only when missing (an existing build, e.g. CUDA, is kept). A local CPU wheel
-	@# (pip's find-links, no network) is preferred; otherwise the latest release from the index.
-	@if ! $(PY) -c "import torch" 2>/dev/null; then \
-		if $(PY) -m pip install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then \
-			$(PY) -m pip install -q torch==2.13.0; else $(PY) -m pip install -q torch; fi; fi
-	$(PY) -m pip install -q -e ".[dev]"
+	@# pip upgrades itself only when older than 22.2 (editable installs from pyproject.toml, --dry-run)
+	@$(PY) -c "import pip, sys; sys.exit(tuple(int(x) for x in pip.__version__.split('.')[:2]) < (22, 2))" \
+		|| $(PY) -m pip install -q --upgrade pip
+	@# Torch is kept when present (e.g. a CUDA build); when missing, the local CPU wheel 2.13.0 is taken if
+	@# pip finds one (find-links, no network), else the latest release that pyproject.toml allows. One pip
+	@# call resolves torch and the project together; --no-compile: Python writes the bytecode of what is
+	@# imported on first use instead of pip compiling every module of torch, scipy and sympy (half the set-up)
+	@torch=""; if ! $(PY) -c "import torch" 2>/dev/null && \
+		$(PY) -m pip install -q --dry-run --no-index --no-deps torch==2.13.0 >/dev/null 2>&1; then \
+		torch="torch==2.13.0"; fi; \
+	echo "$(PY) -m pip install -q --no-compile -e .[dev] $$torch"; \
+	$(PY) -m pip install -q --no-compile -e ".[dev]" $$torch
+	@# The bytecode of what the commands import (torch, transformers' models, matplotlib), written once here
+	@# rather than by every first process, and also where PYTHONDONTWRITEBYTECODE is set
+	PYTHONDONTWRITEBYTECODE= $(PY) -c "import babyllama.cli, babyllama.pipeline, babyllama.train.loop, \
+		babyllama.evaluate.blimp, babyllama.report, matplotlib.pyplot"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -26,8 +35,10 @@ demo: setup
 
 test: setup
 	@# two workers (pytest-xdist), one module per worker at a time so module fixtures are built once:
-	@# the suite is mostly single-threaded tiny models and subprocesses, so 2 cores take half the time
-	$(PY) -m pytest -n 2 --dist loadscope
+	@# the suite is mostly single-threaded tiny models and subprocesses, so 2 cores take half the time.
+	@# Modules go out in collection order, the longest first (tests/conftest.py), so both finish together.
+	@# Bytecode is written on first import even where PYTHONDONTWRITEBYTECODE is set (many processes start).
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n 2 --dist loadscope --no-loadscope-reorder
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

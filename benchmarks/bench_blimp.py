@@ -12,14 +12,17 @@ of those for the one-at-a-time run. Both runs score the common pairs, and we rep
     python benchmarks/bench_blimp.py --four --data PATH  # the demo's four models in one call, as `babyllama run`
 
 ``--four``: the demo's four models (its two teachers, the student and the control; trained ones when the
-demo has run, else random ones of their sizes sharing one tokenizer) scored on every pair under ``--data``
-by ``evaluate_blimp_models`` (one read and one tokenization for all), the evaluate stage's path, timed
-whole (reading, tokenizing, loading and scoring) and per model.
+demo has run, else random ones of their sizes sharing one tokenizer). First each model alone on ``--pairs``
+pairs, the previous scorer (one sentence per row) beside ours (both sentences of a pair in one row,
+`evaluate/packed.py`), with their agreement; then every pair under ``--data`` through
+``evaluate_blimp_models`` (the evaluate stage's path: one read and one tokenization for all four), timed
+whole, with the fixed costs (reading, tokenizing, loading) and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -82,25 +85,70 @@ def four_model_dirs(tmp: Path, sentences: list[str]) -> tuple[list[Path], str]:
     return dirs, "random models of the demo's four sizes, one tokenizer"
 
 
-def run_four(data: str, pairs: list) -> None:
-    """Time `evaluate_blimp_models` on the four demo models: whole call and per model (results arrive in turn)."""
+def run_four(data: str, pairs: list, n_subset: int, t_read: float) -> None:
+    """The four demo models: each alone on a subset (the previous scorer, one sentence per row, against the
+    packed one), the four side by side against one after another on that subset, then the whole
+    `evaluate_blimp_models` call (the evaluate stage's path) on every pair, with its fixed costs."""
     from babyllama.evaluate.blimp import evaluate_blimp_models
 
+    subset = spread(pairs, n_subset)
     with tempfile.TemporaryDirectory() as tmp:
         dirs, what = four_model_dirs(Path(tmp), [s for p in pairs for s in (p.good, p.bad)])
-        print(f"models: {what}; torch threads {torch.get_num_threads()}; {len(pairs)} pairs from {data}")
-        print("| model | seconds (reading and tokenizing in the first) | pairs/s |")
-        print("|---|---:|---:|")
+        threads = torch.get_num_threads()
+        print(f"models: {what}; torch threads {threads}; {os.cpu_count()} CPUs; load average "
+              f"{os.getloadavg()[0]:.1f} at start")
         t0 = time.perf_counter()
-        last = t0
+        models = [load_causal_lm(d, torch.device("cpu")) for d in dirs]
+        t_models = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        encode(models[0][1], [p.good for p in pairs] + [p.bad for p in pairs], leading_space=True)
+        t_encode = time.perf_counter() - t0
+        print(f"fixed costs: reading {len(pairs):,} pairs {t_read:.1f} s, tokenizing them once for all four "
+              f"{t_encode:.1f} s, loading the four models {t_models:.1f} s")
+        compare_alone(dirs, models, subset)
+        t0 = time.perf_counter()
+        rows = []
         for d, result in zip(dirs, evaluate_blimp_models(dirs, data, device="cpu"), strict=True):
-            now = time.perf_counter()
-            print(f"| {d.name} | {now - last:.1f} | {result['n_pairs'] / (now - last):,.0f} |")
-            last = now
+            rows.append(f"{d.name} after {time.perf_counter() - t0:.1f} s ({result['n_pairs']:,} pairs)")
         total = time.perf_counter() - t0
     n = len(pairs)
-    print(f"all four: {total:.1f} s for {n} pairs each, {4 * n / total:,.0f} model-pairs/s; the full 67,000 pairs "
-          f"projected at {67000 / n * total:.0f} s (target <= 120 s): {'met' if 67000 / n * total <= 120 else 'NOT met'}")
+    print(f"evaluate_blimp_models, the four models on all {n:,} pairs (reading, tokenizing, loading and scoring; "
+          f"results arrive in order: {', '.join(rows)}): {total:.1f} s, {4 * n / total:,.0f} model-pairs/s; "
+          f"scaled to 67,000 pairs {67000 / n * total:.0f} s (target <= 120 s on 2 cores): "
+          f"{'met' if 67000 / n * total <= 120 else 'NOT met'}; load average {os.getloadavg()[0]:.1f} at end")
+
+
+def _timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def compare_alone(dirs: list[Path], models: list, pairs: list) -> None:
+    """Each model alone with all torch threads on ``pairs``: one sentence per row (the previous scorer) and
+    both sentences of a pair in one row with the fused GELU (ours, as `evaluate_blimp_models` scores them)."""
+    from babyllama.evaluate import packed
+    from babyllama.evaluate.blimp import _input
+
+    n, tok = len(pairs), models[0][1]
+    seqs = encode(tok, [p.good for p in pairs] + [p.bad for p in pairs], leading_space=True)
+    inputs = [_input(s, None, tok.eos_token_id, 128) for s in seqs]
+    batches = packed.plan(inputs[:n], inputs[n:], tokens_per_batch=32 * 64)
+    print(f"\neach model alone, {n:,} pairs (the first {n // 67} of every paradigm), {torch.get_num_threads()} threads:")
+    print("| model | one sentence per row, batch 64 (previous): pairs/s | both in one row (ours): pairs/s | ratio "
+          "| max \\|diff\\| nats | decisions differing |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for d, (model, _) in zip(dirs, models, strict=True):
+        score_sequences(model, seqs[:64], prefix_id=tok.eos_token_id)  # warm-up
+        t_old, old = _timed(lambda m=model: score_sequences(m, seqs, prefix_id=tok.eos_token_id, batch_size=64))
+        fused = packed.fuse_gelu(model)
+        packed.score_pairs(fused, batches[:2], "sum", n)  # warm-up
+        t_new, (good, bad) = _timed(lambda m=fused: packed.score_pairs(m, batches, "sum", n))
+        diff = max(abs(a - b) for a, b in zip(old, good + bad, strict=True))
+        flips = [abs(og - ob) for g, b, og, ob in zip(good, bad, old[:n], old[n:], strict=True) if (g > b) != (og > ob)]
+        margin = f" (the previous scorer's margin on them ≤ {max(flips):.1e} nats)" if flips else ""
+        print(f"| {d.name} | {n / t_old:,.0f} | {n / t_new:,.0f} | {t_old / t_new:.2f} | {diff:.1e} | "
+              f"{len(flips)} of {n:,}{margin} |")
 
 
 def spread(pairs: list, n: int) -> list:
@@ -125,9 +173,11 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    t0 = time.perf_counter()
     all_pairs, _ = load_pairs(args.data)
+    t_read = time.perf_counter() - t0
     if args.four:
-        run_four(args.data, all_pairs)
+        run_four(args.data, all_pairs, args.pairs, t_read)
         return
     pairs = spread(all_pairs, args.pairs)
     single_pairs = spread(pairs, args.single_pairs)

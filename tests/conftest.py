@@ -64,6 +64,19 @@ def tiny_config_dict(out_dir: Path, corpus: Path) -> dict:
 # Tiny models spend their time in per-op overhead, where extra threads only add contention.
 torch.set_num_threads(1)
 
+#: The longest modules (pytest --durations, 2026-12-07), longest first. `make test` hands whole modules to
+#: its two workers in collection order (xdist --dist loadscope --no-loadscope-reorder): longest first, the
+#: short ones fill in at the end and both workers finish together, instead of one running test_sweep.py
+#: alone at the end. A module missing here only runs later; keep the list to the dozen longest.
+LONGEST_FIRST = ("test_sweep.py", "test_pipeline.py", "test_threads.py", "test_faults_read.py", "test_headlines.py",
+                 "test_train_resume.py", "test_distill_cache.py", "test_lock.py", "test_train_ddp.py",
+                 "test_distill_cache_draws.py", "test_report.py", "test_teachers_external.py", "test_export.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's own order is kept
+
 
 @pytest.fixture(autouse=True)
 def _seeded():

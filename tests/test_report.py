@@ -74,6 +74,26 @@ def test_report_states_losses_plainly(tiny_cfg: Config) -> None:
     summary = json.loads((tiny_cfg.out / "summary.json").read_text())
     assert "window_ce" not in json.dumps(summary) and summary["stages"]["report"] > 0
 
+    # Fixed costs (#24): a figure is drawn again only when what it shows changed or its PNG did.
+    plots = tiny_cfg.out / "plots"
+
+    def stamps() -> dict[str, int]:
+        return {p.name: p.stat().st_mtime_ns for p in plots.glob("*.png")}
+
+    drawn = stamps()
+    build_report(tiny_cfg.out)
+    assert stamps() == drawn and (tiny_cfg.out / "report.html").read_text().count("data:image/png;base64,") == 4
+    (plots / "loss_curves.png").write_bytes(b"not the figure")
+    build_report(tiny_cfg.out)
+    assert (plots / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert {k: v for k, v in stamps().items() if k != "loss_curves.png"} == {
+        k: v for k, v in drawn.items() if k != "loss_curves.png"}
+    write_verified_result(tiny_cfg, tiny_cfg.control_name, "perplexity.json", {
+        "ce_nats_per_token": 3.25, "perplexity": float(np.exp(3.25)), "bits_per_word": 1.0, "windows": 40,
+        "seq_len": 8, "tokens_scored": 280})
+    build_report(tiny_cfg.out)
+    assert stamps()["student_vs_control.png"] != drawn["student_vs_control.png"]
+
 
 def test_a_difference_inside_the_item_interval_reads_no_detectable_difference(tiny_cfg: Config) -> None:
     tiny_cfg.eval.blimp = "embedded:blimp"  # the registry reads the BLiMP results the config asks for

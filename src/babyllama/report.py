@@ -16,12 +16,14 @@ PNG files under ``plots/``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import json
 import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,14 @@ from babyllama.evaluate.registry import (
     pair_tasks,
     pairs_dataset,
 )
-from babyllama.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from babyllama.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    file_sha256,
+    read_json,
+    stable_hash,
+)
 from babyllama.ledger import LEDGER_FILE, verdict_lines
 from babyllama.ledger import build as build_ledger
 from babyllama.protocols import implied_settings
@@ -464,35 +473,76 @@ FONT = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "legend.fon
         "xtick.labelsize": 10, "ytick.labelsize": 10}  # readable when a 1280 px page shows the figure at ~1000 px
 
 
+def _figures() -> tuple[tuple[str, Callable[[Any, dict[str, Any]], Any]], ...]:
+    """Each figure's name and the function that draws it (which returns None when there is nothing to draw)."""
+    return (("loss_curves", _ce_figure), ("student_vs_control", _student_control_figure),
+            ("distill_parts", _distill_figure), ("learning_curves", _curve_figure),
+            ("blimp_phenomena", _phenomena_figure))
+
+
+#: plots/<this>: per figure, the key of what it was drawn from and the sha256 of the PNG written for it.
+PLOT_RECORD = "plots.json"
+
+
+def _plot_keys(summary: dict[str, Any]) -> dict[str, str]:
+    """Per figure, the identity of what it draws: the model summaries it reads, the panels, the style, the
+    matplotlib version and this module's code (a changed figure function draws anew)."""
+    from importlib.metadata import version
+
+    base = {"models": summary["models"], "panels": curve_panels(), "font": FONT, "matplotlib": version("matplotlib"),
+            "code": file_sha256(__file__)}
+    return {name: stable_hash({**base, "figure": name}) for name, _ in _figures()}
+
+
+def _drawn_before(plot_dir: Path, keys: dict[str, str]) -> dict[str, str | None]:
+    """The figures a previous report drew from the same inputs: {name: the sha256 of its PNG, which the file
+    on disk still matches, or None when there was nothing to draw}. A figure not in it is drawn (again)."""
+    try:
+        record = read_json(plot_dir / PLOT_RECORD)
+    except (OSError, ValueError):
+        return {}
+    done: dict[str, str | None] = {}
+    for name, key in keys.items():
+        entry = record.get(name) if isinstance(record, dict) else None
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            continue
+        path = plot_dir / f"{name}.png"
+        if entry.get("sha256") is None or (path.is_file() and file_sha256(path) == entry["sha256"]):
+            done[name] = entry.get("sha256")
+    return done
+
+
 def make_plots(summary: dict[str, Any], plot_dir: Path) -> dict[str, Path]:
     """PNG plots, each showing comparable quantities on one axis: every model's CE (the student's CE part,
     not its combined loss), the student against the control on dev CE, the student's KD part on its own,
-    BLiMP per phenomenon. Written atomically."""
-    import io
+    BLiMP per phenomenon. Written atomically. A figure whose inputs are unchanged since the last report, with
+    its PNG intact, is not drawn again (matplotlib costs a second or two of every `run` and `report`)."""
+    keys = _plot_keys(summary)
+    before = _drawn_before(plot_dir, keys)
+    record = {name: {"key": keys[name], "sha256": sha} for name, sha in before.items()}
+    plots = {name: plot_dir / f"{name}.png" for name, sha in before.items() if sha is not None}
+    if len(before) < len(keys):
+        import io
 
-    import matplotlib
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
 
-    plots: dict[str, Path] = {}
-
-    def save(fig: Any, name: str) -> None:
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        path = plot_dir / f"{name}.png"
-        atomic_write_bytes(path, buf.getvalue())
-        plots[name] = path
-
-    with plt.rc_context(FONT):
-        for name, figure in (("loss_curves", _ce_figure), ("student_vs_control", _student_control_figure),
-                             ("distill_parts", _distill_figure), ("learning_curves", _curve_figure),
-                             ("blimp_phenomena", _phenomena_figure)):
-            fig = figure(plt, summary)
-            if fig is not None:
-                save(fig, name)
-    return plots
+        with plt.rc_context(FONT):
+            for name, figure in [(n, f) for n, f in _figures() if n not in before]:
+                fig = figure(plt, summary)
+                record[name] = {"key": keys[name], "sha256": None}
+                if fig is None:
+                    continue
+                buf = io.BytesIO()
+                fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+                plt.close(fig)
+                plots[name] = plot_dir / f"{name}.png"
+                atomic_write_bytes(plots[name], buf.getvalue())
+                record[name]["sha256"] = hashlib.sha256(buf.getvalue()).hexdigest()
+        atomic_write_json(plot_dir / PLOT_RECORD, record)
+    return {name: plots[name] for name, _ in _figures() if name in plots}  # in figure order
 
 
 def _train_ce(m: dict[str, Any]) -> list[tuple[float, float]]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
 import torch
-import transformers
 
 from babyllama import distributed as dist
 from babyllama.config import Config
@@ -83,7 +83,7 @@ def cache_spec(cfg: Config, manifest: dict, teachers: list[tuple[str, str]], n_t
         mode=opts.cache.mode,
         **fields,
         teacher_configs=tuple(file_sha256(d / "config.json") for d in (dirs or teacher_dirs(cfg))),
-        libraries=f"torch {torch.__version__}, transformers {transformers.__version__}",
+        libraries=f"torch {torch.__version__}, transformers {version('transformers')}",  # its metadata: no import
         compute_dtype=str(teacher_dtype(_student(cfg).train.precision, device)).removeprefix("torch."),
         device=device.type,
         weighting=opts.weighting,

@@ -8,6 +8,7 @@ manifest, and the same tokenizer.json (a folder without one is refused unless di
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,25 @@ def _tokenizer_identity(vocab_size: int, special: dict) -> str:
 
 
 
+def _token_config(folder: Path) -> tuple[int, dict]:
+    """(vocabulary size, pad/bos/eos ids) of a model folder's config. Read from config.json itself when it
+    states all four (every folder save_pretrained writes does: planning a finished run then loads no
+    transformers, about a second); else through AutoConfig, which fills in the architecture's defaults."""
+    keys = ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")
+    try:
+        top = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        text = (top.get("text_config") or top) if isinstance(top, dict) else None
+    except (OSError, ValueError):
+        text = None
+    if not isinstance(text, dict) or not all(k in text for k in keys):
+        from transformers import AutoConfig
+
+        hf = AutoConfig.from_pretrained(str(folder))
+        hf = getattr(hf, "text_config", None) or hf
+        text = {k: getattr(hf, k, None) for k in keys}
+    return int(text["vocab_size"]), {k: text[f"{k}_token_id"] for k in ("pad", "bos", "eos")}
+
+
 def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) -> None:
     """vocab_alignment 'exact': every teacher and the student use the prepared tokenizer; else one
     UserError naming both. The tokenizer.json files decide; the config's vocabulary size must match
@@ -64,12 +84,8 @@ def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) ->
     expected = _tokenizer_identity(want_vocab, want_special)
     student = cfg.student.name if cfg.student else "student"
     prepared_tok = cfg.data_dir / str(manifest.get("tokenizer", "tokenizer")) / "tokenizer.json"
-    from transformers import AutoConfig
-
     for t, d in zip(cfg.teachers, dirs, strict=True):
-        hf = AutoConfig.from_pretrained(str(d))
-        text = getattr(hf, "text_config", None) or hf
-        special = {k: getattr(text, f"{k}_token_id", None) for k in ("pad", "bos", "eos")}
+        vocab_size, special = _token_config(d)
         saved_tok = d / "tokenizer.json"
         if saved_tok.is_file() and prepared_tok.is_file() and file_sha256(saved_tok) != file_sha256(prepared_tok):
             raise UserError(f"teacher {t.name!r} ({saved_tok}) and student {student!r} ({prepared_tok}) do not share "
@@ -77,7 +93,7 @@ def check_shared_tokenizer(cfg: Config, manifest: dict, dirs: Sequence[Path]) ->
         # An existing model's config.json states generation ids that need not be its tokenizer's (Qwen2: bos
         # None in one, 151643 in the other); the same tokenizer.json decides for it. Ours must agree in full.
         trusted = t.external and saved_tok.is_file()
-        got = _tokenizer_identity(int(text.vocab_size), want_special if trusted else special)
+        got = _tokenizer_identity(vocab_size, want_special if trusted else special)
         if got != expected:
             raise UserError(f"teacher {t.name!r} ({d}: {got}) and student {student!r} (prepared data "
                             f"{cfg.data_dir}: {expected}) do not share a tokenizer; {_REMEDY}")

@@ -32,7 +32,11 @@ score(good) > score(bad); equal scores (and NaN, read as minus infinity) are set
 (evaluate/decide.py: correct, wrong, seeded random, or expected credit).
 
 Sentences are scored in batches sorted by length, right-padded, with an attention mask and explicit
-position ids, so a sentence's score does not depend on what it is batched with.
+position ids, so a sentence's score does not depend on what it is batched with. For babyllama's two
+architectures (LLaMA, GPT-2) both sentences of a pair share one row, their common beginning computed
+once, and only the rows that predict a scored token go through the output layer (evaluate/packed.py):
+every sentence is still scored whole, and each pair gets the same decision as one sentence per row
+(tests/test_eval_packed.py; README, "Benchmarks"). The pairs are read and tokenized once for all models.
 
 Result JSON (what ``babyllama evaluate blimp --out`` writes; the report stage reads it)::
 
@@ -71,9 +75,12 @@ import torch.nn.functional as F
 
 from babyllama import progress as progress_bars
 from babyllama.errors import UserError
+from babyllama.evaluate import packed
+from babyllama.evaluate.chunked import encode_chunked
 from babyllama.evaluate.decide import TIE_RULES, decide
 from babyllama.evaluate.formats import (  # noqa: F401 (EMBEDDED, resolve_data: their home is formats)
     EMBEDDED,
+    check_causal_lm_dir,
     load_causal_lm,
     max_positions,
     read_json_rows,
@@ -163,15 +170,21 @@ def load_pairs(data: str | Path) -> tuple[list[Pair], list[str]]:
 
 # -- scoring -------------------------------------------------------------------------------------------
 
+#: From this many texts on, `encode` tokenizes a byte-level BPE's distinct words rather than each text.
+CHUNKED_FROM = 1000
+
 
 def encode(tokenizer: Any, sentences: list[str], leading_space: bool) -> list[list[int]]:
     """Token ids of each sentence, without special tokens (the prefix is added by the scorer).
 
     A fast tokenizer encodes the whole batch in its Rust backend (the same ids as its ``__call__``,
-    without building a BatchEncoding of 134,000 rows for the full BLiMP)."""
+    without building a BatchEncoding of 134,000 rows for the full BLiMP); from ``CHUNKED_FROM`` texts on,
+    a byte-level BPE encodes each distinct word once (evaluate/chunked.py: the same ids)."""
     texts = [(" " + s) if leading_space else s for s in sentences]
     backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     if backend is not None:
+        if len(texts) >= CHUNKED_FROM and (ids := encode_chunked(backend, texts)) is not None:
+            return ids
         return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
@@ -214,8 +227,7 @@ def score_sequences(
     """
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
-    limit = max_positions(model.config)
-    cut_at = limit if truncate or not reads_past_positions(model.config) else None
+    cut_at = cut_length(model.config, truncate)
     if spans is None and scored is not None:
         spans = [(len(s) - n, len(s)) for s, n in zip(seqs, scored, strict=True)]
     # Identical inputs are scored once: `index[i]` is sequence i's place among the distinct inputs.
@@ -268,6 +280,12 @@ def _score_inputs(model: Any, inputs: list[tuple[list[int], int, int]], reductio
         for j, v in zip(chunk, total.tolist(), strict=True):
             scores[j] = v
     return scores
+
+
+def cut_length(config: Any, truncate: bool) -> int | None:
+    """How many last tokens an input keeps (None: all): the model's positions when ``truncate`` is on or the
+    model cannot read past them."""
+    return max_positions(config) if truncate or not reads_past_positions(config) else None
 
 
 def reads_past_positions(config: Any) -> bool:
@@ -417,33 +435,98 @@ def evaluate_blimp_models(
 
 
 def _score_models(model_dirs: list[str | Path], data: str | Path, pairs: list[Pair], formats: list[str], *,
-                  prefix: str, leading_space: bool, reduction: Literal["sum", "mean"], ties: str, seed: int,
-                  aggregation: str, truncate: bool, batch_size: int, device: str | None) -> Iterator[dict[str, Any]]:
-    encoded: dict[str, tuple[list[list[int]], list | None]] = {}
-    for model_dir in model_dirs:
-        model, tokenizer = load_causal_lm(model_dir, resolve_device(device))
-        pid = prefix_token_id(tokenizer, model.config, prefix, model_dir)
+                  device: str | None, **settings: Any) -> Iterator[dict[str, Any]]:
+    """Each model's result in order, one model at a time with all torch threads (two models side by side, one
+    thread each, measured slower: README, "Benchmarks")."""
+    dev = resolve_device(device)
+    for model_dir in model_dirs:  # a wrong folder named last fails before the first model is scored
+        check_causal_lm_dir(model_dir)
+    shared = _SharedInputs(pairs, settings["prefix"], settings["leading_space"], settings["batch_size"])
+    label = progress_bars.context_label(f"{len(model_dirs)} model{'s' * (len(model_dirs) != 1)} blimp")
+    bar = _LazyBar(len(model_dirs) * len(pairs), label)
+    try:
+        for model_dir in model_dirs:
+            yield _score_model(model_dir, data, pairs, formats, dev, shared, bar.update, **settings)
+    finally:
+        bar.close()
+
+
+class _LazyBar:
+    """A progress bar over pairs that appears at its first update, after a model has loaded (so a model that
+    fails to load leaves its error line alone)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self._bar = total, label, None
+
+    def update(self, n: int) -> None:
+        if self._bar is None:
+            self._bar = progress_bars.bar(self.total, self.label, "pair")
+        self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class _SharedInputs:
+    """The pairs' token ids and packed batches, computed once for all models that share a tokenizer (and prefix
+    and length limit)."""
+
+    def __init__(self, pairs: list[Pair], prefix: str, leading_space: bool, batch_size: int) -> None:
+        self.pairs, self.prefix, self.leading_space, self.batch_size = pairs, prefix, leading_space, batch_size
+        self._encoded: dict[str, tuple[list[list[int]], list | None]] = {}
+        self._batches: dict[tuple[str, int | None, int | None], list[packed.Batch]] = {}
+
+    def encoded(self, tokenizer: Any) -> tuple[list[list[int]], list | None]:
         key = _tokenizer_key(tokenizer)
-        if key not in encoded:
-            encoded[key] = _encode_pairs(tokenizer, pairs, prefix, leading_space)
-        seqs, spans = encoded[key]
+        if key not in self._encoded:
+            self._encoded[key] = _encode_pairs(tokenizer, self.pairs, self.prefix, self.leading_space)
+        return self._encoded[key]
+
+    def batches(self, tokenizer: Any, prefix_id: int | None, cut_at: int | None) -> list[packed.Batch]:
+        seqs, spans = self.encoded(tokenizer)
+        key = (_tokenizer_key(tokenizer), prefix_id, cut_at)
+        if key not in self._batches:
+            inputs = [_input(s, spans[i] if spans else None, prefix_id, cut_at) for i, s in enumerate(seqs)]
+            n = len(self.pairs)
+            # as many tokens per forward pass as batch_size sentences of 32 tokens
+            self._batches[key] = packed.plan(inputs[:n], inputs[n:], tokens_per_batch=32 * self.batch_size)
+        return self._batches[key]
+
+
+def _score_model(model_dir: str | Path, data: str | Path, pairs: list[Pair], formats: list[str], dev: torch.device,
+                 shared: _SharedInputs, done: Any, *, prefix: str, leading_space: bool,
+                 reduction: Literal["sum", "mean"], ties: str, seed: int, aggregation: str, truncate: bool,
+                 batch_size: int) -> dict[str, Any]:
+    """One model's result: both sentences of a pair in one row where the model allows (`packed`), else one
+    sentence per row."""
+    model, tokenizer = load_causal_lm(model_dir, dev)
+    pid = prefix_token_id(tokenizer, model.config, prefix, model_dir)
+    seqs, spans = shared.encoded(tokenizer)
+    n = len(pairs)
+    if packed.packable(model):
+        good, bad = packed.score_pairs(packed.fuse_gelu(model), shared.batches(tokenizer, pid, cut_length(model.config, truncate)),
+                                       reduction, n, done)
+    else:
         scores = score_sequences(model, seqs, prefix_id=pid, reduction=reduction, batch_size=batch_size,
-                                 progress=True, spans=spans, truncate=truncate)
-        note = length_note(model.config, [len(s) + (pid is not None) for s in seqs], truncate)
-        result = {
-            "model": str(model_dir),
-            "data": str(data),
-            "protocol": {"prefix": prefix, "prefix_token_id": pid, "leading_space": leading_space,
-                         "reduction": reduction, "ties": ties, "seed": seed, "ties_correct": ties == "correct",
-                         "truncate": truncate},
-            "formats": formats,
-            "notes": [note] if note else [],
-        }
-        result.update(aggregate(pairs, scores[: len(pairs)], scores[len(pairs) :], ties, seed))
-        result["aggregation"] = aggregation
-        result["headline"] = result[f"macro_{aggregation}"]
-        result["headline_by_ties"] = {rule: v[aggregation] for rule, v in result["by_ties"].items()}
-        yield result
+                                 spans=spans, truncate=truncate)
+        good, bad = scores[:n], scores[n:]
+        done(n)
+    note = length_note(model.config, [len(s) + (pid is not None) for s in seqs], truncate)
+    result = {
+        "model": str(model_dir),
+        "data": str(data),
+        "protocol": {"prefix": prefix, "prefix_token_id": pid, "leading_space": leading_space,
+                     "reduction": reduction, "ties": ties, "seed": seed, "ties_correct": ties == "correct",
+                     "truncate": truncate},
+        "formats": formats,
+        "notes": [note] if note else [],
+    }
+    result.update(aggregate(pairs, good, bad, ties, seed))
+    result["aggregation"] = aggregation
+    result["headline"] = result[f"macro_{aggregation}"]
+    result["headline_by_ties"] = {rule: v[aggregation] for rule, v in result["by_ties"].items()}
+    return result
 
 
 def _tokenizer_key(tokenizer: Any) -> str:

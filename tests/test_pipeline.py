@@ -30,7 +30,7 @@ def _write_config(tmp_path: Path, tiny_cfg, **changes) -> Path:
         node = tree
         *parents, last = key.split(".")
         for p in parents:
-            node = node[p]
+            node = node[int(p)] if isinstance(node, list) else node[p]
         node[last] = value
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(tree))
@@ -157,3 +157,77 @@ def test_run_under_torchrun_trains_every_model_data_parallel(tmp_path: Path, tin
         start = json.loads((out / "models" / name / "metrics.jsonl").read_text().splitlines()[0])
         assert start["world_size"] == 2 and start["global_batch"] == 2 * tiny_cfg.model(name).train.batch_size
     assert (out / "report.html").exists() and done.stdout.count("Time per stage") == 1  # rank 0 only
+
+
+def _side_by_side_config(tmp_path: Path, tiny_cfg, **changes) -> Path:
+    """The tiny chain with its teachers trained side by side (even on one thread), the rest kept short."""
+    short = {"eval.blimp": None, "eval.ewok": None, "eval.entity_tracking": None, "eval.comps": None,
+             "distill.cache.enabled": False, "student.train.save_at_words": []}
+    return _write_config(tmp_path, tiny_cfg, side_by_side=True, **{**short, **changes})
+
+
+def test_a_failing_teacher_stops_the_other_in_one_line(tmp_path: Path, tiny_cfg, capsys) -> None:
+    cfg_path = _side_by_side_config(tmp_path, tiny_cfg, **{"teachers.0.train.max_steps": 100000,
+                                                           "teachers.0.train.epochs": 100000,
+                                                           "teachers.1.train.lr": 1e12})
+    out = Path(tiny_cfg.out_dir)
+    assert main(["run", str(cfg_path)]) == 2
+    captured = capsys.readouterr()
+    assert "[run] teacher:t-llama, teacher:t-gpt2: side by side, 2 at a time, 1 CPU thread each" in captured.out
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1, captured.err
+    assert errors[0].startswith("babyllama: error: teacher:t-gpt2: model 't-gpt2': the loss became NaN or infinite")
+    assert errors[0].endswith("stopped teacher:t-llama, which resumes from the last checkpoint on the next run")
+    assert not (out / "models" / "t-llama").exists()  # stopped long before its 100,000 steps
+    state = json.loads((out / "run_state.json").read_text())
+    assert not state["teacher:t-llama"]["done"] and "distill" not in state
+
+
+def _processes_running(needle: str) -> list[int]:
+    """Pids whose command line mentions ``needle`` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if needle in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_path: Path, tiny_cfg, capsys) -> None:
+    import time
+
+    long = {f"teachers.{i}.train.{k}": v for i in (0, 1) for k, v in (("max_steps", 150), ("epochs", 1000),
+                                                                      ("save_every", 10))}
+    cfg_path = _side_by_side_config(tmp_path, tiny_cfg, **long)
+    out = Path(tiny_cfg.out_dir)
+    proc = subprocess.Popen([sys.executable, "-m", "babyllama", "run", str(cfg_path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "side by side" in line:
+            break
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "t-llama" / "last").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    while _processes_running(str(cfg_path.parent)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_running(str(cfg_path.parent)) == []  # the children died with their run
+    assert not (out / "models" / "t-llama").exists()
+
+    assert main(["run", str(cfg_path)]) == 0
+    resumed = capsys.readouterr().out
+    assert "[run] teacher:t-llama: resuming" in resumed
+    assert "[run] teacher:t-llama, teacher:t-gpt2: side by side, 2 at a time, 1 CPU thread each" in resumed
+    assert "(2 teachers side by side)" in resumed and (out / "report.md").exists()
+    for name in ("t-llama", "t-gpt2"):  # trained by `babyllama train` children, exactly as configured
+        summary = json.loads((out / "models" / name / "training_summary.json").read_text())
+        assert summary["steps"] == 150 and summary["threads"]["threads"] == 1
+    # the children fitted the very identity the run records: nothing is redone
+    assert main(["run", str(cfg_path)]) == 0
+    again = capsys.readouterr().out
+    assert "[run] teacher:t-llama: up to date, skipped" in again and "side by side," not in again

@@ -42,8 +42,9 @@ def _lock(args: argparse.Namespace, out: Path) -> None:
     """Hold the out_dir lock until the command ends (rank 0 only: the other ranks are the same command)."""
     from babyllama.distributed import is_main_process
     from babyllama.lock import out_dir_lock
+    from babyllama.side_by_side import is_child
 
-    if is_main_process():
+    if is_main_process() and not is_child():  # a stage of `run` side by side: the run holds the lock
         args.held.enter_context(out_dir_lock(out, " ".join(["babyllama", *args.argv])[:200]))
 
 
@@ -52,6 +53,7 @@ def _load(args: argparse.Namespace, lock: bool = True, vet: Callable[[Any], obje
     from babyllama.config import load_config, save_resolved
     from babyllama.distributed import is_main_process
     from babyllama.existing import check_sources
+    from babyllama.side_by_side import is_child
 
     cfg = load_config(args.config, args.overrides)
     check_sources(cfg)  # existing models named by `from`: vetted before anything is written
@@ -59,7 +61,7 @@ def _load(args: argparse.Namespace, lock: bool = True, vet: Callable[[Any], obje
         vet(cfg)
     if lock:
         _lock(args, cfg.out)
-    if is_main_process():
+    if is_main_process() and not is_child():
         save_resolved(cfg)
     return cfg
 
@@ -539,12 +541,15 @@ def main(argv: list[str] | None = None) -> int:
     _expand_paths(args)
     _quiet_libraries()
     try:
-        threads.apply(args.threads, log=args.verb != "config")
+        from babyllama.side_by_side import adopt, is_child
+
+        adopt()  # a stage of `run` side by side: it ends with the run
+        threads.apply(args.threads, log=args.verb != "config" and not is_child())
         with ExitStack() as held:  # the out_dir lock, released however the command ends
             args.held = held
             args.func(args)
-    except UserError as e:
-        return _fail(str(e), EXIT_USER)
+    except UserError as e:  # a stage run side by side fails with its own process's status
+        return _fail(str(e), getattr(e, "exit_code", EXIT_USER))
     except OSError as e:
         return _fail(*describe_os_error(e))
     except (MemoryError, RuntimeError) as e:  # torch's out-of-memory is a RuntimeError (CPU) or a subclass (CUDA)

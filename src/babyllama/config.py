@@ -646,6 +646,14 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Progress and experiment trackers.")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="Seeds and ablations of `babyllama sweep`.")
+    side_by_side: bool | Literal["auto"] = Field(
+        "auto",
+        description="`babyllama run` trains the teachers at the same time, each in its own process with a share of the "
+        "CPU threads: a small model's step is many small operations, which scale poorly across threads (each one "
+        "wakes the other threads), so two teachers at 1 thread each can beat one after the other at 2 threads (README, "
+        "'Benchmarks'). 'auto': on the CPU with at least 2 threads; true: on the CPU even with one; false: never. "
+        "Never on a GPU or under torchrun. The models match up to rounding (a model's numbers depend on its thread count).",
+    )
 
     @field_validator("out_dir")
     @classmethod

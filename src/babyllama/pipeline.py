@@ -177,14 +177,86 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
     state = RunState(cfg.out)
     main = distributed.is_main_process()
     timings: dict[str, float] = {}
-    for stage in stages:
-        skip = main and _skip_or_start(stage, state, stage.name in forced, stage.name in redo)
-        # Rank 0 decides, so every rank takes the same branch (a training stage is a collective).
-        if distributed.broadcast_object(skip):
-            timings[stage.name] = 0.0
+    for group in _groups(stages):
+        if len(group) > 1 and _may_go_side_by_side(cfg):
+            to_run = [s for s in group if not _skip_or_start(s, state, s.name in forced, s.name in redo)]
+            timings.update({s.name: 0.0 for s in group})
+            _run_side_by_side(cfg, to_run, state, timings)
             continue
-        timings[stage.name] = _run_stage(stage, state, main)
+        for stage in group:
+            skip = main and _skip_or_start(stage, state, stage.name in forced, stage.name in redo)
+            # Rank 0 decides, so every rank takes the same branch (a training stage is a collective).
+            if distributed.broadcast_object(skip):
+                timings[stage.name] = 0.0
+                continue
+            timings[stage.name] = _run_stage(stage, state, main)
     return _print_summary(cfg, timings, config_arg) if main and only is None else {}
+
+
+def _groups(stages: list[Stage]) -> list[list[Stage]]:
+    """The stages in order, the teachers' training stages as one group (what `side_by_side` may train at the
+    same time: none reads another's outputs, and they take about as long as each other; the control is far
+    shorter than the distillation, so beside it the distillation would finish alone on one thread)."""
+    def teacher(s: Stage) -> bool:
+        return s.member is not None and s.member.role is Role.TEACHER
+
+    groups: list[list[Stage]] = []
+    for s in stages:
+        if teacher(s) and groups and teacher(groups[-1][0]):
+            groups[-1].append(s)
+        else:
+            groups.append([s])
+    return groups
+
+
+def _may_go_side_by_side(cfg: Config) -> bool:
+    """Whether `side_by_side` allows stages at the same time here, before anything is loaded (the device is
+    asked only once two stages are due: a finished run plans and skips without torch)."""
+    from babyllama import threads
+
+    policy = threads.current()
+    n = policy.threads if policy else 1
+    return not distributed.is_distributed() and (cfg.side_by_side is True or (cfg.side_by_side == "auto" and n >= 2))
+
+
+def _run_side_by_side(cfg: Config, stages: list[Stage], state: RunState, timings: dict[str, float]) -> None:
+    """Train ``stages`` at the same time, each in its own process with a share of the threads (babyllama.side_by_side);
+    one alone, or on a GPU, here as usual."""
+    from babyllama import side_by_side, threads
+
+    policy = threads.current()
+    n_threads = policy.threads if policy else 1
+    at_once = 1
+    if len(stages) > 1:  # only then is the device asked (torch loaded): a finished run skips without it
+        from babyllama.runtime import training_device
+
+        at_once = side_by_side.decide(cfg.side_by_side, n_threads, len(stages),
+                                      on_cpu=training_device().type == "cpu", distributed=False)
+    if at_once < 2:
+        for stage in stages:
+            timings[stage.name] = _run_stage(stage, state, True)
+        return
+    share = max(1, n_threads // at_once)
+    names = ", ".join(s.name for s in stages)
+    print(f"[run] {names}: side by side, {at_once} at a time, {share} CPU thread{'s' * (share != 1)} each "
+          f"(side_by_side: {str(cfg.side_by_side).lower()})", flush=True)
+
+    def finished(stage: Stage) -> Callable[[float], None]:
+        def record(seconds: float) -> None:
+            prev = state.record(stage.name).get("seconds", 0.0)
+            state.write(stage.name, stage.fingerprint(), True, prev + seconds)
+            timings[stage.name] = seconds
+            print(f"[run] {stage.name}: done in {seconds:.1f}s", flush=True)
+        return record
+
+    start = time.perf_counter()
+    with side_by_side.config_copy(cfg.to_yaml()) as config_file:
+        jobs = [side_by_side.Job(s.name, side_by_side.stage_argv(config_file, s.member.name, share), finished(s))
+                for s in stages]
+        side_by_side.run_jobs(jobs, at_once)
+    wall = time.perf_counter() - start
+    timings[f"({len(stages)} teachers side by side)"] = wall
+    print(f"[run] {names}: done in {wall:.1f}s side by side", flush=True)
 
 
 def note_missing_blimp(cfg: Config) -> None:
@@ -266,7 +338,7 @@ def _print_summary(cfg: Config, timings: dict[str, float], config_arg: str | Non
     print()
     print("Time per stage (this invocation):")
     for name, seconds in timings.items():
-        print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")
+        print(f"  {name:<24} {seconds:8.1f}s{'  (skipped)' if seconds == 0.0 else ''}")  # side by side: their wall too
     print("\nVerdict (student - other model, one seed):")
     for line in verdict_lines(summary["verdict"]):
         print(line)

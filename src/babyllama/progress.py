@@ -6,7 +6,8 @@ Every bar of babyllama is made here, labelled ``<model> <stage>`` (at most ``LAB
 a longer description is printed once, on its own line, before the bar.
 
 On a terminal the bar redraws in place. When stderr is not a terminal (a log file, a scheduler's
-output) each update is written as its own line, at most one a minute, so the log reads top to bottom
+output) each update is written as its own line, at most one a minute (``INTERVAL_ENV`` seconds where set:
+a stage that `babyllama run` runs side by side, whose lines it relays), so the log reads top to bottom
 without carriage returns.
 
 ``current(label)`` names what the bars inside it belong to (the evaluation of one model), so scorers
@@ -15,6 +16,7 @@ deep in evaluate/ label their bars without threading a name through every call.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +27,7 @@ from tqdm import tqdm
 
 LABEL_WIDTH = 32
 LOG_INTERVAL_S = 60.0
+INTERVAL_ENV = "BABYLLAMA_PROGRESS_INTERVAL"
 
 _CONTEXT: ContextVar[str | None] = ContextVar("babyllama_progress_label", default=None)
 
@@ -82,10 +85,17 @@ def bar(total: int | None, label: str, unit: str, *, enabled: bool = True, initi
     if enabled and detail:
         stream.write(detail + "\n")
         stream.flush()
-    interval = 0.1 if tty else LOG_INTERVAL_S
+    interval = 0.1 if tty else _log_interval()
     return tqdm(total=total, initial=initial, desc=short(label), unit=unit, disable=not enabled,
                 file=stream if tty else _LineWriter(stream), dynamic_ncols=tty, ncols=None if tty else 100,
                 mininterval=interval, maxinterval=max(interval, 10.0), leave=True)
+
+
+def _log_interval() -> float:
+    try:
+        return max(1.0, float(os.environ.get(INTERVAL_ENV, LOG_INTERVAL_S)))
+    except ValueError:
+        return LOG_INTERVAL_S
 
 
 def iterate(items: Any, fallback: str, unit: str, *, enabled: bool = True, total: int | None = None) -> Any:

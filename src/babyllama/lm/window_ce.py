@@ -60,14 +60,18 @@ def _window_ce(model: Any, tokens: np.ndarray, indices: np.ndarray, seq_len: int
     batches = range(0, len(mine), batch_size)
     for i in batches if per_window is None else bars.iterate(batches, "dev CE", "batch"):  # evaluation: a bar
         x = torch.from_numpy(gather_windows(tokens, window_starts(mine[i : i + batch_size], seq_len), seq_len)).to(device)
-        with autocast(device, dtype):
-            out = model(input_ids=x, labels=x, use_cache=False)
         n = x.shape[0] * (x.shape[1] - 1)
-        total[0] += out.loss.double() * n
+        if per_window is None:
+            with autocast(device, dtype):
+                loss = model(input_ids=x, labels=x, use_cache=False).loss
+        else:  # each window's mean from one CE over the logits (not the model's own loss and then this again)
+            with autocast(device, dtype):
+                logits = model(input_ids=x, use_cache=False).logits
+            ce = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), x[:, 1:], reduction="none")
+            per_window.append(ce.mean(-1).double().cpu().numpy())
+            loss = ce.double().mean()
+        total[0] += loss.double() * n
         total[1] += n
-        if per_window is not None:
-            logp = torch.nn.functional.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), x[:, 1:], reduction="none")
-            per_window.append(logp.mean(-1).double().cpu().numpy())
     if sharded:
         dist.all_reduce_sum(total)
     model.train(was_training)

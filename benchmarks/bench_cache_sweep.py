@@ -14,6 +14,7 @@ wall seconds, the cache builds included. Ratios are live / cached: above 1, the 
 
     python benchmarks/bench_cache_sweep.py --seeds 5 --work /tmp/cache-sweep   # the demo corpus (300k words)
     python benchmarks/bench_cache_sweep.py --seeds 5 --max-words 40000 --work /tmp/cache-sweep   # quick
+    python benchmarks/bench_cache_sweep.py --seeds 1 --work /tmp/cache-sweep   # one distill at demo size
 """
 
 from __future__ import annotations
@@ -82,11 +83,12 @@ def run(args: argparse.Namespace) -> dict:
         c = member("alone", seed, True)
         runs["alone"][seed] = {"build": _timed(lambda c=c: build_teacher_cache(c)), "distill": _timed(lambda c=c: distill(c))}
         print(json.dumps({"seed": seed, "live": runs["live"][seed], "alone": runs["alone"][seed]}), flush=True)
-    members = [member("shared", s, True) for s in seeds]
-    runs["shared"]["build"] = _timed(lambda: build_teacher_cache(members[0], members[1:]))
-    for seed, c in zip(seeds, members, strict=True):
-        runs["shared"][seed] = {"distill": _timed(lambda c=c: distill(c))}
-    print(json.dumps({"shared": runs["shared"]}), flush=True)
+    if len(seeds) > 1:  # with one seed the shared pass is the seed's own: not run twice
+        members = [member("shared", s, True) for s in seeds]
+        runs["shared"]["build"] = _timed(lambda: build_teacher_cache(members[0], members[1:]))
+        for seed, c in zip(seeds, members, strict=True):
+            runs["shared"][seed] = {"distill": _timed(lambda c=c: distill(c))}
+        print(json.dumps({"shared": runs["shared"]}), flush=True)
     return {"seeds": seeds, "epochs": args.epochs, "max_words": args.max_words, "temperature": args.temperature,
             "runs": runs}
 
@@ -97,11 +99,13 @@ def report(results: dict) -> None:
         live = [runs["live"][s]["distill"][k] for s in seeds]
         alone = [runs["alone"][s]["build"][k] + runs["alone"][s]["distill"][k] for s in seeds]
         build_alone = [runs["alone"][s]["build"][k] for s in seeds]
-        shared_build = runs["shared"]["build"][k]
-        shared = shared_build + sum(runs["shared"][s]["distill"][k] for s in seeds)
         print(f"{what} s, {results['epochs']:g} epoch(s), T = {results['temperature']:g}, {len(seeds)} seeds:")
         print(f"  one distill: live {live[0]:.1f}, cached {alone[0]:.1f} (build {build_alone[0]:.1f}): "
               f"{live[0] / alone[0]:.2f}x; per seed, mean over seeds {sum(live) / sum(alone):.2f}x")
+        if "build" not in runs["shared"]:
+            continue
+        shared_build = runs["shared"]["build"][k]
+        shared = shared_build + sum(runs["shared"][s]["distill"][k] for s in seeds)
         print(f"  sweep of {len(seeds)}: live {sum(live):.1f}, a cache per seed {sum(alone):.1f} "
               f"({sum(live) / sum(alone):.2f}x), one shared teacher pass {shared:.1f} (build {shared_build:.1f}): "
               f"{sum(live) / shared:.2f}x")

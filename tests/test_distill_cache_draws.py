@@ -227,3 +227,14 @@ def test_a_rounding_overshoot_in_a_block_lands_on_a_drawable_token():
     prefix = torch.tensor([[1.0 + 1e-6]], dtype=torch.float64)  # the block sum a hair above the block's own scan
     ids, counts = draw_from_blocks(BlockCDF(p, prefix, 4, 1), torch.tensor([0.9999999]), 1)
     assert ids.tolist() == [[1]] and counts.tolist() == [[1.0]]
+
+
+def test_auto_samples_share_one_plan_and_one_teacher_pass_across_seeds(teachers_cfg: Config, capsys):
+    """A sweep's seeds with samples: auto: one plan, and the first member's build makes every member's cache."""
+    first, second = (_with(teachers_cfg, samples="auto", seed=s) for s in (1, 2))
+    cache = build_teacher_cache(first, companions=[second])
+    out = capsys.readouterr().out
+    assert out.count("samples: auto ->") == 1 and "one teacher pass for 2 caches" in out
+    other = build_teacher_cache(second)
+    assert other.key != cache.key and other.spec.samples == cache.spec.samples
+    assert "scoring" not in capsys.readouterr().out  # already built in the first pass

@@ -115,7 +115,10 @@ def resolved_spec(cfg: Config, manifest: dict, dirs: list[Path], teachers: list[
     if not cache_format(opts.mode).needs_plan(opts):
         return cache_spec(cfg, manifest, teachers, n_tokens, dirs)
     draft = cache_spec(cfg, manifest, teachers, n_tokens, dirs, samples=1)
-    plan_path = cfg.out / "cache" / f"plan-{stable_hash({**draft.as_dict(), 'samples': 'auto', 'target': opts.noise_target})[:20]}.json"
+    # the plan depends on the teachers' distributions, not on the draws' seed: one plan serves every seed of a
+    # sweep, so each member resolves its spec at once and one teacher pass builds them all (build_teacher_cache)
+    plan_key = {**draft.as_dict(), "seed": None, "samples": "auto", "target": opts.noise_target}
+    plan_path = cfg.out / "cache" / f"plan-{stable_hash(plan_key)[:20]}.json"
     if plan_path.is_file():
         plan = read_json(plan_path)
     elif not plan:

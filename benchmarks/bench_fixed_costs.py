@@ -69,6 +69,7 @@ def in_process_costs(run: Path, model: str, seq: int) -> list[tuple[str, float, 
     import numpy as np
     import torch
 
+    from babyllama import threads
     from babyllama.data.tokens import load_tokens
     from babyllama.data.windows import num_fixed_windows
     from babyllama.evaluate.blimp import encode, load_pairs
@@ -77,6 +78,7 @@ def in_process_costs(run: Path, model: str, seq: int) -> list[tuple[str, float, 
     from babyllama.lm.window_ce import window_ce_per_window
     from babyllama.train import checkpoint as ckpt
 
+    threads.apply(log=False)  # the commands' thread policy, so the scoring here is the command's work
     rows = []
     folder, best = run / "models" / model, run / "checkpoints" / model / "best"
     forget_file_hashes()
@@ -95,6 +97,12 @@ def in_process_costs(run: Path, model: str, seq: int) -> list[tuple[str, float, 
         if f.is_file():
             file_sha256(f)
     rows.append(("sha256 of a model folder (each result records it)", time.perf_counter() - t0, ""))
+    t0 = time.perf_counter()
+    import transformers.models.gpt2.modeling_gpt2  # noqa: F401
+    import transformers.models.llama.modeling_llama  # noqa: F401
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+    rows.append(("import transformers' model code (once per process that loads a model)", time.perf_counter() - t0, ""))
     t0 = time.perf_counter()
     lm, tok = load_causal_lm(folder, torch.device("cpu"))
     rows.append(("final dev evaluation: load the model and tokenizer", time.perf_counter() - t0, ""))

@@ -13,6 +13,7 @@ import pickle
 import resource
 import shutil
 import signal
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -171,15 +172,20 @@ def _train_argv(tmp_path: Path, corpus: Path, **train) -> list[str]:
 
 @pytest.fixture
 def file_size_limit():
-    """Set RLIMIT_FSIZE for this process (writes past it fail with EFBIG, a real OS refusal like a full disk)."""
+    """Set RLIMIT_FSIZE for this process (writes past it fail with EFBIG, a real OS refusal like a full disk).
+    No bytecode is written meanwhile: Python does not check a .pyc write, so a module first imported under the
+    limit would leave a truncated .pyc in the shared venv (`marshal data too short` in every later process)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    no_bytecode_before = sys.dont_write_bytecode
 
     def limit(n: int | None) -> None:
+        sys.dont_write_bytecode = no_bytecode_before if n is None else True
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft if n is None else n, hard))
 
     yield limit
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    sys.dont_write_bytecode = no_bytecode_before
     signal.signal(signal.SIGXFSZ, old_handler)
 
 

@@ -134,6 +134,29 @@ def print_table(rows: list[tuple]) -> None:
     print("distill live counts the teachers' forward FLOPs; distill cached counts the student's only")
 
 
+def distill_rows(torch, device, cfg, compiles: list[bool], steps: int, autocast, bf16: bool, report) -> None:
+    """The live and the cached distillation step, each compiled and not, with their FLOPs per token."""
+    from babyllama.models import build_model
+    from bench_train import flops_per_token
+
+    vocab, seq = cfg.tokenizer.vocab_size, cfg.data.seq_len
+    torch.manual_seed(0)
+    s = cfg.student
+    student = build_model(s, vocab, SPECIAL).to(device).train()
+    teachers = [build_model(t, vocab, SPECIAL).to(device, torch.bfloat16 if bf16 else torch.float32).eval()
+                for t in cfg.teachers]
+    x = torch.randint(3, vocab, (s.train.batch_size, seq), device=device)
+    teacher_fpt = sum(flops_per_token(t, tc, seq) / 3 for t, tc in zip(teachers, cfg.teachers, strict=True))
+    student_fpt = flops_per_token(student, s, seq)
+    for compile in compiles:
+        net = torch.compile(student) if compile else student
+        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, False), steps, 3 if compile else 1)
+        report(f"distill live{' compiled' if compile else ''}", x.shape[0], t, student_fpt + teacher_fpt)
+        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, True),
+                      steps, 3 if compile else 1)
+        report(f"distill cached ({cfg.distill.cache.mode}){' compiled' if compile else ''}", x.shape[0], t, student_fpt)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "babylm-2023-strict-small.yaml"))
@@ -197,22 +220,7 @@ def main() -> int:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
 
-    torch.manual_seed(0)
-    s = cfg.student
-    student = build_model(s, vocab, SPECIAL).to(device).train()
-    teachers = [build_model(t, vocab, SPECIAL).to(device, torch.bfloat16 if bf16 else torch.float32).eval()
-                for t in cfg.teachers]
-    x = torch.randint(3, vocab, (s.train.batch_size, seq), device=device)
-    teacher_fpt = sum(flops_per_token(t, tc, seq) / 3 for t, tc in zip(teachers, cfg.teachers, strict=True))
-    student_fpt = flops_per_token(student, s, seq)
-    for compile in compiles:
-        net = torch.compile(student) if compile else student
-        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, False), steps, 3 if compile else 1)
-        report(f"distill live{' compiled' if compile else ''}", x.shape[0], t, student_fpt + teacher_fpt)
-        t = step_time(torch, device, distill_step(torch, net, teachers, x, autocast, cfg, True),
-                      steps, 3 if compile else 1)
-        report(f"distill cached ({cfg.distill.cache.mode}){' compiled' if compile else ''}", x.shape[0], t, student_fpt)
-
+    distill_rows(torch, device, cfg, compiles, steps, autocast, bf16, report)
     print_table(rows)
     return 0
 

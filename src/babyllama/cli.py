@@ -17,6 +17,7 @@ from typing import Any
 
 from babyllama import threads  # first: the thread policy must be in place before anything imports torch
 from babyllama.errors import (
+    ERROR_PREFIX,
     EXIT_RESOURCE,
     EXIT_USER,
     UserError,
@@ -577,7 +578,7 @@ def _expand_paths(args: argparse.Namespace) -> None:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"babyllama: error: {message.replace(chr(10), ' ')}", file=sys.stderr)  # always one line
+    print(f"{ERROR_PREFIX}{message.replace(chr(10), ' ')}", file=sys.stderr)  # always one line
     return code
 
 

@@ -16,6 +16,9 @@ EXIT_USER = 2
 #: Exit status when a resource ran out: disk full, quota exceeded, file size limit, out of memory.
 EXIT_RESOURCE = 3
 
+#: How the CLI begins every one-line error (a parent reading a child's stderr looks for it too).
+ERROR_PREFIX = "babyllama: error: "
+
 RESOURCE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.ENOMEM}
 
 _HINTS = {

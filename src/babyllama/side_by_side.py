@@ -33,13 +33,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from babyllama.errors import UserError
+from babyllama.errors import ERROR_PREFIX, UserError
 
 #: Set for a stage's child process: the pid of the `babyllama run` that started it.
 PARENT_ENV = "BABYLLAMA_RUN_PARENT"
 #: Seconds between a child's progress lines (a bar in a log writes one a minute; relayed, more often).
 PROGRESS_INTERVAL_S = "15"
-ERROR_PREFIX = "babyllama: error: "
 
 
 class StageFailed(UserError):

@@ -183,16 +183,33 @@ def test_a_failing_teacher_stops_the_other_in_one_line(tmp_path: Path, tiny_cfg,
     assert not state["teacher:t-llama"]["done"] and "distill" not in state
 
 
-def _processes_running(needle: str) -> list[int]:
-    """Pids whose command line mentions ``needle`` (Linux /proc)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` in the process tree (Linux /proc): a run's fork server and its stages."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if needle in cmdline.read_bytes().decode(errors="replace"):
-                found.append(int(cmdline.parent.name))
-        except OSError:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
     return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has ended)."""
+    running = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                running.add(pid)
+        except (OSError, IndexError):
+            continue
+    return running
 
 
 def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_path: Path, tiny_cfg, capsys) -> None:
@@ -211,12 +228,14 @@ def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_p
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "t-llama" / "last").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    below = _descendants(proc.pid)
+    assert len(below) >= 3, below  # the fork server and the two teachers' processes forked from it
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     deadline = time.monotonic() + 10
-    while _processes_running(str(cfg_path.parent)) and time.monotonic() < deadline:
+    while _alive(below) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_running(str(cfg_path.parent)) == []  # the children died with their run
+    assert _alive(below) == set()  # the teachers and their fork server died with their run
     assert not (out / "models" / "t-llama").exists()
 
     assert main(["run", str(cfg_path)]) == 0

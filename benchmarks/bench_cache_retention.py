@@ -45,7 +45,7 @@ def _config(out: Path, args: argparse.Namespace, extra: list[str]):
             "student.train.windows=fixed", "student.train.eval_every=0"]
     if args.max_words:
         base += [f"data.max_words={args.max_words}"]
-    return load_config(ROOT / "configs" / "demo.yaml", base + extra)
+    return load_config(ROOT / "configs" / "demo.yaml", base + list(args.set) + extra)
 
 
 def _dev_ce(cfg, name: str, windows: int | None) -> float:
@@ -180,6 +180,8 @@ def main() -> None:
     parser.add_argument("--dev-windows", type=int, default=None, help="dev CE on this many windows (default: all)")
     parser.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override (repeatable), e.g. 'teachers.0.train.epochs=6' for stronger teachers")
     args = parser.parse_args()
     args.temperatures = [float(t) for t in args.temperatures.split(",")]
     args.modes = [m for m in args.modes.split(",") if m]

@@ -150,8 +150,10 @@ def test_run_under_torchrun_trains_every_model_data_parallel(tmp_path: Path, tin
     out = Path(tiny_cfg.out_dir)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "babyllama", "run", str(cfg_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    # --standalone: a free port of its own; torchrun's default 29500 is shared by every run on the machine, so a
+    # second suite (or any DDP job) running at the same time made this test fail at random (EADDRINUSE)
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "babyllama", "run",
+                           str(cfg_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for name in ("t-llama", "t-gpt2", "student", "student-control"):
         start = json.loads((out / "models" / name / "metrics.jsonl").read_text().splitlines()[0])
@@ -181,6 +183,20 @@ def test_a_failing_teacher_stops_the_other_in_one_line(tmp_path: Path, tiny_cfg,
     assert not (out / "models" / "t-llama").exists()  # stopped long before its 100,000 steps
     state = json.loads((out / "run_state.json").read_text())
     assert not state["teacher:t-llama"]["done"] and "distill" not in state
+
+
+def test_a_stage_whose_run_ended_before_it_started_does_not_train(tmp_path: Path, prepared_cfg) -> None:
+    """A run killed while its side-by-side children are still starting: they end at once (before the kernel
+    could tie them to the run) instead of training on alone, outside the run's lock."""
+    from babyllama.side_by_side import PARENT_ENV, stage_argv
+
+    cfg_path = _write_config(tmp_path, prepared_cfg)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    env = {**os.environ, PARENT_ENV: gone.stdout.strip()}  # a run that has ended: not this process's parent
+    child = subprocess.run(stage_argv(cfg_path, "t-llama", 1), capture_output=True, text=True, env=env, timeout=300)
+    out = Path(prepared_cfg.out_dir)
+    assert child.returncode == 1 and not (out / "checkpoints").exists() and not (out / "models").exists()
+    assert main(["train", str(cfg_path), "--model", "t-llama"]) == 0  # the same command on its own trains
 
 
 def _processes_running(needle: str) -> list[int]:

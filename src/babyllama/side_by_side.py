@@ -60,11 +60,15 @@ def is_child() -> bool:
 def adopt() -> None:
     """At a command's start: when a `babyllama run` started this process for one of its stages (``PARENT_ENV``
     names our parent), remember it and end when it ends, however it ends (a SIGKILL included). The variable
-    is removed, so nothing this process starts takes it for its own."""
+    is removed, so nothing this process starts takes it for its own. Only the run's own children are given it:
+    when the pid it names is no longer our parent, the run ended (was killed) while this process started, and
+    the stage ends at once rather than train on alone, unlocked, into a folder the next run resumes."""
     global _parent
     parent = os.environ.pop(PARENT_ENV, None)
-    if parent is None or parent != str(os.getppid()):  # not ours (or the run has already ended)
+    if parent is None:
         return
+    if parent != str(os.getppid()):
+        os._exit(1)  # nobody reads our status or output: the run that wanted this stage is gone
     _parent = int(parent)
     if not _kernel_kills_us_with_parent():  # elsewhere than Linux: poll for the parent
         def watch() -> None:

@@ -227,12 +227,13 @@ def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_p
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "t-llama" / "last").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert len(_processes_running(str(cfg_path.parent))) == 3  # the run and its two `babyllama train` children
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     deadline = time.monotonic() + 10
     while _processes_running(str(cfg_path.parent)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_running(str(cfg_path.parent)) == []  # the children died with their run
+    assert _processes_running(str(cfg_path.parent)) == []  # the children (`train <out_dir>/...`) died with their run
     assert not (out / "models" / "t-llama").exists()
 
     assert main(["run", str(cfg_path)]) == 0
@@ -240,6 +241,7 @@ def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_p
     assert "[run] teacher:t-llama: resuming" in resumed
     assert "[run] teacher:t-llama, teacher:t-gpt2: side by side, 2 at a time, 1 CPU thread each" in resumed
     assert "(2 teachers side by side)" in resumed and (out / "report.md").exists()
+    assert not list(out.glob(".side_by_side*"))  # the children's config copy, left by the kill, is gone
     for name in ("t-llama", "t-gpt2"):  # trained by `babyllama train` children, exactly as configured
         summary = json.loads((out / "models" / name / "training_summary.json").read_text())
         assert summary["steps"] == 150 and summary["threads"]["threads"] == 1

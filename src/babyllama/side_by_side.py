@@ -10,7 +10,8 @@ one after the other with two threads each (README, "Benchmarks"). ``side_by_side
 GPUs and DDP runs train one stage at a time.
 
 Each stage runs as `babyllama train <config> --model NAME --threads N`, the very command a user would type,
-on a copy of the run's resolved config (the stage identity is the same on both sides). The parent holds
+on a copy of the run's resolved config in its out_dir (the stage identity is the same on both sides; a
+killed run leaves that one small file for the next run to overwrite, not a folder in /tmp). The parent holds
 the out_dir lock; a child knows it is one (``PARENT_ENV`` names the parent's pid), so it neither takes
 the lock nor rewrites config.yaml, and it dies with its parent, so a killed run leaves no orphan
 training a model the next run resumes. Children's output is relayed line by line (their progress bars
@@ -26,7 +27,6 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,6 +37,8 @@ from babyllama.errors import ERROR_PREFIX, UserError
 
 #: Set for a stage's child process: the pid of the `babyllama run` that started it.
 PARENT_ENV = "BABYLLAMA_RUN_PARENT"
+#: The children's copy of the run's config, in its out_dir (config.yaml there is the user's to read and keep).
+CONFIG_COPY = ".side_by_side.yaml"
 #: Seconds between a child's progress lines (a bar in a log writes one a minute; relayed, more often).
 PROGRESS_INTERVAL_S = "15"
 
@@ -121,12 +123,17 @@ def stage_argv(config_file: Path, model: str, threads: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def config_copy(yaml_text: str) -> Iterator[Path]:
-    """The run's resolved config in a temporary file the children read (removed afterwards)."""
-    with tempfile.TemporaryDirectory(prefix="babyllama-run-") as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml_text, encoding="utf-8")
+def config_copy(out_dir: Path, yaml_text: str) -> Iterator[Path]:
+    """The run's resolved config in a file the children read, removed afterwards. In the out_dir, which the
+    run holds locked (one run at a time writes it): a temporary folder elsewhere outlived every killed run."""
+    from babyllama.io import atomic_write_text
+
+    path = Path(out_dir) / CONFIG_COPY
+    atomic_write_text(path, yaml_text)
+    try:
         yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def run_jobs(jobs: list[Job], at_once: int) -> None:

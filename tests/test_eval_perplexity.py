@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -126,3 +129,20 @@ def test_a_different_tokenizer_reads_the_dev_text_itself(prepared_cfg, tmp_path)
 def test_no_trained_model(prepared_cfg):
     with pytest.raises(UserError, match="no trained model"):
         perplexity_for_config(prepared_cfg, device="cpu")
+
+
+def test_the_command_as_a_user_runs_it_shows_and_writes_everything(prepared_cfg, tmp_path):
+    """`python -m babyllama` ends without the interpreter's teardown (babyllama.fast_exit): its whole output is
+    still shown and its file written."""
+    cfg = prepared_cfg
+    folder = save_trained_stand_in(cfg, "student", seed=5)
+    out = tmp_path / "ppl.json"
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    args = [sys.executable, "-m", "babyllama", "evaluate", "perplexity", "--model", str(folder), "--data-dir",
+            str(cfg.data_dir), "--seq-len", str(cfg.data.seq_len), "--threads", "1", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()  # the table, then the file it wrote: nothing lost when the process ended
+    assert lines[-1] == f"wrote {out}" and any(line.startswith("| student | ") for line in lines)
+    expected = evaluate_perplexity(folder, cfg.data_dir, seq_len=cfg.data.seq_len, device="cpu")
+    assert json.loads(out.read_text())["student"]["ce_nats_per_token"] == pytest.approx(expected["ce_nats_per_token"])

@@ -185,30 +185,33 @@ def test_a_failing_teacher_stops_the_other_in_one_line(tmp_path: Path, tiny_cfg,
     assert not state["teacher:t-llama"]["done"] and "distill" not in state
 
 
-def test_a_stage_whose_run_ended_before_it_started_does_not_train(tmp_path: Path, prepared_cfg) -> None:
-    """A run killed while its side-by-side children are still starting: they end at once (before the kernel
-    could tie them to the run) instead of training on alone, outside the run's lock."""
-    from babyllama.side_by_side import PARENT_ENV, stage_argv
-
-    cfg_path = _write_config(tmp_path, prepared_cfg)
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    env = {**os.environ, PARENT_ENV: gone.stdout.strip()}  # a run that has ended: not this process's parent
-    child = subprocess.run(stage_argv(cfg_path, "t-llama", 1), capture_output=True, text=True, env=env, timeout=300)
-    out = Path(prepared_cfg.out_dir)
-    assert child.returncode == 1 and not (out / "checkpoints").exists() and not (out / "models").exists()
-    assert main(["train", str(cfg_path), "--model", "t-llama"]) == 0  # the same command on its own trains
-
-
-def _processes_running(needle: str) -> list[int]:
-    """Pids whose command line mentions ``needle`` (Linux /proc)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` in the process tree (Linux /proc): a run's fork server and its stages."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if needle in cmdline.read_bytes().decode(errors="replace"):
-                found.append(int(cmdline.parent.name))
-        except OSError:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
     return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (a zombie has ended)."""
+    running = set()
+    for pid in pids:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                running.add(pid)
+        except (OSError, IndexError):
+            continue
+    return running
 
 
 def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_path: Path, tiny_cfg, capsys) -> None:
@@ -227,13 +230,14 @@ def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_p
     deadline = time.monotonic() + 120
     while not (out / "checkpoints" / "t-llama" / "last").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert len(_processes_running(str(cfg_path.parent))) == 3  # the run and its two `babyllama train` children
+    below = _descendants(proc.pid)
+    assert len(below) >= 3, below  # the fork server and the two teachers' processes forked from it
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     deadline = time.monotonic() + 10
-    while _processes_running(str(cfg_path.parent)) and time.monotonic() < deadline:
+    while _alive(below) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _processes_running(str(cfg_path.parent)) == []  # the children (`train <out_dir>/...`) died with their run
+    assert _alive(below) == set()  # the teachers and their fork server died with their run
     assert not (out / "models" / "t-llama").exists()
 
     assert main(["run", str(cfg_path)]) == 0
@@ -241,7 +245,7 @@ def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_p
     assert "[run] teacher:t-llama: resuming" in resumed
     assert "[run] teacher:t-llama, teacher:t-gpt2: side by side, 2 at a time, 1 CPU thread each" in resumed
     assert "(2 teachers side by side)" in resumed and (out / "report.md").exists()
-    assert not list(out.glob(".side_by_side*"))  # the children's config copy, left by the kill, is gone
+    assert not list(out.glob(".side_by_side*"))  # the stages' config copy, left by the kill, is gone
     for name in ("t-llama", "t-gpt2"):  # trained by `babyllama train` children, exactly as configured
         summary = json.loads((out / "models" / name / "training_summary.json").read_text())
         assert summary["steps"] == 150 and summary["threads"]["threads"] == 1

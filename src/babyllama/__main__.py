@@ -1,7 +1,5 @@
 """`python -m babyllama ...` (also what `torchrun ... -m babyllama ...` runs)."""
 
-import sys
+from babyllama.cli import entry
 
-from babyllama.cli import main
-
-sys.exit(main())
+entry()

@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from babyllama import threads  # first: the thread policy must be in place before anything imports torch
 from babyllama.errors import (
@@ -25,6 +25,7 @@ from babyllama.errors import (
     describe_out_of_memory,
     is_out_of_memory,
 )
+from babyllama.fast_exit import exit_now
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -542,9 +543,8 @@ def main(argv: list[str] | None = None) -> int:
     _expand_paths(args)
     _quiet_libraries()
     try:
-        from babyllama.side_by_side import adopt, is_child
+        from babyllama.side_by_side import is_child
 
-        adopt()  # a stage of `run` side by side: it ends with the run
         threads.apply(args.threads, log=args.verb != "config" and not is_child())
         with ExitStack() as held:  # the out_dir lock, released however the command ends
             args.held = held
@@ -582,5 +582,11 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def entry() -> NoReturn:
+    """The `babyllama` script and `python -m babyllama`: ``main`` on the command line, then a quick exit
+    (babyllama.fast_exit: no interpreter teardown once the command's output is complete)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

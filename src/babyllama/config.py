@@ -652,7 +652,9 @@ class Config(Section):
         "CPU threads: a small model's step is many small operations, which scale poorly across threads (each one "
         "wakes the other threads), so two teachers at 1 thread each can beat one after the other at 2 threads (README, "
         "'Benchmarks'). 'auto': on the CPU with at least 2 threads; true: on the CPU even with one; false: never. "
-        "Never on a GPU or under torchrun. The models match up to rounding (a model's numbers depend on its thread count).",
+        "Never on a GPU or under torchrun, nor where Python cannot fork from a server (Windows): each teacher's process is "
+        "forked from one that imported torch and transformers once, from the start of the run. The models match up to "
+        "rounding (a model's numbers depend on its thread count).",
     )
 
     @field_validator("out_dir")

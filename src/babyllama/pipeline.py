@@ -29,7 +29,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from babyllama import distributed, identity, progress
+from babyllama import distributed, identity, progress, side_by_side
 from babyllama.config import Config
 from babyllama.errors import UserError
 from babyllama.roles import EVALUATE, PREPARE, REPORT, Member, Role, members
@@ -163,11 +163,21 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
     ``only`` restricts the run to the named stages (e.g. a sweep preparing the data and shared teachers).
     ``config_arg``: the config as the user named it, for the closing `babyllama sweep` hint.
     """
+    if _may_go_side_by_side(cfg) and _teachers_due(cfg, force or []) > 1:
+        side_by_side.warm_up()  # the teachers' fork server imports torch while the run plans and prepares the data
+    try:
+        return _run_stages(cfg, force or [], only, config_arg)
+    finally:
+        side_by_side.shut_down()  # where the teachers never came to run (a failure before them, all up to date)
+
+
+def _run_stages(cfg: Config, force: list[str], only: list[str] | None, config_arg: str | None) -> dict[str, Any]:
+    """The body of run_pipeline (while the fork server, if any, runs)."""
     stages = plan(cfg)
     check_inputs(cfg)  # every rank: read-only, and all of them stop alike on a bad input
     if only is not None:
         stages = [s for s in stages if s.name in only]
-    forced, redo = _expand_force(stages, force or [])
+    forced, redo = _expand_force(stages, force)
     if any(s.name == EVALUATE for s in stages) and distributed.is_main_process():
         note_missing_blimp(cfg)
     if distributed.is_distributed():  # under torchrun: join the group before any barrier (torch loads only then)
@@ -191,6 +201,16 @@ def run_pipeline(cfg: Config, force: list[str] | None = None, only: list[str] | 
                 continue
             timings[stage.name] = _run_stage(stage, state, main)
     return _print_summary(cfg, timings, config_arg) if main and only is None else {}
+
+
+def _teachers_due(cfg: Config, force: list[str]) -> int:
+    """How many teachers' stages the run state does not record as finished (all of them under --force): a
+    guess, before any identity can be computed, of whether the teachers will train side by side."""
+    if cfg.student is None or not cfg.teachers:
+        return 0  # plan() says what is missing
+    state = RunState(cfg.out)
+    return sum(1 for m in members(cfg) if m.stage is not None and m.role is Role.TEACHER
+               and (force or state.finished_with(m.stage) is None))
 
 
 def _groups(stages: list[Stage]) -> list[list[Stage]]:
@@ -233,6 +253,7 @@ def _run_side_by_side(cfg: Config, stages: list[Stage], state: RunState, timings
         at_once = side_by_side.decide(cfg.side_by_side, n_threads, len(stages),
                                       on_cpu=training_device().type == "cpu", distributed=False)
     if at_once < 2:
+        side_by_side.shut_down()
         for stage in stages:
             timings[stage.name] = _run_stage(stage, state, True)
         return

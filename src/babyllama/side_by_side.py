@@ -9,38 +9,55 @@ one after the other with two threads each (README, "Benchmarks"). ``side_by_side
 `babyllama run` does it: 'auto' on the CPU outside torchrun when this process has at least 2 threads;
 GPUs and DDP runs train one stage at a time.
 
-Each stage runs as `babyllama train <config> --model NAME --threads N`, the very command a user would type,
-on a copy of the run's resolved config in its out_dir (the stage identity is the same on both sides; a
-killed run leaves that one small file for the next run to overwrite, not a folder in /tmp). The parent holds
-the out_dir lock; a child knows it is one (``PARENT_ENV`` names the parent's pid), so it neither takes
-the lock nor rewrites config.yaml, and it dies with its parent, so a killed run leaves no orphan
-training a model the next run resumes. Children's output is relayed line by line (their progress bars
-write whole lines, as into a log); a failed child's one-line error is reported once, as the run's
-error with the child's exit status, after the other children are stopped (each resumes from its last
-checkpoint on the next run).
+Each stage runs `babyllama train <config> --model NAME --threads N`, the very command a user would type
+(``ENTRY``, the function the `babyllama` script calls, given those arguments), on a copy of the run's
+resolved config in its out_dir (the stage identity is the same on both sides), in a process forked from a fork server
+(multiprocessing's 'forkserver'). Why: a new Python process imports torch and transformers' model code
+(about 4 s on 2 cores) before its first step; the server imports them once (``PRELOAD``), from when the run
+starts (``warm_up``), so that import overlaps the data preparation, and each stage's process is a fork of
+it, ready at once; it ends when it has no more stage to give (``shut_down``). The server has only imported
+modules, never run an operation (no OpenMP pool, no tokenizer threads), so forking it is safe. The parent
+holds the out_dir lock; a stage's process knows it is one (``is_child``), so it neither takes the lock nor
+rewrites config.yaml, and it dies with its run, so a killed run leaves no orphan training a model the next
+run resumes. Each stage's output is relayed line by line (their progress bars write whole lines, as into a
+log); a failed stage's one-line error is reported once, as the run's error with its process's exit status,
+after the other stages are stopped (each resumes from its last checkpoint on the next run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
+import io
+import multiprocessing
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing import forkserver
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
+from typing import Any, TextIO
 
 from babyllama.errors import ERROR_PREFIX, UserError
+from babyllama.fast_exit import exit_now
 
-#: Set for a stage's child process: the pid of the `babyllama run` that started it.
-PARENT_ENV = "BABYLLAMA_RUN_PARENT"
+#: The command a stage's process runs, named as the `babyllama` script names it: like the command line it
+#: replaces (`python -m babyllama train ...`), the run calls the top of the package without importing it.
+ENTRY = "babyllama.cli:main"
+#: Imported once in the fork server, before the first stage: what `babyllama train` needs before its first
+#: step (torch, transformers' model classes, the training loop).
+PRELOAD = ["babyllama.cli", "babyllama.training", "babyllama.train.loop", "babyllama.data.tokenizer",
+           "babyllama.evaluate.registry", "babyllama.lock"]
 #: The children's copy of the run's config, in its out_dir (config.yaml there is the user's to read and keep).
 CONFIG_COPY = ".side_by_side.yaml"
 #: Seconds between a child's progress lines (a bar in a log writes one a minute; relayed, more often).
 PROGRESS_INTERVAL_S = "15"
+#: Whether this platform can fork from a server (Linux, macOS); elsewhere the stages run one after the other.
+FORKSERVER = "forkserver" in multiprocessing.get_all_start_methods()
 
 
 class StageFailed(UserError):
@@ -51,75 +68,59 @@ class StageFailed(UserError):
         self.exit_code = exit_code
 
 
-_parent: int | None = None  # in a stage's child: the pid of its `babyllama run`
+_parent: int | None = None  # in a stage's process: the pid of its `babyllama run`
 
 
 def is_child() -> bool:
-    """True in a stage's process started by `babyllama run` (after ``adopt``)."""
+    """True in a stage's process started by `babyllama run`."""
     return _parent is not None
 
 
-def adopt() -> None:
-    """At a command's start: when a `babyllama run` started this process for one of its stages (``PARENT_ENV``
-    names our parent), remember it and end when it ends, however it ends (a SIGKILL included). The variable
-    is removed, so nothing this process starts takes it for its own. Only the run's own children are given it:
-    when the pid it names is no longer our parent, the run ended (was killed) while this process started, and
-    the stage ends at once rather than train on alone, unlocked, into a folder the next run resumes."""
-    global _parent
-    parent = os.environ.pop(PARENT_ENV, None)
-    if parent is None:
+def warm_up() -> None:
+    """Start the fork server now, so that its imports overlap what the run does before its teachers."""
+    if FORKSERVER:
+        multiprocessing.get_context("forkserver").set_forkserver_preload(PRELOAD)
+        forkserver.ensure_running()
+
+
+def shut_down() -> None:
+    """End the fork server (its imports hold memory the later stages can use); a no-op where none runs.
+    Only once every stage's process has ended: each holds the server's lifeline too."""
+    server = getattr(forkserver, "_forkserver", None)  # CPython's own state (3.8 to 3.13), read defensively
+    pid, stop = getattr(server, "_forkserver_pid", None), getattr(server, "_stop", None)
+    if pid is None or stop is None:
         return
-    if parent != str(os.getppid()):
-        os._exit(1)  # nobody reads our status or output: the run that wanted this stage is gone
-    _parent = int(parent)
-    if not _kernel_kills_us_with_parent():  # elsewhere than Linux: poll for the parent
-        def watch() -> None:
-            while os.getppid() == _parent:
-                time.sleep(0.2)
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        threading.Thread(target=watch, daemon=True, name="babyllama-parent-watch").start()
-    if os.getppid() != _parent:  # it ended before the kernel was asked
-        os._exit(1)
-
-
-def _kernel_kills_us_with_parent() -> bool:
-    """Linux: ask the kernel to SIGKILL this process when its parent dies (prctl PR_SET_PDEATHSIG)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGTERM)  # at once, even while it is still importing
+    stop()  # reap it, close its lifeline, remove its socket
 
 
 def decide(setting: bool | str, cpu_threads: int, stages: int, *, on_cpu: bool, distributed: bool) -> int:
     """How many of ``stages`` independent stages run at once (1: one after the other) under ``side_by_side``:
     'auto' on the CPU with at least 2 threads, ``true`` on the CPU even with one; never on a GPU or under
-    torchrun (a GPU's kernels or the DDP ranks already use the hardware)."""
-    if stages < 2 or distributed or not on_cpu or setting is False or (setting == "auto" and cpu_threads < 2):
+    torchrun (a GPU's kernels or the DDP ranks already use the hardware), nor without a fork server."""
+    if (stages < 2 or distributed or not on_cpu or not FORKSERVER or setting is False
+            or (setting == "auto" and cpu_threads < 2)):
         return 1
     return min(stages, max(2, cpu_threads))
 
 
 @dataclass
 class Job:
-    """One stage to run in a child: its name, its command-line verb and arguments, and what to call when done."""
+    """One stage to run in a child: its name, its command-line arguments, and what to call when done."""
 
     name: str
     argv: list[str]
     done: Callable[[float], None]  # called with the stage's seconds once its process succeeded
-    proc: subprocess.Popen | None = None
+    proc: Any = None  # its multiprocessing.Process once started
     started: float = 0.0
     error: str | None = None
     relay: threading.Thread | None = field(default=None, repr=False)
 
 
 def stage_argv(config_file: Path, model: str, threads: int) -> list[str]:
-    """The command of one teacher's child: what a user would type to train it alone, on the run's config."""
-    return [sys.executable, "-m", "babyllama", "train", str(config_file), "--model", model, "--threads", str(threads)]
+    """The arguments of one teacher's command: what a user would type to train it alone, on the run's config."""
+    return ["train", str(config_file), "--model", model, "--threads", str(threads)]
 
 
 @contextlib.contextmanager
@@ -140,17 +141,17 @@ def run_jobs(jobs: list[Job], at_once: int) -> None:
     """Run ``jobs``, ``at_once`` at a time, each in its own process; StageFailed (the others stopped) when one fails."""
     from babyllama.progress import INTERVAL_ENV
 
-    env = {**os.environ, PARENT_ENV: str(os.getpid()), INTERVAL_ENV: PROGRESS_INTERVAL_S,
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, INTERVAL_ENV: PROGRESS_INTERVAL_S}
     env.pop("BABYLLAMA_THREADS", None)  # each child's --threads is its share
     pending, running = list(jobs), []
     try:
         while pending or running:
+            asked = time.perf_counter()  # a stage's clock: from when the run wants it, waiting for the server too
             while pending and len(running) < at_once:
-                running.append(_start(pending.pop(0), env))
+                running.append(_start(pending.pop(0), env, asked))
             finished = _wait_any(running)
             running.remove(finished)
-            code = finished.proc.returncode if finished.proc else 1
+            code = finished.proc.exitcode if finished.proc.exitcode is not None else 1
             if code != 0:
                 pending.clear()
                 _stop(running)
@@ -159,52 +160,89 @@ def run_jobs(jobs: list[Job], at_once: int) -> None:
     except BaseException:
         _stop(running)  # an interrupt (Ctrl-C, SIGTERM) or a failure: no child outlives the run
         raise
+    finally:
+        shut_down()
 
 
-def _start(job: Job, env: dict[str, str]) -> Job:
-    job.started = time.perf_counter()
-    job.proc = subprocess.Popen(job.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                bufsize=1)
-    job.relay = threading.Thread(target=_relay, args=(job,), daemon=True, name=f"babyllama-relay-{job.name}")
+def _start(job: Job, env: dict[str, str], asked: float) -> Job:
+    """Fork the job's process from the server (waiting for the server's imports, if still under way)."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    read, write = ctx.Pipe(duplex=False)
+    job.proc = ctx.Process(target=_stage_process, args=(job.argv, env, write), name=f"babyllama {job.name}")
+    job.started = asked
+    job.proc.start()
+    write.close()  # the child holds the only write end: its output ends when it does
+    lines = open(os.dup(read.fileno()), encoding=None, errors="replace")  # text, as subprocess reads a pipe
+    read.close()
+    job.relay = threading.Thread(target=_relay, args=(job, lines), daemon=True, name=f"babyllama-relay-{job.name}")
     job.relay.start()
     return job
 
 
-def _relay(job: Job) -> None:
+def _stage_process(argv: list[str], env: dict[str, str], out: Connection) -> None:
+    """In a stage's process (a fork of the server): its output into the run's pipe, the run's environment,
+    death with the run, then the command, ending with its exit status."""
+    global _parent
+    for fd in (1, 2):
+        os.dup2(out.fileno(), fd)
+    out.close()
+    sys.stdout, sys.stderr = _line_stream(1), _line_stream(2)
+    os.environ.clear()
+    os.environ.update(env)
+    parent = multiprocessing.parent_process()
+    _parent = parent.pid if parent is not None else os.getppid()
+    if parent is not None:
+        threading.Thread(target=_die_with, args=(parent,), daemon=True, name="babyllama-parent-watch").start()
+    module, _, function = ENTRY.partition(":")
+    exit_now(getattr(importlib.import_module(module), function)(argv))
+
+
+def _line_stream(fd: int) -> TextIO:
+    """A text stream on ``fd`` that passes each write straight on (the run relays whole lines as they come)."""
+    return io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=None, errors="backslashreplace",
+                            line_buffering=True, write_through=True)
+
+
+def _die_with(parent: Any) -> None:
+    """End this process the moment its run ends, however it ends (a SIGKILL included): its lifeline closes."""
+    parent.join()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _relay(job: Job, lines: TextIO) -> None:
     """Copy the child's lines to our console as they come, keeping its one-line error for the run's own."""
-    assert job.proc is not None and job.proc.stdout is not None
-    for line in job.proc.stdout:
-        if line.startswith(ERROR_PREFIX):
-            job.error = line[len(ERROR_PREFIX):].strip()
-            continue
-        stream = sys.stdout if line.startswith("[") else sys.stderr  # our own [run] lines on stdout, bars on stderr
-        stream.write(line)
-        stream.flush()
+    with lines:
+        for line in lines:
+            if line.startswith(ERROR_PREFIX):
+                job.error = line[len(ERROR_PREFIX):].strip()
+                continue
+            stream = sys.stdout if line.startswith("[") else sys.stderr  # our own [run] lines on stdout, bars on stderr
+            stream.write(line)
+            stream.flush()
 
 
 def _wait_any(running: list[Job]) -> Job:
     """The first of ``running`` whose process has ended (and whose output has been relayed)."""
-    while True:
-        for job in running:
-            if job.proc is not None and job.proc.poll() is not None:
-                if job.relay is not None:
-                    job.relay.join()
-                return job
-        time.sleep(0.1)
+    wait([job.proc.sentinel for job in running])
+    job = next(j for j in running if j.proc.exitcode is not None)
+    job.proc.join()
+    if job.relay is not None:
+        job.relay.join()
+    return job
 
 
 def _stop(running: list[Job]) -> None:
     """Terminate the children still running and wait for them (their checkpoints are written atomically)."""
     for job in running:
-        if job.proc is not None and job.proc.poll() is None:
+        if job.proc is not None and job.proc.is_alive():
             job.proc.terminate()
     for job in running:
         if job.proc is not None:
-            try:
-                job.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
+            job.proc.join(timeout=30)
+            if job.proc.is_alive():
                 job.proc.kill()
-                job.proc.wait()
+                job.proc.join()
         if job.relay is not None:
             job.relay.join(timeout=5)
 

@@ -271,7 +271,7 @@ def _run_side_by_side(cfg: Config, stages: list[Stage], state: RunState, timings
         return record
 
     start = time.perf_counter()
-    with side_by_side.config_copy(cfg.to_yaml()) as config_file:
+    with side_by_side.config_copy(cfg.out, cfg.to_yaml()) as config_file:
         jobs = [side_by_side.Job(s.name, side_by_side.stage_argv(config_file, s.member.name, share), finished(s))
                 for s in stages]
         side_by_side.run_jobs(jobs, at_once)

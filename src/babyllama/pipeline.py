@@ -204,13 +204,13 @@ def _run_stages(cfg: Config, force: list[str], only: list[str] | None, config_ar
 
 
 def _teachers_due(cfg: Config, force: list[str]) -> int:
-    """How many teachers' stages the run state does not record as finished (all of them under --force): a
-    guess, before any identity can be computed, of whether the teachers will train side by side."""
+    """How many teachers' stages the run state does not record as finished or --force redoes (naming them,
+    'teachers' or 'prepare'): a guess, before any identity can be computed, of whether they will train side by side."""
     if cfg.student is None or not cfg.teachers:
         return 0  # plan() says what is missing
     state = RunState(cfg.out)
     return sum(1 for m in members(cfg) if m.stage is not None and m.role is Role.TEACHER
-               and (force or state.finished_with(m.stage) is None))
+               and (bool({"teachers", PREPARE, m.name, m.stage} & set(force)) or state.finished_with(m.stage) is None))
 
 
 def _groups(stages: list[Stage]) -> list[list[Stage]]:

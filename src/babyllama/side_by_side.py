@@ -50,8 +50,9 @@ from babyllama.fast_exit import exit_now
 ENTRY = "babyllama.cli:main"
 #: Imported once in the fork server, before the first stage: what `babyllama train` needs before its first
 #: step (torch, transformers' model classes, the training loop).
+#: The last, babyllama.fork_server_exit, lets the server end at once when its run has ended.
 PRELOAD = ["babyllama.cli", "babyllama.training", "babyllama.train.loop", "babyllama.data.tokenizer",
-           "babyllama.evaluate.registry", "babyllama.lock"]
+           "babyllama.evaluate.registry", "babyllama.lock", "babyllama.fork_server_exit"]
 #: The children's copy of the run's config, in its out_dir (config.yaml there is the user's to read and keep).
 CONFIG_COPY = ".side_by_side.yaml"
 #: Seconds between a child's progress lines (a bar in a log writes one a minute; relayed, more often).

@@ -22,10 +22,12 @@ $(VENV)/.installed: pyproject.toml
 		torch="torch==2.13.0"; fi; \
 	echo "$(PY) -m pip install -q --no-compile -e .[dev] $$torch"; \
 	$(PY) -m pip install -q --no-compile -e ".[dev]" $$torch
-	@# The bytecode of what the commands import (torch, transformers' models, matplotlib), written once here
-	@# rather than by every first process, and also where PYTHONDONTWRITEBYTECODE is set
+	@# The bytecode of what the commands import (torch, transformers' models and tokenizer loading, matplotlib),
+	@# written once here rather than by every first process, and also where PYTHONDONTWRITEBYTECODE is set
 	PYTHONDONTWRITEBYTECODE= $(PY) -c "import babyllama.cli, babyllama.pipeline, babyllama.train.loop, \
-		babyllama.evaluate.blimp, babyllama.report, matplotlib.pyplot"
+		babyllama.evaluate.blimp, babyllama.evaluate.perplexity, babyllama.report, matplotlib.pyplot, \
+		transformers.models.auto.tokenization_auto, transformers.tokenization_utils_tokenizers, \
+		transformers.convert_slow_tokenizer"
 	touch $@
 
 setup: $(VENV)/.installed

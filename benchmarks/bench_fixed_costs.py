@@ -4,7 +4,9 @@ Trains a short run of the demo's model sizes (configs/demo.yaml, ``--steps`` opt
 the first ``--words`` words) in a temporary folder, then times every command as a new process, as a user
 runs it, in a table with its wall time, its work and the difference, its fixed cost. For a training stage
 the work is its optimizer steps and dev evaluations (the loop's own clock, ``wall_time_s`` in
-training_summary.json); for `evaluate perplexity` it is scoring the dev windows (timed in this process);
+training_summary.json); a side-by-side teacher stage's clock starts when the run asks for its process, so
+the wait for the fork server's imports counts as its fixed cost, while the part of them that overlapped the
+run's planning and data preparation does not (the row of the whole first `babyllama run` shows the sum); for `evaluate perplexity` it is scoring the dev windows (timed in this process);
 for `--help`, `config`, `report` and `run` on a finished run (every stage verified and skipped) all of it
 is fixed cost. A second table times the pieces in this process: publishing a model (verify the best
 checkpoint's sha256 sums, copy it), the final dev evaluation (load, score), the sha256 of a model folder

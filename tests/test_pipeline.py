@@ -150,8 +150,10 @@ def test_run_under_torchrun_trains_every_model_data_parallel(tmp_path: Path, tin
     out = Path(tiny_cfg.out_dir)
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "babyllama", "run", str(cfg_path)],
-                          capture_output=True, text=True, env=env, timeout=300)
+    # --standalone: a free port of its own; torchrun's default 29500 is shared by every run on the machine, so a
+    # second suite (or any DDP job) running at the same time made this test fail at random (EADDRINUSE)
+    done = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "babyllama", "run",
+                           str(cfg_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     for name in ("t-llama", "t-gpt2", "student", "student-control"):
         start = json.loads((out / "models" / name / "metrics.jsonl").read_text().splitlines()[0])
@@ -243,6 +245,7 @@ def test_killed_run_stops_its_side_by_side_teachers_then_resumes_and_skips(tmp_p
     assert "[run] teacher:t-llama: resuming" in resumed
     assert "[run] teacher:t-llama, teacher:t-gpt2: side by side, 2 at a time, 1 CPU thread each" in resumed
     assert "(2 teachers side by side)" in resumed and (out / "report.md").exists()
+    assert not list(out.glob(".side_by_side*"))  # the stages' config copy, left by the kill, is gone
     for name in ("t-llama", "t-gpt2"):  # trained by `babyllama train` children, exactly as configured
         summary = json.loads((out / "models" / name / "training_summary.json").read_text())
         assert summary["steps"] == 150 and summary["threads"]["threads"] == 1

@@ -204,13 +204,13 @@ def _run_stages(cfg: Config, force: list[str], only: list[str] | None, config_ar
 
 
 def _teachers_due(cfg: Config, force: list[str]) -> int:
-    """How many teachers' stages the run state does not record as finished (all of them under --force): a
-    guess, before any identity can be computed, of whether the teachers will train side by side."""
+    """How many teachers' stages the run state does not record as finished or --force redoes (naming them,
+    'teachers' or 'prepare'): a guess, before any identity can be computed, of whether they will train side by side."""
     if cfg.student is None or not cfg.teachers:
         return 0  # plan() says what is missing
     state = RunState(cfg.out)
     return sum(1 for m in members(cfg) if m.stage is not None and m.role is Role.TEACHER
-               and (force or state.finished_with(m.stage) is None))
+               and (bool({"teachers", PREPARE, m.name, m.stage} & set(force)) or state.finished_with(m.stage) is None))
 
 
 def _groups(stages: list[Stage]) -> list[list[Stage]]:
@@ -271,7 +271,7 @@ def _run_side_by_side(cfg: Config, stages: list[Stage], state: RunState, timings
         return record
 
     start = time.perf_counter()
-    with side_by_side.config_copy(cfg.to_yaml()) as config_file:
+    with side_by_side.config_copy(cfg.out, cfg.to_yaml()) as config_file:
         jobs = [side_by_side.Job(s.name, side_by_side.stage_argv(config_file, s.member.name, share), finished(s))
                 for s in stages]
         side_by_side.run_jobs(jobs, at_once)

@@ -11,7 +11,7 @@ GPUs and DDP runs train one stage at a time.
 
 Each stage runs `babyllama train <config> --model NAME --threads N`, the very command a user would type
 (``ENTRY``, the function the `babyllama` script calls, given those arguments), on a copy of the run's
-resolved config (the stage identity is the same on both sides), in a process forked from a fork server
+resolved config in its out_dir (the stage identity is the same on both sides), in a process forked from a fork server
 (multiprocessing's 'forkserver'). Why: a new Python process imports torch and transformers' model code
 (about 4 s on 2 cores) before its first step; the server imports them once (``PRELOAD``), from when the run
 starts (``warm_up``), so that import overlaps the data preparation, and each stage's process is a fork of
@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -51,8 +50,11 @@ from babyllama.fast_exit import exit_now
 ENTRY = "babyllama.cli:main"
 #: Imported once in the fork server, before the first stage: what `babyllama train` needs before its first
 #: step (torch, transformers' model classes, the training loop).
+#: The last, babyllama.fork_server_exit, lets the server end at once when its run has ended.
 PRELOAD = ["babyllama.cli", "babyllama.training", "babyllama.train.loop", "babyllama.data.tokenizer",
-           "babyllama.evaluate.registry", "babyllama.lock"]
+           "babyllama.evaluate.registry", "babyllama.lock", "babyllama.fork_server_exit"]
+#: The children's copy of the run's config, in its out_dir (config.yaml there is the user's to read and keep).
+CONFIG_COPY = ".side_by_side.yaml"
 #: Seconds between a child's progress lines (a bar in a log writes one a minute; relayed, more often).
 PROGRESS_INTERVAL_S = "15"
 #: Whether this platform can fork from a server (Linux, macOS); elsewhere the stages run one after the other.
@@ -123,12 +125,17 @@ def stage_argv(config_file: Path, model: str, threads: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def config_copy(yaml_text: str) -> Iterator[Path]:
-    """The run's resolved config in a temporary file the children read (removed afterwards)."""
-    with tempfile.TemporaryDirectory(prefix="babyllama-run-") as tmp:
-        path = Path(tmp) / "config.yaml"
-        path.write_text(yaml_text, encoding="utf-8")
+def config_copy(out_dir: Path, yaml_text: str) -> Iterator[Path]:
+    """The run's resolved config in a file the children read, removed afterwards. In the out_dir, which the
+    run holds locked (one run at a time writes it): a temporary folder elsewhere outlived every killed run."""
+    from babyllama.io import atomic_write_text
+
+    path = Path(out_dir) / CONFIG_COPY
+    atomic_write_text(path, yaml_text)
+    try:
         yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def run_jobs(jobs: list[Job], at_once: int) -> None:

@@ -68,8 +68,7 @@ def run(out: Path, args: argparse.Namespace) -> dict:
     from babyllama.training import distill, train_model
 
     cfg = _config(out, args, [])
-    if not (cfg.data_dir / "manifest.json").is_file():
-        prepare(cfg)
+    prepare(cfg)  # a no-op when --work holds the same prepared data
     # teachers already trained in --work (an earlier run with the same --set) are reused: 0 CPU s here
     teacher_s = _timed(lambda: [train_model(cfg, t.name) for t in cfg.teachers
                                 if not (cfg.model_dir(t.name) / "model.safetensors").is_file()])

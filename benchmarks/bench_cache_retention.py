@@ -68,10 +68,8 @@ def run(out: Path, args: argparse.Namespace) -> dict:
     from babyllama.training import distill, train_model
 
     cfg = _config(out, args, [])
-    prepare(cfg)  # a no-op when --work holds the same prepared data
-    # teachers already trained in --work (an earlier run with the same --set) are reused: 0 CPU s here
-    teacher_s = _timed(lambda: [train_model(cfg, t.name) for t in cfg.teachers
-                                if not (cfg.model_dir(t.name) / "model.safetensors").is_file()])
+    prepare(cfg)
+    teacher_s = _timed(lambda: [train_model(cfg, t.name) for t in cfg.teachers])
     results: dict = {"teachers": {t.name: _dev_ce(cfg, t.name, args.dev_windows) for t in cfg.teachers},
                      "teacher_cpu_s": teacher_s, "epochs": args.epochs, "max_words": args.max_words, "runs": []}
     def student(seed: int, temp: float, mode: str):
@@ -181,8 +179,8 @@ def main() -> None:
     parser.add_argument("--max-words", type=int, default=None, help="data.max_words (default: the demo's 300k)")
     parser.add_argument("--dev-windows", type=int, default=None, help="dev CE on this many windows (default: all)")
     parser.add_argument("--work", type=Path, default=None,
-                        help="keep the runs here (default: a temporary folder); its prepared data and trained teachers "
-                             "are reused by a later run with the same --set and --max-words")
+                        help="keep the runs here (default: a temporary folder); a later run with the same --set and "
+                             "--max-words resumes its finished teachers and controls from their checkpoints")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override (repeatable), e.g. 'teachers.0.train.epochs=6' for stronger teachers")

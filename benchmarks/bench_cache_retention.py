@@ -1,7 +1,7 @@
 """How much of distillation's gain each teacher-cache mode keeps, and what it saves, in one run.
 
 On the demo config (configs/demo.yaml: LLaMA + GPT-2 teachers, a 0.36M LLaMA student), every student
-distils for 3 epochs on the fixed windows, and so does its control (one data stream for the pair):
+distils for --epochs (default 1) on the fixed windows, and so does its control (one data stream for the pair):
 
 * gain retention = (control - cached student) / (control - live student), dev CE over all dev windows,
   for the `sample` cache (64 draws per position, unbiased), the same with `samples: auto` (as many draws,
@@ -68,10 +68,16 @@ def run(out: Path, args: argparse.Namespace) -> dict:
     from babyllama.training import distill, train_model
 
     cfg = _config(out, args, [])
+    # students, controls and caches of an earlier run in --work resume finished: their dev CE stands (the
+    # runs are deterministic), their CPU seconds do not (nothing was computed), so the report leaves them out
+    teachers = {t.name for t in cfg.teachers}
+    reused = [p.name for p in sorted((out / "checkpoints").glob("*")) if p.name not in teachers]
+    reused += [f"cache {p.name}" for p in sorted((out / "cache").glob("*")) if p.is_dir()]
     prepare(cfg)
     teacher_s = _timed(lambda: [train_model(cfg, t.name) for t in cfg.teachers])
     results: dict = {"teachers": {t.name: _dev_ce(cfg, t.name, args.dev_windows) for t in cfg.teachers},
-                     "teacher_cpu_s": teacher_s, "epochs": args.epochs, "max_words": args.max_words, "runs": []}
+                     "teacher_cpu_s": teacher_s, "epochs": args.epochs, "max_words": args.max_words, "runs": [],
+                     "resumed": reused}
     def student(seed: int, temp: float, mode: str):
         return _config(out, args, [f"student.name=s{seed}-T{temp:g}-{mode}", f"student.train.seed={seed}",
                                    f"distill.temperature={temp}", f"distill.cache.enabled={mode != 'live'}", *MODES[mode]])
@@ -150,6 +156,10 @@ def report(results: dict) -> None:
             if draws:
                 line += f"; {'/'.join(str(d) for d in sorted(draws))} draws"
             print(line + f" over {len(seeds)} seeds")
+        if results.get("resumed"):
+            print(f"  (CPU s not shown: {len(results['resumed'])} students, controls or caches were already in --work "
+                  "and resumed finished; time a fresh --work)")
+            continue
         live_s = [by[s, "live"]["train_cpu_s"] for s in seeds]
         print("  (CPU s per seed: each cached mode's build is one teacher pass for all seeds, divided by the seeds)")
         for mode in [m for m in CACHED if (seeds[0], m) in by]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def _timed(fn) -> tuple[float, float]:
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
+VARIANTS = ("live", "alone", "shared")
+
+
 def _variant_dir(work: Path, name: str, home) -> Path:
     """A run folder of its own (own cache, own students) linked to the prepared data and trained teachers."""
     out = work / name
@@ -66,13 +70,15 @@ def run(args: argparse.Namespace) -> dict:
 
     home = args.work / "home"
     cfg = _config(home, args, [])
-    if not (cfg.data_dir / "manifest.json").is_file():
-        prepare(cfg)
+    # both are no-ops when --work holds the same data and finished teachers: training resumes a finished
+    # checkpoint only when it matches the config and data, so teachers trained with another --set are refused
+    prepare(cfg)
     for t in cfg.teachers:
-        if not (cfg.model_dir(t.name) / "model.safetensors").is_file():
-            train_model(cfg, t.name)
+        train_model(cfg, t.name)
+    for variant in VARIANTS:  # students and caches of an earlier run would resume finished: nothing to time
+        shutil.rmtree(args.work / variant, ignore_errors=True)
     seeds = list(range(1, args.seeds + 1))
-    runs: dict = {"live": {}, "alone": {}, "shared": {}}
+    runs: dict = {v: {} for v in VARIANTS}
 
     def member(variant: str, seed: int, cache: bool):
         out = _variant_dir(args.work, variant, cfg)
@@ -129,7 +135,7 @@ def main() -> None:
     parser.add_argument("--max-words", type=int, default=None, help="data.max_words (default: the config's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a config override (repeatable), e.g. 'teachers.0.train.epochs=1'")
-    parser.add_argument("--work", type=Path, required=True, help="run folders (data and teachers are reused)")
+    parser.add_argument("--work", type=Path, required=True, help="run folders; a later run with the same --set and --max-words resumes its data and finished teachers")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     args.alone_seeds = args.seeds if args.alone_seeds is None else max(1, min(args.alone_seeds, args.seeds))

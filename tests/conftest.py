@@ -6,6 +6,9 @@ Everything is seeded and small so the whole suite runs in a few minutes on 2 CPU
 from __future__ import annotations
 
 import random
+import resource
+import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -82,6 +85,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def _seeded():
     torch.manual_seed(0)
     random.seed(0)
+
+
+@pytest.fixture
+def file_size_limit(monkeypatch):
+    """Set RLIMIT_FSIZE for this process and the processes it starts (writes past it fail with EFBIG, a real OS
+    refusal like a full disk; SIGXFSZ is ignored, so the write fails instead of killing the writer).
+    No bytecode is written meanwhile, here or in a child (PYTHONDONTWRITEBYTECODE): Python does not check a .pyc
+    write, so a module first imported under the limit would leave a truncated .pyc in the shared venv
+    (`marshal data too short` in every later process)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    no_bytecode_before = sys.dont_write_bytecode
+
+    def limit(n: int | None) -> None:
+        sys.dont_write_bytecode = no_bytecode_before if n is None else True
+        if n is None:
+            monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+        else:
+            monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft if n is None else n, hard))
+
+    yield limit
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    sys.dont_write_bytecode = no_bytecode_before
+    signal.signal(signal.SIGXFSZ, old_handler)
 
 
 @pytest.fixture

@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import resource
 import shutil
-import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -168,25 +165,6 @@ def _train_argv(tmp_path: Path, corpus: Path, **train) -> list[str]:
         d["teachers"][0]["train"].update(train)
 
     return ["train", _config(tmp_path, corpus, edit), "--model", "t-llama"]
-
-
-@pytest.fixture
-def file_size_limit():
-    """Set RLIMIT_FSIZE for this process (writes past it fail with EFBIG, a real OS refusal like a full disk).
-    No bytecode is written meanwhile: Python does not check a .pyc write, so a module first imported under the
-    limit would leave a truncated .pyc in the shared venv (`marshal data too short` in every later process)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    no_bytecode_before = sys.dont_write_bytecode
-
-    def limit(n: int | None) -> None:
-        sys.dont_write_bytecode = no_bytecode_before if n is None else True
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft if n is None else n, hard))
-
-    yield limit
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-    sys.dont_write_bytecode = no_bytecode_before
-    signal.signal(signal.SIGXFSZ, old_handler)
 
 
 def test_write_refused_mid_checkpoint_is_one_line_exit_3_and_resumable(tmp_path, text_corpus, file_size_limit, capsys):

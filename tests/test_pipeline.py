@@ -185,6 +185,29 @@ def test_a_failing_teacher_stops_the_other_in_one_line(tmp_path: Path, tiny_cfg,
     assert not state["teacher:t-llama"]["done"] and "distill" not in state
 
 
+def test_a_full_disk_in_one_side_by_side_teacher_is_one_line_exit_3_and_resumes(
+        tmp_path: Path, tiny_cfg, file_size_limit, capsys) -> None:
+    # the limit is inherited by the fork server and the teachers' processes forked from it: the configs,
+    # logs and metrics fit, the teachers' weights and checkpoints (90-120 kB) do not
+    cfg_path = _side_by_side_config(tmp_path, tiny_cfg)
+    out = Path(tiny_cfg.out_dir)
+    assert main(["prepare", str(cfg_path)]) == 0
+    capsys.readouterr()
+    file_size_limit(30_000)
+    assert main(["run", str(cfg_path)]) == 3
+    captured = capsys.readouterr()
+    assert "side by side, 2 at a time" in captured.out
+    errors = [line for line in captured.err.splitlines() if "error" in line]
+    assert len(errors) == 1 and "file too large" in errors[0], captured.err
+    assert errors[0].startswith("babyllama: error: teacher:t-") and "; stopped teacher:t-" in errors[0]
+    assert "Traceback" not in captured.err + captured.out
+    assert not list(out.rglob("*.tmp")) and not list((out / "models").glob("*/model.safetensors"))
+    file_size_limit(None)
+    assert main(["run", str(cfg_path)]) == 0
+    assert (out / "report.md").exists()
+    assert all((out / "models" / name / "model.safetensors").is_file() for name in ("t-llama", "t-gpt2"))
+
+
 def _descendants(pid: int) -> set[int]:
     """The processes below ``pid`` in the process tree (Linux /proc): a run's fork server and its stages."""
     children: dict[int, list[int]] = {}

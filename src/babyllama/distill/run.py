@@ -28,7 +28,7 @@ from babyllama.distill.cache import (
     same_pass,
     weights_hash,
 )
-from babyllama.distill.formats import cache_format
+from babyllama.distill.formats import cache_format, fidelity
 from babyllama.distill.loss import normalised_weights
 from babyllama.distill.objective import DistillObjective
 from babyllama.distill.span import SideTokenizer, SpanAligner, score_aligned
@@ -178,8 +178,23 @@ def _ensure(cfg: Config, specs: list[CacheSpec], dirs: list[Path], tokens: np.nd
         return lambda x: score_aligned(ensemble.models, aligners, x, specs[0].vocab_size, specs[0].temperature, device)
 
     batch = build_batch(specs[0], len(dirs), device, _student(cfg).train.batch_size)
-    return ensure_caches(cfg.out / "cache", specs, tokens, load, device=device, batch_size=batch, log=_log,
-                         progress=cfg.logging.progress and dist.is_main_process())
+    new = [s.key() for s in specs if not (cfg.out / "cache" / s.key() / MANIFEST_FILE).is_file()]
+    caches = ensure_caches(cfg.out / "cache", specs, tokens, load, device=device, batch_size=batch, log=_log,
+                           progress=cfg.logging.progress and dist.is_main_process())
+    for cache in caches:
+        if cache.key in new:
+            _say_noise(cache, cfg.distill.cache.noise_target)
+    return caches
+
+
+def _say_noise(cache: TeacherCache, target: float) -> None:
+    """Said once, when a cache is built: its measured draw noise is above ``distill.cache.noise_target``. The
+    gradient stays unbiased, but a noisy one keeps less of the KD gain (README, 'The teacher cache')."""
+    ratio = fidelity(cache.root).get("noise_ratio")
+    if ratio is not None and ratio > target:
+        _log(f"teacher cache {cache.key}: the draws' noise ratio {ratio:.3g} is above distill.cache.noise_target "
+             f"{target:g}: a student trained on it can keep less of the KD gain than live teachers give; more draws "
+             "lower it (distill.cache.samples: a larger number, or 'auto': the fewest up to 255 that meet the target)")
 
 
 def distill_objective(cfg: Config) -> tuple[DistillObjective, str]:

@@ -201,7 +201,8 @@ def test_a_full_disk_in_one_side_by_side_teacher_is_one_line_exit_3_and_resumes(
     assert len(errors) == 1 and "file too large" in errors[0], captured.err
     assert errors[0].startswith("babyllama: error: teacher:t-") and "; stopped teacher:t-" in errors[0]
     assert "Traceback" not in captured.err + captured.out
-    assert not list(out.rglob("*.tmp")) and not list((out / "models").glob("*/model.safetensors"))
+    left = list(out.rglob("*.tmp")) + list((out / "models").glob("*/model.safetensors"))
+    assert not left, left
     file_size_limit(None)
     assert main(["run", str(cfg_path)]) == 0
     assert (out / "report.md").exists()

@@ -196,7 +196,25 @@ def _stage_process(argv: list[str], env: dict[str, str], out: Connection) -> Non
     if parent is not None:
         threading.Thread(target=_die_with, args=(parent,), daemon=True, name="babyllama-parent-watch").start()
     module, _, function = ENTRY.partition(":")
-    exit_now(getattr(importlib.import_module(module), function)(argv))
+    signal.signal(signal.SIGTERM, _unwind)
+    try:
+        code = getattr(importlib.import_module(module), function)(argv)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the command is over: a stop now just ends the process
+    except _Stopped:  # every write in progress has removed its temporary on the way out (io.atomic_path)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        code = 128 + signal.SIGTERM  # the status of a stopped process: the run reports the stage that failed
+    exit_now(code)
+
+
+class _Stopped(BaseException):
+    """The run stopped this stage (another one failed, or the run itself was interrupted). A BaseException, so
+    that no ``except Exception`` in the command takes it for a failure of its own."""
+
+
+def _unwind(signum: int, frame: Any) -> None:
+    """SIGTERM in a stage's process: unwind instead of vanishing mid-write, so a checkpoint being written leaves
+    no temporary folder behind; the checkpoint before it is the one the next run resumes."""
+    raise _Stopped
 
 
 def _line_stream(fd: int) -> TextIO:
@@ -234,7 +252,8 @@ def _wait_any(running: list[Job]) -> Job:
 
 
 def _stop(running: list[Job]) -> None:
-    """Terminate the children still running and wait for them (their checkpoints are written atomically)."""
+    """Terminate the children still running and wait for them: each unwinds (a checkpoint being written removes
+    its temporary; the last complete one is what resumes), and after 30 s is killed."""
     for job in running:
         if job.proc is not None and job.proc.is_alive():
             job.proc.terminate()

@@ -39,7 +39,9 @@ def make_vocabulary(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def make_lines(rng: np.random.Generator, vocab: np.ndarray, n_words: int, source: str) -> list[str]:
-    """Sentences of Zipf-distributed words with the formatting quirks of ``source``."""
+    """Sentences of Zipf-distributed words with the formatting quirks of ``source``, at most ``n_words`` words
+    as the data stage counts them (whitespace-separated: the quirks' " ." and headings count too)."""
+    wanted, n_words = n_words, n_words + n_words // 10 + 10  # enough for the quirks' extra words, then cut
     ranks = np.minimum(rng.zipf(1.15, size=n_words), len(vocab)) - 1
     words = vocab[ranks]
     lengths = rng.integers(3, 22, size=n_words // 6 + 2)
@@ -64,7 +66,13 @@ def make_lines(rng: np.random.Generator, vocab: np.ndarray, n_words: int, source
             lines.append(f"= = = {sentence[:-1]} = = =")
             continue
         lines.append(sentence)
-    return lines
+    kept, total = [], 0
+    for line in lines:
+        total += len(line.split())
+        if total > wanted:
+            break
+        kept.append(line)
+    return kept
 
 
 def write_corpus(root: Path, train_words: int, dev_words: int, seed: int) -> Path:

@@ -175,10 +175,12 @@ def test_auto_samples_are_planned_once_from_the_teachers(teachers_cfg: Config, c
 
 
 def test_a_build_noisier_than_the_target_says_so_once(teachers_cfg: Config, capsys):
-    noisy = _with(teachers_cfg, samples=2, noise_target=1e-6)
-    ratio = fidelity(build_teacher_cache(noisy).root)["noise_ratio"]
+    noisy, other_seed = _with(teachers_cfg, samples=2, noise_target=1e-6), _with(teachers_cfg, samples=2, seed=5)
+    cache = build_teacher_cache(noisy, companions=[other_seed])  # one teacher pass builds both: one line
     said = [line for line in capsys.readouterr().out.splitlines() if "is above distill.cache.noise_target" in line]
-    assert len(said) == 1 and f"noise ratio {ratio:.3g} is above distill.cache.noise_target 1e-06" in said[0]
+    assert len(said) == 1 and "is above distill.cache.noise_target 1e-06" in said[0]
+    assert cache.key in said[0] and build_teacher_cache(other_seed).key in said[0]
+    assert f"{fidelity(cache.root)['noise_ratio']:.3g}" in said[0]
     build_teacher_cache(noisy)  # reopened, not built: nothing new to say
     build_teacher_cache(_with(teachers_cfg, samples=3, noise_target=1e6))  # built, under its target
     assert "noise_target" not in capsys.readouterr().out

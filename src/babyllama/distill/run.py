@@ -181,18 +181,19 @@ def _ensure(cfg: Config, specs: list[CacheSpec], dirs: list[Path], tokens: np.nd
     new = [s.key() for s in specs if not (cfg.out / "cache" / s.key() / MANIFEST_FILE).is_file()]
     caches = ensure_caches(cfg.out / "cache", specs, tokens, load, device=device, batch_size=batch, log=_log,
                            progress=cfg.logging.progress and dist.is_main_process())
-    for cache in caches:
-        if cache.key in new:
-            _say_noise(cache, cfg.distill.cache.noise_target)
+    _say_noise([c for c in caches if c.key in new], cfg.distill.cache.noise_target)
     return caches
 
 
-def _say_noise(cache: TeacherCache, target: float) -> None:
-    """Said once, when a cache is built: its measured draw noise is above ``distill.cache.noise_target``. The
-    gradient stays unbiased, but a noisy one keeps less of the KD gain (README, 'The teacher cache')."""
-    ratio = fidelity(cache.root).get("noise_ratio")
-    if ratio is not None and ratio > target:
-        _log(f"teacher cache {cache.key}: the draws' noise ratio {ratio:.3g} is above distill.cache.noise_target "
+def _say_noise(built: Sequence[TeacherCache], target: float) -> None:
+    """Said once, in one line for the caches of one teacher pass, when they are built: their measured draw noise
+    is above ``distill.cache.noise_target``. The gradient stays unbiased, but a noisy one keeps less of the KD
+    gain (README, 'The teacher cache')."""
+    noisy = {c.key: r for c in built if (r := fidelity(c.root).get("noise_ratio")) is not None and r > target}
+    if noisy:
+        low, high = min(noisy.values()), max(noisy.values())
+        ratio = f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}-{high:.3g}"
+        _log(f"teacher cache {', '.join(noisy)}: the draws' noise ratio {ratio} is above distill.cache.noise_target "
              f"{target:g}: a student trained on it can keep less of the KD gain than live teachers give; more draws "
              "lower it (distill.cache.samples: a larger number, or 'auto': the fewest up to 255 that meet the target)")
 

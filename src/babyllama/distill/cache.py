@@ -309,8 +309,9 @@ def _open_part(root: Path, spec: CacheSpec, i: int, part: str) -> np.ndarray:
 class TeacherCache:
     """Read side of a complete cache: rows of cached ensemble distributions by fixed-window index."""
 
-    def __init__(self, root: Path, spec: CacheSpec) -> None:
+    def __init__(self, root: Path, spec: CacheSpec, built: bool = False) -> None:
         self.root, self.spec = Path(root), spec
+        self.built = built  # whether ensure_caches computed any of its shards just now (else it was reopened)
         self._shards = [{part: _open_part(Path(root), spec, i, part) for part in spec.parts()}
                         for i in range(spec.n_shards)]
 
@@ -415,7 +416,7 @@ def ensure_caches(
                 _build_shard(group, i, tokens, teacher_fn, device, batch_size, bar)
     for root, s, todo in zip(roots, specs, todos, strict=True):
         _finish(root, s, bool(todo), log)
-    return [TeacherCache(root, s) for root, s in zip(roots, specs, strict=True)]
+    return [TeacherCache(root, s, built=bool(todo)) for root, s, todo in zip(roots, specs, todos, strict=True)]
 
 
 def _shards_to_build(root: Path, spec: CacheSpec, log: Callable[[str], None]) -> list[int]:

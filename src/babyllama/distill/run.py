@@ -178,10 +178,9 @@ def _ensure(cfg: Config, specs: list[CacheSpec], dirs: list[Path], tokens: np.nd
         return lambda x: score_aligned(ensemble.models, aligners, x, specs[0].vocab_size, specs[0].temperature, device)
 
     batch = build_batch(specs[0], len(dirs), device, _student(cfg).train.batch_size)
-    new = [s.key() for s in specs if not (cfg.out / "cache" / s.key() / MANIFEST_FILE).is_file()]
     caches = ensure_caches(cfg.out / "cache", specs, tokens, load, device=device, batch_size=batch, log=_log,
                            progress=cfg.logging.progress and dist.is_main_process())
-    _say_noise([c for c in caches if c.key in new], cfg.distill.cache.noise_target)
+    _say_noise([c for c in caches if c.built], cfg.distill.cache.noise_target)
     return caches
 
 
@@ -191,8 +190,8 @@ def _say_noise(built: Sequence[TeacherCache], target: float) -> None:
     gain (README, 'The teacher cache')."""
     noisy = {c.key: r for c in built if (r := fidelity(c.root).get("noise_ratio")) is not None and r > target}
     if noisy:
-        low, high = min(noisy.values()), max(noisy.values())
-        ratio = f"{low:.3g}" if f"{low:.3g}" == f"{high:.3g}" else f"{low:.3g}-{high:.3g}"
+        low, high = f"{min(noisy.values()):.3g}", f"{max(noisy.values()):.3g}"
+        ratio = low if low == high else f"{low}-{high}"
         _log(f"teacher cache {', '.join(noisy)}: the draws' noise ratio {ratio} is above distill.cache.noise_target "
              f"{target:g}: a student trained on it can keep less of the KD gain than live teachers give; more draws "
              "lower it (distill.cache.samples: a larger number, or 'auto': the fewest up to 255 that meet the target)")
